@@ -1,0 +1,135 @@
+"""Builders of tiny models for the tests (no downloads): ``build_*(**overrides)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    GPTJConfig,
+    GPTJForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from transformer_lens_mm import ImageEncoder, ImageProjection, from_parts
+from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER
+
+WORDS = [
+    "<|endoftext|>",
+    "<pad>",
+    "<unk>",
+    "a",
+    "A",
+    "picture",
+    "photo",
+    "of",
+    "red",
+    "blue",
+    "green",
+    "yellow",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "on",
+    "the",
+    "left",
+    "right",
+    "top",
+    "bottom",
+    ".",
+    "and",
+    "with",
+    "dog",
+    "cat",
+    "big",
+    "small",
+]
+APIS = ["hooked", "bridge"] if HAS_HOOKED_TRANSFORMER else ["bridge"]
+
+
+def build_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over :data:`WORDS`, saved to ``folder`` and reloaded from disk."""
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    fast.save_pretrained(folder)
+    return fast
+
+
+def build_hf_lm(folder: Path, kind: str = "gptj", seed: int = 0, **overrides) -> Path:
+    """Save a tiny GPT-J-like or Llama-like causal LM (+ tokenizer) to ``folder``."""
+    torch.manual_seed(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    common = dict(vocab_size=len(WORDS), bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    if kind == "gptj":
+        cfg = GPTJConfig(
+            n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64, **{**common, **overrides}
+        )
+        model = GPTJForCausalLM(cfg)
+    elif kind == "llama":
+        cfg = LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+            **{**common, **overrides},
+        )
+        model = LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(kind)
+    # Random init in HF is tiny; scale up so that logits differ visibly between tokens.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(4.0)
+    model.save_pretrained(folder)
+    build_tokenizer(folder)
+    return folder
+
+
+def load_hf(folder: Path):
+    return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def build_encoder(**overrides) -> ImageEncoder:
+    """A tiny ViT (32 px, 8 px patches -> 4x4 = 16 tokens of width 24)."""
+    torch.manual_seed(0)
+    kwargs = dict(img_size=32, patch_size=8, depth=1, embed_dim=24, num_heads=2)
+    kwargs.update(overrides)
+    return ImageEncoder.from_timm("vit_tiny_patch16_224", **kwargs)
+
+
+def build_projection(d_image: int = 24, d_model: int = 32, seed: int = 1) -> ImageProjection:
+    torch.manual_seed(seed)
+    proj = ImageProjection(d_image, d_model)
+    with torch.no_grad():
+        proj.weight.normal_(0, 0.5)
+        proj.bias.normal_(0, 0.1)
+    return proj
+
+
+def build_model(folder: Path, api: str, **kwargs):
+    enc = kwargs.pop("encoder", None) or build_encoder()
+    proj = kwargs.pop("projection", None) or build_projection(enc.d_image)
+    return from_parts(lm=folder, encoder=enc, projection=proj, api=api, **kwargs)
+
+
+def random_images(n: int, size: int = 40, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(3, size, size, generator=g) for _ in range(n)]

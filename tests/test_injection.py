@@ -1,0 +1,147 @@
+"""Injected forward == the Hugging Face model fed inputs_embeds, on both TL APIs."""
+
+import pytest
+import torch
+from helpers import APIS, build_model, load_hf, random_images
+
+from transformer_lens_mm import MultimodalInput, hook_names
+
+KINDS = ["gptj", "llama"]
+
+
+def hf_reference_logits(hf, model, batch: MultimodalInput, image_embeds=None, edit=None):
+    """Independent computation: concat(projection(features), embed(prompt)) into HF."""
+    with torch.no_grad():
+        if image_embeds is None:
+            feats = model.image_encoder(batch.pixel_values)
+            image_embeds = model.image_projection(feats)
+        embeds = hf.get_input_embeddings()(batch.tokens).clone()
+        for i in range(len(batch)):
+            embeds[i, batch.image_positions[i]] = image_embeds[i]
+        if edit is not None:
+            embeds = edit(embeds)
+        return hf(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_injected_forward_matches_hf_inputs_embeds(lm_dirs, api, kind):
+    model = build_model(lm_dirs[kind], api)
+    hf = load_hf(lm_dirs[kind])
+    batch = model.prepare_inputs(random_images(2), prompts="A picture of")
+    assert batch.image_positions.tolist() == [list(range(16))] * 2
+    with torch.no_grad():
+        logits = model(batch)
+    ref = hf_reference_logits(hf, model, batch)
+    assert logits.shape == ref.shape == (2, 16 + 3, hf.config.vocab_size)
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
+    # the images matter: other images give other logits at the prompt positions
+    other = model(model.prepare_inputs(random_images(2, seed=5)))
+    assert (other[:, -1] - logits[:, -1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_item_prompts_with_padding(lm_dirs, api, kind):
+    model = build_model(lm_dirs[kind], api, prepend_bos=True)
+    hf = load_hf(lm_dirs[kind])
+    prompts = ["A picture of", "A photo of a big red"]
+    batch = model.prepare_inputs(random_images(2), prompts=prompts)
+    assert batch.tokens[:, 0].tolist() == [0, 0]  # BOS first
+    assert batch.image_positions.tolist() == [list(range(1, 17))] * 2
+    assert batch.last_positions.tolist() == [1 + 16 + 3 - 1, 1 + 16 + 6 - 1]
+    with torch.no_grad():
+        logits = model(batch)
+    ref = hf_reference_logits(hf, model, batch)
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(logits[real], ref[real], atol=1e-4, rtol=0)
+    # each item equals running it alone (padding does not leak)
+    alone = model(model.prepare_inputs(random_images(2)[:1], prompts=prompts[:1]))
+    torch.testing.assert_close(logits[0, : alone.shape[1]], alone[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_hook_points_in_cache_and_last_input(lm_dirs, api):
+    model = build_model(lm_dirs["llama"], api)
+    images = random_images(3)
+    _, cache = model.run_with_cache(images=images)
+    assert cache[hook_names.IMAGE_FEATURES].shape == (3, 16, 24)
+    assert cache[hook_names.IMAGE_EMBED].shape == (3, 16, 32)
+    assert cache[hook_names.mlp_post(1)].shape == (3, 16 + 3, 64)
+    # the cached soft tokens are what sits in the residual stream at the image positions
+    emb = cache[hook_names.EMBED]
+    torch.testing.assert_close(emb[:, :16], cache[hook_names.IMAGE_EMBED])
+    assert model.last_input is not None and model.last_input.n_image_tokens == 16
+    # same as calling the projection on the cached features by hand
+    torch.testing.assert_close(
+        model.image_projection(cache[hook_names.IMAGE_FEATURES]), cache[hook_names.IMAGE_EMBED]
+    )
+    assert hook_names.IMAGE_EMBED in model.hook_dict
+    assert hook_names.IMAGE_FEATURES in model.hook_dict
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_hook_edits_change_logits_as_computed_by_hand(lm_dirs, api, kind):
+    model = build_model(lm_dirs[kind], api)
+    hf = load_hf(lm_dirs[kind])
+    batch = model.prepare_inputs(random_images(2))
+    with torch.no_grad():
+        feats = model.image_encoder(batch.pixel_values)
+        embeds = model.image_projection(feats)
+
+    # 1) zero the soft token at image position 3
+    def zero_token(x, hook):
+        x = x.clone()
+        x[:, 3] = 0
+        return x
+
+    edited = model.run_with_hooks(batch, fwd_hooks=[(hook_names.IMAGE_EMBED, zero_token)])
+    by_hand = embeds.clone()
+    by_hand[:, 3] = 0
+    torch.testing.assert_close(
+        edited, hf_reference_logits(hf, model, batch, by_hand), atol=1e-4, rtol=0
+    )
+    assert (edited - model(batch)).abs().max() > 1e-4
+
+    # 2) scale the encoder features by 2 before the projection
+    scaled = model.run_with_hooks(
+        batch, fwd_hooks=[(hook_names.IMAGE_FEATURES, lambda x, hook: 2 * x)]
+    )
+    ref2 = hf_reference_logits(hf, model, batch, model.image_projection(2 * feats))
+    torch.testing.assert_close(scaled, ref2, atol=1e-4, rtol=0)
+
+    # 3) a user hook on hook_embed sees the injected embeddings (injection runs first)
+    seen = {}
+    model.run_with_hooks(
+        batch, fwd_hooks=[(hook_names.EMBED, lambda x, hook: seen.setdefault("x", x.clone()))]
+    )
+    torch.testing.assert_close(seen["x"][:, :16], embeds)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_plain_text_forward_still_works(lm_dirs, api):
+    model = build_model(lm_dirs["gptj"], api)
+    hf = load_hf(lm_dirs["gptj"])
+    tokens = torch.tensor([[3, 5, 7, 8, 12]])
+    torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_precomputed_features_equal_pixels(lm_dirs, api):
+    model = build_model(lm_dirs["gptj"], api)
+    batch = model.prepare_inputs(random_images(2))
+    feats = model.image_encoder(batch.pixel_values)
+    a = model(batch)
+    b = model(image_features=feats)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_gradients_flow_to_projection(lm_dirs, api):
+    model = build_model(lm_dirs["llama"], api)
+    batch = model.prepare_inputs(random_images(1))
+    logits = model(batch)
+    logits[0, -1, 5].backward()
+    grad = model.image_projection.weight.grad
+    assert grad is not None and grad.abs().sum() > 0

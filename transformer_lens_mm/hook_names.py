@@ -1,0 +1,78 @@
+"""Hook-point names, in TransformerLens's grammar.
+
+Every name the package uses comes from here, so that ``cache[...]``, ``run_with_hooks`` and the
+analysis tools agree with each other on both TransformerLens APIs.
+
+Example:
+    >>> from transformer_lens_mm import hook_names
+    >>> hook_names.IMAGE_EMBED
+    'hook_image_embed'
+    >>> hook_names.mlp_post(3)
+    'blocks.3.mlp.hook_post'
+"""
+
+from __future__ import annotations
+
+__all__ = ["EMBED", "IMAGE_EMBED", "IMAGE_FEATURES", "mlp_post", "resid_post", "resolve_layer"]
+
+#: Output of the image encoder: ``[batch, n_image_tokens, d_image]``.
+IMAGE_FEATURES = "hook_image_features"
+#: Projected soft-prompt tokens as placed in the residual stream:
+#: ``[batch, n_image_tokens, d_model]``.
+IMAGE_EMBED = "hook_image_embed"
+#: The LM's token-embedding output; the injection hook writes the image tokens here.
+EMBED = "hook_embed"
+
+
+def resolve_layer(layer: int, n_layers: int) -> int:
+    """Resolve a possibly negative layer index, with a clear error when out of range.
+
+    Args:
+        layer: Layer index; negative values count from the end as in Python.
+        n_layers: Number of layers of the model.
+
+    Returns:
+        The non-negative layer index.
+
+    Example:
+        >>> resolve_layer(-1, 12)
+        11
+    """
+    if not -n_layers <= layer < n_layers:
+        raise IndexError(
+            f"layer {layer} is out of range for a model with {n_layers} layers; "
+            f"use 0..{n_layers - 1} (or -{n_layers}..-1)."
+        )
+    return layer % n_layers
+
+
+def mlp_post(layer: int, n_layers: int | None = None) -> str:
+    """Name of the MLP activation hook (the units' ``Z``) of a layer.
+
+    Args:
+        layer: Layer index (negative allowed when ``n_layers`` is given).
+        n_layers: Number of layers, to resolve and check the index.
+
+    Example:
+        >>> mlp_post(-1, n_layers=4)
+        'blocks.3.mlp.hook_post'
+    """
+    if n_layers is not None:
+        layer = resolve_layer(layer, n_layers)
+    elif layer < 0:
+        raise IndexError("a negative layer needs n_layers to be resolved")
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def resid_post(layer: int, n_layers: int | None = None) -> str:
+    """Name of the residual stream after a block.
+
+    Example:
+        >>> resid_post(0)
+        'blocks.0.hook_resid_post'
+    """
+    if n_layers is not None:
+        layer = resolve_layer(layer, n_layers)
+    elif layer < 0:
+        raise IndexError("a negative layer needs n_layers to be resolved")
+    return f"blocks.{layer}.hook_resid_post"

@@ -1,0 +1,87 @@
+"""``HookedMultimodalTransformer``: the TransformerLens 3.x ``HookedTransformer`` with sight.
+
+Importable under TransformerLens 4.x too, where using it raises an error that says what to use
+instead (``MultimodalTransformerBridge``) or what to install (``transformer-lens==3.9.*``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
+from transformer_lens_mm.injection import MultimodalMixin
+
+__all__ = ["HookedMultimodalTransformer"]
+
+if HAS_HOOKED_TRANSFORMER:
+    from transformer_lens import HookedTransformer
+
+    try:  # TL 3.9 name; older 3.x releases had HookedTransformerKeyValueCache
+        from transformer_lens import TransformerLensKeyValueCache as _KVCache
+    except ImportError:  # pragma: no cover
+        from transformer_lens.past_key_value_caching import (
+            HookedTransformerKeyValueCache as _KVCache,
+        )
+
+    class HookedMultimodalTransformer(MultimodalMixin, HookedTransformer):
+        """A ``HookedTransformer`` (TL 3.x) that reads images as soft-prompt tokens.
+
+        Built like SAELens's ``HookedSAETransformer``: the new hook points are added, then
+        ``setup()`` rebuilds the hook registry, so ``hook_image_features`` and
+        ``hook_image_embed`` appear in ``hook_dict``, caches and ``run_with_hooks``.
+
+        Usually built with :func:`transformer_lens_mm.from_parts`; a converted
+        ``HookedTransformer`` keeps all its methods.
+
+        Example:
+            >>> model = from_parts(lm=hooked_lm, encoder=encoder, projection=proj)  # doctest: +SKIP
+            >>> logits, cache = model.run_with_cache(model.prepare_inputs(images))  # doctest: +SKIP
+            >>> cache["hook_image_embed"].shape  # doctest: +SKIP
+            torch.Size([1, 196, 4096])
+        """
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._add_image_hook_points()
+            self.setup()
+
+        @classmethod
+        def from_hooked_transformer(cls, model: HookedTransformer) -> HookedMultimodalTransformer:
+            """Convert a built ``HookedTransformer`` in place (no weight copy) and return it."""
+            if isinstance(model, cls):
+                return model
+            if type(model) is not HookedTransformer:
+                raise TypeError(
+                    f"can only convert a plain HookedTransformer, got {type(model).__name__}"
+                )
+            model.__class__ = cls
+            model._add_image_hook_points()
+            model.setup()
+            return model
+
+        def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
+            cache = _KVCache.init_cache(self.cfg, self.cfg.device, tokens.shape[0])
+            logits = self._lm_forward(tokens, attention_mask=attention_mask, past_kv_cache=cache)
+            return logits, cache
+
+        def _kv_next_step(
+            self, tokens: Tensor, attention_mask: Tensor, state: Any
+        ) -> tuple[Tensor, Any]:
+            # TL's cache stores the previous mask and appends the new tokens' part.
+            new_mask = attention_mask[:, -tokens.shape[1] :]
+            logits = self._lm_forward(tokens, attention_mask=new_mask, past_kv_cache=state)
+            return logits, state
+
+else:
+
+    class HookedMultimodalTransformer:  # type: ignore[no-redef]
+        """Placeholder under TransformerLens 4.x: ``HookedTransformer`` no longer exists."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            require_hooked_transformer()
+
+        @classmethod
+        def from_hooked_transformer(cls, model: Any) -> Any:
+            require_hooked_transformer()

@@ -1,0 +1,203 @@
+"""Token layout of a multimodal batch: ``[BOS?][image tokens][prompt][caption?][padding]``.
+
+A :class:`MultimodalInput` records which positions hold image tokens, so every later tool can
+select them (``batch.image_positions``), and where each item's last real token is.
+
+Example:
+    >>> batch = build_multimodal_input(tok, n_image_tokens=4, batch_size=2)
+    >>> batch.image_positions
+    tensor([[0, 1, 2, 3],
+            [0, 1, 2, 3]])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+__all__ = ["DEFAULT_PROMPT", "MultimodalInput", "build_multimodal_input"]
+
+DEFAULT_PROMPT = "A picture of"
+
+
+@dataclass
+class MultimodalInput:
+    """A tokenised multimodal batch, ready for the model's forward.
+
+    Image positions hold a placeholder token id; the injection hook overwrites their embeddings.
+    """
+
+    tokens: Int[Tensor, "batch pos"]  # token ids (placeholder id at image positions)
+    attention_mask: Int[Tensor, "batch pos"]  # 1 for real tokens, 0 for padding
+    image_mask: Bool[Tensor, "batch pos"]  # True at image-token positions
+    prompts: list[str]  # the text prompt of each item
+    captions: list[str] | None = None  # text appended after the prompt (training targets)
+    target_mask: Bool[Tensor, "batch pos"] | None = None  # True at caption tokens to predict
+    pixel_values: Float[Tensor, "batch channel height width"] | None = None  # encoder input
+    image_features: Float[Tensor, "batch n_image_tokens d_image"] | None = None  # precomputed
+    grid_size: tuple[int, int] | None = None  # encoder patch grid (h, w)
+    padding_side: Literal["left", "right"] = "right"  # where padding was put
+    extras: dict[str, Any] = field(default_factory=dict)  # free-form user data (ids, paths)
+
+    def __post_init__(self) -> None:
+        if (
+            self.tokens.shape != self.attention_mask.shape
+            or self.tokens.shape != self.image_mask.shape
+        ):
+            raise ValueError("tokens, attention_mask and image_mask must have the same shape")
+        counts = self.image_mask.sum(-1)
+        if counts.numel() and not bool((counts == counts[0]).all()):
+            raise ValueError("every item must hold the same number of image tokens")
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_image_tokens(self) -> int:
+        return int(self.image_mask[0].sum()) if len(self) else 0
+
+    @property
+    def image_positions(self) -> Int[Tensor, "batch n_image_tokens"]:
+        """Sequence index of every image token, per item (ascending)."""
+        pos = torch.arange(self.tokens.shape[1], device=self.tokens.device).expand_as(self.tokens)
+        return pos[self.image_mask].view(len(self), self.n_image_tokens)
+
+    @property
+    def last_positions(self) -> Int[Tensor, " batch"]:
+        """Index of each item's last real (non-padding) token: the position that predicts next."""
+        pos = torch.arange(self.tokens.shape[1], device=self.tokens.device)
+        return (pos * self.attention_mask).argmax(-1)
+
+    def to(self, device: torch.device | str) -> MultimodalInput:
+        """Move every tensor to ``device``."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        return dataclasses.replace(self, **moved)
+
+
+def _as_list(
+    value: str | Sequence[str] | None, default: str, batch_size: int, what: str
+) -> list[str]:
+    if value is None:
+        return [default] * batch_size
+    if isinstance(value, str):
+        return [value] * batch_size
+    value = list(value)
+    if len(value) != batch_size:
+        raise ValueError(
+            f"got {len(value)} {what} for a batch of {batch_size} images: pass one "
+            f"string for all, or exactly one per image"
+        )
+    for v in value:
+        if not isinstance(v, str):
+            raise TypeError(f"{what} must be strings, got {type(v).__name__}")
+    return value
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def build_multimodal_input(
+    tokenizer: Any,
+    *,
+    n_image_tokens: int,
+    batch_size: int,
+    prompts: str | Sequence[str] | None = None,
+    captions: Sequence[str] | None = None,
+    prepend_bos: bool = False,
+    append_eos: bool = False,
+    padding_side: Literal["left", "right"] = "right",
+    n_ctx: int | None = None,
+    default_prompt: str = DEFAULT_PROMPT,
+) -> MultimodalInput:
+    """Tokenise prompts (and captions) around ``n_image_tokens`` image slots, with padding.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        n_image_tokens: Image tokens per item.
+        batch_size: Number of items.
+        prompts: One prompt for all items, one per item, or ``None`` for ``default_prompt``.
+        captions: Optional text appended after each prompt; its tokens are marked in
+            ``target_mask`` (the positions a captioning loss predicts).
+        prepend_bos: Put the tokenizer's BOS token before the image tokens.
+        append_eos: Append the EOS token after each caption (and mark it as a target).
+        padding_side: ``"right"`` keeps image positions equal across the batch; ``"left"`` makes
+            every item end at the last position (generation).
+        n_ctx: The model's context length, to refuse inputs that do not fit.
+        default_prompt: Prompt used when ``prompts`` is None.
+
+    Returns:
+        A :class:`MultimodalInput` (without pixels or features; the model adds those).
+    """
+    if batch_size <= 0:
+        raise ValueError("the batch of images is empty: pass at least one image")
+    if n_image_tokens <= 0:
+        raise ValueError(f"n_image_tokens must be positive, got {n_image_tokens}")
+    prompt_list = _as_list(prompts, default_prompt, batch_size, "prompts")
+    caption_list = None if captions is None else _as_list(captions, "", batch_size, "captions")
+
+    bos = getattr(tokenizer, "bos_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if prepend_bos and bos is None:
+        raise ValueError(
+            "prepend_bos=True but the tokenizer has no BOS token; set prepend_bos=False"
+        )
+    if append_eos and eos is None:
+        raise ValueError("append_eos=True but the tokenizer has no EOS token; set append_eos=False")
+    filler = pad if pad is not None else (eos if eos is not None else 0)
+
+    rows: list[list[int]] = []
+    image_rows: list[list[bool]] = []
+    target_rows: list[list[bool]] = []
+    for i, prompt in enumerate(prompt_list):
+        head = ([bos] if prepend_bos else []) + [filler] * n_image_tokens
+        is_image = [False] * int(prepend_bos) + [True] * n_image_tokens
+        body = _encode(tokenizer, prompt)
+        tail: list[int] = []
+        if caption_list is not None:
+            tail = _encode(tokenizer, caption_list[i]) + ([eos] if append_eos else [])
+        ids = head + body + tail
+        if n_ctx is not None and len(ids) > n_ctx:
+            raise ValueError(
+                f"item {i} needs {len(ids)} positions ({n_image_tokens} image tokens + "
+                f"{len(body)} prompt + {len(tail)} caption tokens) but the model's context is "
+                f"n_ctx={n_ctx}: shorten the prompt/caption or use fewer image tokens"
+            )
+        rows.append(ids)
+        image_rows.append(is_image + [False] * (len(body) + len(tail)))
+        target_rows.append([False] * (len(head) + len(body)) + [True] * len(tail))
+
+    width = max(len(r) for r in rows)
+    tokens = torch.full((batch_size, width), filler, dtype=torch.long)
+    attention = torch.zeros((batch_size, width), dtype=torch.long)
+    image_mask = torch.zeros((batch_size, width), dtype=torch.bool)
+    target_mask = torch.zeros((batch_size, width), dtype=torch.bool)
+    for i, ids in enumerate(rows):
+        n = len(ids)
+        sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+        tokens[i, sl] = torch.tensor(ids, dtype=torch.long)
+        attention[i, sl] = 1
+        image_mask[i, sl] = torch.tensor(image_rows[i])
+        target_mask[i, sl] = torch.tensor(target_rows[i])
+    return MultimodalInput(
+        tokens=tokens,
+        attention_mask=attention,
+        image_mask=image_mask,
+        prompts=prompt_list,
+        captions=caption_list,
+        target_mask=target_mask if caption_list is not None else None,
+        padding_side=padding_side,
+    )
