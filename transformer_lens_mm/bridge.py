@@ -7,6 +7,7 @@ then the two image hook points are registered in the bridge's hook registry.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -43,9 +44,6 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
         bridge._add_image_hook_points()  # __setattr__ registers the HookPoints by name
         return bridge
 
-    def _lm_device(self) -> torch.device:
-        return self.original_model.get_input_embeddings().weight.device
-
     def to(self, *args: Any, **kwargs: Any) -> MultimodalTransformerBridge:
         """Move the LM (TransformerBridge.to) and the image encoder and projection with it."""
         super().to(*args, **kwargs)
@@ -56,19 +54,45 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
         return self
 
     def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
+        # Positions count real tokens only (as the bridge derives them without a cache), so
+        # that left padding shifts every position of an item by the same amount.
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         logits, past = self._lm_forward(
-            tokens, attention_mask=attention_mask, return_type="logits_and_cache"
+            tokens,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            return_type="logits_and_cache",
         )
+        filled = getattr(past, "get_seq_length", lambda: -1)()
+        if filled != tokens.shape[1]:
+            # Seen with TransformerLens 4.3 + transformers 5.24 on Llama-family models: the
+            # bridge's attention wrapper does not write into the Hugging Face cache (HF now
+            # passes it as ``cache=``), so cached steps would attend to nothing. Recompute the
+            # full sequence instead: slower, but correct.
+            warnings.warn(
+                f"the TransformerBridge returned a KV cache holding {filled} of "
+                f"{tokens.shape[1]} positions for {self.cfg.architecture}; generating without "
+                "a KV cache (correct, slower)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return logits, None
         return logits, past
 
     def _kv_next_step(
         self, tokens: Tensor, attention_mask: Tensor, state: Any
     ) -> tuple[Tensor, Any]:
         # Hugging Face caches take the full mask (past + new positions).
+        positions = (
+            attention_mask.sum(-1, keepdim=True)
+            - tokens.shape[1]
+            + torch.arange(tokens.shape[1], device=tokens.device)
+        )
         logits, past = self._lm_forward(
             tokens,
             attention_mask=attention_mask,
             past_key_values=state,
+            position_ids=positions,
             return_type="logits_and_cache",
         )
         return logits, past

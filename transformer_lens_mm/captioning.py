@@ -171,6 +171,7 @@ def generate_captions(
         with model.inject_images(image_embeds, batch):
             if use_kv_cache:
                 logits, state = model._kv_first_step(batch.tokens, batch.attention_mask)
+                use_kv_cache = state is not None  # None: this backend's cache is unusable
             else:
                 logits = model._lm_forward(batch.tokens, attention_mask=batch.attention_mask)
         current = batch

@@ -174,6 +174,17 @@ class ImageEncoder(nn.Module):
             )
         if pixel_values.shape[0] == 0:
             raise ValueError("the batch of images is empty: pass at least one image")
+        expected = tuple(self.data_config["input_size"])
+        fixed = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
+        fixed = fixed is not None and not getattr(self.model.patch_embed, "dynamic_img_size", False)
+        if pixel_values.shape[1] != expected[0] or (
+            fixed and tuple(pixel_values.shape[1:]) != expected
+        ):
+            raise ValueError(
+                f"pixel_values have shape {tuple(pixel_values.shape[1:])} per image but the "
+                f"encoder takes {expected}: preprocess raw images with encoder.preprocess(images) "
+                "or pass them as images=..."
+            )
         with torch.no_grad():
             param = next(self.model.parameters())
             return self._features(pixel_values.to(device=param.device, dtype=param.dtype))

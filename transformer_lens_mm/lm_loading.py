@@ -87,7 +87,7 @@ def load_hooked_transformer(
         fold_value_biases=False,
         refactor_factored_attn_matrices=False,
     )
-    return model.to(cfg.device).eval()
+    return model.to(cfg.device, print_details=False).eval()
 
 
 def load_bridge(

@@ -1,0 +1,98 @@
+"""Greedy captions with the KV cache == step-by-step argmax without a cache."""
+
+import pytest
+import torch
+from helpers import APIS, build_model, random_images
+
+from transformer_lens_mm import generate_captions, hook_names
+
+
+def manual_greedy(model, images, prompts, n_steps, fwd_hooks=()):
+    """Independent reference: full forward each step (right padding, one item at a time)."""
+    out = []
+    for i, image in enumerate(images):
+        batch = model.prepare_inputs([image], prompts=[prompts[i]])
+        tokens = []
+        for _ in range(n_steps):
+            # the whole sequence is recomputed from scratch every step
+            logits = model.run_with_hooks(batch, fwd_hooks=list(fwd_hooks))
+            nxt = int(logits[0, -1].argmax())
+            tokens.append(nxt)
+            text = model.tokenizer.decode([*batch.tokens[0, batch.n_image_tokens :].tolist(), nxt])
+            batch = model.prepare_inputs([image], prompts=[text])
+        out.append(tokens)
+    return out
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", ["gptj", "llama"])
+def test_kv_cache_greedy_equals_argmax_without_cache(lm_dirs, api, kind):
+    model = build_model(lm_dirs[kind], api)
+    images = random_images(2)
+    prompts = ["A picture of", "A photo of a big"]  # different lengths: left padding
+    n = 6
+    cached = generate_captions(model, images, prompts=prompts, max_new_tokens=n, stop_at_eos=False)
+    uncached = generate_captions(
+        model, images, prompts=prompts, max_new_tokens=n, stop_at_eos=False, use_kv_cache=False
+    )
+    assert cached.tokens.tolist() == uncached.tokens.tolist()
+    assert cached.tokens.tolist() == manual_greedy(model, images, prompts, n)
+    assert cached.texts == [model.tokenizer.decode(t) for t in cached.tokens.tolist()]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_kv_cache_greedy_under_a_user_hook(lm_dirs, api):
+    model = build_model(lm_dirs["llama"], api)
+    images = random_images(2, seed=3)
+    prompts = ["A picture of"] * 2
+
+    noise = torch.randn(16, 32, generator=torch.Generator().manual_seed(0)) * 8.0
+
+    def boost(x, hook):  # edits the image tokens only: the first step sees them
+        return x + noise
+
+    hooks = [(hook_names.IMAGE_EMBED, boost)]
+    with_hook = generate_captions(
+        model, images, max_new_tokens=5, stop_at_eos=False, fwd_hooks=hooks
+    )
+    plain = generate_captions(model, images, max_new_tokens=5, stop_at_eos=False)
+    assert with_hook.tokens.tolist() == manual_greedy(model, images, prompts, 5, hooks)
+    assert with_hook.tokens.tolist() != plain.tokens.tolist()
+    # the hook is gone afterwards
+    assert (
+        generate_captions(model, images, max_new_tokens=5, stop_at_eos=False).tokens.tolist()
+        == plain.tokens.tolist()
+    )
+
+    # a hook on an MLP of every position also agrees between the two paths
+    mlp = [(hook_names.mlp_post(0), lambda x, hook: x * 0.0)]
+    a = generate_captions(model, images, max_new_tokens=4, stop_at_eos=False, fwd_hooks=mlp)
+    b = generate_captions(
+        model, images, max_new_tokens=4, stop_at_eos=False, fwd_hooks=mlp, use_kv_cache=False
+    )
+    assert a.tokens.tolist() == b.tokens.tolist()
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_sampling_is_seeded_and_stops_at_eos(lm_dirs, api):
+    model = build_model(lm_dirs["gptj"], api)
+    images = random_images(3)
+    a = generate_captions(model, images, max_new_tokens=8, do_sample=True, seed=7, top_k=5)
+    b = generate_captions(model, images, max_new_tokens=8, do_sample=True, seed=7, top_k=5)
+    assert a.tokens.tolist() == b.tokens.tolist()
+    eos = model.tokenizer.eos_token_id
+    for row, length in zip(a.tokens.tolist(), a.lengths.tolist()):
+        if eos in row:
+            assert length == row.index(eos) + 1
+            assert all(t == model.tokenizer.pad_token_id for t in row[length:])
+
+
+def test_top_p_keeps_the_nucleus():
+    from transformer_lens_mm.captioning import sample_next_token
+
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    picks = {
+        int(sample_next_token(logits, do_sample=True, top_p=0.8, generator=g)) for _ in range(200)
+    }
+    assert picks == {0, 1}
