@@ -1,0 +1,344 @@
+"""Attribution of a target logit to every MLP unit: ``g = Z * dy_c/dZ``.
+
+One forward and one backward per batch score every unit (``mlp.hook_post``) of every chosen
+layer at the chosen positions (image positions by default). The backward starts from ``y_c``
+only and builds no parameter gradients: the graph is rooted at the embedding output, and each
+layer's scores are taken by a tensor hook the moment its gradient is ready, then either stored
+(``[batch, layer, position, unit]``, fp32) or merged into a running per-image top-k.
+
+Example:
+    >>> attr = attribute(model, batch, target_ids)  # doctest: +SKIP
+    >>> attr.top_k(100, model=model)  # doctest: +SKIP
+       image  layer  unit  position     score  activation            tokens
+    0      0      5  9058        17  0.412...    1.93...  [ water, fish, ...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from transformer_lens_mm import hook_names
+from transformer_lens_mm.layout import MultimodalInput
+
+__all__ = ["Attribution", "attribute", "frozen_parameters", "target_metric"]
+
+Positions = Literal["image", "all"]
+Metric = Literal["logit", "logprob"]
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: Any) -> Iterator[None]:
+    """Temporarily set ``requires_grad=False`` on every parameter (restored afterwards)."""
+    modules = [model] + [
+        m
+        for m in (getattr(model, "image_encoder", None), getattr(model, "image_projection", None))
+        if m is not None
+    ]
+    params = {id(p): p for m in modules for p in m.parameters()}
+    flags = {k: p.requires_grad for k, p in params.items()}
+    try:
+        for p in params.values():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for k, p in params.items():
+            p.requires_grad_(flags[k])
+
+
+def target_metric(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    positions: Int[Tensor, " batch"],
+    target_ids: Int[Tensor, " batch"],
+    metric: Metric = "logit",
+) -> Float[Tensor, " batch"]:
+    """``y_c`` per item: the logit (or log-probability) of ``c`` at the predicting position."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    picked = logits[rows, positions.to(logits.device)]
+    if metric == "logprob":
+        picked = picked.float().log_softmax(-1)
+    elif metric != "logit":
+        raise ValueError(f"metric must be 'logit' or 'logprob', got {metric!r}")
+    return picked[rows, target_ids.to(logits.device)]
+
+
+@dataclass
+class Attribution:
+    """Scores of MLP units for one batch of images.
+
+    In full mode ``scores`` is ``[batch, layer, position, unit]``; in top-k mode (``top_k=K``
+    given to :func:`attribute`) only each image's ``K`` best ``(layer, position, unit)`` are kept
+    in ``best_scores``/``best_index``.
+    """
+
+    layers: list[int]  # layer index of each layer slot
+    positions: Int[Tensor, "batch n_pos"]  # sequence position of each position slot
+    target_ids: Int[Tensor, " batch"]  # c per image
+    target_values: Float[Tensor, " batch"]  # y_c per image
+    metric: str  # "logit" or "logprob"
+    scores: Float[Tensor, "batch n_layer n_pos d_mlp"] | None = None  # full mode
+    activations: Float[Tensor, "batch n_layer n_pos d_mlp"] | None = None  # if kept
+    best_scores: Float[Tensor, "batch k"] | None = None  # top-k mode
+    best_index: Int[Tensor, "batch k 3"] | None = None  # (layer slot, position slot, unit)
+    best_activations: Float[Tensor, "batch k"] | None = None  # top-k mode
+
+    def __len__(self) -> int:
+        return int(self.target_ids.shape[0])
+
+    @property
+    def is_full(self) -> bool:
+        return self.scores is not None
+
+    def _require_full(self, what: str) -> Tensor:
+        if self.scores is None:
+            raise ValueError(f"{what} needs the full score tensor: run attribute(..., top_k=None)")
+        return self.scores
+
+    def unit_scores(
+        self, reduce: Literal["sum", "max", "mean"] = "sum"
+    ) -> Float[Tensor, "batch n_layer d_mlp"]:
+        """Per-unit aggregate over positions."""
+        scores = self._require_full("unit_scores")
+        if reduce == "sum":
+            return scores.sum(2)
+        if reduce == "mean":
+            return scores.mean(2)
+        if reduce == "max":
+            return scores.max(2).values
+        raise ValueError(f"reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
+
+    def _topk_index(self, k: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        if self.scores is not None:
+            b, n_l, n_p, d = self.scores.shape
+            if not 1 <= k <= n_l * n_p * d:
+                raise ValueError(f"k={k} must be between 1 and the {n_l * n_p * d} scored units")
+            vals, flat = self.scores.reshape(b, -1).topk(k, dim=-1)
+            unit = flat % d
+            pos = (flat // d) % n_p
+            layer = flat // (d * n_p)
+            acts = None
+            if self.activations is not None:
+                acts = self.activations.reshape(b, -1).gather(1, flat)
+            return vals, torch.stack([layer, pos, unit], -1), acts
+        assert self.best_scores is not None and self.best_index is not None
+        if not 1 <= k <= self.best_scores.shape[1]:
+            raise ValueError(
+                f"k={k} but only the top {self.best_scores.shape[1]} units were kept: "
+                f"rerun attribute(..., top_k={k}) or with top_k=None"
+            )
+        acts = None if self.best_activations is None else self.best_activations[:, :k]
+        return self.best_scores[:, :k], self.best_index[:, :k], acts
+
+    def top_k(self, k: int = 100, *, model: Any = None, n_tokens: int = 10) -> pd.DataFrame:
+        """The ``k`` highest-scoring ``(layer, unit, position)`` per image, as a table.
+
+        Args:
+            k: Rows per image.
+            model: When given, adds each unit's ``n_tokens`` decoded tokens (``W_U @ W_out``).
+            n_tokens: Decoded tokens per unit.
+
+        Returns:
+            Columns ``image, rank, layer, unit, position, score`` (+ ``activation`` when known,
+            + ``tokens`` with ``model``).
+        """
+        vals, index, acts = self._topk_index(k)
+        layers = torch.tensor(self.layers)[index[..., 0]]
+        positions = self.positions.gather(1, index[..., 1])
+        b = vals.shape[0]
+        table = pd.DataFrame(
+            {
+                "image": np.repeat(np.arange(b), k),
+                "rank": np.tile(np.arange(k), b),
+                "layer": layers.reshape(-1).numpy(),
+                "unit": index[..., 2].reshape(-1).numpy(),
+                "position": positions.reshape(-1).numpy(),
+                "score": vals.reshape(-1).numpy(),
+            }
+        )
+        if acts is not None:
+            table["activation"] = acts.reshape(-1).numpy()
+        if model is not None:
+            from transformer_lens_mm.decoding import decode_units
+
+            pairs = sorted(set(zip(table["layer"].tolist(), table["unit"].tolist())))
+            decoded = decode_units(model, pairs, k=n_tokens)
+            lookup = {pair: [t for t, _ in toks] for pair, toks in zip(pairs, decoded)}
+            table["tokens"] = [
+                lookup[(layer, unit)] for layer, unit in zip(table["layer"], table["unit"])
+            ]
+        return table
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """All tensors as numpy arrays (``None`` fields left out)."""
+        out = {"layers": np.asarray(self.layers)}
+        for name in (
+            "positions",
+            "target_ids",
+            "target_values",
+            "scores",
+            "activations",
+            "best_scores",
+            "best_index",
+            "best_activations",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.numpy()
+        return out
+
+    def to_pandas(self) -> pd.DataFrame:
+        """Every stored score as a long table (image, layer, position, unit, score)."""
+        if self.scores is None:
+            return self.top_k(self.best_scores.shape[1])  # type: ignore[union-attr]
+        b, n_l, n_p, d = self.scores.shape
+        grid = np.stack(
+            np.meshgrid(np.arange(b), np.arange(n_l), np.arange(n_p), np.arange(d), indexing="ij"),
+            -1,
+        ).reshape(-1, 4)
+        pos = self.positions.numpy()[grid[:, 0], grid[:, 2]]
+        return pd.DataFrame(
+            {
+                "image": grid[:, 0],
+                "layer": np.asarray(self.layers)[grid[:, 1]],
+                "position": pos,
+                "unit": grid[:, 3],
+                "score": self.scores.reshape(-1).numpy(),
+            }
+        )
+
+
+def _check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+    n_layers = int(model.cfg.n_layers)
+    if layers is None:
+        return list(range(n_layers))
+    out = [hook_names.resolve_layer(int(layer), n_layers) for layer in layers]
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers contains duplicates: {list(layers)}")
+    return out
+
+
+def _select_positions(batch: MultimodalInput, positions: Positions | Tensor) -> Tensor:
+    if isinstance(positions, Tensor):
+        pos = positions.to(batch.tokens.device).long()
+        if pos.ndim == 1:
+            pos = pos.expand(len(batch), -1)
+        seq = batch.tokens.shape[1]
+        if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= seq):
+            raise IndexError(f"positions must lie in 0..{seq - 1} (the sequence length is {seq})")
+        return pos
+    if positions == "image":
+        return batch.image_positions
+    if positions == "all":
+        seq = batch.tokens.shape[1]
+        return torch.arange(seq, device=batch.tokens.device).expand(len(batch), -1)
+    raise ValueError(f"positions must be 'image', 'all' or a tensor of indices, got {positions!r}")
+
+
+def attribute(
+    model: Any,
+    batch: MultimodalInput,
+    target_ids: Sequence[int] | Int[Tensor, " batch"],
+    *,
+    layers: Sequence[int] | None = None,
+    positions: Positions | Tensor = "image",
+    metric: Metric = "logit",
+    top_k: int | None = None,
+    keep_activations: bool = True,
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+) -> Attribution:
+    """Score every MLP unit ``k`` at every chosen position ``p``: ``Z_pk * dy_c/dZ_pk``.
+
+    Args:
+        model: A multimodal model (either TransformerLens API).
+        batch: The input; ``y_c`` is read at ``batch.last_positions`` (append the caption text
+            before ``c`` with :func:`~transformer_lens_mm.targets.target_inputs`).
+        target_ids: ``c`` per image.
+        layers: Layers to score (default all; negative indices allowed).
+        positions: ``"image"`` (default), ``"all"``, or explicit indices ``[batch, n]``/``[n]``.
+        metric: ``"logit"`` (the paper's ``y_c``) or ``"logprob"``.
+        top_k: Keep only each image's ``top_k`` best entries instead of the full tensor.
+        keep_activations: Also keep ``Z`` at the scored entries.
+        fwd_hooks: Extra hooks active during the forward (e.g. an ablation).
+
+    Returns:
+        An :class:`Attribution`.
+    """
+    n = len(batch)
+    tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
+    if tids.shape[0] != n:
+        raise ValueError(f"got {tids.shape[0]} targets for {n} images: pass one per image")
+    d_vocab = int(model.cfg.d_vocab)
+    if tids.numel() and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
+        raise ValueError(f"target ids must lie in 0..{d_vocab - 1}, got {tids.tolist()}")
+    layer_list = _check_layers(model, layers)
+    batch = batch.to(model._lm_device())
+    sel = _select_positions(batch, positions)
+    rows = torch.arange(n, device=sel.device)[:, None]
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+    d_mlp = int(model.cfg.d_mlp)
+    full = None if top_k is not None else torch.zeros(n, len(layer_list), sel.shape[1], d_mlp)
+    full_acts = None if (top_k is not None or not keep_activations) else torch.zeros_like(full)
+    best: dict[str, Tensor] = {}
+
+    def consume(slot: int, act: Tensor, grad: Tensor) -> None:
+        a = act[rows, sel].float()
+        score = (a * grad[rows, sel].float()).cpu()
+        if full is not None:
+            full[:, slot] = score
+            if full_acts is not None:
+                full_acts[:, slot] = a.cpu()
+            return
+        n_p = sel.shape[1]
+        k = min(top_k, n_p * d_mlp)
+        vals, flat = score.reshape(n, -1).topk(k, dim=-1)
+        idx = torch.stack([torch.full_like(flat, slot), flat // d_mlp, flat % d_mlp], -1)
+        acts = a.cpu().reshape(n, -1).gather(1, flat)
+        if best:
+            vals = torch.cat([best["scores"], vals], 1)
+            idx = torch.cat([best["index"], idx], 1)
+            acts = torch.cat([best["acts"], acts], 1)
+            vals, order = vals.topk(min(top_k, vals.shape[1]), dim=-1)
+            idx = idx.gather(1, order[..., None].expand(-1, -1, 3))
+            acts = acts.gather(1, order)
+        best.update(scores=vals, index=idx, acts=acts)
+
+    def make_leaf(x: Tensor, hook: Any) -> Tensor:
+        return x.detach().requires_grad_(True)
+
+    def capture(slot: int):
+        def hook(act: Tensor, hook: Any) -> None:
+            if act.requires_grad:
+                saved = act.detach()
+                act.register_hook(lambda grad: consume(slot, saved, grad))
+
+        return hook
+
+    hooks = [(hook_names.EMBED, make_leaf)]
+    hooks += [(hook_names.mlp_post(layer), capture(i)) for i, layer in enumerate(layer_list)]
+    with torch.enable_grad(), frozen_parameters(model):
+        logits = model.run_with_hooks(batch, fwd_hooks=[*hooks, *fwd_hooks])
+        y = target_metric(logits, batch.last_positions, tids, metric)
+        y.sum().backward()
+    attr = Attribution(
+        layers=layer_list,
+        positions=sel.cpu(),
+        target_ids=tids,
+        target_values=y.detach().float().cpu(),
+        metric=metric,
+    )
+    if full is not None:
+        attr.scores, attr.activations = full, full_acts
+    else:
+        attr.best_scores, attr.best_index = best["scores"], best["index"]
+        attr.best_activations = best["acts"] if keep_activations else None
+    return attr

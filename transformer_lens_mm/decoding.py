@@ -1,0 +1,172 @@
+"""Reading units and soft prompts as words.
+
+* :func:`decode_units`: a unit's output weights through the unembedding,
+  ``softmax(W_U^T W_out[layer, unit])``, top-k tokens (the paper's unit decoding).
+* :func:`decode_soft_prompts`: each image token's nearest vocabulary embeddings by cosine
+  similarity with ``W_E`` (the paper's soft-prompt decoding), with
+  :func:`random_soft_prompts` as the baseline of random vectors of the same norms.
+
+Example:
+    >>> decode_units(model, [(5, 9058)], k=3)  # doctest: +SKIP
+    [[(' water', 0.031), (' fish', 0.027), (' swimming', 0.019)]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from transformer_lens_mm.hook_names import resolve_layer
+
+__all__ = [
+    "decode_soft_prompts",
+    "decode_units",
+    "final_norm_weight",
+    "random_soft_prompts",
+    "unit_output_weights",
+    "vocab_mask",
+]
+
+
+def unit_output_weights(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+    """``W_out`` of one layer's MLP (rows are units), on either TL API."""
+    layer = resolve_layer(layer, int(model.cfg.n_layers))
+    mlp = model.blocks[layer].mlp
+    w = getattr(mlp, "W_out", None)
+    if w is None:
+        raise ValueError(f"layer {layer} has no MLP output weights (attention-only model?)")
+    return w
+
+
+def final_norm_weight(model: Any) -> Tensor | None:
+    """The final norm's elementwise scale (``None`` when the model has none)."""
+    ln = getattr(model, "ln_final", None)
+    for name in ("w", "weight"):
+        w = getattr(ln, name, None) if ln is not None else None
+        if isinstance(w, Tensor):
+            return w
+    return None
+
+
+def vocab_mask(model: Any, *, special_tokens: bool = True) -> Tensor:
+    """Boolean mask over ``d_vocab``: True for rows that may be decoded.
+
+    Rows beyond the tokenizer's vocabulary (GPT-J has 50400 rows for 50257 tokens) are never
+    decoded; special tokens are excluded when ``special_tokens`` is True.
+    """
+    d_vocab = int(model.cfg.d_vocab)
+    keep = torch.zeros(d_vocab, dtype=torch.bool)
+    keep[: min(d_vocab, len(model.tokenizer))] = True
+    if special_tokens:
+        for tid in getattr(model.tokenizer, "all_special_ids", []):
+            if 0 <= tid < d_vocab:
+                keep[tid] = False
+    return keep
+
+
+@torch.no_grad()
+def decode_units(
+    model: Any,
+    units: Sequence[tuple[int, int]],
+    *,
+    k: int = 10,
+    final_norm: bool = False,
+    mask_special: bool = True,
+) -> list[list[tuple[str, float]]]:
+    """Top-``k`` tokens of ``softmax(W_out[layer, unit] @ W_U)`` for each ``(layer, unit)``.
+
+    Args:
+        model: A multimodal model (either TL API).
+        units: ``(layer, unit)`` pairs.
+        k: Tokens per unit.
+        final_norm: Multiply by the final norm's scale before unembedding.
+        mask_special: Never decode special tokens (and always skip unused vocabulary rows).
+
+    Returns:
+        For each unit, ``k`` pairs ``(token string, probability)``.
+    """
+    d_mlp = int(model.cfg.d_mlp)
+    keep = vocab_mask(model, special_tokens=mask_special)
+    if k < 1 or k > int(keep.sum()):
+        raise ValueError(f"k={k} must be between 1 and the {int(keep.sum())} decodable tokens")
+    w_u = model.W_U.detach()
+    scale = final_norm_weight(model) if final_norm else None
+    out: list[list[tuple[str, float]]] = []
+    by_layer: dict[int, list[int]] = {}
+    for i, (layer, unit) in enumerate(units):
+        if not 0 <= int(unit) < d_mlp:
+            raise IndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
+        by_layer.setdefault(resolve_layer(int(layer), int(model.cfg.n_layers)), []).append(i)
+    results: dict[int, list[tuple[str, float]]] = {}
+    for layer, idxs in by_layer.items():
+        w_out = unit_output_weights(model, layer).detach()
+        vecs = w_out[[int(units[i][1]) for i in idxs]].float()
+        if scale is not None:
+            vecs = vecs * scale.detach().float()
+        logits = vecs @ w_u.float()
+        logits[:, ~keep.to(logits.device)] = float("-inf")
+        probs, ids = logits.softmax(-1).topk(k, dim=-1)
+        for row, i in enumerate(idxs):
+            results[i] = [
+                (model.tokenizer.decode([int(t)]), float(p))
+                for t, p in zip(ids[row].tolist(), probs[row].tolist())
+            ]
+    out = [results[i] for i in range(len(units))]
+    return out
+
+
+@torch.no_grad()
+def decode_soft_prompts(
+    model: Any,
+    embeds: Float[Tensor, "... d_model"],
+    *,
+    k: int = 5,
+    mask_special: bool = True,
+) -> pd.DataFrame:
+    """Nearest vocabulary tokens (cosine similarity with ``W_E``) of each soft-prompt vector.
+
+    Args:
+        model: A multimodal model.
+        embeds: Soft-prompt tokens, e.g. ``cache["hook_image_embed"][i]`` (``[n, d_model]`` or
+            ``[batch, n, d_model]``).
+        k: Tokens per vector.
+        mask_special: Skip special tokens and unused vocabulary rows.
+
+    Returns:
+        Columns ``index`` (flat vector index), ``rank``, ``token``, ``token_id``, ``cosine``.
+    """
+    vecs = embeds.detach().reshape(-1, embeds.shape[-1]).float()
+    w_e = model.W_E.detach().float().to(vecs.device)
+    sims = (
+        torch.nn.functional.normalize(vecs, dim=-1) @ torch.nn.functional.normalize(w_e, dim=-1).T
+    )
+    keep = vocab_mask(model, special_tokens=mask_special).to(sims.device)
+    sims[:, ~keep] = float("-inf")
+    vals, ids = sims.topk(k, dim=-1)
+    rows = []
+    for i in range(vecs.shape[0]):
+        for r in range(k):
+            tid = int(ids[i, r])
+            rows.append((i, r, model.tokenizer.decode([tid]), tid, float(vals[i, r])))
+    return pd.DataFrame(rows, columns=["index", "rank", "token", "token_id", "cosine"])
+
+
+def random_soft_prompts(
+    like: Float[Tensor, "... d_model"], n: int = 1000, *, seed: int = 0
+) -> Float[Tensor, "n d_model"]:
+    """``n`` random Gaussian directions with norms drawn from ``like``'s norms (the baseline).
+
+    Example:
+        >>> random_soft_prompts(torch.ones(4, 8) * 3, n=2).norm(dim=-1)
+        tensor([8.4853, 8.4853])
+    """
+    flat = like.detach().reshape(-1, like.shape[-1]).float().cpu()
+    gen = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n, flat.shape[-1], generator=gen), dim=-1)
+    norms = flat.norm(dim=-1)[torch.randint(0, flat.shape[0], (n,), generator=gen)]
+    return dirs * norms[:, None]
