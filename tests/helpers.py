@@ -133,3 +133,92 @@ def build_model(folder: Path, api: str, **kwargs):
 def random_images(n: int, size: int = 40, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(3, size, size, generator=g) for _ in range(n)]
+
+
+def build_planted_model(
+    folder: Path,
+    *,
+    word: str = "dog",
+    unit: int = 7,
+    seed: int = 0,
+    write: float = 0.3,
+    word_bias: float = -4.0,
+):
+    """A hand-built GPT-J-like model with one planted multimodal neuron.
+
+    Layer 0, MLP unit ``unit`` reads the soft-token direction ``u`` (what the projection makes of
+    the image-feature direction ``f``) and writes the direction ``e`` that the unembedding maps
+    to ``word``. Layer 1's attention is uniform with identity value/output maps, so whatever the
+    image positions carry reaches the last position. Every other weight is small and random.
+
+    Returns:
+        ``(folder, projection, f)``: the saved model, an :class:`ImageProjection` (d_image 24),
+        and the feature direction that makes the neuron fire.
+    """
+    g = torch.Generator().manual_seed(seed)
+    d, d_image = 32, 24
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = GPTJConfig(
+        n_embd=d,
+        n_layer=2,
+        n_head=4,
+        rotary_dim=4,
+        n_positions=64,
+        vocab_size=len(WORDS),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
+    model = GPTJForCausalLM(cfg).eval()
+
+    def unit_vec(n):
+        v = torch.randn(n, generator=g)
+        v = v - v.mean()  # LayerNorm keeps zero-mean directions
+        return v / v.norm()
+
+    u, e = unit_vec(d), unit_vec(d)
+    e = e - (e @ u) * u
+    e = e / e.norm()
+    wid = WORDS.index(word)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        for block in model.transformer.h:
+            block.ln_1.weight.fill_(1.0)
+            block.ln_1.bias.zero_()
+        model.transformer.ln_f.weight.fill_(1.0)
+        model.transformer.ln_f.bias.zero_()
+        mlp0 = model.transformer.h[0].mlp
+        mlp0.fc_in.weight[unit] = 3.0 * u  # reads u (after ln_1, |x| ~ sqrt(d))
+        mlp0.fc_in.bias[unit] = -6.0  # fires only when the token is mostly u
+        mlp0.fc_out.weight[:, unit] = write * e  # writes e
+        attn1 = model.transformer.h[1].attn
+        attn1.q_proj.weight.zero_()
+        attn1.k_proj.weight.zero_()
+        attn1.v_proj.weight.copy_(torch.eye(d))
+        attn1.out_proj.weight.copy_(torch.eye(d))
+        model.transformer.h[1].mlp.fc_out.weight.zero_()
+        model.lm_head.weight[wid] = 3.0 * e
+        model.lm_head.bias.zero_()
+        model.lm_head.bias[wid] = word_bias  # the word is unlikely unless e is present
+    model.save_pretrained(folder)
+    build_tokenizer(folder)
+
+    f = torch.randn(d_image, generator=g)
+    f = f / f.norm()
+    proj = ImageProjection(d_image, d)
+    with torch.no_grad():
+        proj.weight.copy_(torch.randn(d, d_image, generator=g) * 0.5)
+        proj.weight += 6.0 * torch.outer(u, f)  # feature direction f -> soft-token direction u
+        proj.bias.zero_()
+    return folder, proj, f
+
+
+def planted_features(f: torch.Tensor, n: int, *, on: bool, n_tokens: int = 16, seed: int = 0):
+    """Encoder-like features; with ``on``, half the patches carry the direction ``f``."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n, n_tokens, f.shape[0], generator=g) * 0.3
+    feats = feats - (feats @ f)[..., None] * f  # noise carries no f
+    if on:
+        feats[:, : n_tokens // 2] += 3.0 * f
+    return feats

@@ -115,6 +115,31 @@ class Attribution:
             return scores.max(2).values
         raise ValueError(f"reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
 
+    def ranked_units(
+        self, reduce: Literal["sum", "max", "mean"] = "max", limit: int | None = None
+    ) -> list[list[tuple[int, int]]]:
+        """Per image, ``(layer, unit)`` pairs ranked by their score aggregated over positions.
+
+        In top-k mode the order of first appearance among the kept entries is used.
+        """
+        out: list[list[tuple[int, int]]] = []
+        if self.scores is None:
+            assert self.best_index is not None
+            for i in range(len(self)):
+                seen: dict[tuple[int, int], None] = {}
+                for slot, _, unit in self.best_index[i].tolist():
+                    seen.setdefault((self.layers[slot], unit), None)
+                out.append(list(seen)[:limit])
+            return out
+        agg = self.unit_scores(reduce)  # [batch, n_layer, d_mlp]
+        d_mlp = agg.shape[-1]
+        order = agg.reshape(len(self), -1).argsort(dim=-1, descending=True)
+        if limit is not None:
+            order = order[:, :limit]
+        for i in range(len(self)):
+            out.append([(self.layers[int(f) // d_mlp], int(f) % d_mlp) for f in order[i]])
+        return out
+
     def _topk_index(self, k: int) -> tuple[Tensor, Tensor, Tensor | None]:
         if self.scores is not None:
             b, n_l, n_p, d = self.scores.shape

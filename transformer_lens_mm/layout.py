@@ -74,6 +74,21 @@ class MultimodalInput:
         pos = torch.arange(self.tokens.shape[1], device=self.tokens.device)
         return (pos * self.attention_mask).argmax(-1)
 
+    def select(self, rows: Sequence[int] | Tensor) -> MultimodalInput:
+        """The items at ``rows`` (repeats allowed), e.g. to stack ablation conditions."""
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.tokens.device)
+        picked = {
+            f.name: getattr(self, f.name)[index.to(getattr(self, f.name).device)]
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)
+        }
+        listed = {
+            name: [getattr(self, name)[i] for i in index.tolist()]
+            for name in ("prompts", "captions")
+            if getattr(self, name) is not None
+        }
+        return dataclasses.replace(self, **picked, **listed)
+
     def to(self, device: torch.device | str) -> MultimodalInput:
         """Move every tensor to ``device``."""
         moved = {

@@ -1,0 +1,316 @@
+"""Ablating MLP units: hook builders, a context manager, the top-vs-random sweep, captions.
+
+Units are ``(layer, unit)`` pairs; ablation acts on ``blocks.{layer}.mlp.hook_post`` at chosen
+positions (the image positions of the current input by default). Modes:
+
+* ``"zero"``: ``Z = 0`` (the paper's choice; GELU(0) = 0),
+* ``"mean"``: ``Z`` = the unit's mean activation over a reference set (:func:`unit_means`),
+* ``"resample"``: ``Z`` = the unit's activation on another input at the same position.
+
+:func:`ablation_sweep` compares ablating each image's top-k units with ablating the same number
+of random units drawn from the same layers, for every k, by stacking all conditions along the
+batch dimension (one forward per chunk of conditions, not one per condition).
+
+Example:
+    >>> with ablated(model, [(5, 9058), (7, 12)]):  # doctest: +SKIP
+    ...     logits = model(batch)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from transformer_lens_mm import hook_names
+from transformer_lens_mm.attribution import target_metric
+from transformer_lens_mm.layout import MultimodalInput
+
+__all__ = [
+    "DEFAULT_KS",
+    "ablated",
+    "ablation_hooks",
+    "ablation_sweep",
+    "captions_under_ablation",
+    "random_units_like",
+    "unit_means",
+]
+
+DEFAULT_KS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+Mode = Literal["zero", "mean", "resample"]
+Unit = tuple[int, int]
+
+
+def _group(model: Any, units: Sequence[Unit]) -> dict[int, Tensor]:
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    groups: dict[int, list[int]] = {}
+    for layer, unit in units:
+        layer = hook_names.resolve_layer(int(layer), n_layers)
+        if not 0 <= int(unit) < d_mlp:
+            raise IndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
+        groups.setdefault(layer, []).append(int(unit))
+    return {layer: torch.tensor(sorted(set(us)), dtype=torch.long) for layer, us in groups.items()}
+
+
+def _position_mask(
+    model: Any, act: Tensor, positions: Bool[Tensor, "batch pos"] | None
+) -> Tensor | None:
+    mask = positions
+    if mask is None:
+        last = getattr(model, "last_input", None)
+        if last is None:
+            raise RuntimeError(
+                "no positions given and the model has no last_input to take image positions from"
+            )
+        mask = last.image_mask
+    if act.shape[1] < mask.shape[-1]:
+        return None  # an incremental KV-cache step: the ablated positions are already cached
+    if act.shape[1] > mask.shape[-1]:  # the sequence grew at the end (generation, no cache)
+        mask = torch.nn.functional.pad(mask, (0, act.shape[1] - mask.shape[-1]), value=False)
+    if mask.ndim == 1:
+        mask = mask.expand(act.shape[0], -1)
+    if mask.shape[0] != act.shape[0]:
+        raise ValueError(f"positions cover {mask.shape[0]} items but the batch has {act.shape[0]}")
+    return mask.to(act.device)
+
+
+def ablation_hooks(
+    model: Any,
+    units: Sequence[Unit] | dict[int, Bool[Tensor, "... d_mlp"]],
+    *,
+    mode: Mode = "zero",
+    positions: Bool[Tensor, "batch pos"] | None = None,
+    means: dict[int, Float[Tensor, " d_mlp"]] | None = None,
+    source: dict[int, Float[Tensor, "batch pos d_mlp"]] | None = None,
+) -> list[tuple[str, Any]]:
+    """Hooks that ablate ``units`` (for ``run_with_hooks``, ``hooks()``, captioning).
+
+    Args:
+        model: A multimodal model.
+        units: ``(layer, unit)`` pairs, or per layer a boolean unit mask ``[d_mlp]`` or
+            ``[batch, d_mlp]`` (one set per batch row, as the sweep uses).
+        mode: ``"zero"``, ``"mean"`` (needs ``means``) or ``"resample"`` (needs ``source``).
+        positions: Boolean ``[batch, pos]``/``[pos]`` mask of positions to ablate (default: the
+            image positions of the input being run).
+        means: Per layer, the mean activation of every unit (:func:`unit_means`).
+        source: Per layer, activations ``[batch, pos, d_mlp]`` of the resampled input
+            (e.g. ``cache[mlp_post(l)]`` of another image).
+
+    Returns:
+        A list of ``(hook name, hook function)``.
+    """
+    if mode not in ("zero", "mean", "resample"):
+        raise ValueError(f"mode must be 'zero', 'mean' or 'resample', got {mode!r}")
+    d_mlp = int(model.cfg.d_mlp)
+    if isinstance(units, dict):
+        masks = {
+            hook_names.resolve_layer(int(k), int(model.cfg.n_layers)): v.bool()
+            for k, v in units.items()
+        }
+    else:
+        masks = {}
+        for layer, idx in _group(model, units).items():
+            m = torch.zeros(d_mlp, dtype=torch.bool)
+            m[idx] = True
+            masks[layer] = m
+    for layer in masks:
+        if mode == "mean" and (means is None or layer not in means):
+            raise ValueError(f"mode='mean' needs means[{layer}]: compute them with unit_means()")
+        if mode == "resample" and (source is None or layer not in source):
+            raise ValueError(f"mode='resample' needs source[{layer}] activations of another input")
+
+    def make(layer: int, unit_mask: Tensor):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            pos = _position_mask(model, act, positions)
+            if pos is None:
+                return act
+            um = unit_mask.to(act.device)
+            um = um[:, None, :] if um.ndim == 2 else um[None, None, :]
+            sel = pos[:, :, None] & um
+            if mode == "zero":
+                value = torch.zeros((), dtype=act.dtype, device=act.device)
+            elif mode == "mean":
+                value = means[layer].to(act.device, act.dtype)  # type: ignore[index]
+            else:
+                value = source[layer].to(act.device, act.dtype)  # type: ignore[index]
+                if value.shape != act.shape:
+                    raise ValueError(
+                        f"resample source of layer {layer} has shape "
+                        f"{tuple(value.shape)}, the activation {tuple(act.shape)}"
+                    )
+            return torch.where(sel, value, act)
+
+        return hook
+
+    return [(hook_names.mlp_post(layer), make(layer, m)) for layer, m in sorted(masks.items())]
+
+
+@contextlib.contextmanager
+def ablated(model: Any, units: Sequence[Unit], **kwargs: Any) -> Iterator[Any]:
+    """Context manager: every forward inside runs with ``units`` ablated (see
+    :func:`ablation_hooks` for the keyword arguments)."""
+    with model.hooks(fwd_hooks=ablation_hooks(model, units, **kwargs)):
+        yield model
+
+
+@torch.no_grad()
+def unit_means(
+    model: Any,
+    batches: Sequence[MultimodalInput],
+    layers: Sequence[int],
+    *,
+    positions: Literal["image", "all"] = "image",
+) -> dict[int, Tensor]:
+    """Mean activation of every unit of ``layers`` over the image (or all real) positions."""
+    names = [hook_names.mlp_post(int(layer), int(model.cfg.n_layers)) for layer in layers]
+    sums = {n: torch.zeros(int(model.cfg.d_mlp), dtype=torch.float64) for n in names}
+    count = 0
+    for batch in batches:
+        _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
+        mask = (batch.image_mask if positions == "image" else batch.attention_mask.bool()).cpu()
+        for n in names:
+            sums[n] += cache[n].cpu()[mask].double().sum(0)
+        count += int(mask.sum())
+    if count == 0:
+        raise ValueError("no positions to average over: pass at least one non-empty batch")
+    return {
+        hook_names.resolve_layer(int(layer), int(model.cfg.n_layers)): (sums[n] / count).float()
+        for layer, n in zip(layers, names)
+    }
+
+
+def random_units_like(model: Any, units: Sequence[Unit], *, seed: int = 0) -> list[Unit]:
+    """As many random units per layer as ``units`` has there (uniform, without replacement)."""
+    gen = torch.Generator().manual_seed(seed)
+    out: list[Unit] = []
+    d_mlp = int(model.cfg.d_mlp)
+    for layer, idx in _group(model, units).items():
+        pick = torch.randperm(d_mlp, generator=gen)[: len(idx)]
+        out.extend((layer, int(u)) for u in pick.sort().values)
+    return out
+
+
+def ablation_sweep(
+    model: Any,
+    batch: MultimodalInput,
+    target_ids: Sequence[int] | Tensor,
+    ranked_units: Sequence[Sequence[Unit]],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    n_random: int = 1,
+    seed: int = 0,
+    mode: Mode = "zero",
+    means: dict[int, Tensor] | None = None,
+    chunk_size: int = 32,
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """p(c) and logit(c) when ablating each image's top-k units vs k random units, for each k.
+
+    Random units are drawn from the same layers in the same numbers as the top-k set (seeded,
+    ``n_random`` draws). All conditions are stacked along the batch dimension and run in
+    chunks of ``chunk_size`` rows.
+
+    Args:
+        model: A multimodal model.
+        batch: The images' input; ``c`` is predicted at ``batch.last_positions``.
+        target_ids: ``c`` per image.
+        ranked_units: Per image, units ranked best first (e.g. from
+            :meth:`Attribution.ranked_units`).
+        ks: Numbers of units to ablate (0 is the unablated reference).
+        n_random: Random draws per k.
+        seed: Seed of the random draws.
+        mode: ``"zero"`` or ``"mean"`` (with ``means``).
+        chunk_size: Rows per forward.
+        verbose: Progress bar over chunks.
+
+    Returns:
+        One row per (image, kind, k, draw): ``p_c``, ``logit_c``, ``delta_p``, ``delta_logit``
+        and ``rel_p`` (p_c over the unablated p_c).
+    """
+    n = len(batch)
+    tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
+    if tids.shape[0] != n or len(ranked_units) != n:
+        raise ValueError(f"need one target and one ranked unit list per image ({n} images)")
+    if mode == "resample":
+        raise ValueError("ablation_sweep supports mode='zero' or 'mean'")
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    ks = sorted({int(k) for k in ks})
+    if ks and ks[0] < 0:
+        raise ValueError(f"k must be >= 0, got {ks[0]}")
+    if ks and ks[-1] > n_layers * d_mlp:
+        raise ValueError(f"k={ks[-1]} is more than the model's {n_layers * d_mlp} MLP units")
+    for i, ranked in enumerate(ranked_units):
+        if ks and ks[-1] > len(ranked):
+            raise ValueError(
+                f"image {i} has {len(ranked)} ranked units but k={ks[-1]} was asked for: rank "
+                "more units (attribution over more layers/positions) or use smaller ks"
+            )
+
+    # conditions: (image, kind, k, draw, units)
+    conditions: list[tuple[int, str, int, int, list[Unit]]] = []
+    for i, ranked in enumerate(ranked_units):
+        for k in ks:
+            top = [tuple(map(int, u)) for u in ranked[:k]]
+            conditions.append((i, "top", k, 0, top))
+            for d in range(n_random):
+                rnd = random_units_like(model, top, seed=seed * 1_000_003 + i * 10_007 + k * 31 + d)
+                conditions.append((i, "random", k, d, rnd))
+
+    batch = batch.to(model._lm_device())
+    results = []
+    n_chunks = math.ceil(len(conditions) / chunk_size)
+    for c in tqdm(range(n_chunks), disable=not verbose, desc="ablation sweep"):
+        chunk = conditions[c * chunk_size : (c + 1) * chunk_size]
+        rows = [cond[0] for cond in chunk]
+        stacked = batch.select(rows)
+        masks = torch.zeros(n_layers, len(chunk), d_mlp, dtype=torch.bool)
+        for r, cond in enumerate(chunk):
+            for layer, unit in cond[4]:
+                masks[hook_names.resolve_layer(layer, n_layers), r, unit] = True
+        used = {layer: masks[layer] for layer in range(n_layers) if bool(masks[layer].any())}
+        hooks = ablation_hooks(model, used, mode=mode, positions=stacked.image_mask, means=means)
+        with torch.no_grad():
+            logits = model.run_with_hooks(stacked, fwd_hooks=hooks)
+            logit_c = target_metric(logits, stacked.last_positions, tids[rows], "logit")
+            logp_c = target_metric(logits, stacked.last_positions, tids[rows], "logprob")
+        for r, cond in enumerate(chunk):
+            results.append(
+                (cond[0], cond[1], cond[2], cond[3], float(logp_c[r].exp()), float(logit_c[r]))
+            )
+    table = pd.DataFrame(results, columns=["image", "kind", "k", "draw", "p_c", "logit_c"])
+    base = table[table.k == 0].groupby("image")[["p_c", "logit_c"]].first()
+    if len(base):
+        table["delta_p"] = table["p_c"] - table["image"].map(base["p_c"])
+        table["delta_logit"] = table["logit_c"] - table["image"].map(base["logit_c"])
+        table["rel_p"] = table["p_c"] / table["image"].map(base["p_c"]).clip(
+            lower=np.finfo(float).tiny
+        )
+    return table
+
+
+def captions_under_ablation(
+    model: Any,
+    images: Any,
+    units: Sequence[Unit],
+    *,
+    mode: Mode = "zero",
+    means: dict[int, Tensor] | None = None,
+    **generate_kwargs: Any,
+) -> Any:
+    """Regenerate captions with ``units`` ablated at the image positions.
+
+    Keyword arguments go to :func:`~transformer_lens_mm.captioning.generate_captions`.
+    """
+    from transformer_lens_mm.captioning import generate_captions
+
+    hooks = ablation_hooks(model, units, mode=mode, means=means)
+    extra = list(generate_kwargs.pop("fwd_hooks", ()))
+    return generate_captions(model, images, fwd_hooks=hooks + extra, **generate_kwargs)
