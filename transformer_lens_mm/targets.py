@@ -14,9 +14,9 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Optional
 
 import torch
 
@@ -41,18 +41,18 @@ _STOP = frozenset(
 )
 
 
-class NounFinder(Protocol):
-    """Returns the first noun of a text (as it is spelled there), or ``None``."""
-
-    def __call__(self, text: str) -> str | None: ...
+#: A noun finder: returns the first noun of a text (as spelled there), or ``None``.
+NounFinder = Callable[[str], Optional[str]]  # noqa: UP007 (runtime alias on Python 3.10)
 
 
 class LexiconNounFinder:
     """First noun by lexicon look-up (lemminflect's part-of-speech tables).
 
-    A word counts as a noun when the lexicon lists it as one; words that can also be adjectives
-    ("red", "left") are only taken when no unambiguous noun follows. Light and deterministic,
-    not a tagger: install spaCy (``pip install spacy`` + an English pipeline) for tagging.
+    Reads the text as runs of modifiers and nouns: a word the lexicon only knows as a noun
+    ends the run and is returned ("a red *circle*", "a *man* standing"); a run of words that
+    can be adjectives or nouns ("a big blue *square*") returns its last noun-capable word.
+    Light and deterministic, not a tagger: with spaCy and an English pipeline installed,
+    :func:`default_noun_finder` uses those instead.
     """
 
     def __init__(self) -> None:
@@ -65,18 +65,22 @@ class LexiconNounFinder:
         self._lemmas = lemminflect.getAllLemmas
 
     def __call__(self, text: str) -> str | None:
-        fallback = None
+        run: list[str] = []  # modifiers and ambiguous nouns since the last break
         for word in _WORD.findall(text):
             low = word.lower()
-            if low in _STOP or len(low) < 2:
-                continue
-            pos = self._lemmas(low)
-            if "NOUN" not in pos:
-                continue
-            if "ADJ" not in pos and "NUM" not in pos:
+            pos = {} if low in _STOP or len(low) < 2 else self._lemmas(low)
+            is_noun = "NOUN" in pos
+            if is_noun and "ADJ" not in pos and "NUM" not in pos:
                 return word
-            fallback = fallback or word
-        return fallback
+            if is_noun or "ADJ" in pos or "NUM" in pos:
+                run.append(word if is_noun else "")
+                continue
+            nouns = [w for w in run if w]
+            if nouns:
+                return nouns[-1]
+            run = []
+        nouns = [w for w in run if w]
+        return nouns[-1] if nouns else None
 
 
 class SpacyNounFinder:

@@ -1,0 +1,136 @@
+"""Targets (first noun), unit and soft-prompt decoding, the interpretability filter."""
+
+import pytest
+import torch
+from helpers import WORDS, build_model, random_images
+
+from transformer_lens_mm import generate_captions
+from transformer_lens_mm.attribution import attribute
+from transformer_lens_mm.decoding import (
+    decode_soft_prompts,
+    decode_units,
+    random_soft_prompts,
+    vocab_mask,
+)
+from transformer_lens_mm.targets import (
+    LexiconNounFinder,
+    first_noun,
+    target_inputs,
+    targets_from_captions,
+    targets_from_tokens,
+    token_id_of,
+)
+from transformer_lens_mm.word_filter import is_dictionary_word, is_interpretable
+
+
+@pytest.mark.parametrize(
+    ("caption", "noun"),
+    [
+        (" a red circle on the left.", "circle"),
+        (" a man riding a horse on a beach", "man"),
+        (" two dogs playing in the snow", "dogs"),
+        (" the big blue square", "square"),
+        (" red and blue", "red"),  # only adjectives that can be nouns: the fallback
+        (" on the of and", None),
+    ],
+)
+def test_first_noun(caption, noun):
+    assert first_noun(caption, LexiconNounFinder()) == noun
+
+
+def test_custom_noun_finder_is_used():
+    assert first_noun("a red circle", lambda text: "red") == "red"
+
+
+def test_token_id_of(lm_dirs):
+    from transformer_lens_mm.lm_loading import load_tokenizer
+
+    tok = load_tokenizer(lm_dirs["gptj"])
+    assert token_id_of(tok, "dog") == WORDS.index("dog")
+    assert token_id_of(tok, 5) == 5
+    with pytest.raises(ValueError, match="not in the model's vocabulary"):
+        token_id_of(tok, "zebra")
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        token_id_of(tok, 10_000)
+
+
+def test_targets_from_captions_and_prefix(lm_dirs):
+    model = build_model(lm_dirs["gptj"], "bridge")
+    tok = model.tokenizer
+    ids = [
+        tok(" a big dog on the left", add_special_tokens=False)["input_ids"],
+        tok(" on the", add_special_tokens=False)["input_ids"],
+    ]
+    targets = targets_from_captions(tok, ids, finder=LexiconNounFinder())
+    assert targets[1] is None  # no noun: a recorded failure, not an exception
+    t = targets[0]
+    assert t.word == "dog" and t.token_id == WORDS.index("dog")
+    assert [WORDS[i] for i in t.prefix_ids] == ["a", "big"]
+    base = model.prepare_inputs(random_images(1), prompts="A picture of")
+    extended = target_inputs(model, base, [t])
+    assert extended.tokens[0, 16:].tolist() == [
+        WORDS.index(w) for w in ["A", "picture", "of", "a", "big"]
+    ]
+    assert extended.image_positions.tolist() == base.image_positions.tolist()
+    # y_c read at the extended input's last position equals the model's own next-token logit
+    attr = attribute(model, extended, [t.token_id])
+    logits = model(extended)
+    assert float(attr.target_values[0]) == pytest.approx(float(logits[0, -1, t.token_id]), rel=1e-5)
+
+
+def test_targets_from_generated_captions(lm_dirs):
+    model = build_model(lm_dirs["llama"], "bridge")
+    caps = generate_captions(model, random_images(3), max_new_tokens=8)
+    targets = targets_from_captions(
+        model.tokenizer, caps.tokens.tolist(), eos_token_id=model.tokenizer.eos_token_id
+    )
+    for t, row in zip(targets, caps.tokens.tolist()):
+        if t is not None:
+            assert row[len(t.prefix_ids)] == t.token_id  # c is the generated token there
+    explicit = targets_from_tokens(model.tokenizer, ["dog", 12])
+    assert [t.token_id for t in explicit] == [WORDS.index("dog"), 12]
+
+
+def test_decode_units_is_w_u_times_w_out(lm_dirs):
+    model = build_model(lm_dirs["gptj"], "bridge")
+    decoded = decode_units(model, [(1, 5), (0, 3)], k=4, mask_special=False)
+    for (layer, unit), toks in zip([(1, 5), (0, 3)], decoded):
+        ref = (model.blocks[layer].mlp.W_out[unit] @ model.W_U).softmax(-1)
+        p, i = ref.topk(4)
+        assert [t for t, _ in toks] == [model.tokenizer.decode([int(x)]) for x in i]
+        assert [q for _, q in toks] == pytest.approx(p.tolist(), rel=1e-5)
+    masked = decode_units(model, [(1, 5)], k=len(WORDS) - 3)[0]  # 3 special tokens removed
+    assert not {t for t, _ in masked} & {"<|endoftext|>", "<pad>", "<unk>"}
+    with pytest.raises(IndexError, match="d_mlp"):
+        decode_units(model, [(0, 10_000)])
+    with pytest.raises(IndexError, match="out of range"):
+        decode_units(model, [(7, 0)])
+    assert int(vocab_mask(model).sum()) == len(WORDS) - 3
+
+
+def test_soft_prompt_decoding_and_random_baseline(lm_dirs):
+    model = build_model(lm_dirs["gptj"], "bridge")
+    w_e = model.W_E.detach()
+    # a soft token equal to 5 x the embedding of "dog" decodes to "dog" first
+    table = decode_soft_prompts(model, 5 * w_e[WORDS.index("dog")][None], k=3)
+    assert table.iloc[0]["token"].strip() == "dog"
+    assert table.iloc[0]["cosine"] == pytest.approx(1.0, abs=1e-5)
+    _, cache = model.run_with_cache(images=random_images(2))
+    embeds = cache["hook_image_embed"]
+    table = decode_soft_prompts(model, embeds, k=5)
+    assert len(table) == 2 * 16 * 5 and table["cosine"].between(-1, 1).all()
+    baseline = random_soft_prompts(embeds, n=100, seed=0)
+    assert baseline.shape == (100, 32)
+    real = embeds.reshape(-1, 32).norm(dim=-1)
+    gap = (baseline.norm(dim=-1)[:, None] - real[None]).abs().min(1).values
+    assert (gap < 1e-3).all()  # each random vector has the norm of some real soft token
+    torch.testing.assert_close(baseline, random_soft_prompts(embeds, n=100, seed=0))
+
+
+def test_interpretability_filter():
+    words = [" water", " fish", " swimming", " boats", " sea", " lake", " river"]
+    assert is_interpretable(words + [" xqz", ".", "ing"])
+    assert not is_interpretable(words[:6] + [" xqz", ".", "12", " ab"])
+    assert is_dictionary_word("Ġhorses") and not is_dictionary_word(" on")
+    with pytest.raises(ValueError, match="min_words"):
+        is_interpretable([" a"], min_words=7)
