@@ -129,8 +129,8 @@ def test_soft_prompt_decoding_and_random_baseline(lm_dirs):
 
 def test_interpretability_filter():
     words = [" water", " fish", " swimming", " boats", " sea", " lake", " river"]
-    assert is_interpretable(words + [" xqz", ".", "ing"])
-    assert not is_interpretable(words[:6] + [" xqz", ".", "12", " ab"])
+    assert is_interpretable([*words, " xqz", ".", "ing"])
+    assert not is_interpretable([*words[:6], " xqz", ".", "12", " ab"])
     assert is_dictionary_word("Ġhorses") and not is_dictionary_word(" on")
     with pytest.raises(ValueError, match="min_words"):
         is_interpretable([" a"], min_words=7)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -42,7 +42,7 @@ _STOP = frozenset(
 
 
 #: A noun finder: returns the first noun of a text (as spelled there), or ``None``.
-NounFinder = Callable[[str], Optional[str]]  # noqa: UP007 (runtime alias on Python 3.10)
+NounFinder = Callable[[str], str | None]
 
 
 class LexiconNounFinder:
