@@ -6,39 +6,75 @@ set-up studied in "Multimodal Neurons in Pretrained Text-Only Transformers").
 
 Both TransformerLens worlds are supported: :class:`HookedMultimodalTransformer` (TL 3.x
 ``HookedTransformer``) and :class:`MultimodalTransformerBridge` (``TransformerBridge``, TL 3.9/4.x).
+
+Modules: ``injection``/``hooked``/``bridge`` (the models), ``encoders``, ``projection``,
+``layout``, ``captioning``, ``training``, ``targets``, ``attribution``, ``decoding``,
+``word_filter``, ``lens``, ``ablation``, ``patching``, ``neurons``, ``spatial``, ``plotting``.
 """
 
 from transformer_lens_mm import hook_names
+from transformer_lens_mm.ablation import (
+    ablated,
+    ablation_hooks,
+    ablation_sweep,
+    captions_under_ablation,
+)
+from transformer_lens_mm.attribution import Attribution, attribute
 from transformer_lens_mm.bridge import MultimodalTransformerBridge
 from transformer_lens_mm.captioning import Captions, generate_captions
+from transformer_lens_mm.decoding import decode_soft_prompts, decode_units, random_soft_prompts
 from transformer_lens_mm.encoders import ImageEncoder
 from transformer_lens_mm.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.layout import MultimodalInput
+from transformer_lens_mm.lens import logit_lens
 from transformer_lens_mm.loading import from_parts
+from transformer_lens_mm.neurons import NeuronSearch, find_multimodal_neurons
+from transformer_lens_mm.patching import logit_metric, patch_by_position, patch_by_unit
 from transformer_lens_mm.projection import (
     ImageProjection,
     ProjectionConfig,
     ProjectionShapeError,
     load_projection,
 )
+from transformer_lens_mm.targets import first_noun, target_inputs, targets_from_captions
 from transformer_lens_mm.training import TrainingConfig, caption_loss, train_projection
+from transformer_lens_mm.word_filter import is_interpretable
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attribution",
     "Captions",
     "HookedMultimodalTransformer",
     "ImageEncoder",
     "ImageProjection",
     "MultimodalInput",
     "MultimodalTransformerBridge",
+    "NeuronSearch",
     "ProjectionConfig",
     "ProjectionShapeError",
     "TrainingConfig",
+    "ablated",
+    "ablation_hooks",
+    "ablation_sweep",
+    "attribute",
     "caption_loss",
+    "captions_under_ablation",
+    "decode_soft_prompts",
+    "decode_units",
+    "find_multimodal_neurons",
+    "first_noun",
     "from_parts",
     "generate_captions",
     "hook_names",
+    "is_interpretable",
     "load_projection",
+    "logit_lens",
+    "logit_metric",
+    "patch_by_position",
+    "patch_by_unit",
+    "random_soft_prompts",
+    "target_inputs",
+    "targets_from_captions",
     "train_projection",
 ]

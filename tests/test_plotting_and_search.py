@@ -1,0 +1,90 @@
+"""Plots return figures built from the data; the one-call neuron search records failures."""
+
+import plotly.graph_objects as go
+import pytest
+import torch
+from helpers import WORDS, build_model, random_images
+
+from transformer_lens_mm.ablation import ablation_sweep
+from transformer_lens_mm.attribution import attribute
+from transformer_lens_mm.lens import logit_lens
+from transformer_lens_mm.neurons import find_multimodal_neurons
+from transformer_lens_mm.plotting import (
+    plot_ablation_curves,
+    plot_logit_lens,
+    plot_top_units_per_layer,
+    plot_unit_map,
+)
+from transformer_lens_mm.spatial import patch_map, quantile_mask
+
+
+@pytest.fixture(scope="module")
+def model(lm_dirs):
+    return build_model(lm_dirs["gptj"], "bridge")
+
+
+def test_patch_map_and_quantile_mask():
+    acts = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    grid = patch_map(acts, (2, 2))
+    assert grid.tolist() == [[0.0, 1.0], [2.0, 3.0]]  # row-major
+    up = patch_map(acts, (2, 2), (8, 8))
+    assert up.shape == (8, 8) and up[0, 0] < up[-1, -1]
+    mask = quantile_mask(up, 0.95)
+    assert mask[-1, -1] and not mask[0, 0] and 0 < mask.float().mean() <= 0.1
+    with pytest.raises(ValueError, match="do not fill"):
+        patch_map(acts, (3, 3))
+
+
+def test_plots_return_figures(model):
+    batch = model.prepare_inputs(random_images(2))
+    attr = attribute(model, batch, [12, 13])
+    table = attr.top_k(20)
+    fig = plot_top_units_per_layer(table, n_layers=2)
+    assert isinstance(fig, go.Figure)
+    assert sum(fig.data[0].y) == 40
+    sweep = ablation_sweep(model, batch, [12, 13], attr.ranked_units(), ks=[0, 5, 20], n_random=2)
+    fig = plot_ablation_curves(sweep)
+    means = {tr.name: list(tr.y) for tr in fig.data if tr.name in ("top", "random")}
+    expected = sweep[sweep.kind == "top"].groupby("k")["rel_p"].mean().tolist()
+    assert means["top"] == pytest.approx(expected)
+    lens = logit_lens(model, batch, k=1, positions=[16, 17, 18])
+    fig = plot_logit_lens(lens, image=1)
+    assert fig.data[0].z.shape == (3, 3)
+    img = random_images(1, size=32)[0]
+    fig = plot_unit_map(img, attr.activations[0, 0, :, 3], (4, 4), title="L0.u3")
+    assert isinstance(fig, go.Figure) and fig.data[1].z.shape == (32, 32)
+    with pytest.raises(ValueError, match="no column"):
+        plot_ablation_curves(sweep, value="nope")
+
+
+def test_find_multimodal_neurons_records_failures(model, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    images = [*random_images(3), broken]
+    found = find_multimodal_neurons(
+        model, images, targets=["dog", "zebra", 12, "cat"], k=10, batch_size=2, verbose=False
+    )
+    assert set(found.failures) == {1, 3}
+    assert "vocabulary" in found.failures[1] and "unreadable" in found.failures[3]
+    assert sorted(found.targets) == [0, 2]
+    assert found.targets[0].token_id == WORDS.index("dog")
+    assert len(found.units) == 20 and set(found.units.image) == {0, 2}
+    assert {"tokens", "interpretable", "target"} <= set(found.units.columns)
+    # the table equals attributing image 0 alone
+    alone = attribute(model, model.prepare_inputs(random_images(3)[:1]), [WORDS.index("dog")])
+    ref = alone.top_k(10)
+    got = found.units[found.units.image == 0]
+    assert (
+        got[["layer", "unit", "position"]].values.tolist()
+        == ref[["layer", "unit", "position"]].values.tolist()
+    )
+    assert "2 images attributed, 2 failed" in found.summary()
+
+
+def test_find_multimodal_neurons_from_captions(model):
+    found = find_multimodal_neurons(model, random_images(3), k=5, verbose=False, max_new_tokens=6)
+    assert set(found.captions) == {0, 1, 2}
+    for i in range(3):
+        assert (i in found.targets) != (i in found.failures)
+    for i, t in found.targets.items():
+        assert t.word is not None and t.word in found.captions[i]
