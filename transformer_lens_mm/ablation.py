@@ -187,15 +187,38 @@ def unit_means(
     }
 
 
+def _random_like(top: Tensor, n_layers: int, d_mlp: int, seed: int) -> Tensor:
+    """Random ``[k, 2]`` (layer, unit) rows with ``top``'s per-layer counts (ascending layers)."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = (
+        torch.bincount(top[:, 0], minlength=n_layers)
+        if len(top)
+        else torch.zeros(n_layers, dtype=torch.long)
+    )
+    parts = []
+    for layer in torch.nonzero(counts).flatten().tolist():
+        pick = torch.randperm(d_mlp, generator=gen)[: int(counts[layer])].sort().values
+        parts.append(torch.stack([torch.full_like(pick, layer), pick], 1))
+    return torch.cat(parts) if parts else torch.zeros(0, 2, dtype=torch.long)
+
+
+def _as_unit_tensor(model: Any, units: Sequence[Unit]) -> Tensor:
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    t = torch.as_tensor(list(units), dtype=torch.long).reshape(-1, 2)
+    if len(t):
+        if int(t[:, 0].min()) < -n_layers or int(t[:, 0].max()) >= n_layers:
+            raise IndexError(f"a layer is out of range for a model with {n_layers} layers")
+        if int(t[:, 1].min()) < 0 or int(t[:, 1].max()) >= d_mlp:
+            raise IndexError(f"a unit is out of range: layers have d_mlp={d_mlp} units")
+        t[:, 0] = t[:, 0] % n_layers
+    return t
+
+
 def random_units_like(model: Any, units: Sequence[Unit], *, seed: int = 0) -> list[Unit]:
     """As many random units per layer as ``units`` has there (uniform, without replacement)."""
-    gen = torch.Generator().manual_seed(seed)
-    out: list[Unit] = []
-    d_mlp = int(model.cfg.d_mlp)
-    for layer, idx in _group(model, units).items():
-        pick = torch.randperm(d_mlp, generator=gen)[: len(idx)]
-        out.extend((layer, int(u)) for u in pick.sort().values)
-    return out
+    top = _as_unit_tensor(model, units)
+    rnd = _random_like(top, int(model.cfg.n_layers), int(model.cfg.d_mlp), seed)
+    return [(int(layer), int(unit)) for layer, unit in rnd.tolist()]
 
 
 def ablation_sweep(
@@ -254,14 +277,15 @@ def ablation_sweep(
                 "more units (attribution over more layers/positions) or use smaller ks"
             )
 
-    # conditions: (image, kind, k, draw, units)
-    conditions: list[tuple[int, str, int, int, list[Unit]]] = []
-    for i, ranked in enumerate(ranked_units):
+    # conditions: (image, kind, k, draw, units [k, 2]); all index work is vectorised
+    ranked_t = [_as_unit_tensor(model, r) for r in ranked_units]
+    conditions: list[tuple[int, str, int, int, Tensor]] = []
+    for i, ranked in enumerate(ranked_t):
         for k in ks:
-            top = [tuple(map(int, u)) for u in ranked[:k]]
+            top = ranked[:k]
             conditions.append((i, "top", k, 0, top))
             for d in range(n_random):
-                rnd = random_units_like(model, top, seed=seed * 1_000_003 + i * 10_007 + k * 31 + d)
+                rnd = _random_like(top, n_layers, d_mlp, seed * 1_000_003 + i * 10_007 + k * 31 + d)
                 conditions.append((i, "random", k, d, rnd))
 
     batch = batch.to(model._lm_device())
@@ -273,18 +297,18 @@ def ablation_sweep(
         stacked = batch.select(rows)
         masks = torch.zeros(n_layers, len(chunk), d_mlp, dtype=torch.bool)
         for r, cond in enumerate(chunk):
-            for layer, unit in cond[4]:
-                masks[hook_names.resolve_layer(layer, n_layers), r, unit] = True
-        used = {layer: masks[layer] for layer in range(n_layers) if bool(masks[layer].any())}
+            units = cond[4]
+            masks[units[:, 0], r, units[:, 1]] = True
+        used_layers = torch.nonzero(masks.flatten(1).any(1)).flatten().tolist()
+        used = {layer: masks[layer].to(stacked.tokens.device) for layer in used_layers}
         hooks = ablation_hooks(model, used, mode=mode, positions=stacked.image_mask, means=means)
         with torch.no_grad():
             logits = model.run_with_hooks(stacked, fwd_hooks=hooks)
             logit_c = target_metric(logits, stacked.last_positions, tids[rows], "logit")
             logp_c = target_metric(logits, stacked.last_positions, tids[rows], "logprob")
+        values = torch.stack([logp_c.exp(), logit_c], 1).float().cpu().tolist()
         for r, cond in enumerate(chunk):
-            results.append(
-                (cond[0], cond[1], cond[2], cond[3], float(logp_c[r].exp()), float(logit_c[r]))
-            )
+            results.append((cond[0], cond[1], cond[2], cond[3], values[r][0], values[r][1]))
     table = pd.DataFrame(results, columns=["image", "kind", "k", "draw", "p_c", "logit_c"])
     base = table[table.k == 0].groupby("image")[["p_c", "logit_c"]].first()
     if len(base):

@@ -311,23 +311,29 @@ def attribute(
         raise ValueError(f"top_k must be >= 1, got {top_k}")
 
     d_mlp = int(model.cfg.d_mlp)
-    full = None if top_k is not None else torch.zeros(n, len(layer_list), sel.shape[1], d_mlp)
+    device = batch.tokens.device
+    # Scores stay on the model's device until the end: no host sync inside the backward.
+    full = (
+        None
+        if top_k is not None
+        else torch.zeros(n, len(layer_list), sel.shape[1], d_mlp, device=device)
+    )
     full_acts = None if (top_k is not None or not keep_activations) else torch.zeros_like(full)
     best: dict[str, Tensor] = {}
 
     def consume(slot: int, act: Tensor, grad: Tensor) -> None:
         a = act[rows, sel].float()
-        score = (a * grad[rows, sel].float()).cpu()
+        score = a * grad[rows, sel].float()
         if full is not None:
             full[:, slot] = score
             if full_acts is not None:
-                full_acts[:, slot] = a.cpu()
+                full_acts[:, slot] = a
             return
         n_p = sel.shape[1]
         k = min(top_k, n_p * d_mlp)
         vals, flat = score.reshape(n, -1).topk(k, dim=-1)
         idx = torch.stack([torch.full_like(flat, slot), flat // d_mlp, flat % d_mlp], -1)
-        acts = a.cpu().reshape(n, -1).gather(1, flat)
+        acts = a.reshape(n, -1).gather(1, flat)
         if best:
             vals = torch.cat([best["scores"], vals], 1)
             idx = torch.cat([best["index"], idx], 1)
@@ -362,8 +368,9 @@ def attribute(
         metric=metric,
     )
     if full is not None:
-        attr.scores, attr.activations = full, full_acts
+        attr.scores = full.cpu()
+        attr.activations = None if full_acts is None else full_acts.cpu()
     else:
-        attr.best_scores, attr.best_index = best["scores"], best["index"]
-        attr.best_activations = best["acts"] if keep_activations else None
+        attr.best_scores, attr.best_index = best["scores"].cpu(), best["index"].cpu()
+        attr.best_activations = best["acts"].cpu() if keep_activations else None
     return attr

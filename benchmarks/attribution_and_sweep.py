@@ -1,0 +1,213 @@
+"""Benchmark: attribution and the stacked ablation sweep, as ratios against baselines.
+
+Measured side by side in one process, repeated, reporting min/median/max:
+
+* full attribution (all layers, all units, image positions) vs a plain forward of the same
+  batch: time and peak memory (goal: <= 3.5x the time);
+* the stacked top-vs-random ablation sweep (9 values of k) vs a Python loop of one forward per
+  condition (goal: >= 5x faster).
+
+The model is GPT-2-small-sized (12 layers, d_model 768, d_mlp 3072, 50257-token vocabulary),
+built from a config with random weights: speed does not depend on the weights.
+
+    python benchmarks/attribution_and_sweep.py                 # CPU
+    python benchmarks/attribution_and_sweep.py --device cuda   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import build_tokenizer
+
+from transformer_lens_mm import ImageProjection, attribute, from_parts
+from transformer_lens_mm.ablation import DEFAULT_KS, ablated, ablation_sweep, random_units_like
+from transformer_lens_mm.attribution import target_metric
+from transformer_lens_mm.lm_loading import default_api
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA allocator stats, or sampled RSS on CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.base = self._rss()
+            self.running = True
+            self.max_rss = self.base
+
+            def sample() -> None:
+                while self.running:
+                    self.max_rss = max(self.max_rss, self._rss())
+                    time.sleep(0.002)
+
+            self.thread = threading.Thread(target=sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.running = False
+            self.thread.join()
+            self.peak = max(self.max_rss, self._rss()) - self.base
+
+
+def timed(fn, device: str) -> tuple[float, int]:
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    return elapsed, mem.peak
+
+
+def build(api: str, device: str, dtype: torch.dtype, n_image_tokens: int, size: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    folder = Path(tempfile.mkdtemp()) / "bench-model"
+    folder.mkdir()
+    torch.manual_seed(0)
+    if size == "gpt2-small":
+        cfg = GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
+        GPT2LMHeadModel(cfg).save_pretrained(folder)
+    else:  # SmolLM2-135M-sized Llama
+        cfg = LlamaConfig(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        )
+        LlamaForCausalLM(cfg).save_pretrained(folder)
+    build_tokenizer(folder)
+    d_model = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd
+    model = from_parts(
+        lm=folder,
+        encoder=None,
+        projection=ImageProjection(1024, d_model),
+        api=api,
+        device=device,
+        dtype=dtype,
+    )
+    return model
+
+
+def summary(name: str, values: list[float], goal: str) -> str:
+    return (
+        f"{name:<48} min {min(values):6.2f}  median {statistics.median(values):6.2f}  "
+        f"max {max(values):6.2f}   goal {goal}"
+    )
+
+
+def main() -> None:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        # glibc otherwise keeps freed large blocks in the heap and RSS stops reflecting peaks
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--api", choices=["hooked", "bridge"], default=default_api())
+    parser.add_argument("--model", choices=["gpt2-small", "smollm2"], default="gpt2-small")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--image-tokens", type=int, default=196)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+    model = build(args.api, args.device, dtype, args.image_tokens, args.model)
+    feats = torch.randn(args.batch, args.image_tokens, 1024)
+    batch = model.prepare_inputs(image_features=feats)
+    targets = [5] * args.batch
+    print(
+        f"{args.model} ({model.cfg.n_layers} layers, d_mlp {model.cfg.d_mlp}), api={args.api}, "
+        f"device={args.device}, dtype={args.dtype}, batch {args.batch} x "
+        f"{batch.tokens.shape[1]} tokens ({args.image_tokens} image tokens)"
+    )
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(batch)
+
+    def attribution() -> None:
+        attribute(model, batch, targets, keep_activations=False)
+
+    forward()
+    attribution()  # warm-up
+    t_ratio, m_ratio, t_fwd, m_fwd, m_att = [], [], [], [], []
+    for _ in range(args.repeats):
+        tf, mf = timed(forward, args.device)
+        ta, ma = timed(attribution, args.device)
+        t_fwd.append(tf)
+        m_fwd.append(mf)
+        m_att.append(ma)
+        t_ratio.append(ta / tf)
+        m_ratio.append(ma / max(mf, 1))
+    print(
+        f"plain forward: median {statistics.median(t_fwd):.3f} s, peak +"
+        f"{statistics.median(m_fwd) / 2**20:.0f} MiB; attribution peak +"
+        f"{statistics.median(m_att) / 2**20:.0f} MiB"
+    )
+    print(summary("attribution time / forward time", t_ratio, "<= 3.5"))
+    print(summary("attribution peak memory / forward peak memory", m_ratio, "(reported)"))
+
+    # ablation sweep: one image, top and random units, 9 values of k
+    one = batch.select([0])
+    attr = attribute(model, one, targets[:1], keep_activations=False)
+    ranked = attr.ranked_units(limit=max(DEFAULT_KS))
+    conditions = []
+    for k in DEFAULT_KS:
+        top = ranked[0][:k]
+        conditions += [top, random_units_like(model, top, seed=k)]
+
+    def stacked() -> None:
+        ablation_sweep(model, one, targets[:1], ranked, ks=DEFAULT_KS, chunk_size=len(conditions))
+
+    def loop() -> None:
+        for units in conditions:
+            with torch.no_grad(), ablated(model, units):
+                logits = model(one)
+                target_metric(logits, one.last_positions, torch.tensor(targets[:1]))
+
+    stacked()
+    loop()
+    speedups = []
+    for _ in range(args.repeats):
+        ts, _ = timed(stacked, args.device)
+        tl, _ = timed(loop, args.device)
+        speedups.append(tl / ts)
+    print(f"ablation conditions: {len(conditions)} (top + random for k in {list(DEFAULT_KS)})")
+    print(summary("sweep speed-up over a loop of single forwards", speedups, ">= 5"))
+
+
+if __name__ == "__main__":
+    main()
