@@ -105,6 +105,43 @@ def _run_patches(
     return torch.cat(out)
 
 
+def _patch_grid(
+    model: Any,
+    clean: MultimodalInput,
+    corrupted: MultimodalInput,
+    metric: Metric,
+    names: list[str],
+    layers: list[int],
+    items: list[int],
+    index: Callable[[int], Any],
+    chunk_size: int,
+    verbose: bool,
+) -> PatchingResult:
+    """Patch ``act[index(item)]`` from the clean run, for every (hook name, item)."""
+    with torch.no_grad():
+        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda n: n in names)
+        corrupted_logits = model(corrupted)
+    patches = []
+    for name in names:
+        clean_act = cache[name][0]
+        for item in items:
+            where = index(item)
+
+            def fn(act, row, where=where, clean_act=clean_act):
+                act[where] = clean_act[where].to(act.dtype)
+                return act
+
+            patches.append((name, fn))
+    values = _run_patches(model, corrupted, patches, metric, chunk_size, verbose)
+    return PatchingResult(
+        values=values.reshape(len(layers), len(items)),
+        layers=layers,
+        items=items,
+        clean=float(metric(clean_logits, clean)[0]),
+        corrupted=float(metric(corrupted_logits, corrupted)[0]),
+    )
+
+
 def patch_by_position(
     model: Any,
     clean: MultimodalInput,
@@ -142,26 +179,17 @@ def patch_by_position(
     if any(not 0 <= p < seq for p in pos_list):
         raise IndexError(f"positions must lie in 0..{seq - 1} (the sequence length is {seq})")
     names = [hook(layer) for layer in layer_list]
-    with torch.no_grad():
-        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda n: n in names)
-        corrupted_logits = model(corrupted)
-    patches = []
-    for name in names:
-        clean_act = cache[name][0]
-        for p in pos_list:
-
-            def fn(act, row, p=p, clean_act=clean_act):
-                act[p] = clean_act[p].to(act.dtype)
-                return act
-
-            patches.append((name, fn))
-    values = _run_patches(model, corrupted, patches, metric, chunk_size, verbose)
-    return PatchingResult(
-        values=values.reshape(len(layer_list), len(pos_list)),
-        layers=layer_list,
-        items=pos_list,
-        clean=float(metric(clean_logits, clean)[0]),
-        corrupted=float(metric(corrupted_logits, corrupted)[0]),
+    return _patch_grid(
+        model,
+        clean,
+        corrupted,
+        metric,
+        names,
+        layer_list,
+        pos_list,
+        lambda p: p,
+        chunk_size,
+        verbose,
     )
 
 
@@ -199,24 +227,15 @@ def patch_by_unit(
     else:
         pos = torch.as_tensor(list(positions), dtype=torch.long, device=clean.tokens.device)
     names = [hook_names.mlp_post(layer) for layer in layer_list]
-    with torch.no_grad():
-        clean_logits, cache = model.run_with_cache(clean, names_filter=lambda n: n in names)
-        corrupted_logits = model(corrupted)
-    patches = []
-    for name in names:
-        clean_act = cache[name][0]
-        for u in unit_list:
-
-            def fn(act, row, u=u, clean_act=clean_act):
-                act[pos, u] = clean_act[pos, u].to(act.dtype)
-                return act
-
-            patches.append((name, fn))
-    values = _run_patches(model, corrupted, patches, metric, chunk_size, verbose)
-    return PatchingResult(
-        values=values.reshape(len(layer_list), len(unit_list)),
-        layers=layer_list,
-        items=unit_list,
-        clean=float(metric(clean_logits, clean)[0]),
-        corrupted=float(metric(corrupted_logits, corrupted)[0]),
+    return _patch_grid(
+        model,
+        clean,
+        corrupted,
+        metric,
+        names,
+        layer_list,
+        unit_list,
+        lambda u: (pos, u),
+        chunk_size,
+        verbose,
     )
