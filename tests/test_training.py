@@ -55,8 +55,9 @@ def test_training_lowers_caption_loss(lm_dirs, api, tmp_path):
     assert all(not p.requires_grad for p in model.image_encoder.parameters())
 
 
-def test_caption_loss_only_counts_caption_tokens(lm_dirs):
-    model = build_model(lm_dirs["gptj"], "bridge")
+@pytest.mark.parametrize("api", APIS)
+def test_caption_loss_only_counts_caption_tokens(lm_dirs, api):
+    model = build_model(lm_dirs["gptj"], api)
     images, captions = coloured_set(2)
     batch = model.prepare_inputs(images, captions=captions, append_eos=True)
     logits = model(batch)

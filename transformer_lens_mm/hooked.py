@@ -61,6 +61,16 @@ if HAS_HOOKED_TRANSFORMER:
             model.setup()
             return model
 
+        def logits_at(self, batch: Any, rows: Tensor, positions: Tensor) -> Tensor:
+            """Logits at the chosen positions only: all blocks, then ``ln_final`` and the
+            unembedding on those positions (the unembedding of a large vocabulary at every
+            position dominates the cost of short captions)."""
+            resid = self(batch, stop_at_layer=self.cfg.n_layers)
+            picked = resid[rows, positions][None]
+            if self.cfg.normalization_type is not None:
+                picked = self.ln_final(picked)
+            return self.unembed(picked)[0]
+
         def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
             cache = _KVCache.init_cache(self.cfg, self.cfg.device, tokens.shape[0])
             logits = self._lm_forward(tokens, attention_mask=attention_mask, past_kv_cache=cache)

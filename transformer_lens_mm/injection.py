@@ -265,6 +265,11 @@ class MultimodalMixin:
         """The plain language-model forward of the TL class (no image handling)."""
         return super().forward(tokens, *args, **kwargs)  # type: ignore[misc]
 
+    def logits_at(self, batch: MultimodalInput, rows: Tensor, positions: Tensor) -> Tensor:
+        """Logits ``[n, d_vocab]`` at ``(rows[i], positions[i])`` only (a full forward here;
+        the HookedTransformer class skips the unembedding of every other position)."""
+        return self(batch)[rows, positions]
+
     # KV-cache steps, implemented per TransformerLens API (used by captioning).
     def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
         raise NotImplementedError

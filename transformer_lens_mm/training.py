@@ -94,10 +94,9 @@ def caption_loss(model: Any, batch: MultimodalInput) -> Float[Tensor, ""]:
     """
     if batch.target_mask is None or not bool(batch.target_mask.any()):
         raise ValueError("the batch has no caption tokens: prepare it with captions=[...]")
-    logits = model(batch)
-    targets = batch.target_mask[:, 1:]
-    pred = logits[:, :-1][targets]
-    return F.cross_entropy(pred.float(), batch.tokens[:, 1:][targets])
+    rows, cols = batch.target_mask.nonzero(as_tuple=True)  # token at col is predicted at col - 1
+    logits = model.logits_at(batch, rows, cols - 1)
+    return F.cross_entropy(logits.float(), batch.tokens[rows, cols])
 
 
 @torch.no_grad()
