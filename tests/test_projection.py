@@ -109,3 +109,15 @@ def test_dimension_mismatch_between_parts(lm_dirs, tmp_path, api):
     assert all(str(n) in str(err.value) for n in (24, 48, 32))
     with pytest.raises(ProjectionShapeError, match="d_image=40"):
         build_model(lm_dirs["gptj"], api, projection=ImageProjection(40, 32))
+
+
+def test_bos_token_other_than_the_tokenizers_is_kept_in_the_config(lm_dirs, tmp_path):
+    model = build_model(lm_dirs["gptj"], "bridge", prepend_bos=True, bos_token="<pad>")
+    batch = model.prepare_inputs(torch.rand(1, 3, 32, 32))
+    assert batch.tokens[0, 0].item() == 1  # "<pad>", not the tokenizer's BOS (id 0)
+    folder = model.image_projection.save(tmp_path / "p", prepend_bos=True, bos_token="<pad>")
+    again = from_parts(lm=lm_dirs["gptj"], encoder=build_encoder(), projection=folder,
+                       api="bridge")
+    assert again.prepare_inputs(torch.rand(1, 3, 32, 32)).tokens[0, 0].item() == 1
+    with pytest.raises(ValueError, match="not a single token"):
+        build_model(lm_dirs["gptj"], "bridge", prepend_bos=True, bos_token="red blue")

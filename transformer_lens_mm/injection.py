@@ -59,6 +59,7 @@ class MultimodalMixin:
         self.image_projection = None
         self.prompt = DEFAULT_PROMPT
         self.prepend_bos = False
+        self.bos_token_id: int | None = None
         self.last_input = None
 
     def attach_vision(
@@ -68,6 +69,7 @@ class MultimodalMixin:
         *,
         prompt: str | None = None,
         prepend_bos: bool | None = None,
+        bos_token: str | None = None,
         require_mlp: bool = True,
     ) -> None:
         """Give the language model sight: set the encoder, the projection and the layout.
@@ -78,6 +80,8 @@ class MultimodalMixin:
             prompt: Default prompt after the image tokens (kept from the projection's config
                 when ``None``).
             prepend_bos: Whether a BOS token precedes the image tokens (LiMBeR: no).
+            bos_token: Which token that is, when not the tokenizer's BOS (e.g.
+                ``"<|endoftext|>"``; kept from the projection's config when ``None``).
             require_mlp: Refuse attention-only models (the analyses need MLP units).
 
         Raises:
@@ -106,6 +110,13 @@ class MultimodalMixin:
         cfg = projection.config
         self.prompt = prompt if prompt is not None else cfg.prompt
         self.prepend_bos = bool(prepend_bos if prepend_bos is not None else cfg.prepend_bos)
+        bos_token = bos_token if bos_token is not None else cfg.bos_token
+        self.bos_token_id = None
+        if bos_token is not None:
+            ids = self.tokenizer(bos_token, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ValueError(f"bos_token {bos_token!r} is not a single token of this tokenizer")
+            self.bos_token_id = int(ids[0])
 
     def _lm_device(self) -> torch.device:
         return self.W_E.device  # type: ignore[attr-defined]
@@ -197,6 +208,7 @@ class MultimodalMixin:
             prompts=prompts,
             captions=captions,
             prepend_bos=self.prepend_bos,
+            bos_token_id=self.bos_token_id,
             append_eos=append_eos,
             padding_side=padding_side,
             n_ctx=int(self.cfg.n_ctx),

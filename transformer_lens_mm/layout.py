@@ -132,6 +132,7 @@ def build_multimodal_input(
     prompts: str | Sequence[str] | None = None,
     captions: Sequence[str] | None = None,
     prepend_bos: bool = False,
+    bos_token_id: int | None = None,
     append_eos: bool = False,
     padding_side: Literal["left", "right"] = "right",
     n_ctx: int | None = None,
@@ -146,7 +147,8 @@ def build_multimodal_input(
         prompts: One prompt for all items, one per item, or ``None`` for ``default_prompt``.
         captions: Optional text appended after each prompt; its tokens are marked in
             ``target_mask`` (the positions a captioning loss predicts).
-        prepend_bos: Put the tokenizer's BOS token before the image tokens.
+        prepend_bos: Put a BOS token before the image tokens.
+        bos_token_id: That token (default: the tokenizer's BOS).
         append_eos: Append the EOS token after each caption (and mark it as a target).
         padding_side: ``"right"`` keeps image positions equal across the batch; ``"left"`` makes
             every item end at the last position (generation).
@@ -163,7 +165,7 @@ def build_multimodal_input(
     prompt_list = _as_list(prompts, default_prompt, batch_size, "prompts")
     caption_list = None if captions is None else _as_list(captions, "", batch_size, "captions")
 
-    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = bos_token_id if bos_token_id is not None else getattr(tokenizer, "bos_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = getattr(tokenizer, "pad_token_id", None)
     if prepend_bos and bos is None:

@@ -60,6 +60,7 @@ def from_parts(
     api: Literal["hooked", "bridge"] | None = None,
     prompt: str | None = None,
     prepend_bos: bool | None = None,
+    bos_token: str | None = None,
     encoder_pretrained: bool = True,
     encoder_layer: int | None = None,
     device: str | torch.device | None = None,
@@ -78,6 +79,7 @@ def from_parts(
         prompt: Default prompt after the image tokens (default: the projection's, else
             ``"A picture of"``).
         prepend_bos: BOS before the image tokens (default: the projection's, else False).
+        bos_token: The token used as BOS when not the tokenizer's (default: the projection's).
         encoder_pretrained: Whether a timm name loads pretrained weights.
         encoder_layer: Encoder block to read (None: final features).
         device: Device of the whole model.
@@ -103,6 +105,11 @@ def from_parts(
         d_image = encoder.d_image if encoder is not None else None
         projection = load_projection(projection, d_image=d_image, d_model=int(model.cfg.d_model))
     model.attach_vision(
-        encoder, projection, prompt=prompt, prepend_bos=prepend_bos, require_mlp=require_mlp
+        encoder,
+        projection,
+        prompt=prompt,
+        prepend_bos=prepend_bos,
+        bos_token=bos_token,
+        require_mlp=require_mlp,
     )
     return model.eval()

@@ -59,6 +59,7 @@ class ProjectionConfig:
     lm: str | None = None  # language model name or folder
     prompt: str = "A picture of"  # text placed after the image tokens
     prepend_bos: bool = False  # whether a BOS token precedes the image tokens
+    bos_token: str | None = None  # that token, when not the tokenizer's own BOS
     n_image_tokens: int | None = None  # number of soft tokens per image
     format_version: int = FORMAT_VERSION  # version of this file layout
 
