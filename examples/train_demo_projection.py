@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=3000)
     parser.add_argument("--n-eval", type=int, default=150)
     parser.add_argument("--api", default="bridge")
+    parser.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
     args = parser.parse_args()
     out = Path(args.out)
@@ -107,7 +108,13 @@ def main() -> None:
         proj.weight.normal_(0, emb_norm / (proj.d_model**0.5 * proj.d_image**0.5))
         proj.bias.zero_()
     cfg = TrainingConfig(
-        steps=args.steps, batch_size=16, lr=3e-4, warmup_steps=30, checkpoint_every=50, seed=0
+        steps=args.steps,
+        batch_size=16,
+        lr=3e-4,
+        warmup_steps=30,
+        schedule=args.schedule,
+        checkpoint_every=50,
+        seed=0,
     )
     result = train_projection(
         model,

@@ -145,6 +145,11 @@ def test_patching_restores_clean_at_the_extremes(model):
     assert torch.allclose(res.values[0, 16:], torch.tensor(res.corrupted), atol=1e-4)
     units = patch_by_unit(model, clean, corrupted, metric, layers=[0], units=[0, 1, 2])
     assert units.values.shape == (1, 3)
+    with pytest.raises(IndexError, match="positions must be a non-empty list"):
+        patch_by_unit(model, clean, corrupted, metric, layers=[0], units=[0], positions=[seq])
+    for patch in (patch_by_position, patch_by_unit):
+        with pytest.raises(ValueError, match="layers is empty"):
+            patch(model, clean, corrupted, metric, layers=[])
     with pytest.raises(ValueError, match="same layout"):
         patch_by_position(
             model, clean, model.prepare_inputs(random_images(1), prompts="A photo of a"), metric

@@ -157,6 +157,8 @@ def test_layer_subset_positions_and_logprob(lm_dirs):
         (dict(target_ids=[10_000]), ValueError, "target ids must lie"),
         (dict(target_ids=[1, 2]), ValueError, "one per image"),
         (dict(layers=[5]), IndexError, "out of range"),
+        (dict(layers=[]), ValueError, "layers is empty"),
+        (dict(layers=[0, -2]), ValueError, "duplicates"),
         (dict(positions=torch.tensor([0, 99])), IndexError, "positions must lie"),
         (dict(top_k=0), ValueError, "top_k must be"),
     ],

@@ -1,5 +1,6 @@
 """Projection training: the caption loss falls; a resumed run equals an uninterrupted one."""
 
+import itertools
 import json
 
 import pytest
@@ -140,3 +141,16 @@ def test_training_bad_input(lm_dirs, tmp_path):
             config=TrainingConfig(steps=2, batch_size=2),
             verbose=False,
         )
+
+
+def test_cosine_schedule():
+    cfg = TrainingConfig(steps=110, lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(9) == pytest.approx(1.0)
+    assert cfg.lr_at(10) == pytest.approx(1.0)
+    assert cfg.lr_at(60) == pytest.approx(0.55)  # half-way: the mean of peak and floor
+    assert cfg.lr_at(110) == pytest.approx(0.1)
+    lrs = [cfg.lr_at(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert TrainingConfig(steps=50, lr=1.0, warmup_steps=2).lr_at(49) == 1.0  # constant default
+    with pytest.raises(ValueError, match="schedule must be"):
+        TrainingConfig(schedule="linear")

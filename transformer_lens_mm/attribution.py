@@ -241,13 +241,7 @@ class Attribution:
 
 
 def _check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
-    n_layers = int(model.cfg.n_layers)
-    if layers is None:
-        return list(range(n_layers))
-    out = [hook_names.resolve_layer(int(layer), n_layers) for layer in layers]
-    if len(set(out)) != len(out):
-        raise ValueError(f"layers contains duplicates: {list(layers)}")
-    return out
+    return hook_names.resolve_layers(layers, int(model.cfg.n_layers))
 
 
 def _select_positions(batch: MultimodalInput, positions: Positions | Tensor) -> Tensor:

@@ -13,7 +13,17 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["EMBED", "IMAGE_EMBED", "IMAGE_FEATURES", "mlp_post", "resid_post", "resolve_layer"]
+from collections.abc import Sequence
+
+__all__ = [
+    "EMBED",
+    "IMAGE_EMBED",
+    "IMAGE_FEATURES",
+    "mlp_post",
+    "resid_post",
+    "resolve_layer",
+    "resolve_layers",
+]
 
 #: Output of the image encoder: ``[batch, n_image_tokens, d_image]``.
 IMAGE_FEATURES = "hook_image_features"
@@ -44,6 +54,25 @@ def resolve_layer(layer: int, n_layers: int) -> int:
             f"use 0..{n_layers - 1} (or -{n_layers}..-1)."
         )
     return layer % n_layers
+
+
+def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """Resolve a layer list (``None``: every layer), rejecting empty lists and duplicates.
+
+    Example:
+        >>> resolve_layers([0, -1], 12)
+        [0, 11]
+        >>> resolve_layers(None, 3)
+        [0, 1, 2]
+    """
+    if layers is None:
+        return list(range(n_layers))
+    out = [resolve_layer(int(layer), n_layers) for layer in layers]
+    if not out:
+        raise ValueError("layers is empty: pass None for every layer or at least one index")
+    if len(set(out)) != len(out):
+        raise ValueError(f"layers contains duplicates: {list(layers)}")
+    return out
 
 
 def mlp_post(layer: int, n_layers: int | None = None) -> str:

@@ -4,8 +4,10 @@ A :class:`MultimodalInput` records which positions hold image tokens, so every l
 select them (``batch.image_positions``), and where each item's last real token is.
 
 Example:
-    >>> batch = build_multimodal_input(tok, n_image_tokens=4, batch_size=2)
-    >>> batch.image_positions
+    >>> from transformers import AutoTokenizer  # doctest: +SKIP
+    >>> tok = AutoTokenizer.from_pretrained("gpt2")  # doctest: +SKIP
+    >>> batch = build_multimodal_input(tok, n_image_tokens=4, batch_size=2)  # doctest: +SKIP
+    >>> batch.image_positions  # doctest: +SKIP
     tensor([[0, 1, 2, 3],
             [0, 1, 2, 3]])
 """

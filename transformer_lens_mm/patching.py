@@ -173,7 +173,7 @@ def patch_by_position(
     """
     _check_pair(clean, corrupted)
     n_layers = int(model.cfg.n_layers)
-    layer_list = [hook_names.resolve_layer(int(x), n_layers) for x in (layers or range(n_layers))]
+    layer_list = hook_names.resolve_layers(layers, n_layers)
     seq = clean.tokens.shape[1]
     pos_list = list(range(seq)) if positions is None else [int(p) for p in positions]
     if any(not 0 <= p < seq for p in pos_list):
@@ -216,7 +216,7 @@ def patch_by_unit(
     """
     _check_pair(clean, corrupted)
     n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    layer_list = [hook_names.resolve_layer(int(x), n_layers) for x in (layers or range(n_layers))]
+    layer_list = hook_names.resolve_layers(layers, n_layers)
     unit_list = list(range(d_mlp)) if units is None else [int(u) for u in units]
     if any(not 0 <= u < d_mlp for u in unit_list):
         raise IndexError(f"units must lie in 0..{d_mlp - 1}")
@@ -226,6 +226,11 @@ def patch_by_unit(
         pos = torch.arange(clean.tokens.shape[1], device=clean.tokens.device)
     else:
         pos = torch.as_tensor(list(positions), dtype=torch.long, device=clean.tokens.device)
+        seq = clean.tokens.shape[1]
+        if pos.numel() == 0 or int(pos.min()) < -seq or int(pos.max()) >= seq:
+            raise IndexError(
+                f"positions must be a non-empty list in 0..{seq - 1} (the sequence length is {seq})"
+            )
     names = [hook_names.mlp_post(layer) for layer in layer_list]
     return _patch_grid(
         model,

@@ -53,7 +53,9 @@ class TrainingConfig:
     batch_size: int = 16  # captions per step
     lr: float = 3e-4  # peak learning rate (AdamW)
     weight_decay: float = 0.0  # AdamW weight decay
-    warmup_steps: int = 20  # linear warm-up length, then constant
+    warmup_steps: int = 20  # linear warm-up length
+    schedule: str = "constant"  # after warm-up: "constant" or "cosine" (decays to min_lr_ratio)
+    min_lr_ratio: float = 0.1  # final lr / peak lr of the cosine schedule
     grad_clip: float | None = 1.0  # max gradient norm (None: no clipping)
     checkpoint_every: int = 100  # steps between checkpoints (needs out_dir)
     seed: int = 0  # seeds the batch order
@@ -67,12 +69,25 @@ class TrainingConfig:
                 raise ValueError(f"TrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("TrainingConfig.lr must be > 0 and warmup_steps >= 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(
+                f"TrainingConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}"
+            )
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(
+                f"TrainingConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"
+            )
 
     def lr_at(self, step: int) -> float:
         """Learning rate of (0-based) step ``step``."""
         if self.warmup_steps and step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
-        return self.lr
+        if self.schedule == "constant":
+            return self.lr
+        span = max(self.steps - self.warmup_steps, 1)
+        progress = min(max(step - self.warmup_steps, 0) / span, 1.0)
+        floor = self.lr * self.min_lr_ratio
+        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
