@@ -23,7 +23,13 @@ from pathlib import Path
 
 import torch
 
-from transformer_lens_mm import ImageProjection, TrainingConfig, from_parts, generate_captions
+from transformer_lens_mm import (
+    ImageProjection,
+    TrainingConfig,
+    from_parts,
+    generate_captions,
+    load_projection,
+)
 from transformer_lens_mm.pretrained import efficientnet_lite0_encoder, smollm2_folder
 from transformer_lens_mm.scenes import SceneSet
 from transformer_lens_mm.training import encode_features, train_projection
@@ -65,6 +71,12 @@ def main() -> None:
     parser.add_argument("--n-eval", type=int, default=150)
     parser.add_argument("--api", default="bridge")
     parser.add_argument("--schedule", default="cosine", choices=["constant", "cosine"])
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="continue from a projection folder (e.g. the shipped one) instead of a fresh start",
+    )
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
     args = parser.parse_args()
     out = Path(args.out)
@@ -103,18 +115,27 @@ def main() -> None:
     print(f"features ready in {time.time() - t0:.0f} s: {tuple(feats['train'].shape)}")
 
     emb_norm = float(model.W_E.detach().norm(dim=-1).mean())
+    proj = model.image_projection
+    prior: dict = {}
     with torch.no_grad():
-        proj = model.image_projection
-        proj.weight.normal_(0, emb_norm / (proj.d_model**0.5 * proj.d_image**0.5))
-        proj.bias.zero_()
+        if args.init:  # unfold the standardisation: W = W' * std, b = b' + W' @ mean
+            start = load_projection(args.init)
+            proj.weight.copy_(start.weight * std)
+            proj.bias.copy_(start.bias + start.weight @ mean)
+            record_path = Path(args.init) / "training_record.json"
+            if record_path.is_file():
+                prior = json.loads(record_path.read_text())
+        else:
+            proj.weight.normal_(0, emb_norm / (proj.d_model**0.5 * proj.d_image**0.5))
+            proj.bias.zero_()
     cfg = TrainingConfig(
         steps=args.steps,
         batch_size=16,
-        lr=3e-4,
+        lr=args.lr,
         warmup_steps=30,
         schedule=args.schedule,
         checkpoint_every=50,
-        seed=0,
+        seed=1 if args.init else 0,  # a continuation sees other batches
     )
     result = train_projection(
         model,
@@ -146,8 +167,11 @@ def main() -> None:
         n_image_tokens=encoder.n_tokens,
     )
     record = {
-        "steps": result.step,
-        "losses": result.losses,
+        "steps": int(prior.get("steps", 0)) + result.step,
+        "steps_this_run": result.step,
+        "init": args.init,
+        "init_minutes": prior.get("minutes"),
+        "losses": list(prior.get("losses", [])) + result.losses,
         "config": vars(args),
         "minutes": (time.time() - t0) / 60,
         "bos_token": "<|endoftext|>",

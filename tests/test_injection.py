@@ -145,3 +145,20 @@ def test_gradients_flow_to_projection(lm_dirs, api):
     logits[0, -1, 5].backward()
     grad = model.image_projection.weight.grad
     assert grad is not None and grad.abs().sum() > 0
+
+
+@pytest.mark.skipif("hooked" not in APIS, reason="needs TransformerLens 3.x HookedTransformer")
+@pytest.mark.parametrize("kind", ["gptj", "llama"])
+def test_hooked_weights_are_stored_in_the_forward_layout(lm_dirs, kind):
+    """W.T / rearranged attention weights are views, not copies, and reloading keeps that."""
+    model = build_model(lm_dirs[kind], "hooked")
+    mlp, attn = model.blocks[0].mlp, model.blocks[0].attn
+    assert mlp.W_in.T.is_contiguous() and mlp.W_out.T.is_contiguous()
+    assert model.unembed.W_U.T.is_contiguous()
+    assert attn.W_Q.permute(0, 2, 1).is_contiguous() and attn.W_O.permute(2, 0, 1).is_contiguous()
+    batch = model.prepare_inputs(random_images(2))
+    before = model(batch)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    assert mlp.W_in.T.is_contiguous()
+    assert torch.equal(model(batch), before)

@@ -10,6 +10,7 @@ from transformer_lens_mm.decoding import (
     decode_soft_prompts,
     decode_units,
     random_soft_prompts,
+    unit_token_ranks,
     vocab_mask,
 )
 from transformer_lens_mm.targets import (
@@ -20,7 +21,7 @@ from transformer_lens_mm.targets import (
     targets_from_tokens,
     token_id_of,
 )
-from transformer_lens_mm.word_filter import is_dictionary_word, is_interpretable
+from transformer_lens_mm.word_filter import is_dictionary_word, is_interpretable, same_word
 
 
 @pytest.mark.parametrize(
@@ -106,6 +107,27 @@ def test_decode_units_is_w_u_times_w_out(lm_dirs):
     with pytest.raises(IndexError, match="out of range"):
         decode_units(model, [(7, 0)])
     assert int(vocab_mask(model).sum()) == len(WORDS) - 3
+
+
+def test_unit_token_ranks_agree_with_the_decoding(lm_dirs):
+    model = build_model(lm_dirs["llama"], "bridge")
+    units = [(1, 5), (0, 3), (1, 9)]
+    decoded = decode_units(model, units, k=len(WORDS) - 3)  # every decodable token, in order
+    for j, rank in enumerate([0, 4, 17]):
+        token = decoded[j][rank][0]
+        tid = WORDS.index(token.strip())
+        assert unit_token_ranks(model, [units[j]], [tid]).tolist() == [rank]
+    tids = [WORDS.index(decoded[j][2][0].strip()) for j in range(3)]
+    assert unit_token_ranks(model, units, tids).tolist() == [2, 2, 2]
+    with pytest.raises(ValueError, match="special or unused"):
+        unit_token_ranks(model, [(0, 1)], [model.tokenizer.pad_token_id])
+    with pytest.raises(ValueError, match="one per unit"):
+        unit_token_ranks(model, [(0, 1)], [4, 5])
+
+
+def test_same_word():
+    assert same_word(" Circles", "circle") and same_word("Ġstars", " star")
+    assert not same_word(" circ", "circle") and not same_word("", "circle")
 
 
 def test_soft_prompt_decoding_and_random_baseline(lm_dirs):

@@ -2,6 +2,8 @@
 
 * :func:`decode_units`: a unit's output weights through the unembedding,
   ``softmax(W_U^T W_out[layer, unit])``, top-k tokens (the paper's unit decoding).
+* :func:`unit_token_ranks`: where a given token (e.g. the target ``c``) ranks in a unit's
+  decoding, for models whose vocabulary is too large for ``c`` to reach any unit's top 10.
 * :func:`decode_soft_prompts`: each image token's nearest vocabulary embeddings by cosine
   similarity with ``W_E`` (the paper's soft-prompt decoding), with
   :func:`random_soft_prompts` as the baseline of random vectors of the same norms.
@@ -18,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from transformer_lens_mm.hook_names import resolve_layer
@@ -29,6 +31,7 @@ __all__ = [
     "final_norm_weight",
     "random_soft_prompts",
     "unit_output_weights",
+    "unit_token_ranks",
     "vocab_mask",
 ]
 
@@ -118,6 +121,53 @@ def decode_units(
             ]
     out = [results[i] for i in range(len(units))]
     return out
+
+
+@torch.no_grad()
+def unit_token_ranks(
+    model: Any,
+    units: Sequence[tuple[int, int]],
+    token_ids: Sequence[int],
+    *,
+    final_norm: bool = False,
+    mask_special: bool = True,
+) -> Int[Tensor, " n_units"]:
+    """Rank (0 = first) of ``token_ids[i]`` in the decoding of ``units[i]`` (``W_out @ W_U``).
+
+    Only decodable tokens are ranked (special tokens and unused rows are skipped, as in
+    :func:`decode_units`), so rank 0 means ``decode_units(...)[i][0]`` is that token.
+
+    Example:
+        >>> water = model.to_single_token(" water")  # doctest: +SKIP
+        >>> unit_token_ranks(model, [(5, 9058)], [water])  # doctest: +SKIP
+        tensor([0])
+    """
+    if len(units) != len(token_ids):
+        raise ValueError(f"got {len(units)} units and {len(token_ids)} tokens: pass one per unit")
+    keep = vocab_mask(model, special_tokens=mask_special)
+    d_vocab = int(keep.shape[0])
+    tids = torch.as_tensor(list(token_ids), dtype=torch.long)
+    if len(tids) and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
+        raise ValueError(f"token ids must lie in 0..{d_vocab - 1}")
+    if len(tids) and not bool(keep[tids].all()):
+        raise ValueError("a token id is a special or unused token that decodings never rank")
+    w_u = model.W_U.detach().float()
+    scale = final_norm_weight(model) if final_norm else None
+    ranks = torch.zeros(len(units), dtype=torch.long)
+    by_layer: dict[int, list[int]] = {}
+    for i, (layer, unit) in enumerate(units):
+        if not 0 <= int(unit) < int(model.cfg.d_mlp):
+            raise IndexError(f"unit {unit} is out of range: layers have d_mlp={model.cfg.d_mlp}")
+        by_layer.setdefault(resolve_layer(int(layer), int(model.cfg.n_layers)), []).append(i)
+    for layer, idxs in by_layer.items():
+        vecs = unit_output_weights(model, layer).detach()[[int(units[i][1]) for i in idxs]].float()
+        if scale is not None:
+            vecs = vecs * scale.detach().float()
+        logits = vecs @ w_u.to(vecs.device)
+        logits[:, ~keep.to(logits.device)] = float("-inf")
+        own = logits.gather(1, tids[idxs, None].to(logits.device))
+        ranks[idxs] = (logits > own).sum(1).cpu()
+    return ranks
 
 
 @torch.no_grad()

