@@ -31,7 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from transformer_lens_mm import hook_names
-from transformer_lens_mm.attribution import target_metric
+from transformer_lens_mm.attribution import last_position_logits
 from transformer_lens_mm.layout import MultimodalInput
 
 __all__ = [
@@ -303,10 +303,10 @@ def ablation_sweep(
         used = {layer: masks[layer].to(stacked.tokens.device) for layer in used_layers}
         hooks = ablation_hooks(model, used, mode=mode, positions=stacked.image_mask, means=means)
         with torch.no_grad():
-            logits = model.run_with_hooks(stacked, fwd_hooks=hooks)
-            logit_c = target_metric(logits, stacked.last_positions, tids[rows], "logit")
-            logp_c = target_metric(logits, stacked.last_positions, tids[rows], "logprob")
-        values = torch.stack([logp_c.exp(), logit_c], 1).float().cpu().tolist()
+            logits = last_position_logits(model, stacked, hooks)
+            logit_c = logits[torch.arange(len(chunk)), tids[rows].to(logits.device)]
+            logp_c = logit_c.float() - logits.float().logsumexp(-1)
+        values = torch.stack([logp_c.exp(), logit_c.float()], 1).cpu().tolist()
         for r, cond in enumerate(chunk):
             results.append((cond[0], cond[1], cond[2], cond[3], values[r][0], values[r][1]))
     table = pd.DataFrame(results, columns=["image", "kind", "k", "draw", "p_c", "logit_c"])

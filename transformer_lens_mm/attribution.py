@@ -29,7 +29,14 @@ from torch import Tensor
 from transformer_lens_mm import hook_names
 from transformer_lens_mm.layout import MultimodalInput
 
-__all__ = ["Attribution", "attribute", "frozen_parameters", "target_metric"]
+__all__ = [
+    "Attribution",
+    "attribute",
+    "frozen_parameters",
+    "last_position_logits",
+    "last_position_metric",
+    "target_metric",
+]
 
 Positions = Literal["image", "all"]
 Metric = Literal["logit", "logprob"]
@@ -62,12 +69,48 @@ def target_metric(
 ) -> Float[Tensor, " batch"]:
     """``y_c`` per item: the logit (or log-probability) of ``c`` at the predicting position."""
     rows = torch.arange(logits.shape[0], device=logits.device)
-    picked = logits[rows, positions.to(logits.device)]
+    return _metric_of(logits[rows, positions.to(logits.device)], target_ids, metric)
+
+
+def _metric_of(
+    picked: Float[Tensor, "batch d_vocab"], target_ids: Tensor, metric: Metric
+) -> Float[Tensor, " batch"]:
     if metric == "logprob":
         picked = picked.float().log_softmax(-1)
     elif metric != "logit":
         raise ValueError(f"metric must be 'logit' or 'logprob', got {metric!r}")
-    return picked[rows, target_ids.to(logits.device)]
+    rows = torch.arange(picked.shape[0], device=picked.device)
+    return picked[rows, target_ids.to(picked.device)]
+
+
+def last_position_logits(
+    model: Any, batch: MultimodalInput, fwd_hooks: Sequence[tuple[Any, Any]] = ()
+) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at each item's last position, running ``fwd_hooks``.
+
+    Where the model can (``HookedMultimodalTransformer.logits_at``), only those positions are
+    unembedded: with a 50k vocabulary the unembedding of every position is ~20% of a forward
+    and as much again in a backward.
+    """
+    from transformer_lens_mm.injection import MultimodalMixin
+
+    rows = torch.arange(len(batch), device=batch.tokens.device)
+    if type(model).logits_at is MultimodalMixin.logits_at:  # no cheaper path: a full forward
+        logits = model.run_with_hooks(batch, fwd_hooks=list(fwd_hooks))
+        return logits[rows, batch.last_positions.to(logits.device)]
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        return model.logits_at(batch, rows, batch.last_positions)
+
+
+def last_position_metric(
+    model: Any,
+    batch: MultimodalInput,
+    target_ids: Tensor,
+    metric: Metric = "logit",
+    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+) -> Float[Tensor, " batch"]:
+    """``y_c`` (logit or log-probability of ``c``) at each item's last position."""
+    return _metric_of(last_position_logits(model, batch, fwd_hooks), target_ids, metric)
 
 
 @dataclass
@@ -351,8 +394,7 @@ def attribute(
     hooks = [(hook_names.EMBED, make_leaf)]
     hooks += [(hook_names.mlp_post(layer), capture(i)) for i, layer in enumerate(layer_list)]
     with torch.enable_grad(), frozen_parameters(model):
-        logits = model.run_with_hooks(batch, fwd_hooks=[*hooks, *fwd_hooks])
-        y = target_metric(logits, batch.last_positions, tids, metric)
+        y = last_position_metric(model, batch, tids, metric, [*hooks, *fwd_hooks])
         y.sum().backward()
     attr = Attribution(
         layers=layer_list,
