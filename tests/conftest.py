@@ -15,4 +15,4 @@ def lm_dirs(tmp_path_factory) -> dict[str, Path]:
     The Llama folder's path contains "llama" on purpose: TL 3.9 mis-reads such paths.
     """
     root = tmp_path_factory.mktemp("lms")
-    return {kind: build_hf_lm(root / f"tiny-{kind}", kind) for kind in ("gptj", "llama")}
+    return {kind: build_hf_lm(root / f"tiny-{kind}", kind) for kind in ("gptj", "llama", "gpt2")}

@@ -8,6 +8,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
     GPTJConfig,
     GPTJForCausalLM,
     LlamaConfig,
@@ -70,7 +72,7 @@ def build_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
 
 
 def build_hf_lm(folder: Path, kind: str = "gptj", seed: int = 0, **overrides) -> Path:
-    """Save a tiny GPT-J-like or Llama-like causal LM (+ tokenizer) to ``folder``."""
+    """Save a tiny GPT-J-, Llama- or GPT-2-like causal LM (+ tokenizer) to ``folder``."""
     torch.manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     common = dict(vocab_size=len(WORDS), bos_token_id=0, eos_token_id=0, pad_token_id=1)
@@ -91,6 +93,9 @@ def build_hf_lm(folder: Path, kind: str = "gptj", seed: int = 0, **overrides) ->
             **{**common, **overrides},
         )
         model = LlamaForCausalLM(cfg)
+    elif kind == "gpt2":  # saved without n_ctx by recent transformers (TL 3.9 expects it)
+        cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **{**common, **overrides})
+        model = GPT2LMHeadModel(cfg)
     else:
         raise ValueError(kind)
     # Random init in HF is tiny; scale up so that logits differ visibly between tokens.

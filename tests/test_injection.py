@@ -41,6 +41,18 @@ def test_injected_forward_matches_hf_inputs_embeds(lm_dirs, api, kind):
 
 
 @pytest.mark.parametrize("api", APIS)
+def test_gpt2_folder_from_recent_transformers(lm_dirs, api):
+    """GPT-2 folders written by recent transformers lack n_ctx; TL 3.9 needs it."""
+    assert "n_ctx" not in (lm_dirs["gpt2"] / "config.json").read_text()
+    model = build_model(lm_dirs["gpt2"], api)
+    batch = model.prepare_inputs(random_images(2))
+    with torch.no_grad():
+        logits = model(batch)
+    ref = hf_reference_logits(load_hf(lm_dirs["gpt2"]), model, batch)
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_per_item_prompts_with_padding(lm_dirs, api, kind):
     model = build_model(lm_dirs[kind], api, prepend_bos=True)

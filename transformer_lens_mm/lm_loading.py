@@ -6,6 +6,7 @@ Hugging Face model's, which the method's ``y_c`` (a raw logit) and its gradients
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -71,10 +72,18 @@ def load_hooked_transformer(
     tokenizer = tokenizer or load_tokenizer(path)
     hf_model = hf_model or _load_hf(str(path), dtype)
     # TL 3.9 guesses the architecture from substrings of the *path* ("llama", "gemma") and then
-    # skips reading config.json; a neutral symlink makes it read the real config.
+    # skips reading config.json: a neutral folder of symlinks makes it read the real config,
+    # with the keys TL 3.9 expects and recent transformers no longer writes (GPT-2's n_ctx).
     with tempfile.TemporaryDirectory() as tmp:
         link = Path(tmp) / "model"
-        link.symlink_to(path.resolve(), target_is_directory=True)
+        link.mkdir()
+        for item in path.resolve().iterdir():
+            if item.name != "config.json":
+                (link / item.name).symlink_to(item)
+        config = json.loads((path / "config.json").read_text())
+        if config.get("model_type") == "gpt2" and "n_ctx" not in config:
+            config["n_ctx"] = config.get("n_positions", 1024)
+        (link / "config.json").write_text(json.dumps(config))
         cfg_dict = loading.convert_hf_model_config(str(link))
         cfg = HookedTransformerConfig(**cfg_dict, dtype=dtype, device=str(device or "cpu"))
         state = loading.get_pretrained_state_dict(str(link), cfg, hf_model=hf_model, dtype=dtype)
