@@ -107,8 +107,18 @@ if HAS_HOOKED_TRANSFORMER:
 
         def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
             cache = _KVCache.init_cache(self.cfg, self.cfg.device, tokens.shape[0])
-            logits = self._lm_forward(tokens, attention_mask=attention_mask, past_kv_cache=cache)
-            return logits, cache
+            # the prompt's blocks fill the cache; only the last position is unembedded (the
+            # captioning loop reads logits[:, -1]; the batch is left-padded)
+            resid = self._lm_forward(
+                tokens,
+                attention_mask=attention_mask,
+                past_kv_cache=cache,
+                stop_at_layer=self.cfg.n_layers,
+            )
+            last = resid[:, -1:]
+            if self.cfg.normalization_type is not None:
+                last = self.ln_final(last)
+            return self.unembed(last), cache
 
         def _kv_next_step(
             self, tokens: Tensor, attention_mask: Tensor, state: Any
