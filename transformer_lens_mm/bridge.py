@@ -19,6 +19,40 @@ from transformer_lens_mm.injection import MultimodalMixin
 __all__ = ["MultimodalTransformerBridge"]
 
 
+def _accept_cache_kwarg() -> None:
+    """Let the bridge's attention find the Hugging Face KV cache under ``cache=``.
+
+    transformers 5.x passes the layer cache to attention modules as ``cache=``; TransformerLens
+    4.3's ``AttentionBridge._update_kv_cache`` looks only for ``past_key_values``/``layer_past``,
+    so the cache stays empty and cached decoding attends to nothing. The wrapper forwards
+    ``cache`` as ``past_key_values`` when neither is given (a no-op where TL already finds it).
+    """
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import (
+            AttentionBridge,
+        )
+    except ImportError:  # pragma: no cover - other TL layouts
+        return
+    original = getattr(AttentionBridge, "_update_kv_cache", None)
+    if original is None or getattr(original, "_tlmm_wrapped", False):
+        return
+
+    def _update_kv_cache(self: Any, k: Tensor, v: Tensor, **kwargs: Any) -> Any:
+        if (
+            kwargs.get("past_key_values") is None
+            and kwargs.get("layer_past") is None
+            and kwargs.get("cache") is not None
+        ):
+            kwargs["past_key_values"] = kwargs["cache"]
+        return original(self, k, v, **kwargs)
+
+    _update_kv_cache._tlmm_wrapped = True  # type: ignore[attr-defined]
+    AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]
+
+
+_accept_cache_kwarg()
+
+
 class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
     """A ``TransformerBridge`` that reads images as soft-prompt tokens.
 
