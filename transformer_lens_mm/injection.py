@@ -11,6 +11,7 @@ image encoder and a projection to a TransformerLens model, and overrides ``forwa
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -50,6 +51,7 @@ class MultimodalMixin:
     prompt: str
     prepend_bos: bool
     last_input: MultimodalInput | None
+    feature_cache: Any = None  # a FeatureCache once attach_feature_cache() was called
 
     # ----------------------------------------------------------------- set-up
     def _add_image_hook_points(self) -> None:
@@ -61,6 +63,38 @@ class MultimodalMixin:
         self.prepend_bos = False
         self.bos_token_id: int | None = None
         self.last_input = None
+
+    def attach_feature_cache(self, root: str | os.PathLike | None) -> Any:
+        """Keep encoder features on disk under ``root`` (``None``: stop caching).
+
+        Every later encoding of pixels (forward, caches, captioning, attribution, training)
+        loads the features of images seen before instead of running the encoder. See
+        :class:`~transformer_lens_mm.feature_cache.FeatureCache`.
+
+        Returns:
+            The :class:`FeatureCache` (its ``hits``/``misses`` count lookups), or ``None``.
+        """
+        if root is None:
+            self.feature_cache = None
+            return None
+        if self.image_encoder is None:
+            raise RuntimeError("this model has no image encoder to cache: attach_vision first")
+        from transformer_lens_mm.feature_cache import FeatureCache
+
+        self.feature_cache = FeatureCache(root, self.image_encoder)
+        return self.feature_cache
+
+    def encode_pixels(
+        self, pixel_values: Float[Tensor, "batch channel height width"]
+    ) -> Float[Tensor, "batch n_image_tokens d_image"]:
+        """The encoder's features of preprocessed images (through the feature cache if any)."""
+        if self.image_encoder is None:
+            raise RuntimeError("this model has no image encoder: pass image_features=...")
+        if self.feature_cache is None:
+            return self.image_encoder(pixel_values)
+        if self.feature_cache.encoder is not self.image_encoder:  # attach_vision changed it
+            self.attach_feature_cache(self.feature_cache.folder.parent)
+        return self.feature_cache.features(pixel_values)
 
     def attach_vision(
         self,
@@ -235,7 +269,7 @@ class MultimodalMixin:
         elif batch.pixel_values is not None:
             if self.image_encoder is None:
                 raise RuntimeError("this model has no image encoder: pass image_features=...")
-            features = self.image_encoder(batch.pixel_values)
+            features = self.encode_pixels(batch.pixel_values)
         else:
             raise ValueError("the input holds neither pixel_values nor image_features")
         features = self.hook_image_features(features.to(self._lm_device()))

@@ -125,7 +125,7 @@ def encode_features(
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), disable=not verbose, desc="encoding"):
         pixels = encoder.preprocess(list(images[start : start + batch_size]))
-        chunks.append(encoder(pixels).cpu())
+        chunks.append(model.encode_pixels(pixels).cpu())
     return torch.cat(chunks)
 
 
