@@ -33,6 +33,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from transformer_lens_mm.analyze import load_config, run_analysis
+
+    try:
+        config = load_config(args.config)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"tlmm analyze: {err}", file=sys.stderr)
+        return 2
+    if args.out:
+        config = dataclasses.replace(config, out=args.out)
+    run_analysis(config)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tlmm`` console script."""
     parser = argparse.ArgumentParser(prog="tlmm", description=__doc__.splitlines()[0])
@@ -50,6 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--no-photos", action="store_true", help="skip scikit-image's photos")
     demo.add_argument("--quick", action="store_true", help="6 scenes, short sweep (smoke test)")
     demo.set_defaults(run=_demo)
+    analyze = sub.add_parser(
+        "analyze",
+        help="caption, attribute and decode every image of a data set (resumable, sharded)",
+        description="Run or resume a dataset-scale analysis from a TOML/YAML config; under "
+        "torchrun --nproc_per_node N the images are shared across processes.",
+    )
+    analyze.add_argument("config", help="TOML or YAML config (see docs/analyze.md)")
+    analyze.add_argument("--out", default=None, help="override the config's output folder")
+    analyze.set_defaults(run=_analyze)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

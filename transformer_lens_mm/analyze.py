@@ -1,0 +1,384 @@
+"""Dataset-scale runs: ``tlmm analyze CONFIG`` and :func:`run_analysis`, sharded and resumable.
+
+Per image: a greedy caption (or the data set's caption), the first noun ``c``, attribution of
+``y_c`` to every MLP unit at the image positions, the top ``k`` entries with their decodings and
+the interpretability filter, and the patch map (activation at every image position) of each
+kept unit. Results are written in shards as they are made:
+
+* ``shards/b<batch>-units.parquet``: top-k rows (item, rank, layer, unit, position, score, ...),
+* ``shards/b<batch>-maps.safetensors``: ``maps[row]`` = that row's unit over the image patches,
+* ``shards/b<batch>-items.parquet``: one row per item (caption, target, failure), written
+  last: a shard counts as done only when its items file exists.
+
+Every file is written atomically. Kill the run at any moment (``kill -9`` included) and start it
+again: finished shards are skipped, the rest is recomputed, nothing is lost or duplicated. The
+data set is cut into fixed batches (``batch_size`` consecutive items), so results do not depend
+on how often the run was interrupted or on the number of processes. Under ``torchrun
+--nproc_per_node N`` batch ``b`` goes to rank ``b % N``; rank 0 merges every shard into
+``items.parquet``, ``units.parquet`` and ``maps.safetensors`` at the end (a single process
+merges too), identical to a single-process run.
+
+Example:
+    >>> summary = run_analysis("configs/coco_val2017_gptj_beit.toml")  # doctest: +SKIP
+    >>> items, units, maps = load_results("runs/coco-gptj")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from transformer_lens_mm._atomic import atomic_write
+from transformer_lens_mm.attribution import attribute
+from transformer_lens_mm.captioning import generate_captions
+from transformer_lens_mm.datasets import (
+    CaptionFolder,
+    ClassFolders,
+    CocoDataset,
+    Item,
+    SceneDataset,
+    image_loader,
+)
+from transformer_lens_mm.spatial import image_mlp_activations
+from transformer_lens_mm.targets import target_inputs, targets_from_captions
+from transformer_lens_mm.word_filter import is_interpretable
+
+__all__ = ["AnalysisConfig", "load_config", "load_dataset", "load_results", "run_analysis"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisConfig:
+    """A dataset-scale run (the fields of the ``[data]``, ``[model]`` and ``[run]`` tables)."""
+
+    out: str  # output folder
+    data: dict[str, Any] = field(default_factory=dict)  # kind + paths, see load_dataset
+    model: dict[str, Any] = field(default_factory=lambda: {"demo": True})  # see load_model
+    k: int = 100  # top entries kept per image (the paper: 100)
+    batch_size: int = 8  # images per forward/backward (also the unit of resumption)
+    shard_batches: int = 4  # batches per shard file
+    num_workers: int = 0  # DataLoader workers reading and transforming images
+    caption_source: str = "model"  # "model": greedy caption (the paper); "data": dataset's
+    max_new_tokens: int = 20
+    layers: list[int] | None = None  # layers to score (default all)
+    feature_cache: str | None = None  # folder of the encoder-feature cache
+    limit: int | None = None  # only the first N items
+
+    def __post_init__(self) -> None:
+        if self.caption_source not in ("model", "data"):
+            raise ValueError(
+                f"caption_source must be 'model' or 'data', got {self.caption_source!r}"
+            )
+        for name in ("k", "batch_size", "shard_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def load_config(path: str | os.PathLike) -> AnalysisConfig:
+    """Read a TOML or YAML config: top-level ``out``, tables ``[data]``, ``[model]``, ``[run]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        import tomllib
+
+        raw = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"config must be .toml or .yaml, got {path.name}")
+    run = dict(raw.get("run", {}))
+    known = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    unknown = (set(run) | set(raw) - {"data", "model", "run"}) - known
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+    top = {k: v for k, v in raw.items() if k not in ("data", "model", "run")}
+    return AnalysisConfig(
+        **top, **run, data=dict(raw.get("data", {})), model=dict(raw.get("model", {"demo": True}))
+    )
+
+
+def load_dataset(spec: dict[str, Any]) -> Sequence[Item]:
+    """A data set from its config table: ``kind`` = ``coco`` (``images``, ``captions``,
+    ``instances``), ``folder`` (``root``, ``captions``), ``classes`` (``root``) or ``scenes``
+    (``n``, ``seed``)."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind == "coco":
+        return CocoDataset(spec["images"], spec.get("captions"), spec.get("instances"))
+    if kind == "folder":
+        return CaptionFolder(spec["root"], spec.get("captions"))
+    if kind == "classes":
+        return ClassFolders(spec["root"])
+    if kind == "scenes":
+        from transformer_lens_mm.scenes import SceneSet
+
+        return SceneDataset(SceneSet(int(spec.get("n", 100)), seed=int(spec.get("seed", 0))))
+    raise ValueError(f"data.kind must be coco, folder, classes or scenes, got {kind!r}")
+
+
+def load_model(spec: dict[str, Any]) -> Any:
+    """A model from its config table: ``demo = true``, or ``lm``/``encoder``/``projection``
+    (+ ``api``, ``device``, ``dtype``, ``prompt``) as for ``from_parts``."""
+    spec = dict(spec)
+    if spec.pop("demo", False):
+        from transformer_lens_mm.pretrained import load_demo_model
+
+        return load_demo_model(spec.get("api"), device=spec.get("device"))
+    from transformer_lens_mm.loading import from_parts
+
+    if "dtype" in spec:
+        spec["dtype"] = getattr(torch, spec["dtype"])
+    return from_parts(**spec)
+
+
+def _rank_world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _shard_name(batch: int) -> str:
+    return f"b{batch:07d}"
+
+
+def _done_batches(shards: Path) -> set[int]:
+    return {int(p.name[1:8]) for p in shards.glob("b*-items.parquet")}
+
+
+def _write_shard(shards: Path, first_batch: int, items, units, maps) -> None:
+    name = _shard_name(first_batch)
+    atomic_write(shards / f"{name}-units.parquet", lambda t: units.to_parquet(t, index=False))
+    atomic_write(
+        shards / f"{name}-maps.safetensors",
+        lambda t: save_file({"maps": maps.contiguous()}, t),
+    )
+    # written last: its presence marks the shard as done
+    atomic_write(shards / f"{name}-items.parquet", lambda t: items.to_parquet(t, index=False))
+
+
+def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig):
+    items, units, maps = [], [], []
+    failures = dict(loaded.failures)
+    ids, idx, pixels = list(loaded.ids), list(loaded.indices), loaded.pixel_values
+    if pixels is not None:
+        pixels = pixels.to(model.image_encoder.device)
+        if config.caption_source == "model":
+            caps = generate_captions(
+                model, pixel_values=pixels, max_new_tokens=config.max_new_tokens
+            )
+            texts, token_lists = caps.texts, caps.tokens.tolist()
+        else:
+            texts = [(data[i].captions or [""])[0] for i in idx]
+            token_lists = [
+                model.tokenizer.encode(" " + t.strip(), add_special_tokens=False) for t in texts
+            ]
+        found = targets_from_captions(
+            model.tokenizer, token_lists, eos_token_id=model.tokenizer.eos_token_id
+        )
+        keep = [j for j, t in enumerate(found) if t is not None]
+        for j, t in enumerate(found):
+            if t is None:
+                failures[ids[j]] = f"no noun in the caption {texts[j]!r}"
+        if keep:
+            base = model.prepare_inputs(pixel_values=pixels[keep])
+            targets = [found[j] for j in keep]
+            batch = target_inputs(model, base, targets)  # type: ignore[arg-type]
+            attr = attribute(
+                model, batch, [t.token_id for t in targets], layers=config.layers, top_k=config.k
+            )  # type: ignore[union-attr]
+            table = attr.top_k(attr.best_scores.shape[1], model=model, n_tokens=10)  # type: ignore[union-attr]
+            table["interpretable"] = [is_interpretable(t) for t in table["tokens"]]
+            layers = sorted(set(table["layer"].tolist()))
+            acts = image_mlp_activations(model, base, layers)  # [n, L, n_img, d_mlp]
+            slot = {layer: s for s, layer in enumerate(layers)}
+            rows = torch.as_tensor(table["image"].to_numpy())
+            maps.append(
+                acts[
+                    rows,
+                    torch.tensor([slot[x] for x in table["layer"]]),
+                    :,
+                    torch.as_tensor(table["unit"].to_numpy()),
+                ].half()
+            )
+            table["item"] = [ids[keep[r]] for r in table["image"]]
+            table["index"] = [idx[keep[r]] for r in table["image"]]
+            table["target"] = [targets[r].token for r in table["image"]]  # type: ignore[union-attr]
+            units.append(table.drop(columns=["image"]))
+        for j in range(len(ids)):
+            t = found[j]
+            items.append(
+                {
+                    "index": idx[j],
+                    "item": ids[j],
+                    "batch": batch_index,
+                    "caption": texts[j],
+                    "target": None if t is None else t.token,
+                    "target_id": None if t is None else t.token_id,
+                    "noun": None if t is None else t.word,
+                    "failure": failures.get(ids[j]),
+                }
+            )
+    for i, key, why in loaded.failed:
+        items.append(
+            {
+                "index": i,
+                "item": key,
+                "batch": batch_index,
+                "caption": None,
+                "target": None,
+                "target_id": None,
+                "noun": None,
+                "failure": why,
+            }
+        )
+    return items, units, maps
+
+
+def run_analysis(
+    config: AnalysisConfig | str | os.PathLike,
+    *,
+    model: Any = None,
+    data: Sequence[Item] | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a dataset-scale analysis; return the summary (also ``summary.json``).
+
+    Args:
+        config: An :class:`AnalysisConfig` or the path of a TOML/YAML config.
+        model: A loaded model (default: built from ``config.model``).
+        data: A data set (default: built from ``config.data``).
+        verbose: Progress bar (images/s, ETA) and the printed summary.
+    """
+    if not isinstance(config, AnalysisConfig):
+        config = load_config(config)
+    rank, world = _rank_world()
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    out = Path(config.out)
+    shards = out / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        atomic_write(
+            out / "config.json",
+            lambda t: Path(t).write_text(json.dumps(dataclasses.asdict(config), indent=1)),
+        )
+    data = data if data is not None else load_dataset(config.data)
+    n = len(data) if config.limit is None else min(config.limit, len(data))
+    model = model if model is not None else load_model(config.model)
+    if config.feature_cache:
+        model.attach_feature_cache(config.feature_cache)
+
+    bs = config.batch_size
+    n_batches = (n + bs - 1) // bs
+    mine = [b for b in range(n_batches) if b % world == rank]
+    done = _done_batches(shards)
+    todo = [b for b in mine if b not in done]
+    skipped = sum(min(bs, n - b * bs) for b in mine if b in done)
+    t0 = time.perf_counter()
+    bar = tqdm(
+        total=sum(min(bs, n - b * bs) for b in todo),
+        unit="img",
+        desc=f"analyze[{rank}/{world}]" if world > 1 else "analyze",
+        disable=not verbose,
+    )
+    n_failed = 0
+    for s in range(0, len(todo), config.shard_batches):
+        group = todo[s : s + config.shard_batches]
+        indices = [i for b in group for i in range(b * bs, min((b + 1) * bs, n))]
+        items, units, maps = [], [], []
+        loader = image_loader(
+            data,
+            model.image_encoder.transform,
+            indices=indices,
+            batch_size=bs,
+            num_workers=config.num_workers,
+        )
+        for b, loaded in zip(group, loader):
+            it, un, mp = _analyse_batch(model, data, loaded, b, config)
+            items += it
+            units += un
+            maps += mp
+            bar.update(len(loaded.ids) + len(loaded.failures))
+        items_df = pd.DataFrame(items)
+        n_failed += int(items_df["failure"].notna().sum()) if len(items_df) else 0
+        units_df = pd.concat(units, ignore_index=True) if units else pd.DataFrame()
+        maps_t = torch.cat(maps) if maps else torch.zeros(0, 0, dtype=torch.float16)
+        _write_shard(shards, group[0], items_df, units_df, maps_t)
+    bar.close()
+    if world > 1:
+        torch.distributed.barrier()
+    summary: dict[str, Any] = {}
+    if rank == 0:
+        items_all, units_all, maps_all = _merge(shards)
+        atomic_write(out / "items.parquet", lambda t: items_all.to_parquet(t, index=False))
+        atomic_write(out / "units.parquet", lambda t: units_all.to_parquet(t, index=False))
+        atomic_write(
+            out / "maps.safetensors", lambda t: save_file({"maps": maps_all.contiguous()}, t)
+        )
+        failed = items_all[items_all["failure"].notna()] if len(items_all) else items_all
+        summary = {
+            "items": n,
+            "done": len(items_all) - len(failed),
+            "failed": len(failed),
+            "skipped_already_done": skipped,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "failures": dict(zip(failed["item"], failed["failure"])) if len(failed) else {},
+        }
+        atomic_write(
+            out / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=1))
+        )
+        if verbose:
+            print(
+                f"analyze: {summary['done']} done, {summary['failed']} failed, "
+                f"{skipped} skipped (done before) of {n} items in {summary['seconds']} s; "
+                f"results in {out}"
+            )
+    if world > 1:
+        torch.distributed.barrier()
+    return summary
+
+
+def _merge(shards: Path) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor]:
+    items, units, maps = [], [], []
+    for marker in sorted(shards.glob("b*-items.parquet")):
+        name = marker.name[: -len("-items.parquet")]
+        items.append(pd.read_parquet(marker))
+        u = shards / f"{name}-units.parquet"
+        table = pd.read_parquet(u) if u.stat().st_size else pd.DataFrame()
+        m = load_file(shards / f"{name}-maps.safetensors")["maps"]
+        if len(table):
+            units.append(table)
+            maps.append(m)
+    items_df = pd.concat(items, ignore_index=True) if items else pd.DataFrame()
+    units_df = pd.concat(units, ignore_index=True) if units else pd.DataFrame()
+    maps_t = torch.cat(maps) if maps else torch.zeros(0, 0, dtype=torch.float16)
+    if len(items_df):
+        items_df = items_df.sort_values(["batch", "index", "item"], kind="stable").reset_index(
+            drop=True
+        )
+    if len(units_df):
+        order = units_df.sort_values(["index", "rank"], kind="stable").index.to_numpy()
+        units_df = units_df.iloc[order].reset_index(drop=True)
+        maps_t = maps_t[torch.as_tensor(order)]
+    return items_df, units_df, maps_t
+
+
+def load_results(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor]:
+    """``(items, units, maps)`` of a finished run (``maps[i]`` belongs to ``units.iloc[i]``)."""
+    out = Path(out)
+    if not (out / "items.parquet").is_file():
+        raise FileNotFoundError(f"{out} holds no merged results: run or resume the analysis first")
+    maps = load_file(out / "maps.safetensors")["maps"]
+    return pd.read_parquet(out / "items.parquet"), pd.read_parquet(out / "units.parquet"), maps
