@@ -134,6 +134,8 @@ def load_model(spec: dict[str, Any]) -> Any:
     """A model from its config table: ``demo = true``, or ``lm``/``encoder``/``projection``
     (+ ``api``, ``device``, ``dtype``, ``prompt``) as for ``from_parts``."""
     spec = dict(spec)
+    if str(spec.get("device", "")) == "cuda" and "LOCAL_RANK" in os.environ:
+        spec["device"] = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     if spec.pop("demo", False):
         from transformer_lens_mm.pretrained import load_demo_model
 

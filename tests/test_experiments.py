@@ -1,0 +1,82 @@
+"""Dataset experiments: layer distribution, IoU by category, category selectivity."""
+
+import pandas as pd
+import pytest
+from helpers import build_model
+
+from transformer_lens_mm.datasets import SceneDataset
+from transformer_lens_mm.experiments import (
+    category_selectivity,
+    layer_distribution,
+    plot_category_selectivity,
+    plot_iou_by_category,
+    spatial_iou_by_category,
+)
+from transformer_lens_mm.scenes import SceneSet
+from transformer_lens_mm.spatial import image_mlp_activations, spatial_selectivity
+
+
+def test_layer_distribution():
+    units = pd.DataFrame({"layer": [0, 0, 2, 2, 2, 3]})
+    table = layer_distribution(units, n_layers=4)
+    assert table["count"].tolist() == [2, 0, 3, 1]
+    assert table["share"].sum() == pytest.approx(1.0)
+
+
+def _run_tables(data):
+    items = pd.DataFrame(
+        {
+            "item": [data[i].id for i in range(4)],
+            "noun": [data[0].categories[0] + "s", "zebra", data[2].categories[0], None],
+            "failure": [None, None, None, "unreadable"],
+        }
+    )
+    units = pd.DataFrame(
+        {
+            "item": [data[0].id] * 2 + [data[1].id] + [data[2].id] * 2,
+            "rank": [0, 1, 0, 0, 1],
+            "layer": [1, 0, 1, 0, 1],
+            "unit": [5, 3, 2, 7, 7],
+        }
+    )
+    return items, units
+
+
+def test_spatial_iou_by_category(lm_dirs):
+    model = build_model(lm_dirs["gptj"], "bridge")
+    data = SceneDataset(SceneSet(4, seed=3, size=40))
+    items, units = _run_tables(data)
+    table = spatial_iou_by_category(model, data, items, units, q=0.8, n_random=2)
+    assert table.attrs["unmatched"] == 1  # "zebra"; the failed item is not counted
+    assert sorted(table["item"].unique()) == [data[0].id, data[2].id]
+    assert set(table["category"]) == {data[0].categories[0], data[2].categories[0]}
+    # the same numbers as a direct call on image 2 alone
+    direct = spatial_selectivity(
+        model,
+        model.prepare_inputs([data[2].image()]),
+        [[(0, 7), (1, 7)]],
+        [data[2].masks()[data[2].categories[0]]],
+        q=0.8,
+        n_random=0,
+    )
+    got = table[(table["item"] == data[2].id) & (table["kind"] == "top")]
+    assert got["iou"].tolist() == pytest.approx(direct["iou"].tolist())
+    assert plot_iou_by_category(table).data
+
+
+def test_category_selectivity_means(lm_dirs):
+    model = build_model(lm_dirs["gptj"], "bridge")
+    data = SceneDataset(SceneSet(6, seed=4, size=40))
+    items, units = _run_tables(data)
+    held = [data[i] for i in range(4, 6)]
+    table = category_selectivity(model, units, items, held, n_units=2)
+    assert set(table["unit_class"]) == set(items["noun"].dropna())
+    acts = image_mlp_activations(model, model.prepare_inputs([it.image() for it in held]))
+    for row in table.itertuples():
+        imgs = [j for j, it in enumerate(held) if it.categories[0] == row.image_class]
+        want = acts[imgs, row.layer, :, row.unit].amax(-1).mean()
+        assert row.mean_activation == pytest.approx(float(want), abs=1e-5)
+        assert row.n_images == len(imgs)
+    assert plot_category_selectivity(table).data
+    with pytest.raises(ValueError, match="empty table"):
+        plot_category_selectivity(pd.DataFrame())
