@@ -64,3 +64,9 @@ def test_unreadable_cache_file_is_recomputed(tmp_path):
     path.write_bytes(b"truncated")
     torch.testing.assert_close(FeatureCache(tmp_path, enc).features(pixels), want)
     assert path.stat().st_size > 100  # rewritten whole
+
+
+def test_fingerprint_of_an_encoder_with_scalar_buffers():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))  # 0-d buffer
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert encoder_fingerprint(net) != encoder_fingerprint(other)

@@ -205,13 +205,13 @@ def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig
             layers = sorted(set(table["layer"].tolist()))
             acts = image_mlp_activations(model, base, layers)  # [n, L, n_img, d_mlp]
             slot = {layer: s for s, layer in enumerate(layers)}
-            rows = torch.as_tensor(table["image"].to_numpy())
+            rows = torch.tensor(table["image"].tolist())
             maps.append(
                 acts[
                     rows,
                     torch.tensor([slot[x] for x in table["layer"]]),
                     :,
-                    torch.as_tensor(table["unit"].to_numpy()),
+                    torch.tensor(table["unit"].tolist()),
                 ].half()
             )
             table["item"] = [ids[keep[r]] for r in table["image"]]

@@ -54,7 +54,8 @@ def encoder_fingerprint(encoder: Any) -> str:
     h.update(f"layer={getattr(encoder, 'layer', None)}".encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)  # 0-d buffers too
+        h.update(flat.view(torch.uint8).numpy().tobytes())
     name = str(getattr(encoder, "name", "encoder")).replace("/", "_")
     fingerprint = f"{name}-{h.hexdigest()[:16]}"
     try:
