@@ -20,6 +20,7 @@ from transformer_lens_mm.analyze import AnalysisConfig, load_config, load_result
 from transformer_lens_mm.attribution import attribute
 from transformer_lens_mm.cli import main
 from transformer_lens_mm.datasets import CaptionFolder
+from transformer_lens_mm.experiments import analysis_report
 from transformer_lens_mm.spatial import image_mlp_activations
 from transformer_lens_mm.targets import target_inputs, targets_from_captions
 
@@ -86,6 +87,13 @@ def test_results_equal_the_direct_computation(lm_dirs, tmp_path):
     j = good.index(int(row["index"]))
     expect = acts[j, int(row["layer"]), :, int(row["unit"])]
     torch.testing.assert_close(maps[7].float(), expect, atol=2e-3, rtol=1e-2)  # stored as fp16
+
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Most frequent units" in page and "data:image/png;base64," in page
+    assert "no-noun" in page  # the failures are listed
+    iou = pd.DataFrame({"category": ["dog", "dog"], "kind": ["top", "random"], "iou": [0.3, 0.1]})
+    analysis_report(tmp_path / "out", data, iou=iou)
+    assert "Spatial selectivity by category" in (tmp_path / "out" / "report.html").read_text()
 
     again = run_analysis(config(tmp_path / "out", root), model=model, verbose=False)
     assert again["skipped_already_done"] == 9  # nothing recomputed

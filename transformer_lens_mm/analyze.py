@@ -341,6 +341,9 @@ def run_analysis(
         atomic_write(
             out / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=1))
         )
+        from transformer_lens_mm.experiments import analysis_report
+
+        analysis_report(out, data)
         if verbose:
             print(
                 f"analyze: {summary['done']} done, {summary['failed']} failed, "

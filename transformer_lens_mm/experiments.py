@@ -6,6 +6,7 @@
 * :func:`category_selectivity`: per class, its most frequent top units and their mean activation
   (max over image positions) on held-out images of every class.
 * :func:`plot_category_selectivity`, :func:`plot_iou_by_category`: the figures.
+* :func:`analysis_report`: ``report.html`` of a run (``run_analysis`` writes a first one).
 
 Example:
     >>> items, units, maps = load_results("runs/coco-gptj")  # doctest: +SKIP
@@ -15,7 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,7 @@ from transformer_lens_mm.spatial import image_mlp_activations, spatial_selectivi
 from transformer_lens_mm.word_filter import same_word
 
 __all__ = [
+    "analysis_report",
     "category_selectivity",
     "layer_distribution",
     "plot_category_selectivity",
@@ -217,3 +221,82 @@ def plot_iou_by_category(
             )
     fig.update_layout(title=title, barmode="group", yaxis_title="mean IoU")
     return fig
+
+
+def analysis_report(
+    out: str | Path,
+    data: Sequence[Item] | None = None,
+    *,
+    iou: pd.DataFrame | None = None,
+    selectivity: pd.DataFrame | None = None,
+    n_cards: int = 12,
+    grid_size: tuple[int, int] | None = None,
+) -> Path:
+    """Write ``out/report.html`` for a finished run: summary, captions and failures, the layer
+    distribution, the most frequent units (cards with their stored patch maps over the images
+    where they score highest, when ``data`` is given), and the IoU-by-category and
+    category-selectivity sections when their tables are given.
+
+    Example:
+        >>> iou = spatial_iou_by_category(model, data, items, units)  # doctest: +SKIP
+        >>> analysis_report("runs/coco-gptj", data, iou=iou)  # doctest: +SKIP
+    """
+    from transformer_lens_mm.analyze import load_results
+    from transformer_lens_mm.plotting import plot_top_units_per_layer
+    from transformer_lens_mm.report import Report, UnitCard, unit_map_png
+
+    out = Path(out)
+    items, units, maps = load_results(out)
+    summary = json.loads((out / "summary.json").read_text())
+    report = Report(f"Multimodal-neuron analysis: {out.name}")
+    report.key_values({k: v for k, v in summary.items() if k != "failures"})
+    report.section("Items", "Caption, target token c (first noun) and failure of every item.")
+    report.table(items, max_rows=100)
+    if len(units):
+        report.section("Top units by layer", "All images' top-k entries pooled.")
+        report.figure(plot_top_units_per_layer(units))
+        share = float(units["interpretable"].mean()) if "interpretable" in units else float("nan")
+        report.key_values({"entries": len(units), "interpretable share": f"{share:.1%}"})
+        freq = (
+            units.assign(tokens=units["tokens"].map(lambda t: " ".join(map(repr, t))))
+            .groupby(["layer", "unit"])
+            .agg(images=("item", "nunique"), score=("score", "sum"), tokens=("tokens", "first"))
+            .reset_index()
+            .sort_values(["images", "score"], ascending=False)
+        )
+        report.table(freq, max_rows=30)
+        cards = []
+        by_id = {data[i].id: data[i] for i in range(len(data))} if data is not None else {}
+        n_img = int(maps.shape[1]) if maps.ndim == 2 else 0
+        side = round(n_img**0.5)
+        grid = grid_size or ((side, side) if side * side == n_img and n_img else None)
+        for row in freq.head(n_cards).itertuples():
+            rows = units[(units["layer"] == row.layer) & (units["unit"] == row.unit)]
+            best = rows.sort_values("score", ascending=False).drop_duplicates("item").head(3)
+            pngs = []
+            if grid is not None:
+                for r in best.itertuples():
+                    item = by_id.get(r.item)
+                    if item is not None:
+                        png = unit_map_png(item.image(), maps[r.Index].float(), grid)
+                        pngs.append((png, f"{r.item}: {r.target}"))
+            cards.append(
+                UnitCard(
+                    int(row.layer),
+                    int(row.unit),
+                    list(rows.iloc[0]["tokens"]),
+                    pngs,
+                    {"top-k of": f"{int(row.images)} images"},
+                    list(rows["target"].astype(str).unique()),
+                )
+            )
+        report.section("Most frequent units")
+        report.cards(cards)
+    if iou is not None and len(iou):
+        report.section("Spatial selectivity by category", "Top units vs random same-layer units.")
+        report.figure(plot_iou_by_category(iou))
+        report.table(iou.groupby(["category", "kind"])["iou"].agg(["mean", "count"]).reset_index())
+    if selectivity is not None and len(selectivity):
+        report.section("Category selectivity")
+        report.figure(plot_category_selectivity(selectivity))
+    return report.write(out / "report.html")
