@@ -34,6 +34,20 @@ def test_mask_iou_hand_counted_cases():
         mask_iou(a, torch.zeros(5, 5, dtype=torch.bool))
 
 
+def test_batched_maps_and_regions_equal_one_by_one():
+    acts = torch.randn(3, 2, 16)
+    maps = patch_map(acts, (4, 4), (10, 12))
+    regions = quantile_mask(maps, 0.9)
+    assert maps.shape == regions.shape == (3, 2, 10, 12)
+    for i in range(3):
+        for j in range(2):
+            one = patch_map(acts[i, j], (4, 4), (10, 12))
+            assert torch.equal(maps[i, j], one)
+            assert torch.equal(regions[i, j], quantile_mask(one, 0.9))
+    with pytest.raises(ValueError, match="do not fill a 4x4 patch grid"):
+        patch_map(torch.randn(2, 15), (4, 4))
+
+
 def test_mask_iou_equals_torchmetrics_jaccard():
     g = torch.Generator().manual_seed(0)
     for density in (0.05, 0.3, 0.7):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,11 @@ class CocoDataset(Sequence[Item]):
         if unknown:
             raise KeyError(f"image ids not in the annotation file: {unknown[:5]}")
         self.ids = ids
+        self.category_names: dict[int, str] = (
+            {c["id"]: c["name"] for c in self.instances.loadCats(self.instances.getCatIds())}
+            if self.instances is not None
+            else {}
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -112,16 +117,14 @@ class CocoDataset(Sequence[Item]):
         if self.instances is not None:
             coco = self.instances
             anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], iscrowd=None))
-            names = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
+            names = self.category_names
             categories = sorted({names[a["category_id"]] for a in anns})
 
             def mask_fn(anns=anns, names=names) -> dict[str, np.ndarray]:
-                out: dict[str, np.ndarray] = {}
-                for a in anns:  # polygons and RLE (crowd) alike, decoded by pycocotools
-                    m = coco.annToMask(a).astype(bool)
-                    name = names[a["category_id"]]
-                    out[name] = out[name] | m if name in out else m
-                return out
+                # polygons and RLE (crowd) alike, decoded by pycocotools
+                return _union_by_name(
+                    (names[a["category_id"]], coco.annToMask(a).astype(bool)) for a in anns
+                )
 
         return Item(
             str(image_id),
@@ -130,6 +133,14 @@ class CocoDataset(Sequence[Item]):
             categories,
             mask_fn,
         )
+
+
+def _union_by_name(pairs: Iterable[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One boolean mask per name: the union of the masks given under that name."""
+    out: dict[str, np.ndarray] = {}
+    for name, m in pairs:
+        out[name] = out[name] | m if name in out else m
+    return out
 
 
 def _quiet(cls: Any, path: Any) -> Any:
@@ -226,10 +237,7 @@ class SceneDataset(Sequence[Item]):
         shapes = [o.shape for o in s.objects]
 
         def masks(s=s) -> dict[str, np.ndarray]:
-            out: dict[str, np.ndarray] = {}
-            for o, m in zip(s.objects, s.masks):
-                out[o.shape] = out[o.shape] | m if o.shape in out else m
-            return out
+            return _union_by_name((o.shape, m) for o, m in zip(s.objects, s.masks))
 
         return Item(f"scene-{i:06d}", s.image, [s.caption], sorted(set(shapes)), masks)
 

@@ -49,6 +49,7 @@ from transformer_lens_mm.decoding import (
     unit_token_ranks,
     vocab_mask,
 )
+from transformer_lens_mm.experiments import units_of
 from transformer_lens_mm.lens import logit_lens
 from transformer_lens_mm.plotting import (
     plot_ablation_curves,
@@ -244,7 +245,7 @@ def _target_ranks(model: Any, items: list[_Item], units: pd.DataFrame, seed: int
     """Rank of c in the decoding of each image's top units and of random same-layer units."""
     rows = []
     for i, it in enumerate(items):
-        top = _top_units(units, it.name)
+        top = units_of(units, it.name, column="image")
         for kind, us in (("top", top), ("random", random_units_like(model, top, seed=seed + i))):
             tid = it.target.token_id  # type: ignore[union-attr]
             ranks = unit_token_ranks(model, us, [tid] * len(us)) if us else torch.zeros(0)
@@ -302,11 +303,6 @@ def _lens(model: Any, items: list[_Item], batches: list[Any]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def _top_units(units: pd.DataFrame, name: str) -> list[tuple[int, int]]:
-    rows = units[units.image == name].sort_values("rank")
-    return list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist())))
-
-
 def _spatial(model: Any, scenes: list[_Item], units: pd.DataFrame, config: DemoConfig):
     tables = []
     for start in range(0, len(scenes), config.batch_size):
@@ -315,7 +311,7 @@ def _spatial(model: Any, scenes: list[_Item], units: pd.DataFrame, config: DemoC
         table = spatial_selectivity(
             model,
             batch,
-            [_top_units(units, it.name) for it in chunk],
+            [units_of(units, it.name, column="image") for it in chunk],
             [it.mask for it in chunk],
             q=config.quantile,
             n_random=config.n_random,
@@ -382,21 +378,32 @@ def _cards(model, items: list[_Item], units: pd.DataFrame, config: DemoConfig) -
     chosen = per_unit.head(config.n_cards)
     by_name = {it.name: it for it in items}
     grid = tuple(model.image_encoder.grid_size)
+    shown: dict[tuple[int, int], list[str]] = {}  # card -> its 3 best images
+    for row in chosen.itertuples():
+        rows = units[(units.layer == row.layer) & (units.unit == row.unit)]
+        best = rows.sort_values("score", ascending=False)["image"].drop_duplicates().head(3)
+        shown[(int(row.layer), int(row.unit))] = list(best)
+    # one forward over every shown image, for every card's layer
+    names = sorted({n for best in shown.values() for n in best})
+    layers = sorted({layer for layer, _ in shown})
+    acts = image_mlp_activations(
+        model, model.prepare_inputs([by_name[n].image for n in names]), layers
+    )
     cards = []
     for row in chosen.itertuples():
         layer, unit = int(row.layer), int(row.unit)
         rows = units[(units.layer == layer) & (units.unit == unit)]
-        best = rows.sort_values("score", ascending=False)["image"].drop_duplicates().head(3)
-        show = [by_name[n] for n in best]
-        acts = image_mlp_activations(
-            model, model.prepare_inputs([it.image for it in show]), [layer]
-        )
         maps = [
             (
-                unit_map_png(it.image, acts[j, 0, :, unit], grid, quantile=config.quantile),
-                f"{it.name}: {it.caption}",
+                unit_map_png(
+                    by_name[n].image,
+                    acts[names.index(n), layers.index(layer), :, unit],
+                    grid,
+                    quantile=config.quantile,
+                ),
+                f"{n}: {by_name[n].caption}",
             )
-            for j, it in enumerate(show)
+            for n in shown[(layer, unit)]
         ]
         tokens = rows.iloc[0]["tokens"]
         targets = sorted({by_name[n].target.token for n in rows["image"]})  # type: ignore[union-attr]

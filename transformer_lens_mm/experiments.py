@@ -37,6 +37,7 @@ __all__ = [
     "plot_category_selectivity",
     "plot_iou_by_category",
     "spatial_iou_by_category",
+    "units_of",
 ]
 
 
@@ -50,6 +51,20 @@ def layer_distribution(units: pd.DataFrame, n_layers: int | None = None) -> pd.D
     table["count"] = [int(counts.get(layer, 0)) for layer in table["layer"]]
     table["share"] = table["count"] / max(int(table["count"].sum()), 1)
     return table
+
+
+def units_of(units: pd.DataFrame, item: Any, *, column: str = "item") -> list[tuple[int, int]]:
+    """An item's distinct ``(layer, unit)`` pairs from a top-k table, best rank first (a unit
+    scored at several positions appears once, at its best).
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a"] * 3, "rank": [1, 0, 2], "layer": [3, 1, 1],
+        ...                   "unit": [7, 5, 5]})
+        >>> units_of(t, "a")
+        [(1, 5), (3, 7)]
+    """
+    rows = units[units[column] == item].sort_values("rank")
+    return list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist())))
 
 
 def _matching_category(noun: str | None, categories: dict[str, np.ndarray]) -> str | None:
@@ -91,9 +106,7 @@ def spatial_iou_by_category(
         if cat is None:
             unmatched += 1
             continue
-        rows = units[units["item"] == row.item].sort_values("rank")
-        top = list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist())))
-        todo.append((item, cat, masks[cat], top))
+        todo.append((item, cat, masks[cat], units_of(units, row.item)))
     tables = []
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]

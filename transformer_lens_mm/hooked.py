@@ -100,10 +100,13 @@ if HAS_HOOKED_TRANSFORMER:
             unembedding on those positions (the unembedding of a large vocabulary at every
             position dominates the cost of short captions)."""
             resid = self(batch, stop_at_layer=self.cfg.n_layers)
-            picked = resid[rows, positions][None]
+            return self._unembed_resid(resid[rows, positions][None])[0]
+
+        def _unembed_resid(self, resid: Tensor) -> Tensor:
+            """``ln_final`` (if any) and the unembedding of a ``[batch, pos, d_model]`` residual."""
             if self.cfg.normalization_type is not None:
-                picked = self.ln_final(picked)
-            return self.unembed(picked)[0]
+                resid = self.ln_final(resid)
+            return self.unembed(resid)
 
         def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
             cache = _KVCache.init_cache(self.cfg, self.cfg.device, tokens.shape[0])
@@ -115,10 +118,7 @@ if HAS_HOOKED_TRANSFORMER:
                 past_kv_cache=cache,
                 stop_at_layer=self.cfg.n_layers,
             )
-            last = resid[:, -1:]
-            if self.cfg.normalization_type is not None:
-                last = self.ln_final(last)
-            return self.unembed(last), cache
+            return self._unembed_resid(resid[:, -1:]), cache
 
         def _kv_next_step(
             self, tokens: Tensor, attention_mask: Tensor, state: Any

@@ -39,35 +39,38 @@ Unit = tuple[int, int]
 
 
 def patch_map(
-    activations: Float[Tensor, " n_image_tokens"],
+    activations: Float[Tensor, "*batch n_image_tokens"],
     grid_size: tuple[int, int],
     size: tuple[int, int] | None = None,
-) -> Float[Tensor, "height width"]:
+) -> Float[Tensor, "*batch height width"]:
     """Reshape per-patch values to the grid (row-major) and upsample bilinearly to ``size``.
 
     Args:
-        activations: One value per image token, in the encoder's row-major patch order.
+        activations: One value per image token, in the encoder's row-major patch order (any
+            leading dimensions: one map each).
         grid_size: ``(h, w)`` of the patch grid (``model.image_encoder.grid_size``).
         size: ``(height, width)`` to upsample to (default: the grid itself).
     """
     h, w = grid_size
-    if activations.numel() != h * w:
-        raise ValueError(f"{activations.numel()} values do not fill a {h}x{w} patch grid")
-    grid = activations.detach().float().reshape(1, 1, h, w)
+    if activations.shape[-1] != h * w:
+        raise ValueError(f"{activations.shape[-1]} values do not fill a {h}x{w} patch grid")
+    lead = activations.shape[:-1]
+    grid = activations.detach().float().reshape(-1, 1, h, w)
     if size is not None and tuple(size) != (h, w):
         grid = torch.nn.functional.interpolate(
             grid, size=tuple(size), mode="bilinear", align_corners=False
         )
-    return grid[0, 0]
+    return grid.reshape(*lead, *grid.shape[-2:])
 
 
 def quantile_mask(
-    values: Float[Tensor, "height width"], q: float = 0.95
-) -> Bool[Tensor, "height width"]:
-    """``values >= quantile(values, q)``: the unit's most active region."""
+    values: Float[Tensor, "*batch height width"], q: float = 0.95
+) -> Bool[Tensor, "*batch height width"]:
+    """``values >= quantile(values, q)`` per map: the unit's most active region."""
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must be in [0, 1], got {q}")
-    return values >= torch.quantile(values.float().flatten(), q)
+    flat = values.float().reshape(*values.shape[:-2], -1)
+    return values >= torch.quantile(flat, q, dim=-1)[..., None, None]
 
 
 def mask_iou(a: Bool[Tensor, "*a h w"], b: Bool[Tensor, "*b h w"]) -> Float[Tensor, "..."]:
@@ -192,11 +195,7 @@ def spatial_selectivity(
                 continue
             idx = torch.tensor(us)
             values = acts[i, [slot[layer] for layer in idx[:, 0].tolist()], :, idx[:, 1]]
-            h, w = grid_size
-            grid = values.reshape(len(us), 1, h, w)
-            up = torch.nn.functional.interpolate(grid, size=size, mode="bilinear")[:, 0]
-            thresholds = torch.quantile(up.flatten(1), q, dim=1)
-            regions = up >= thresholds[:, None, None]
+            regions = quantile_mask(patch_map(values, grid_size, size), q)
             ious = mask_iou(regions, mask)
             for r, (layer, unit) in enumerate(us):
                 rows.append(

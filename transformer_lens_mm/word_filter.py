@@ -33,6 +33,10 @@ def _lemmas(word: str) -> tuple[str, ...]:
     return tuple({lemma for lemmas in lemminflect.getAllLemmas(word).values() for lemma in lemmas})
 
 
+def _clean(token: str) -> str:
+    return token.replace("Ġ", " ").replace("▁", " ").strip().lower()
+
+
 def is_dictionary_word(token: str, *, min_len: int = 3) -> bool:
     """Whether a decoded token is a dictionary word of at least ``min_len`` letters.
 
@@ -42,7 +46,7 @@ def is_dictionary_word(token: str, *, min_len: int = 3) -> bool:
         >>> is_dictionary_word(" horses"), is_dictionary_word("qzx"), is_dictionary_word(" a")
         (True, False, False)
     """
-    word = token.replace("Ġ", " ").replace("▁", " ").strip().lower()
+    word = _clean(token)
     if len(word) < min_len or not word.isascii() or not word.isalpha():
         return False
     words = dictionary_words()
@@ -54,10 +58,6 @@ def is_interpretable(tokens: Sequence[str], *, min_words: int = 7, min_len: int 
     if min_words > len(tokens):
         raise ValueError(f"min_words={min_words} is more than the {len(tokens)} tokens given")
     return sum(is_dictionary_word(t, min_len=min_len) for t in tokens) >= min_words
-
-
-def _clean(token: str) -> str:
-    return token.replace("Ġ", " ").replace("▁", " ").strip().lower()
 
 
 def same_word(token: str, word: str) -> bool:
