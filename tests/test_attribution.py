@@ -7,6 +7,7 @@ from test_injection import hf_reference_logits  # noqa: F401  (same reference co
 
 from transformer_lens_mm import hook_names
 from transformer_lens_mm.attribution import attribute
+from transformer_lens_mm.lm_loading import default_api
 
 
 def hf_plain_autograd_scores(hf, model, batch, target_ids, kind):
@@ -123,6 +124,21 @@ def test_top_k_mode_matches_full_mode(lm_dirs):
         stream.top_k(60)
     with pytest.raises(ValueError, match="full score tensor"):
         stream.unit_scores()
+
+
+def test_streamed_unit_ranking_matches_full_mode(lm_dirs):
+    model = build_model(lm_dirs["gptj"], default_api())  # hooked on TL 3.x
+    batch = model.prepare_inputs(random_images(3))
+    full = attribute(model, batch, [12, 13, 14])
+    # few entries kept, many units ranked: the ranking cannot come from the kept entries
+    stream = attribute(model, batch, [12, 13, 14], top_k=5, rank_units=60)
+    assert stream.ranked_units("max", limit=60) == full.ranked_units("max", limit=60)
+    want = full.unit_scores("max").reshape(3, -1).topk(60).values
+    torch.testing.assert_close(stream.best_unit_scores, want)
+    with pytest.raises(ValueError, match="reduce='max'"):
+        stream.ranked_units("sum")
+    with pytest.raises(ValueError, match="needs top_k"):
+        attribute(model, batch, [12, 13, 14], rank_units=10)
 
 
 def test_layer_subset_positions_and_logprob(lm_dirs):

@@ -132,6 +132,8 @@ class Attribution:
     best_scores: Float[Tensor, "batch k"] | None = None  # top-k mode
     best_index: Int[Tensor, "batch k 3"] | None = None  # (layer slot, position slot, unit)
     best_activations: Float[Tensor, "batch k"] | None = None  # top-k mode
+    best_units: Int[Tensor, "batch r 2"] | None = None  # rank_units: (layer, unit), best first
+    best_unit_scores: Float[Tensor, "batch r"] | None = None  # their max score over positions
 
     def __len__(self) -> int:
         return int(self.target_ids.shape[0])
@@ -163,9 +165,14 @@ class Attribution:
     ) -> list[list[tuple[int, int]]]:
         """Per image, ``(layer, unit)`` pairs ranked by their score aggregated over positions.
 
-        In top-k mode the order of first appearance among the kept entries is used.
+        In top-k mode the units kept by ``attribute(..., rank_units=R)`` are used when present
+        (exact for ``reduce="max"``), else the order of first appearance among the kept entries.
         """
         out: list[list[tuple[int, int]]] = []
+        if self.scores is None and self.best_units is not None:
+            if reduce != "max":
+                raise ValueError("rank_units keeps the max over positions: use reduce='max'")
+            return [[(a, b) for a, b in rows[:limit]] for rows in self.best_units.tolist()]
         if self.scores is None:
             assert self.best_index is not None
             for i in range(len(self)):
@@ -313,6 +320,7 @@ def attribute(
     positions: Positions | Tensor = "image",
     metric: Metric = "logit",
     top_k: int | None = None,
+    rank_units: int | None = None,
     keep_activations: bool = True,
     fwd_hooks: Sequence[tuple[Any, Any]] = (),
 ) -> Attribution:
@@ -327,6 +335,9 @@ def attribute(
         positions: ``"image"`` (default), ``"all"``, or explicit indices ``[batch, n]``/``[n]``.
         metric: ``"logit"`` (the paper's ``y_c``) or ``"logprob"``.
         top_k: Keep only each image's ``top_k`` best entries instead of the full tensor.
+        rank_units: With ``top_k``, also keep each image's ``rank_units`` best ``(layer, unit)``
+            pairs by their max score over the positions (streamed, exact), for
+            :meth:`Attribution.ranked_units` (e.g. the ablation sweep's k up to 6400).
         keep_activations: Also keep ``Z`` at the scored entries.
         fwd_hooks: Extra hooks active during the forward (e.g. an ablation).
 
@@ -346,6 +357,11 @@ def attribute(
     rows = torch.arange(n, device=sel.device)[:, None]
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if rank_units is not None and (top_k is None or rank_units < 1):
+        raise ValueError(
+            f"rank_units={rank_units} needs top_k (with the full tensor use ranked_units()) and "
+            "must be >= 1"
+        )
 
     d_mlp = int(model.cfg.d_mlp)
     device = batch.tokens.device
@@ -357,6 +373,19 @@ def attribute(
     )
     full_acts = None if (top_k is not None or not keep_activations) else torch.zeros_like(full)
     best: dict[str, Tensor] = {}
+    ranked: dict[str, Tensor] = {}
+
+    def keep_units(slot: int, score: Tensor) -> None:
+        """Merge this layer's units (max over positions) into the running top ``rank_units``."""
+        assert rank_units is not None
+        vals, unit = score.amax(1).topk(min(rank_units, d_mlp), dim=-1)
+        pairs = torch.stack([torch.full_like(unit, layer_list[slot]), unit], -1)
+        if ranked:
+            vals = torch.cat([ranked["scores"], vals], 1)
+            pairs = torch.cat([ranked["units"], pairs], 1)
+            vals, order = vals.topk(min(rank_units, vals.shape[1]), dim=-1)
+            pairs = pairs.gather(1, order[..., None].expand(-1, -1, 2))
+        ranked.update(scores=vals, units=pairs)
 
     def consume(slot: int, act: Tensor, grad: Tensor) -> None:
         a = act[rows, sel].float()
@@ -366,6 +395,8 @@ def attribute(
             if full_acts is not None:
                 full_acts[:, slot] = a
             return
+        if rank_units is not None:
+            keep_units(slot, score)
         n_p = sel.shape[1]
         k = min(top_k, n_p * d_mlp)
         vals, flat = score.reshape(n, -1).topk(k, dim=-1)
@@ -409,4 +440,6 @@ def attribute(
     else:
         attr.best_scores, attr.best_index = best["scores"].cpu(), best["index"].cpu()
         attr.best_activations = best["acts"].cpu() if keep_activations else None
+        if ranked:
+            attr.best_units, attr.best_unit_scores = ranked["units"].cpu(), ranked["scores"].cpu()
     return attr
