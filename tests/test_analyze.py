@@ -16,11 +16,20 @@ import torch
 from helpers import build_model
 from PIL import Image
 
-from transformer_lens_mm.analyze import AnalysisConfig, load_config, load_results, run_analysis
+from transformer_lens_mm.ablation import ablation_sweep
+from transformer_lens_mm.analyze import (
+    AnalysisConfig,
+    load_config,
+    load_results,
+    load_table,
+    run_analysis,
+)
 from transformer_lens_mm.attribution import attribute
 from transformer_lens_mm.cli import main
 from transformer_lens_mm.datasets import CaptionFolder
+from transformer_lens_mm.decoding import decode_soft_prompts, random_soft_prompts
 from transformer_lens_mm.experiments import analysis_report
+from transformer_lens_mm.lm_loading import default_api
 from transformer_lens_mm.spatial import image_mlp_activations
 from transformer_lens_mm.targets import target_inputs, targets_from_captions
 
@@ -99,6 +108,67 @@ def test_results_equal_the_direct_computation(lm_dirs, tmp_path):
     assert again["skipped_already_done"] == 9  # nothing recomputed
 
 
+def test_ablation_and_soft_prompt_tables_equal_direct_calls(lm_dirs, tmp_path):
+    model = build_model(lm_dirs["gptj"], default_api())  # hooked on TL 3.x
+    root = write_folder(tmp_path / "data", 4, bad=False)
+    cfg = config(
+        tmp_path / "out",
+        root,
+        ablation_ks=[0, 4, 30],
+        ablation_random=2,
+        soft_prompts=True,
+        soft_prompt_tokens=3,
+    )
+    cfg = AnalysisConfig(**{**cfg.__dict__, "batch_size": 4})  # one batch: seed 0
+    run_analysis(cfg, model=model, verbose=False)
+    sweep, soft = load_table(cfg.out, "ablation"), load_table(cfg.out, "soft_prompts")
+
+    data = CaptionFolder(root)
+    base = model.prepare_inputs([data[i].image() for i in range(4)])
+    toks = [
+        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False)
+        for i in range(4)
+    ]
+    targets = targets_from_captions(model.tokenizer, toks)
+    batch = target_inputs(model, base, targets)
+    full = attribute(model, batch, [t.token_id for t in targets])  # full tensor: exact ranking
+    ref = ablation_sweep(
+        model,
+        batch,
+        [t.token_id for t in targets],
+        full.ranked_units("max", limit=30),
+        ks=[0, 4, 30],
+        n_random=2,
+        seed=0,
+    )
+    assert len(sweep) == len(ref) == 4 * 3 * 3
+    assert sweep["item"].tolist() == [data[i].id for i in ref["image"]]
+    assert (sweep[["kind", "k", "draw"]].to_numpy() == ref[["kind", "k", "draw"]].to_numpy()).all()
+    np.testing.assert_allclose(sweep["p_c"], ref["p_c"], rtol=1e-4, atol=1e-6)
+    top30 = sweep[(sweep.kind == "top") & (sweep.k == 30)]["rel_p"]
+    rnd30 = sweep[(sweep.kind == "random") & (sweep.k == 30)]["rel_p"]
+    assert top30.mean() < rnd30.mean()  # top units matter more than random same-layer ones
+
+    embeds = model.embed_images(base).detach().float()
+    n_tok = embeds.shape[1]
+    real = decode_soft_prompts(model, embeds, k=3)
+    rand = decode_soft_prompts(model, random_soft_prompts(embeds, n=4 * n_tok, seed=0), k=3)
+    for kind, want in (("image", real), ("random", rand)):
+        got = soft[soft.kind == kind]
+        assert got["token_id"].tolist() == want["token_id"].tolist()
+        np.testing.assert_allclose(got["cosine"], want["cosine"], rtol=1e-5)
+        assert got["patch"].tolist() == (want["index"] % n_tok).tolist()
+    page = (Path(cfg.out) / "report.html").read_text()
+    assert "Ablation" in page and "Soft prompts" in page
+
+    changed = AnalysisConfig(**{**cfg.__dict__, "ablation_ks": [0, 4]})
+    with pytest.raises(ValueError, match="ablation_ks differ"):
+        run_analysis(changed, model=model, verbose=False)
+    huge = AnalysisConfig(**{**cfg.__dict__, "ablation_ks": [0, 10**9], "out": str(tmp_path / "h")})
+    with pytest.raises(ValueError, match="use smaller ks"):
+        run_analysis(huge, model=model, verbose=False)
+
+
 SCRIPT = """
 import sys, torch
 sys.path.insert(0, {tests!r})
@@ -107,7 +177,8 @@ from helpers import build_model
 from transformer_lens_mm.analyze import AnalysisConfig, run_analysis
 model = build_model({lm!r}, "bridge")
 cfg = AnalysisConfig(out=sys.argv[1], data={{"kind": "folder", "root": {root!r}}},
-                     caption_source="data", k=5, batch_size=2, shard_batches=1)
+                     caption_source="data", k=5, batch_size=2, shard_batches=1,
+                     ablation_ks=[0, 2, 8], soft_prompts=True, soft_prompt_tokens=2)
 run_analysis(cfg, model=model, verbose=False)
 """
 
@@ -125,6 +196,10 @@ def _same(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(ia, ib)
     pd.testing.assert_frame_equal(ua, ub)
     assert torch.equal(ma, mb)
+    for name in ("ablation", "soft_prompts"):
+        ta, tb = load_table(a, name), load_table(b, name)
+        assert len(ta) and ta["item"].nunique() == ua["item"].nunique()
+        pd.testing.assert_frame_equal(ta, tb)
 
 
 def test_killed_run_resumes_to_the_same_result(lm_dirs, tmp_path):

@@ -1,7 +1,9 @@
-"""Dataset experiments: layer distribution, IoU by category, category selectivity."""
+"""Dataset experiments: layer distribution, IoU by category, category selectivity, texts vs
+captions."""
 
 import pandas as pd
 import pytest
+import torch
 from helpers import build_model
 
 from transformer_lens_mm.datasets import SceneDataset
@@ -10,7 +12,10 @@ from transformer_lens_mm.experiments import (
     layer_distribution,
     plot_category_selectivity,
     plot_iou_by_category,
+    score_texts,
+    soft_prompt_texts,
     spatial_iou_by_category,
+    unit_decoding_texts,
 )
 from transformer_lens_mm.scenes import SceneSet
 from transformer_lens_mm.spatial import image_mlp_activations, spatial_selectivity
@@ -80,3 +85,50 @@ def test_category_selectivity_means(lm_dirs):
     assert plot_category_selectivity(table).data
     with pytest.raises(ValueError, match="empty table"):
         plot_category_selectivity(pd.DataFrame())
+
+
+def _overlap(preds, refs):
+    """A transparent stand-in metric: word-set Jaccard similarity per pair."""
+    out = []
+    for p, r in zip(preds, refs):
+        a, b = set(p.lower().split()), set(r.lower().split())
+        out.append(len(a & b) / max(len(a | b), 1))
+    return torch.tensor(out)
+
+
+def test_texts_scored_against_own_and_re_paired_captions():
+    units = pd.DataFrame(
+        {
+            "item": ["a", "a", "b", "c", "d"],
+            "rank": [1, 0, 0, 0, 0],
+            "interpretable": [True, False, True, True, True],
+            "tokens": [[" dog", " dogs"], ["xq"], [" cat"], [" red", " ball"], [" sky"]],
+        }
+    )
+    texts = unit_decoding_texts(units)
+    assert texts.to_dict() == {"a": "dog dogs", "b": "cat", "c": "red ball", "d": "sky"}
+    items = pd.DataFrame(
+        {
+            "item": ["a", "b", "c", "d", "e"],
+            "caption": ["a dog", "a cat", "a red ball", "blue sky", "no text"],
+        }
+    )
+    table = score_texts(texts, items, bert=_overlap, seed=3)
+    assert table["item"].tolist() == ["a", "b", "c", "d"]  # e has no text
+    assert table["bertscore"].tolist() == pytest.approx([1 / 3, 1 / 2, 2 / 3, 1 / 2])
+    # re-paired: every text meets another item's caption, each caption used once
+    assert table["bertscore_random_pair"].max() == 0.0
+    with pytest.raises(ValueError, match="pass data"):
+        score_texts(texts, items, clip=_overlap)
+    soft = pd.DataFrame(
+        {
+            "item": ["a", "a", "a", "b"],
+            "kind": "image",
+            "rank": [0, 0, 1, 0],
+            "patch": [1, 0, 0, 0],
+            "token": [" two", " one", " zero", " x"],
+        }
+    )
+    assert soft_prompt_texts(soft).to_dict() == {"a": "one two", "b": "x"}
+    with pytest.raises(ValueError, match="kind 'random'"):
+        soft_prompt_texts(soft, "random")

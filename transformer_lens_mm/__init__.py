@@ -9,7 +9,9 @@ Both TransformerLens worlds are supported: :class:`HookedMultimodalTransformer` 
 
 Modules: ``injection``/``hooked``/``bridge`` (the models), ``encoders``, ``projection``,
 ``layout``, ``captioning``, ``training``, ``targets``, ``attribution``, ``decoding``,
-``word_filter``, ``lens``, ``ablation``, ``patching``, ``neurons``, ``spatial``, ``plotting``.
+``word_filter``, ``lens``, ``ablation``, ``patching``, ``neurons``, ``spatial``, ``plotting``;
+data-set scale: ``datasets``, ``analyze`` (``tlmm analyze``), ``experiments``, ``metrics``
+(BERTScore/CLIPScore, extra ``[metrics]``), ``feature_cache``, ``report``, ``demo``.
 """
 
 from transformer_lens_mm import hook_names

@@ -37,6 +37,7 @@ from transformer_lens_mm.layout import MultimodalInput
 __all__ = [
     "DEFAULT_KS",
     "ablated",
+    "ablation_curve",
     "ablation_hooks",
     "ablation_sweep",
     "captions_under_ablation",
@@ -318,6 +319,38 @@ def ablation_sweep(
             lower=np.finfo(float).tiny
         )
     return table
+
+
+def ablation_curve(sweep: pd.DataFrame, *, value: str = "rel_p", ci: float = 0.95) -> pd.DataFrame:
+    """Mean of ``value`` per (kind, k) over images, with a normal ``ci`` confidence interval.
+
+    Random draws of one image are averaged first, so each image counts once.
+
+    Args:
+        sweep: :func:`ablation_sweep`'s table (or a run's ``ablation`` table, keyed by ``item``).
+        value: ``rel_p`` (p(c) kept), ``p_c``, ``delta_p``, ``logit_c`` or ``delta_logit``.
+        ci: Confidence level.
+
+    Returns:
+        Columns ``kind, k, mean, std, n, ci_low, ci_high``.
+
+    Example:
+        >>> t = pd.DataFrame({"image": [0, 1], "kind": "top", "k": 50, "rel_p": [0.2, 0.4]})
+        >>> ablation_curve(t)[["kind", "k", "mean", "n"]].to_dict("records")
+        [{'kind': 'top', 'k': 50, 'mean': 0.30000000000000004, 'n': 2}]
+    """
+    from statistics import NormalDist
+
+    if value not in sweep:
+        raise ValueError(f"the sweep has no column {value!r}: choose from {list(sweep.columns)}")
+    key = "item" if "item" in sweep else "image"
+    per_image = sweep.groupby(["kind", "k", key])[value].mean().reset_index()
+    stats = (
+        per_image.groupby(["kind", "k"])[value].agg(mean="mean", std="std", n="count").reset_index()
+    )
+    half = NormalDist().inv_cdf(0.5 + ci / 2) * stats["std"].fillna(0.0) / np.sqrt(stats["n"])
+    stats["ci_low"], stats["ci_high"] = stats["mean"] - half, stats["mean"] + half
+    return stats
 
 
 def captions_under_ablation(

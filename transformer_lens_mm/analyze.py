@@ -7,6 +7,11 @@ kept unit. Results are written in shards as they are made:
 
 * ``shards/b<batch>-units.parquet``: top-k rows (item, rank, layer, unit, position, score, ...),
 * ``shards/b<batch>-maps.safetensors``: ``maps[row]`` = that row's unit over the image patches,
+* ``shards/b<batch>-ablation.parquet`` (``ablation_ks`` set): p(c) with each image's top-k
+  units zeroed at the image positions vs k random units of the same layers
+  (:func:`~transformer_lens_mm.ablation.ablation_sweep`),
+* ``shards/b<batch>-soft_prompts.parquet`` (``soft_prompts = true``): the nearest vocabulary
+  tokens of every soft-prompt vector and of as many norm-matched random vectors,
 * ``shards/b<batch>-items.parquet``: one row per item (caption, target, failure), written
   last: a shard counts as done only when its items file exists.
 
@@ -40,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from transformer_lens_mm._atomic import atomic_write
+from transformer_lens_mm.ablation import ablation_sweep
 from transformer_lens_mm.attribution import attribute
 from transformer_lens_mm.captioning import generate_captions
 from transformer_lens_mm.datasets import (
@@ -50,11 +56,22 @@ from transformer_lens_mm.datasets import (
     SceneDataset,
     image_loader,
 )
+from transformer_lens_mm.decoding import decode_soft_prompts, random_soft_prompts
 from transformer_lens_mm.spatial import image_mlp_activations
 from transformer_lens_mm.targets import target_inputs, targets_from_captions
-from transformer_lens_mm.word_filter import is_interpretable
+from transformer_lens_mm.word_filter import is_interpretable, same_word
 
-__all__ = ["AnalysisConfig", "load_config", "load_dataset", "load_results", "run_analysis"]
+__all__ = [
+    "AnalysisConfig",
+    "load_config",
+    "load_dataset",
+    "load_results",
+    "load_table",
+    "run_analysis",
+]
+
+#: optional per-run tables (besides items/units/maps), each written per shard and merged
+TABLES = ("ablation", "soft_prompts")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,15 +90,26 @@ class AnalysisConfig:
     layers: list[int] | None = None  # layers to score (default all)
     feature_cache: str | None = None  # folder of the encoder-feature cache
     limit: int | None = None  # only the first N items
+    # ablation sweep per image (empty: off); the paper: 0, 50, ..., 6400
+    ablation_ks: list[int] = field(default_factory=list)
+    ablation_random: int = 1  # random same-layer draws per k
+    ablation_chunk: int = 32  # rows (image x condition) per no-grad forward
+    soft_prompts: bool = False  # decode the soft prompts (and random vectors) per image
+    soft_prompt_tokens: int = 5  # nearest tokens per vector (the paper: 5)
 
     def __post_init__(self) -> None:
         if self.caption_source not in ("model", "data"):
             raise ValueError(
                 f"caption_source must be 'model' or 'data', got {self.caption_source!r}"
             )
-        for name in ("k", "batch_size", "shard_batches"):
+        for name in ("k", "batch_size", "shard_batches", "ablation_chunk", "soft_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if any(int(k) < 0 for k in self.ablation_ks) or self.ablation_random < 0:
+            raise ValueError(
+                f"ablation_ks must be >= 0 and ablation_random >= 0, got {self.ablation_ks} "
+                f"and {self.ablation_random}"
+            )
 
 
 def load_config(path: str | os.PathLike) -> AnalysisConfig:
@@ -147,6 +175,34 @@ def load_model(spec: dict[str, Any]) -> Any:
     return from_parts(**spec)
 
 
+#: config fields that do not change the results (may differ when a run is resumed)
+_FREE_FIELDS = {"out", "num_workers", "feature_cache", "shard_batches", "ablation_chunk"}
+
+
+def _check_same_run(out: Path, config: AnalysisConfig) -> None:
+    """Refuse to resume a run made with different settings (its shards would be mixed in)."""
+    path = out / "config.json"
+    if not path.is_file():
+        return
+    # a field missing from an older run's config.json had its default value
+    defaults = {
+        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        for f in dataclasses.fields(AnalysisConfig)
+        if f.name != "out"
+    }
+    before = {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())}
+    now = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = sorted(
+        k for k in set(before) | set(now) if k not in _FREE_FIELDS and before.get(k) != now.get(k)
+    )
+    if changed:
+        raise ValueError(
+            f"{out} holds a run made with other settings ({', '.join(changed)} differ): its "
+            "finished shards would be mixed with new ones. Choose another `out`, or delete "
+            f"{out} to start again."
+        )
+
+
 def _rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
@@ -159,19 +215,73 @@ def _done_batches(shards: Path) -> set[int]:
     return {int(p.name[1:8]) for p in shards.glob("b*-items.parquet")}
 
 
-def _write_shard(shards: Path, first_batch: int, items, units, maps) -> None:
+def _write_parquet(path: Path, table: pd.DataFrame) -> None:
+    atomic_write(path, lambda t: table.to_parquet(t, index=False))
+
+
+def _write_shard(shards: Path, first_batch: int, items, units, maps, tables) -> None:
     name = _shard_name(first_batch)
-    atomic_write(shards / f"{name}-units.parquet", lambda t: units.to_parquet(t, index=False))
+    _write_parquet(shards / f"{name}-units.parquet", units)
     atomic_write(
         shards / f"{name}-maps.safetensors",
         lambda t: save_file({"maps": maps.contiguous()}, t),
     )
+    for table_name, table in tables.items():
+        _write_parquet(shards / f"{name}-{table_name}.parquet", table)
     # written last: its presence marks the shard as done
-    atomic_write(shards / f"{name}-items.parquet", lambda t: items.to_parquet(t, index=False))
+    _write_parquet(shards / f"{name}-items.parquet", items)
+
+
+def _ablation(model, batch, attr, targets, rows, batch_index: int, config: AnalysisConfig):
+    """The ablation sweep of one batch (seeded by the batch index: same draws on resume)."""
+    ranked = attr.ranked_units("max", limit=max(config.ablation_ks))
+    table = ablation_sweep(
+        model,
+        batch,
+        [t.token_id for t in targets],
+        ranked,
+        ks=config.ablation_ks,
+        n_random=config.ablation_random,
+        seed=batch_index,
+        chunk_size=config.ablation_chunk,
+    )
+    return _tag(table, rows)
+
+
+def _soft_prompts(model, base, targets, rows, batch_index: int, config: AnalysisConfig):
+    """Nearest tokens of each image's soft prompts and of as many norm-matched random vectors."""
+    embeds = model.embed_images(base).detach().float().cpu()  # [n, n_img, d_model]
+    n, n_tok = embeds.shape[:2]
+    k = config.soft_prompt_tokens
+    tables = []
+    for kind, vecs in (
+        ("image", embeds),
+        ("random", random_soft_prompts(embeds, n=n * n_tok, seed=batch_index)),
+    ):
+        table = decode_soft_prompts(model, vecs, k=k)
+        table.insert(0, "kind", kind)
+        table["image"] = table["index"] // n_tok
+        table["patch"] = table["index"] % n_tok
+        tables.append(table.drop(columns=["index"]))
+    table = pd.concat(tables, ignore_index=True)
+    table["is_target"] = [
+        same_word(tok, targets[i].token) for tok, i in zip(table["token"], table["image"])
+    ]
+    return _tag(table, rows)
+
+
+def _tag(table: pd.DataFrame, rows: list[tuple[Any, int, str]]) -> pd.DataFrame:
+    """Replace a batch-local ``image`` column by the items' ``item``, ``index``, ``target``."""
+    local = table.pop("image").tolist()
+    table.insert(0, "target", [rows[i][2] for i in local])
+    table.insert(0, "index", [rows[i][1] for i in local])
+    table.insert(0, "item", [rows[i][0] for i in local])
+    return table
 
 
 def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig):
     items, units, maps = [], [], []
+    tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     failures = dict(loaded.failures)
     ids, idx, pixels = list(loaded.ids), list(loaded.indices), loaded.pixel_values
     if pixels is not None:
@@ -196,28 +306,38 @@ def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig
         if keep:
             base = model.prepare_inputs(pixel_values=pixels[keep])
             targets = [found[j] for j in keep]
+            rows = [(ids[j], idx[j], t.token) for j, t in zip(keep, targets)]  # type: ignore[union-attr]
             batch = target_inputs(model, base, targets)  # type: ignore[arg-type]
             attr = attribute(
-                model, batch, [t.token_id for t in targets], layers=config.layers, top_k=config.k
-            )  # type: ignore[union-attr]
+                model,
+                batch,
+                [t.token_id for t in targets],  # type: ignore[union-attr]
+                layers=config.layers,
+                top_k=config.k,
+                rank_units=max(config.ablation_ks) if any(config.ablation_ks) else None,
+            )
             table = attr.top_k(attr.best_scores.shape[1], model=model, n_tokens=10)  # type: ignore[union-attr]
             table["interpretable"] = [is_interpretable(t) for t in table["tokens"]]
             layers = sorted(set(table["layer"].tolist()))
             acts = image_mlp_activations(model, base, layers)  # [n, L, n_img, d_mlp]
             slot = {layer: s for s, layer in enumerate(layers)}
-            rows = torch.tensor(table["image"].tolist())
             maps.append(
                 acts[
-                    rows,
+                    torch.tensor(table["image"].tolist()),
                     torch.tensor([slot[x] for x in table["layer"]]),
                     :,
                     torch.tensor(table["unit"].tolist()),
                 ].half()
             )
-            table["item"] = [ids[keep[r]] for r in table["image"]]
-            table["index"] = [idx[keep[r]] for r in table["image"]]
-            table["target"] = [targets[r].token for r in table["image"]]  # type: ignore[union-attr]
-            units.append(table.drop(columns=["image"]))
+            units.append(_tag(table, rows))
+            if config.ablation_ks:
+                tables["ablation"].append(
+                    _ablation(model, batch, attr, targets, rows, batch_index, config)
+                )
+            if config.soft_prompts:
+                tables["soft_prompts"].append(
+                    _soft_prompts(model, base, targets, rows, batch_index, config)
+                )
         for j in range(len(ids)):
             t = found[j]
             items.append(
@@ -245,7 +365,7 @@ def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig
                 "failure": why,
             }
         )
-    return items, units, maps
+    return items, units, maps, tables
 
 
 def run_analysis(
@@ -271,6 +391,7 @@ def run_analysis(
     out = Path(config.out)
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, config)
     if rank == 0:
         atomic_write(
             out / "config.json",
@@ -281,6 +402,13 @@ def run_analysis(
     model = model if model is not None else load_model(config.model)
     if config.feature_cache:
         model.attach_feature_cache(config.feature_cache)
+    if config.ablation_ks:
+        n_layers = len(config.layers) if config.layers is not None else int(model.cfg.n_layers)
+        if max(config.ablation_ks) > n_layers * int(model.cfg.d_mlp):
+            raise ValueError(
+                f"ablation_ks goes up to {max(config.ablation_ks)} but the scored layers hold "
+                f"{n_layers * int(model.cfg.d_mlp)} MLP units: use smaller ks"
+            )
 
     bs = config.batch_size
     n_batches = (n + bs - 1) // bs
@@ -300,6 +428,7 @@ def run_analysis(
         group = todo[s : s + config.shard_batches]
         indices = [i for b in group for i in range(b * bs, min((b + 1) * bs, n))]
         items, units, maps = [], [], []
+        tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
         loader = image_loader(
             data,
             model.image_encoder.transform,
@@ -308,24 +437,34 @@ def run_analysis(
             num_workers=config.num_workers,
         )
         for b, loaded in zip(group, loader):
-            it, un, mp = _analyse_batch(model, data, loaded, b, config)
+            it, un, mp, tb = _analyse_batch(model, data, loaded, b, config)
             items += it
             units += un
             maps += mp
+            for name in TABLES:
+                tables[name] += tb[name]
             bar.update(len(loaded.ids) + len(loaded.failures))
         items_df = pd.DataFrame(items)
         n_failed += int(items_df["failure"].notna().sum()) if len(items_df) else 0
         units_df = pd.concat(units, ignore_index=True) if units else pd.DataFrame()
         maps_t = torch.cat(maps) if maps else torch.zeros(0, 0, dtype=torch.float16)
-        _write_shard(shards, group[0], items_df, units_df, maps_t)
+        wanted = {"ablation": bool(config.ablation_ks), "soft_prompts": config.soft_prompts}
+        extra = {
+            name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+            for name, parts in tables.items()
+            if wanted[name]
+        }
+        _write_shard(shards, group[0], items_df, units_df, maps_t, extra)
     bar.close()
     if world > 1:
         torch.distributed.barrier()
     summary: dict[str, Any] = {}
     if rank == 0:
-        items_all, units_all, maps_all = _merge(shards)
-        atomic_write(out / "items.parquet", lambda t: items_all.to_parquet(t, index=False))
-        atomic_write(out / "units.parquet", lambda t: units_all.to_parquet(t, index=False))
+        items_all, units_all, maps_all, tables_all = _merge(shards)
+        _write_parquet(out / "items.parquet", items_all)
+        _write_parquet(out / "units.parquet", units_all)
+        for name, table in tables_all.items():
+            _write_parquet(out / f"{name}.parquet", table)
         atomic_write(
             out / "maps.safetensors", lambda t: save_file({"maps": maps_all.contiguous()}, t)
         )
@@ -355,8 +494,9 @@ def run_analysis(
     return summary
 
 
-def _merge(shards: Path) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor]:
+def _merge(shards: Path):
     items, units, maps = [], [], []
+    tables: dict[str, list[pd.DataFrame]] = {}
     for marker in sorted(shards.glob("b*-items.parquet")):
         name = marker.name[: -len("-items.parquet")]
         items.append(pd.read_parquet(marker))
@@ -366,6 +506,10 @@ def _merge(shards: Path) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor]:
         if len(table):
             units.append(table)
             maps.append(m)
+        for extra in TABLES:
+            path = shards / f"{name}-{extra}.parquet"
+            if path.is_file():
+                tables.setdefault(extra, []).append(pd.read_parquet(path))
     items_df = pd.concat(items, ignore_index=True) if items else pd.DataFrame()
     units_df = pd.concat(units, ignore_index=True) if units else pd.DataFrame()
     maps_t = torch.cat(maps) if maps else torch.zeros(0, 0, dtype=torch.float16)
@@ -374,10 +518,16 @@ def _merge(shards: Path) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor]:
             drop=True
         )
     if len(units_df):
-        order = units_df.sort_values(["index", "rank"], kind="stable").index.to_numpy()
+        order = units_df.sort_values(["index", "rank"], kind="stable").index.to_numpy().copy()
         units_df = units_df.iloc[order].reset_index(drop=True)
         maps_t = maps_t[torch.as_tensor(order)]
-    return items_df, units_df, maps_t
+    merged = {}
+    for extra, parts in tables.items():
+        table = pd.concat([p for p in parts if len(p)] or parts, ignore_index=True)
+        if len(table):  # shards in any order: by item index, each item's rows as written
+            table = table.sort_values("index", kind="stable").reset_index(drop=True)
+        merged[extra] = table
+    return items_df, units_df, maps_t, merged
 
 
 def load_results(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor]:
@@ -387,3 +537,21 @@ def load_results(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, to
         raise FileNotFoundError(f"{out} holds no merged results: run or resume the analysis first")
     maps = load_file(out / "maps.safetensors")["maps"]
     return pd.read_parquet(out / "items.parquet"), pd.read_parquet(out / "units.parquet"), maps
+
+
+def load_table(out: str | os.PathLike, name: str) -> pd.DataFrame:
+    """An optional table of a finished run: ``"ablation"`` or ``"soft_prompts"``.
+
+    Example:
+        >>> sweep = load_table("runs/coco-gptj", "ablation")  # doctest: +SKIP
+        >>> ablation_curve(sweep)  # doctest: +SKIP
+    """
+    if name not in TABLES:
+        raise ValueError(f"table must be one of {TABLES}, got {name!r}")
+    path = Path(out) / f"{name}.parquet"
+    if not path.is_file():
+        key = "ablation_ks" if name == "ablation" else "soft_prompts"
+        raise FileNotFoundError(
+            f"{path} does not exist: set {key} in the run's config and run or resume it"
+        )
+    return pd.read_parquet(path)

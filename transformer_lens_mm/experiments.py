@@ -6,6 +6,12 @@
 * :func:`category_selectivity`: per class, its most frequent top units and their mean activation
   (max over image positions) on held-out images of every class.
 * :func:`plot_category_selectivity`, :func:`plot_iou_by_category`: the figures.
+* :func:`~transformer_lens_mm.ablation.ablation_curve` (of a run's ``ablation`` table): p(c)
+  kept per k, top vs random units, with confidence intervals.
+* :func:`soft_prompt_summary`: soft prompts' nearest tokens vs norm-matched random vectors.
+* :func:`unit_decoding_texts`, :func:`soft_prompt_texts`, :func:`score_texts`: decodings vs
+  captions by BERTScore and CLIPScore (the paper's Tables 1 and 2; scorers from
+  :mod:`transformer_lens_mm.metrics`), against randomly re-paired captions.
 * :func:`analysis_report`: ``report.html`` of a run (``run_analysis`` writes a first one).
 
 Example:
@@ -28,7 +34,7 @@ import torch
 
 from transformer_lens_mm.datasets import Item
 from transformer_lens_mm.spatial import image_mlp_activations, spatial_selectivity
-from transformer_lens_mm.word_filter import same_word
+from transformer_lens_mm.word_filter import is_dictionary_word, same_word
 
 __all__ = [
     "analysis_report",
@@ -36,7 +42,12 @@ __all__ = [
     "layer_distribution",
     "plot_category_selectivity",
     "plot_iou_by_category",
+    "plot_soft_prompts",
+    "score_texts",
+    "soft_prompt_summary",
+    "soft_prompt_texts",
     "spatial_iou_by_category",
+    "unit_decoding_texts",
     "units_of",
 ]
 
@@ -236,26 +247,183 @@ def plot_iou_by_category(
     return fig
 
 
+def soft_prompt_summary(soft: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFrame:
+    """Soft prompts' nearest tokens vs those of norm-matched random vectors (a run's
+    ``soft_prompts`` table).
+
+    Returns:
+        One row per kind (``image``, ``random``): mean top-1 cosine (with ``ci`` half-width over
+        images), share of images whose target ``c`` is among some vector's nearest tokens, and
+        share of nearest tokens that are dictionary words.
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a", "a", "b", "b"], "kind": ["image", "random"] * 2,
+        ...     "rank": 0, "cosine": [0.5, 0.1, 0.3, 0.1], "token": [" dog", "xq", " cat", "zz"],
+        ...     "is_target": [True, False, False, False]})
+        >>> soft_prompt_summary(t)["images_with_target_nearby"].tolist()
+        [0.5, 0.0]
+    """
+    from statistics import NormalDist
+
+    need = {"item", "kind", "rank", "cosine", "token", "is_target"}
+    if not need <= set(soft.columns):
+        raise ValueError(f"soft needs columns {sorted(need)} (a run's soft_prompts table)")
+    z = NormalDist().inv_cdf(0.5 + ci / 2)
+    words = {t: is_dictionary_word(t) for t in soft["token"].unique()}
+    rows = []
+    for kind, group in soft.groupby("kind"):
+        top1 = group[group["rank"] == 0].groupby("item")["cosine"].mean()
+        half = z * float(top1.std(ddof=1)) / np.sqrt(len(top1)) if len(top1) > 1 else np.nan
+        rows.append(
+            {
+                "kind": kind,
+                "top1_cosine": float(top1.mean()),
+                "top1_cosine_ci": half,
+                "images_with_target_nearby": float(group.groupby("item")["is_target"].any().mean()),
+                "word_share": float(group["token"].map(words).mean()),
+                "n_images": int(group["item"].nunique()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_soft_prompts(
+    soft: pd.DataFrame, title: str = "Soft prompts vs random vectors"
+) -> go.Figure:
+    """Histogram of each vector's top-1 cosine with the vocabulary, soft prompts vs random."""
+    fig = go.Figure()
+    for kind, colour in (("image", "crimson"), ("random", "grey")):
+        values = soft[(soft["kind"] == kind) & (soft["rank"] == 0)]["cosine"]
+        fig.add_trace(go.Histogram(x=values, name=kind, marker_color=colour, opacity=0.6))
+    fig.update_layout(
+        title=title, barmode="overlay", xaxis_title="top-1 cosine", yaxis_title="vectors"
+    )
+    return fig
+
+
+def _text_of(tokens: Sequence[str]) -> str:
+    return " ".join(t.strip() for t in tokens if t.strip())
+
+
+def unit_decoding_texts(units: pd.DataFrame, *, interpretable_only: bool = True) -> pd.Series:
+    """Per item, its best unit's decoded tokens as one text (the paper's Table 1 input).
+
+    Args:
+        units: A run's units table (``item``, ``rank``, ``tokens``, ``interpretable``).
+        interpretable_only: The best unit passing the interpretability filter (items with none
+            are left out).
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a", "a"], "rank": [0, 1], "interpretable": [False, True],
+        ...                   "tokens": [["xq"], [" dog", " dogs"]]})
+        >>> unit_decoding_texts(t).to_dict()
+        {'a': 'dog dogs'}
+    """
+    rows = units[units["interpretable"]] if interpretable_only else units
+    best = rows.sort_values(["item", "rank"], kind="stable").drop_duplicates("item")
+    return pd.Series(
+        [_text_of(t) for t in best["tokens"]], index=best["item"].tolist(), name="text"
+    )
+
+
+def soft_prompt_texts(soft: pd.DataFrame, kind: str = "image", *, rank: int = 0) -> pd.Series:
+    """Per item, the ``rank``-th nearest token of each of its soft-prompt vectors (patch order)
+    as one text (the paper's Table 2 input); ``kind="random"`` for the random baseline."""
+    rows = soft[(soft["kind"] == kind) & (soft["rank"] == rank)]
+    if rows.empty:
+        raise ValueError(f"no soft-prompt rows of kind {kind!r} and rank {rank}")
+    rows = rows.sort_values(["item", "patch"], kind="stable")
+    texts = rows.groupby("item", sort=False)["token"].agg(lambda t: _text_of(t.tolist()))
+    return texts.rename("text")
+
+
+def score_texts(
+    texts: pd.Series,
+    items: pd.DataFrame,
+    *,
+    bert: Any = None,
+    clip: Any = None,
+    data: Sequence[Item] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Score each item's text against its caption (BERTScore) and image (CLIPScore), and against
+    another item's caption/image (a random derangement: the baseline).
+
+    Args:
+        texts: ``item -> text`` (:func:`unit_decoding_texts`, :func:`soft_prompt_texts`).
+        items: A run's items table (``item``, ``caption``).
+        bert: ``score(preds, refs) -> Tensor`` (:func:`~transformer_lens_mm.metrics.bert_scorer`).
+        clip: ``score(images, texts) -> Tensor``
+            (:func:`~transformer_lens_mm.metrics.clip_scorer`); needs ``data`` for the images.
+        data: The run's data set.
+        seed: Seed of the random pairing.
+
+    Returns:
+        One row per item: ``text``, ``caption`` and, per scorer given, ``bertscore`` /
+        ``bertscore_random_pair`` and ``clipscore`` / ``clipscore_random_pair``.
+    """
+    if clip is not None and data is None:
+        raise ValueError("CLIPScore needs the images: pass data=<the run's data set>")
+    captions = items.set_index("item")["caption"]
+    table = pd.DataFrame({"item": texts.index, "text": texts.to_numpy()})
+    table = table[table["item"].isin(captions.dropna().index)].reset_index(drop=True)
+    table["caption"] = table["item"].map(captions)
+    n = len(table)
+    if n < 2:
+        raise ValueError(f"need at least 2 items with a text and a caption, got {n}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    other = np.empty(n, dtype=int)
+    other[perm] = np.roll(perm, 1)  # a derangement: nobody keeps its own partner
+    if bert is not None:
+        table["bertscore"] = np.asarray(bert(table["text"].tolist(), table["caption"].tolist()))
+        table["bertscore_random_pair"] = np.asarray(
+            bert(table["text"].tolist(), table["caption"].to_numpy()[other].tolist())
+        )
+    if clip is not None:
+        assert data is not None
+        by_id = {data[i].id: i for i in range(len(data))}
+        images = [data[by_id[i]].image() for i in table["item"]]
+        table["clipscore"] = np.asarray(clip(images, table["text"].tolist()))
+        table["clipscore_random_pair"] = np.asarray(
+            clip(images, table["text"].to_numpy()[other].tolist())
+        )
+    return table
+
+
 def analysis_report(
     out: str | Path,
     data: Sequence[Item] | None = None,
     *,
     iou: pd.DataFrame | None = None,
     selectivity: pd.DataFrame | None = None,
+    text_scores: dict[str, pd.DataFrame] | None = None,
     n_cards: int = 12,
     grid_size: tuple[int, int] | None = None,
 ) -> Path:
     """Write ``out/report.html`` for a finished run: summary, captions and failures, the layer
     distribution, the most frequent units (cards with their stored patch maps over the images
-    where they score highest, when ``data`` is given), and the IoU-by-category and
-    category-selectivity sections when their tables are given.
+    where they score highest, when ``data`` is given), the ablation curves and the soft-prompt
+    comparison when the run made them, and the IoU-by-category, category-selectivity and
+    decodings-vs-captions sections when their tables are given.
+
+    Args:
+        out: The run's folder.
+        data: The run's data set (images for the unit cards).
+        iou: :func:`spatial_iou_by_category`'s table.
+        selectivity: :func:`category_selectivity`'s table.
+        text_scores: ``{label: score_texts(...) table}``, e.g. best unit decodings, soft
+            prompts and random vectors.
+        n_cards: Unit cards shown.
+        grid_size: Patch grid of the maps (default: square).
 
     Example:
         >>> iou = spatial_iou_by_category(model, data, items, units)  # doctest: +SKIP
         >>> analysis_report("runs/coco-gptj", data, iou=iou)  # doctest: +SKIP
     """
-    from transformer_lens_mm.analyze import load_results
-    from transformer_lens_mm.plotting import plot_top_units_per_layer
+    from transformer_lens_mm.ablation import ablation_curve
+    from transformer_lens_mm.analyze import load_results, load_table
+    from transformer_lens_mm.plotting import plot_ablation_curves, plot_top_units_per_layer
     from transformer_lens_mm.report import Report, UnitCard, unit_map_png
 
     out = Path(out)
@@ -305,6 +473,39 @@ def analysis_report(
             )
         report.section("Most frequent units")
         report.cards(cards)
+    if (out / "ablation.parquet").is_file():
+        sweep = load_table(out, "ablation")
+        if len(sweep):
+            report.section(
+                "Ablation",
+                "p(c) kept (over the unablated p(c)) when each image's top-k units are zeroed at "
+                "the image positions, vs k random units of the same layers; 95% intervals over "
+                "images.",
+            )
+            report.figure(plot_ablation_curves(sweep))
+            report.table(ablation_curve(sweep).round(4))
+    if (out / "soft_prompts.parquet").is_file():
+        soft = load_table(out, "soft_prompts")
+        if len(soft):
+            report.section(
+                "Soft prompts",
+                "Nearest vocabulary tokens (cosine) of every soft-prompt vector vs as many random "
+                "vectors with the same norms.",
+            )
+            report.figure(plot_soft_prompts(soft))
+            report.table(soft_prompt_summary(soft).round(4))
+    if text_scores:
+        report.section("Decodings vs captions", "BERTScore/CLIPScore vs re-paired captions.")
+        report.table(
+            pd.DataFrame(
+                {
+                    label: table.drop(columns=["item", "text", "caption"]).mean()
+                    for label, table in text_scores.items()
+                }
+            )
+            .T.round(4)
+            .reset_index(names="texts")
+        )
     if iou is not None and len(iou):
         report.section("Spatial selectivity by category", "Top units vs random same-layer units.")
         report.figure(plot_iou_by_category(iou))

@@ -97,24 +97,21 @@ def plot_ablation_curves(
     ci: float = 0.95,
     title: str = "Ablating top vs random units",
 ) -> go.Figure:
-    """Mean of ``value`` per k for top and random units, with a normal confidence band."""
-    from statistics import NormalDist
+    """Mean of ``value`` per k for top and random units, with a normal confidence band
+    (:func:`~transformer_lens_mm.ablation.ablation_curve`)."""
+    from transformer_lens_mm.ablation import ablation_curve
 
-    if value not in sweep:
-        raise ValueError(f"the sweep has no column {value!r}: choose from {list(sweep.columns)}")
-    z = NormalDist().inv_cdf(0.5 + ci / 2)
+    curve = ablation_curve(sweep, value=value, ci=ci)
     fig = go.Figure()
     colours = {"top": "crimson", "random": "grey"}
-    for kind, group in sweep.groupby("kind"):
-        per_image = group.groupby(["k", "image"])[value].mean().reset_index()
-        stats = per_image.groupby("k")[value].agg(["mean", "std", "count"]).reset_index()
-        half = z * stats["std"].fillna(0) / np.sqrt(stats["count"])
+    for kind, stats in curve.groupby("kind"):
+        stats = stats.reset_index(drop=True)
         x = [str(k) for k in stats["k"]]
         colour = colours.get(str(kind), "steelblue")
         fig.add_trace(
             go.Scatter(
                 x=x + x[::-1],
-                y=list(stats["mean"] + half) + list((stats["mean"] - half)[::-1]),
+                y=list(stats["ci_high"]) + list(stats["ci_low"][::-1]),
                 fill="toself",
                 line={"width": 0},
                 fillcolor=colour,
