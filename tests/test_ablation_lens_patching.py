@@ -72,7 +72,7 @@ def test_sweep_equals_one_forward_per_condition(model):
             units = random_units_like(
                 model, top, seed=1 * 1_000_003 + row.image * 10_007 + row.k * 31 + row.draw
             )
-        with ablated(model, units):
+        with ablated(model, units), torch.no_grad():
             logits = model(item)
         p = logits.softmax(-1)[0, item.last_positions[0], targets[row.image]]
         assert float(p) == pytest.approx(row.p_c, rel=1e-4, abs=1e-7)
@@ -145,8 +145,9 @@ def test_patching_restores_clean_at_the_extremes(model):
     assert torch.allclose(res.values[0, 16:], torch.tensor(res.corrupted), atol=1e-4)
     units = patch_by_unit(model, clean, corrupted, metric, layers=[0], units=[0, 1, 2])
     assert units.values.shape == (1, 3)
-    with pytest.raises(IndexError, match="positions must be a non-empty list"):
-        patch_by_unit(model, clean, corrupted, metric, layers=[0], units=[0], positions=[seq])
+    for bad in ([seq], [-1]):  # negative positions are refused, as in patch_by_position
+        with pytest.raises(IndexError, match="positions must be a non-empty list"):
+            patch_by_unit(model, clean, corrupted, metric, layers=[0], units=[0], positions=bad)
     for patch in (patch_by_position, patch_by_unit):
         with pytest.raises(ValueError, match="layers is empty"):
             patch(model, clean, corrupted, metric, layers=[])

@@ -10,6 +10,12 @@ from pathlib import Path
 __all__ = ["atomic_write"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``target``, then rename it over.
 
@@ -26,6 +32,8 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> P
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates the file 0600: give it the mode a plain open() would (0666 - umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -227,7 +227,7 @@ def patch_by_unit(
     else:
         pos = torch.as_tensor(list(positions), dtype=torch.long, device=clean.tokens.device)
         seq = clean.tokens.shape[1]
-        if pos.numel() == 0 or int(pos.min()) < -seq or int(pos.max()) >= seq:
+        if pos.numel() == 0 or int(pos.min()) < 0 or int(pos.max()) >= seq:
             raise IndexError(
                 f"positions must be a non-empty list in 0..{seq - 1} (the sequence length is {seq})"
             )
