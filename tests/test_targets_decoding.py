@@ -75,7 +75,8 @@ def test_targets_from_captions_and_prefix(lm_dirs):
     assert extended.image_positions.tolist() == base.image_positions.tolist()
     # y_c read at the extended input's last position equals the model's own next-token logit
     attr = attribute(model, extended, [t.token_id])
-    logits = model(extended)
+    with torch.no_grad():
+        logits = model(extended)
     assert float(attr.target_values[0]) == pytest.approx(float(logits[0, -1, t.token_id]), rel=1e-5)
 
 
