@@ -2,6 +2,7 @@
 checked against the metrics computed by hand from the same models."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -128,7 +129,11 @@ def test_clip_scorer_matches_clipscore_by_hand(clip_dir):
     np.testing.assert_allclose(got.numpy(), want, atol=1e-3)
 
 
-def test_unloadable_models_name_the_fix(tmp_path):
+def test_unloadable_models_name_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchmetrics.functional.text", None)  # not installed
+    with pytest.raises(MetricModelError, match=r"pip install -e \"\.\[metrics\]\""):
+        bert_scorer("roberta-large")
+    monkeypatch.undo()
     with pytest.raises(MetricModelError, match="local folder"):
         bert_scorer(str(tmp_path / "no-such-model"))
     with pytest.raises(MetricModelError, match="local folder"):

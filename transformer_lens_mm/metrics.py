@@ -41,7 +41,9 @@ BERT_SCORE_LAYERS = {
     "distilbert-base-uncased": 5,
 }
 
-INSTALL = 'pip install "transformer-lens-mm[metrics]"'
+INSTALL = (
+    'pip install "transformer-lens-mm[metrics]" (from a checkout: pip install -e ".[metrics]")'
+)
 
 
 class MetricModelError(RuntimeError):
