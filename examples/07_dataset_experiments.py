@@ -22,6 +22,7 @@ import pandas as pd
 from transformer_lens_mm.ablation import ablation_curve
 from transformer_lens_mm.analyze import load_dataset, load_model, load_results, load_table
 from transformer_lens_mm.experiments import (
+    ablation_caption_summary,
     analysis_report,
     layer_distribution,
     score_texts,
@@ -81,6 +82,10 @@ def main() -> None:
             clip = clip_scorer(args.clip)
     except (MetricModelError, ImportError) as err:
         print(f"(no text metrics: {err})")
+    if (out / "ablation_captions.parquet").is_file():
+        print("== captions regenerated under ablation")
+        caps = load_table(out, "ablation_captions")
+        print(ablation_caption_summary(caps, bert=bert).round(3).to_string())
     if bert is not None or clip is not None:
         texts = {"best unit decoding": unit_decoding_texts(units)}
         if soft is not None:

@@ -16,7 +16,11 @@ import torch
 from helpers import build_model
 from PIL import Image
 
-from transformer_lens_mm.ablation import ablation_sweep
+from transformer_lens_mm.ablation import (
+    ablation_sweep,
+    captions_under_ablation,
+    random_units_like,
+)
 from transformer_lens_mm.analyze import (
     AnalysisConfig,
     load_config,
@@ -116,6 +120,7 @@ def test_ablation_and_soft_prompt_tables_equal_direct_calls(lm_dirs, tmp_path):
         root,
         ablation_ks=[0, 4, 30],
         ablation_random=2,
+        ablation_captions_k=30,
         soft_prompts=True,
         soft_prompt_tokens=3,
     )
@@ -158,6 +163,18 @@ def test_ablation_and_soft_prompt_tables_equal_direct_calls(lm_dirs, tmp_path):
         assert got["token_id"].tolist() == want["token_id"].tolist()
         np.testing.assert_allclose(got["cosine"], want["cosine"], rtol=1e-5)
         assert got["patch"].tolist() == (want["index"] % n_tok).tolist()
+    caps = load_table(cfg.out, "ablation_captions")
+    assert caps["kind"].tolist() == ["none", "top", "random"] * 4
+    ranked = full.ranked_units("max", limit=30)
+    for i in range(4):
+        image = data[i].image()
+        for kind, units in (
+            ("top", ranked[i]),
+            ("random", random_units_like(model, ranked[i], seed=i)),  # batch 0: seed 0*10007+i
+        ):
+            want = captions_under_ablation(model, [image], units, max_new_tokens=20).texts[0]
+            got = caps[(caps.item == data[i].id) & (caps.kind == kind)]["caption"].item()
+            assert got == want, (i, kind)
     page = (Path(cfg.out) / "report.html").read_text()
     assert "Ablation" in page and "Soft prompts" in page
 

@@ -55,7 +55,8 @@ def test_dataset_experiments_example_on_a_cli_run(tmp_path):
     cfg.write_text(
         f'out = "{tmp_path / "run"}"\n[data]\nkind = "scenes"\nn = 8\nseed = 5\n'
         "[model]\ndemo = true\n[run]\nk = 10\nbatch_size = 4\n"
-        "ablation_ks = [0, 10]\nsoft_prompts = true\nsoft_prompt_tokens = 2\n"
+        "ablation_ks = [0, 10]\nablation_captions_k = 10\nsoft_prompts = true\n"
+        "soft_prompt_tokens = 2\n"
     )
     out = subprocess.run(
         [sys.executable, "-m", "transformer_lens_mm", "analyze", str(cfg)],
@@ -67,7 +68,14 @@ def test_dataset_experiments_example_on_a_cli_run(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "8 done, 0 failed" in out.stdout
     stdout = run("07_dataset_experiments", "--run", str(tmp_path / "run"), "--iou-images", "8")
-    for heading in ("p(c) kept", "soft prompts vs random", "spatial selectivity", "bertscore"):
+    for heading in (
+        "p(c) kept",
+        "captions regenerated under ablation",
+        "soft prompts vs random",
+        "spatial selectivity",
+        "bertscore",
+    ):
         assert heading in stdout, stdout[-2000:]
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Decodings vs captions" in page and "Spatial selectivity by category" in page
+    assert "Captions under ablation" in page

@@ -356,13 +356,14 @@ def ablation_curve(sweep: pd.DataFrame, *, value: str = "rel_p", ci: float = 0.9
 def captions_under_ablation(
     model: Any,
     images: Any,
-    units: Sequence[Unit],
+    units: Sequence[Unit] | dict[int, Bool[Tensor, "... d_mlp"]],
     *,
     mode: Mode = "zero",
     means: dict[int, Tensor] | None = None,
     **generate_kwargs: Any,
 ) -> Any:
-    """Regenerate captions with ``units`` ablated at the image positions.
+    """Regenerate captions with ``units`` ablated at the image positions (``units`` as for
+    :func:`ablation_hooks`: pairs, or per layer a ``[batch, d_mlp]`` mask, one set per image).
 
     Keyword arguments go to :func:`~transformer_lens_mm.captioning.generate_captions`.
     """

@@ -10,6 +10,8 @@ kept unit. Results are written in shards as they are made:
 * ``shards/b<batch>-ablation.parquet`` (``ablation_ks`` set): p(c) with each image's top-k
   units zeroed at the image positions vs k random units of the same layers
   (:func:`~transformer_lens_mm.ablation.ablation_sweep`),
+* ``shards/b<batch>-ablation_captions.parquet`` (``ablation_captions_k`` > 0): the caption
+  regenerated with each image's top-k units zeroed, and with k random same-layer units,
 * ``shards/b<batch>-soft_prompts.parquet`` (``soft_prompts = true``): the nearest vocabulary
   tokens of every soft-prompt vector and of as many norm-matched random vectors,
 * ``shards/b<batch>-items.parquet``: one row per item (caption, target, failure), written
@@ -45,7 +47,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from transformer_lens_mm._atomic import atomic_write
-from transformer_lens_mm.ablation import ablation_sweep
+from transformer_lens_mm.ablation import ablation_sweep, captions_under_ablation, random_units_like
 from transformer_lens_mm.attribution import attribute
 from transformer_lens_mm.captioning import generate_captions
 from transformer_lens_mm.datasets import (
@@ -71,7 +73,7 @@ __all__ = [
 ]
 
 #: optional per-run tables (besides items/units/maps), each written per shard and merged
-TABLES = ("ablation", "soft_prompts")
+TABLES = ("ablation", "ablation_captions", "soft_prompts")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +96,7 @@ class AnalysisConfig:
     ablation_ks: list[int] = field(default_factory=list)
     ablation_random: int = 1  # random same-layer draws per k
     ablation_chunk: int = 32  # rows (image x condition) per no-grad forward
+    ablation_captions_k: int = 0  # >0: captions regenerated with top-k / k random units zeroed
     soft_prompts: bool = False  # decode the soft prompts (and random vectors) per image
     soft_prompt_tokens: int = 5  # nearest tokens per vector (the paper: 5)
 
@@ -105,10 +108,14 @@ class AnalysisConfig:
         for name in ("k", "batch_size", "shard_batches", "ablation_chunk", "soft_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if any(int(k) < 0 for k in self.ablation_ks) or self.ablation_random < 0:
+        if (
+            any(int(k) < 0 for k in self.ablation_ks)
+            or self.ablation_random < 0
+            or self.ablation_captions_k < 0
+        ):
             raise ValueError(
-                f"ablation_ks must be >= 0 and ablation_random >= 0, got {self.ablation_ks} "
-                f"and {self.ablation_random}"
+                "ablation_ks, ablation_random and ablation_captions_k must be >= 0, got "
+                f"{self.ablation_ks}, {self.ablation_random}, {self.ablation_captions_k}"
             )
 
 
@@ -248,6 +255,34 @@ def _ablation(model, batch, attr, targets, rows, batch_index: int, config: Analy
     return _tag(table, rows)
 
 
+def _ablation_captions(model, base, attr, texts, rows, batch_index: int, config):
+    """Captions regenerated with each image's top-k units zeroed at the image positions, and
+    with k random units of the same layers (seeded by the batch index)."""
+    k = config.ablation_captions_k
+    ranked = attr.ranked_units("max", limit=k)
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    out = [(i, "none", 0, text) for i, text in enumerate(texts)]
+    for kind in ("top", "random"):
+        masks = torch.zeros(n_layers, len(rows), d_mlp, dtype=torch.bool)
+        for i, units in enumerate(ranked):
+            if kind == "random":
+                units = random_units_like(model, units, seed=batch_index * 10_007 + i)
+            for layer, unit in units:
+                masks[layer, i, unit] = True
+        used = {layer: masks[layer] for layer in range(n_layers) if masks[layer].any()}
+        caps = captions_under_ablation(
+            model, None, used, batch=base, max_new_tokens=config.max_new_tokens
+        )
+        out += [(i, kind, k, text) for i, text in enumerate(caps.texts)]
+    table = pd.DataFrame(out, columns=["image", "kind", "k", "caption"])
+    table = _tag(table.sort_values(["image"], kind="stable").reset_index(drop=True), rows)
+    table["keeps_target"] = [
+        any(same_word(w, t) for w in cap.replace(".", " ").split())
+        for cap, t in zip(table["caption"], table["target"])
+    ]
+    return table
+
+
 def _soft_prompts(model, base, targets, rows, batch_index: int, config: AnalysisConfig):
     """Nearest tokens of each image's soft prompts and of as many norm-matched random vectors."""
     embeds = model.embed_images(base).detach().float().cpu()  # [n, n_img, d_model]
@@ -314,7 +349,7 @@ def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig
                 [t.token_id for t in targets],  # type: ignore[union-attr]
                 layers=config.layers,
                 top_k=config.k,
-                rank_units=max(config.ablation_ks) if any(config.ablation_ks) else None,
+                rank_units=max([*config.ablation_ks, config.ablation_captions_k]) or None,
             )
             table = attr.top_k(attr.best_scores.shape[1], model=model, n_tokens=10)  # type: ignore[union-attr]
             table["interpretable"] = [is_interpretable(t) for t in table["tokens"]]
@@ -333,6 +368,12 @@ def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig
             if config.ablation_ks:
                 tables["ablation"].append(
                     _ablation(model, batch, attr, targets, rows, batch_index, config)
+                )
+            if config.ablation_captions_k:
+                tables["ablation_captions"].append(
+                    _ablation_captions(
+                        model, base, attr, [texts[j] for j in keep], rows, batch_index, config
+                    )
                 )
             if config.soft_prompts:
                 tables["soft_prompts"].append(
@@ -402,13 +443,13 @@ def run_analysis(
     model = model if model is not None else load_model(config.model)
     if config.feature_cache:
         model.attach_feature_cache(config.feature_cache)
-    if config.ablation_ks:
-        n_layers = len(config.layers) if config.layers is not None else int(model.cfg.n_layers)
-        if max(config.ablation_ks) > n_layers * int(model.cfg.d_mlp):
-            raise ValueError(
-                f"ablation_ks goes up to {max(config.ablation_ks)} but the scored layers hold "
-                f"{n_layers * int(model.cfg.d_mlp)} MLP units: use smaller ks"
-            )
+    most = max([*config.ablation_ks, config.ablation_captions_k])
+    n_layers = len(config.layers) if config.layers is not None else int(model.cfg.n_layers)
+    if most > n_layers * int(model.cfg.d_mlp):
+        raise ValueError(
+            f"ablation_ks/ablation_captions_k go up to {most} but the scored layers hold "
+            f"{n_layers * int(model.cfg.d_mlp)} MLP units: use smaller ks"
+        )
 
     bs = config.batch_size
     n_batches = (n + bs - 1) // bs
@@ -448,7 +489,11 @@ def run_analysis(
         n_failed += int(items_df["failure"].notna().sum()) if len(items_df) else 0
         units_df = pd.concat(units, ignore_index=True) if units else pd.DataFrame()
         maps_t = torch.cat(maps) if maps else torch.zeros(0, 0, dtype=torch.float16)
-        wanted = {"ablation": bool(config.ablation_ks), "soft_prompts": config.soft_prompts}
+        wanted = {
+            "ablation": bool(config.ablation_ks),
+            "ablation_captions": config.ablation_captions_k > 0,
+            "soft_prompts": config.soft_prompts,
+        }
         extra = {
             name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             for name, parts in tables.items()
@@ -540,7 +585,8 @@ def load_results(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, to
 
 
 def load_table(out: str | os.PathLike, name: str) -> pd.DataFrame:
-    """An optional table of a finished run: ``"ablation"`` or ``"soft_prompts"``.
+    """An optional table of a finished run: ``"ablation"``, ``"ablation_captions"`` or
+    ``"soft_prompts"``.
 
     Example:
         >>> sweep = load_table("runs/coco-gptj", "ablation")  # doctest: +SKIP
@@ -550,7 +596,11 @@ def load_table(out: str | os.PathLike, name: str) -> pd.DataFrame:
         raise ValueError(f"table must be one of {TABLES}, got {name!r}")
     path = Path(out) / f"{name}.parquet"
     if not path.is_file():
-        key = "ablation_ks" if name == "ablation" else "soft_prompts"
+        key = {
+            "ablation": "ablation_ks",
+            "ablation_captions": "ablation_captions_k",
+            "soft_prompts": "soft_prompts",
+        }[name]
         raise FileNotFoundError(
             f"{path} does not exist: set {key} in the run's config and run or resume it"
         )

@@ -8,6 +8,7 @@
 * :func:`plot_category_selectivity`, :func:`plot_iou_by_category`: the figures.
 * :func:`~transformer_lens_mm.ablation.ablation_curve` (of a run's ``ablation`` table): p(c)
   kept per k, top vs random units, with confidence intervals.
+* :func:`ablation_caption_summary`: captions regenerated under top-k vs random-k ablation.
 * :func:`soft_prompt_summary`: soft prompts' nearest tokens vs norm-matched random vectors.
 * :func:`unit_decoding_texts`, :func:`soft_prompt_texts`, :func:`score_texts`: decodings vs
   captions by BERTScore and CLIPScore (the paper's Tables 1 and 2; scorers from
@@ -37,6 +38,7 @@ from transformer_lens_mm.spatial import image_mlp_activations, spatial_selectivi
 from transformer_lens_mm.word_filter import is_dictionary_word, same_word
 
 __all__ = [
+    "ablation_caption_summary",
     "analysis_report",
     "category_selectivity",
     "layer_distribution",
@@ -245,6 +247,33 @@ def plot_iou_by_category(
             )
     fig.update_layout(title=title, barmode="group", yaxis_title="mean IoU")
     return fig
+
+
+def ablation_caption_summary(captions: pd.DataFrame, *, bert: Any = None) -> pd.DataFrame:
+    """Captions regenerated under ablation (a run's ``ablation_captions`` table), per kind
+    (``none``, ``top``, ``random``): the share that still names ``c``, the share unchanged, and
+    with ``bert`` the mean BERTScore against the unablated caption (the paper's check).
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a"] * 3, "kind": ["none", "top", "random"], "k": 9,
+        ...     "caption": ["a dog.", "a cat.", "a dog."], "keeps_target": [True, False, True]})
+        >>> ablation_caption_summary(t)[["kind", "keeps_target", "unchanged"]].values.tolist()
+        [['none', 1.0, 1.0], ['random', 1.0, 1.0], ['top', 0.0, 0.0]]
+    """
+    need = {"item", "kind", "caption", "keeps_target"}
+    if not need <= set(captions.columns):
+        raise ValueError(f"captions needs columns {sorted(need)} (a run's ablation_captions)")
+    original = captions[captions["kind"] == "none"].set_index("item")["caption"]
+    table = captions.assign(original=captions["item"].map(original))
+    table["unchanged"] = table["caption"] == table["original"]
+    if bert is not None:
+        table["bertscore_vs_original"] = np.asarray(
+            bert(table["caption"].tolist(), table["original"].tolist())
+        )
+    cols = ["keeps_target", "unchanged"] + (["bertscore_vs_original"] if bert else [])
+    out = table.groupby("kind")[cols].mean().reset_index()
+    out["n_images"] = table.groupby("kind")["item"].nunique().to_numpy()
+    return out
 
 
 def soft_prompt_summary(soft: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFrame:
@@ -484,6 +513,16 @@ def analysis_report(
             )
             report.figure(plot_ablation_curves(sweep))
             report.table(ablation_curve(sweep).round(4))
+    if (out / "ablation_captions.parquet").is_file():
+        caps = load_table(out, "ablation_captions")
+        if len(caps):
+            report.section(
+                "Captions under ablation",
+                f"Greedy captions with each image's top-{int(caps['k'].max())} units zeroed at "
+                "the image positions, vs as many random units of the same layers.",
+            )
+            report.table(ablation_caption_summary(caps).round(4))
+            report.table(caps.drop(columns=["index"]), max_rows=30)
     if (out / "soft_prompts.parquet").is_file():
         soft = load_table(out, "soft_prompts")
         if len(soft):
