@@ -41,6 +41,7 @@ __all__ = [
     "ablation_hooks",
     "ablation_sweep",
     "captions_under_ablation",
+    "per_row_masks",
     "random_units_like",
     "unit_means",
 ]
@@ -215,6 +216,26 @@ def _as_unit_tensor(model: Any, units: Sequence[Unit]) -> Tensor:
     return t
 
 
+def per_row_masks(
+    model: Any, units_per_row: Sequence[Sequence[Unit] | Tensor]
+) -> dict[int, Bool[Tensor, "rows d_mlp"]]:
+    """Per layer, a ``[rows, d_mlp]`` mask of each row's units (for :func:`ablation_hooks` and
+    :func:`captions_under_ablation`: a different unit set per batch row); unused layers left out.
+
+    Example:
+        >>> masks = per_row_masks(model, [[(0, 3)], [(0, 5), (2, 1)]])  # doctest: +SKIP
+        >>> sorted(masks), masks[0].shape  # doctest: +SKIP
+        ([0, 2], torch.Size([2, d_mlp]))
+    """
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    masks = torch.zeros(n_layers, len(units_per_row), d_mlp, dtype=torch.bool)
+    for r, units in enumerate(units_per_row):
+        t = units if isinstance(units, Tensor) else _as_unit_tensor(model, units)
+        masks[t[:, 0], r, t[:, 1]] = True
+    used = torch.nonzero(masks.flatten(1).any(1)).flatten().tolist()
+    return {layer: masks[layer] for layer in used}
+
+
 def random_units_like(model: Any, units: Sequence[Unit], *, seed: int = 0) -> list[Unit]:
     """As many random units per layer as ``units`` has there (uniform, without replacement)."""
     top = _as_unit_tensor(model, units)
@@ -296,12 +317,10 @@ def ablation_sweep(
         chunk = conditions[c * chunk_size : (c + 1) * chunk_size]
         rows = [cond[0] for cond in chunk]
         stacked = batch.select(rows)
-        masks = torch.zeros(n_layers, len(chunk), d_mlp, dtype=torch.bool)
-        for r, cond in enumerate(chunk):
-            units = cond[4]
-            masks[units[:, 0], r, units[:, 1]] = True
-        used_layers = torch.nonzero(masks.flatten(1).any(1)).flatten().tolist()
-        used = {layer: masks[layer].to(stacked.tokens.device) for layer in used_layers}
+        used = {
+            layer: mask.to(stacked.tokens.device)
+            for layer, mask in per_row_masks(model, [cond[4] for cond in chunk]).items()
+        }
         hooks = ablation_hooks(model, used, mode=mode, positions=stacked.image_mask, means=means)
         with torch.no_grad():
             logits = last_position_logits(model, stacked, hooks)

@@ -47,7 +47,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from transformer_lens_mm._atomic import atomic_write
-from transformer_lens_mm.ablation import ablation_sweep, captions_under_ablation, random_units_like
+from transformer_lens_mm.ablation import (
+    ablation_sweep,
+    captions_under_ablation,
+    per_row_masks,
+    random_units_like,
+)
 from transformer_lens_mm.attribution import attribute
 from transformer_lens_mm.captioning import generate_captions
 from transformer_lens_mm.datasets import (
@@ -72,8 +77,14 @@ __all__ = [
     "run_analysis",
 ]
 
-#: optional per-run tables (besides items/units/maps), each written per shard and merged
-TABLES = ("ablation", "ablation_captions", "soft_prompts")
+#: optional per-run tables (besides items/units/maps), each written per shard and merged, and
+#: the config field that turns each on
+TABLE_SWITCHES = {
+    "ablation": "ablation_ks",
+    "ablation_captions": "ablation_captions_k",
+    "soft_prompts": "soft_prompts",
+}
+TABLES = tuple(TABLE_SWITCHES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +110,15 @@ class AnalysisConfig:
     ablation_captions_k: int = 0  # >0: captions regenerated with top-k / k random units zeroed
     soft_prompts: bool = False  # decode the soft prompts (and random vectors) per image
     soft_prompt_tokens: int = 5  # nearest tokens per vector (the paper: 5)
+
+    @property
+    def units_to_rank(self) -> int:
+        """Units ranked per image for the ablations (0: none)."""
+        return max([*self.ablation_ks, self.ablation_captions_k])
+
+    def wants(self, table: str) -> bool:
+        """Whether this run makes the optional ``table`` (see ``TABLE_SWITCHES``)."""
+        return bool(getattr(self, TABLE_SWITCHES[table]))
 
     def __post_init__(self) -> None:
         if self.caption_source not in ("model", "data"):
@@ -259,19 +279,16 @@ def _ablation_captions(model, base, attr, texts, rows, batch_index: int, config)
     """Captions regenerated with each image's top-k units zeroed at the image positions, and
     with k random units of the same layers (seeded by the batch index)."""
     k = config.ablation_captions_k
-    ranked = attr.ranked_units("max", limit=k)
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    top = attr.ranked_units("max", limit=k)
+    rnd = [random_units_like(model, u, seed=batch_index * 10_007 + i) for i, u in enumerate(top)]
     out = [(i, "none", 0, text) for i, text in enumerate(texts)]
-    for kind in ("top", "random"):
-        masks = torch.zeros(n_layers, len(rows), d_mlp, dtype=torch.bool)
-        for i, units in enumerate(ranked):
-            if kind == "random":
-                units = random_units_like(model, units, seed=batch_index * 10_007 + i)
-            for layer, unit in units:
-                masks[layer, i, unit] = True
-        used = {layer: masks[layer] for layer in range(n_layers) if masks[layer].any()}
+    for kind, units in (("top", top), ("random", rnd)):
         caps = captions_under_ablation(
-            model, None, used, batch=base, max_new_tokens=config.max_new_tokens
+            model,
+            None,
+            per_row_masks(model, units),
+            batch=base,
+            max_new_tokens=config.max_new_tokens,
         )
         out += [(i, kind, k, text) for i, text in enumerate(caps.texts)]
     table = pd.DataFrame(out, columns=["image", "kind", "k", "caption"])
@@ -349,7 +366,7 @@ def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig
                 [t.token_id for t in targets],  # type: ignore[union-attr]
                 layers=config.layers,
                 top_k=config.k,
-                rank_units=max([*config.ablation_ks, config.ablation_captions_k]) or None,
+                rank_units=config.units_to_rank or None,
             )
             table = attr.top_k(attr.best_scores.shape[1], model=model, n_tokens=10)  # type: ignore[union-attr]
             table["interpretable"] = [is_interpretable(t) for t in table["tokens"]]
@@ -365,17 +382,17 @@ def _analyse_batch(model, data, loaded, batch_index: int, config: AnalysisConfig
                 ].half()
             )
             units.append(_tag(table, rows))
-            if config.ablation_ks:
+            if config.wants("ablation"):
                 tables["ablation"].append(
                     _ablation(model, batch, attr, targets, rows, batch_index, config)
                 )
-            if config.ablation_captions_k:
+            if config.wants("ablation_captions"):
                 tables["ablation_captions"].append(
                     _ablation_captions(
                         model, base, attr, [texts[j] for j in keep], rows, batch_index, config
                     )
                 )
-            if config.soft_prompts:
+            if config.wants("soft_prompts"):
                 tables["soft_prompts"].append(
                     _soft_prompts(model, base, targets, rows, batch_index, config)
                 )
@@ -443,7 +460,7 @@ def run_analysis(
     model = model if model is not None else load_model(config.model)
     if config.feature_cache:
         model.attach_feature_cache(config.feature_cache)
-    most = max([*config.ablation_ks, config.ablation_captions_k])
+    most = config.units_to_rank
     n_layers = len(config.layers) if config.layers is not None else int(model.cfg.n_layers)
     if most > n_layers * int(model.cfg.d_mlp):
         raise ValueError(
@@ -489,15 +506,10 @@ def run_analysis(
         n_failed += int(items_df["failure"].notna().sum()) if len(items_df) else 0
         units_df = pd.concat(units, ignore_index=True) if units else pd.DataFrame()
         maps_t = torch.cat(maps) if maps else torch.zeros(0, 0, dtype=torch.float16)
-        wanted = {
-            "ablation": bool(config.ablation_ks),
-            "ablation_captions": config.ablation_captions_k > 0,
-            "soft_prompts": config.soft_prompts,
-        }
         extra = {
             name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             for name, parts in tables.items()
-            if wanted[name]
+            if config.wants(name)
         }
         _write_shard(shards, group[0], items_df, units_df, maps_t, extra)
     bar.close()
@@ -596,12 +608,8 @@ def load_table(out: str | os.PathLike, name: str) -> pd.DataFrame:
         raise ValueError(f"table must be one of {TABLES}, got {name!r}")
     path = Path(out) / f"{name}.parquet"
     if not path.is_file():
-        key = {
-            "ablation": "ablation_ks",
-            "ablation_captions": "ablation_captions_k",
-            "soft_prompts": "soft_prompts",
-        }[name]
         raise FileNotFoundError(
-            f"{path} does not exist: set {key} in the run's config and run or resume it"
+            f"{path} does not exist: set {TABLE_SWITCHES[name]} in the run's config and run or "
+            "resume it"
         )
     return pd.read_parquet(path)

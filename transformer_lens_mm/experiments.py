@@ -420,6 +420,16 @@ def score_texts(
     return table
 
 
+def _made_table(out: Path, name: str) -> pd.DataFrame | None:
+    """A run's optional table when the run made it and it has rows, else ``None``."""
+    from transformer_lens_mm.analyze import load_table
+
+    if not (out / f"{name}.parquet").is_file():
+        return None
+    table = load_table(out, name)
+    return table if len(table) else None
+
+
 def analysis_report(
     out: str | Path,
     data: Sequence[Item] | None = None,
@@ -451,7 +461,7 @@ def analysis_report(
         >>> analysis_report("runs/coco-gptj", data, iou=iou)  # doctest: +SKIP
     """
     from transformer_lens_mm.ablation import ablation_curve
-    from transformer_lens_mm.analyze import load_results, load_table
+    from transformer_lens_mm.analyze import load_results
     from transformer_lens_mm.plotting import plot_ablation_curves, plot_top_units_per_layer
     from transformer_lens_mm.report import Report, UnitCard, unit_map_png
 
@@ -502,37 +512,34 @@ def analysis_report(
             )
         report.section("Most frequent units")
         report.cards(cards)
-    if (out / "ablation.parquet").is_file():
-        sweep = load_table(out, "ablation")
-        if len(sweep):
-            report.section(
-                "Ablation",
-                "p(c) kept (over the unablated p(c)) when each image's top-k units are zeroed at "
-                "the image positions, vs k random units of the same layers; 95% intervals over "
-                "images.",
-            )
-            report.figure(plot_ablation_curves(sweep))
-            report.table(ablation_curve(sweep).round(4))
-    if (out / "ablation_captions.parquet").is_file():
-        caps = load_table(out, "ablation_captions")
-        if len(caps):
-            report.section(
-                "Captions under ablation",
-                f"Greedy captions with each image's top-{int(caps['k'].max())} units zeroed at "
-                "the image positions, vs as many random units of the same layers.",
-            )
-            report.table(ablation_caption_summary(caps).round(4))
-            report.table(caps.drop(columns=["index"]), max_rows=30)
-    if (out / "soft_prompts.parquet").is_file():
-        soft = load_table(out, "soft_prompts")
-        if len(soft):
-            report.section(
-                "Soft prompts",
-                "Nearest vocabulary tokens (cosine) of every soft-prompt vector vs as many random "
-                "vectors with the same norms.",
-            )
-            report.figure(plot_soft_prompts(soft))
-            report.table(soft_prompt_summary(soft).round(4))
+    sweep = _made_table(out, "ablation")
+    if sweep is not None:
+        report.section(
+            "Ablation",
+            "p(c) kept (over the unablated p(c)) when each image's top-k units are zeroed at "
+            "the image positions, vs k random units of the same layers; 95% intervals over "
+            "images.",
+        )
+        report.figure(plot_ablation_curves(sweep))
+        report.table(ablation_curve(sweep).round(4))
+    caps = _made_table(out, "ablation_captions")
+    if caps is not None:
+        report.section(
+            "Captions under ablation",
+            f"Greedy captions with each image's top-{int(caps['k'].max())} units zeroed at "
+            "the image positions, vs as many random units of the same layers.",
+        )
+        report.table(ablation_caption_summary(caps).round(4))
+        report.table(caps.drop(columns=["index"]), max_rows=30)
+    soft = _made_table(out, "soft_prompts")
+    if soft is not None:
+        report.section(
+            "Soft prompts",
+            "Nearest vocabulary tokens (cosine) of every soft-prompt vector vs as many random "
+            "vectors with the same norms.",
+        )
+        report.figure(plot_soft_prompts(soft))
+        report.table(soft_prompt_summary(soft).round(4))
     if text_scores:
         report.section("Decodings vs captions", "BERTScore/CLIPScore vs re-paired captions.")
         report.table(
