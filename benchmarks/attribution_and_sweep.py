@@ -128,11 +128,16 @@ def summary(name: str, values: list[float], goal: str) -> str:
     )
 
 
-def main() -> None:
+def track_rss() -> None:
+    """Re-run this process with glibc returning freed large blocks, so RSS shows peaks."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
         # glibc otherwise keeps freed large blocks in the heap and RSS stops reflecting peaks
         os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
         os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
+def main() -> None:
+    track_rss()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--api", choices=["hooked", "bridge"], default=default_api())

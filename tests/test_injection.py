@@ -174,3 +174,47 @@ def test_hooked_weights_are_stored_in_the_forward_layout(lm_dirs, kind):
     model.load_state_dict(state)
     assert mlp.W_in.T.is_contiguous()
     assert torch.equal(model(batch), before)
+
+
+@pytest.mark.skipif("hooked" not in APIS, reason="needs TransformerLens 3.x HookedTransformer")
+@pytest.mark.parametrize("kind", ["gptj", "llama", "gpt2"])
+def test_unpadded_mask_is_dropped_with_the_same_numbers(lm_dirs, kind, monkeypatch):
+    """Without padding the blocks get no mask (TL's fast slices); logits, KV-cached steps and
+    captions equal TL's own masked path, and a padded batch still gets its mask."""
+    from transformer_lens import HookedTransformer
+
+    from transformer_lens_mm import generate_captions
+
+    model = build_model(lm_dirs[kind], "hooked")
+    images = random_images(2)
+    seen = []
+    spy = model.blocks[0].attn.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+    )
+    unpadded = model.prepare_inputs(images)
+    padded = model.prepare_inputs(images, prompts=["A picture of", "A photo of a big"])
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+    def caption(resids):
+        hook = (last, lambda x, hook: resids.append(x.clone()))
+        return generate_captions(
+            model, batch=unpadded, max_new_tokens=4, stop_at_eos=False, fwd_hooks=[hook]
+        )
+
+    fast = model(unpadded)
+    fast_resids, ref_resids = [], []
+    caps = caption(fast_resids)
+    model(padded)
+    assert all(m is None for m in seen[:-1]) and seen[-1] is not None
+    # TL's own input_to_embed keeps the all-ones mask: the reference path
+    monkeypatch.setattr(type(model), "input_to_embed", HookedTransformer.input_to_embed)
+    seen.clear()
+    slow = model(unpadded)
+    ref = caption(ref_resids)
+    spy.remove()
+    assert seen and all(m is not None for m in seen)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    assert caps.tokens.tolist() == ref.tokens.tolist()
+    assert len(fast_resids) == 4 and [r.shape[1] for r in fast_resids[1:]] == [1, 1, 1]
+    for a, b in zip(fast_resids, ref_resids):  # the prompt, then each cached step
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

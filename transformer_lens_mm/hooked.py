@@ -102,6 +102,23 @@ if HAS_HOOKED_TRANSFORMER:
             resid = self(batch, stop_at_layer=self.cfg.n_layers)
             return self._unembed_resid(resid[rows, positions][None])[0]
 
+        def input_to_embed(self, *args: Any, **kwargs: Any) -> Any:
+            """TL's ``input_to_embed``, except that an attention mask of all ones is dropped.
+
+            A mask without padding changes nothing in the result, but TL 3.9 builds one
+            whenever a KV cache is used and then takes its slow paths in every block: rotary
+            cos/sin gathered per position (and all cached keys re-rotated that way each step),
+            absolute positions recomputed from the mask, the padding mask broadcast into the
+            causal mask. Without it the same values come from slices. A KV cache still records
+            the mask (TL appends it before this returns), so padded batches behave as before.
+            """
+            residual, tokens, shortformer_pos_embed, attention_mask = super().input_to_embed(
+                *args, **kwargs
+            )
+            if attention_mask is not None and bool(attention_mask.all()):
+                attention_mask = None
+            return residual, tokens, shortformer_pos_embed, attention_mask
+
         def _unembed_resid(self, resid: Tensor) -> Tensor:
             """``ln_final`` (if any) and the unembedding of a ``[batch, pos, d_model]`` residual."""
             if self.cfg.normalization_type is not None:
