@@ -93,7 +93,10 @@ def build(api: str, device: str, dtype: torch.dtype, n_image_tokens: int, size: 
     folder = Path(tempfile.mkdtemp()) / "bench-model"
     folder.mkdir()
     torch.manual_seed(0)
-    if size == "gpt2-small":
+    if size == "tiny":  # only checks that the scripts run (tests/test_benchmarks.py)
+        cfg = GPT2Config(n_embd=256, n_layer=8, n_head=4, vocab_size=64)  # 8192 MLP units
+        GPT2LMHeadModel(cfg).save_pretrained(folder)
+    elif size == "gpt2-small":
         cfg = GPT2Config(n_embd=768, n_layer=12, n_head=12, n_positions=1024, vocab_size=50257)
         GPT2LMHeadModel(cfg).save_pretrained(folder)
     else:  # SmolLM2-135M-sized Llama
@@ -141,7 +144,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--api", choices=["hooked", "bridge"], default=default_api())
-    parser.add_argument("--model", choices=["gpt2-small", "smollm2"], default="gpt2-small")
+    parser.add_argument("--model", choices=["gpt2-small", "smollm2", "tiny"], default="gpt2-small")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--image-tokens", type=int, default=196)
     parser.add_argument("--repeats", type=int, default=3)

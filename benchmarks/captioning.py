@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--api", choices=["hooked", "bridge"], default=default_api())
-    parser.add_argument("--model", choices=["gpt2-small", "smollm2"], default="smollm2")
+    parser.add_argument("--model", choices=["gpt2-small", "smollm2", "tiny"], default="smollm2")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--image-tokens", type=int, default=49)
     parser.add_argument("--new-tokens", type=int, default=16)

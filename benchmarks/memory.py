@@ -32,44 +32,80 @@ from helpers import build_tokenizer
 
 from transformer_lens_mm import ImageProjection, attribute, from_parts, hook_names
 from transformer_lens_mm.attribution import frozen_parameters, last_position_metric
+from transformer_lens_mm.lm_loading import default_api
 
 GPTJ_LAYERS = 28
+# GPT-J-6B's shapes; "tiny" only checks that the script runs (tests/test_benchmarks.py)
+SHAPES = {
+    "gptj": dict(d_model=4096, n_heads=16, d_mlp=16384, d_vocab=50400, rotary_dim=64),
+    "tiny": dict(d_model=64, n_heads=4, d_mlp=256, d_vocab=64, rotary_dim=8),
+}
 
 
-def gptj_shaped(n_layers: int, device: str, dtype: torch.dtype):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers,
-        d_model=4096,
-        d_head=256,
-        n_heads=16,
-        d_mlp=16384,
-        d_vocab=50400,
-        n_ctx=2048,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        positional_embedding_type="rotary",
-        rotary_dim=64,
-        rotary_adjacent_pairs=True,
-        parallel_attn_mlp=True,
-        original_architecture="GPTJForCausalLM",
-        device=device,
-        dtype=dtype,
-        seed=0,
-    )
+def gptj_shaped(n_layers: int, api: str, device: str, dtype: torch.dtype, shape: str = "gptj"):
+    d = SHAPES[shape]
     from transformers import AutoTokenizer
 
     folder = Path(tempfile.mkdtemp())
     build_tokenizer(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    lm = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
-    return from_parts(lm=lm, encoder=None, projection=ImageProjection(1024, 4096), device=device)
+    if api == "hooked":
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        cfg = HookedTransformerConfig(
+            n_layers=n_layers,
+            d_model=d["d_model"],
+            d_head=d["d_model"] // d["n_heads"],
+            n_heads=d["n_heads"],
+            d_mlp=d["d_mlp"],
+            d_vocab=d["d_vocab"],
+            n_ctx=2048,
+            act_fn="gelu_new",
+            normalization_type="LN",
+            positional_embedding_type="rotary",
+            rotary_dim=d["rotary_dim"],
+            rotary_adjacent_pairs=True,
+            parallel_attn_mlp=True,
+            original_architecture="GPTJForCausalLM",
+            device=device,
+            dtype=dtype,
+            seed=0,
+        )
+        lm = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
+    else:  # the bridge wraps a Hugging Face GPT-J built in place (only its config is saved)
+        from transformers import GPTJConfig, GPTJForCausalLM
+
+        from transformer_lens_mm.lm_loading import load_bridge
+
+        cfg = GPTJConfig(
+            n_layer=n_layers,
+            n_embd=d["d_model"],
+            n_head=d["n_heads"],
+            n_inner=d["d_mlp"],
+            vocab_size=d["d_vocab"],
+            rotary_dim=d["rotary_dim"],
+        )
+        cfg.save_pretrained(folder)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
+                hf_model = GPTJForCausalLM(cfg).eval()
+        finally:
+            torch.set_default_dtype(default)
+        lm = load_bridge(folder, device=device, dtype=dtype, hf_model=hf_model, tokenizer=tokenizer)
+    return from_parts(
+        lm=lm,
+        encoder=None,
+        projection=ImageProjection(1024, d["d_model"]),
+        device=device,
+        dtype=dtype,
+    )
 
 
 def measure(n_layers: int, args: argparse.Namespace) -> dict[str, float]:
     dtype = getattr(torch, args.dtype)
-    model = gptj_shaped(n_layers, args.device, dtype)
+    model = gptj_shaped(n_layers, args.api, args.device, dtype, args.shape)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     feats = torch.randn(args.batch, 196, 1024)
     batch = model.prepare_inputs(image_features=feats)
@@ -113,10 +149,12 @@ def main() -> None:
     track_rss()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--api", choices=["hooked", "bridge"], default=default_api())
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="gptj")
     args = parser.parse_args()
     gib = 2**30
     rows = []
@@ -124,10 +162,12 @@ def main() -> None:
         r = measure(n, args)
         rows.append((n, r))
         print(
-            f"{n:>2} layers ({args.dtype}, batch {args.batch}, {r['tokens']} tokens): weights "
+            f"{n:>2} layers ({args.api}, {args.dtype}, batch {args.batch}, {r['tokens']} tokens): "
+            f"weights "
             f"{r['weights'] / gib:.2f} GiB; peak above weights: forward+backward "
             f"{r['fb'] / gib:.3f} GiB, attribution {r['att'] / gib:.3f} GiB "
-            f"({r['att'] / max(r['fb'], 1):.2f}x)",
+            f"({r['att'] / max(r['fb'], 1):.2f}x); weights + attribution "
+            f"{(r['weights'] + r['att']) / gib:.2f} GiB",
             flush=True,
         )
     if len(rows) > 1:

@@ -96,3 +96,18 @@ def test_top_p_keeps_the_nucleus():
         int(sample_next_token(logits, do_sample=True, top_p=0.8, generator=g)) for _ in range(200)
     }
     assert picks == {0, 1}
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("kind", ["gptj", "llama"])
+def test_first_cached_step_unembeds_only_the_last_position(lm_dirs, api, kind):
+    """Like HF's generate: the prompt's other positions skip the unembedding, same logits."""
+    model = build_model(lm_dirs[kind], api)
+    batch = model.prepare_inputs(
+        random_images(2), prompts=["A picture of", "A photo of a big"], padding_side="left"
+    )
+    with torch.no_grad(), model.inject_images(model.embed_images(batch), batch):
+        logits, _ = model._kv_first_step(batch.tokens, batch.attention_mask)
+        full = model._lm_forward(batch.tokens, attention_mask=batch.attention_mask)
+    assert logits.shape == (2, 1, full.shape[-1])
+    torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

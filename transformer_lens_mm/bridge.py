@@ -7,6 +7,7 @@ then the two image hook points are registered in the bridge's hook registry.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
@@ -87,15 +88,29 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
                 module.to(*args, **kwargs)
         return self
 
+    def _hf_accepts(self, name: str) -> bool:
+        """Whether the wrapped Hugging Face model's ``forward`` takes the keyword ``name``."""
+        forward = getattr(getattr(self, "original_model", None), "forward", None)
+        if forward is None:
+            return False
+        try:
+            return name in inspect.signature(forward).parameters
+        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+            return False
+
     def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
         # Positions count real tokens only (as the bridge derives them without a cache), so
         # that left padding shifts every position of an item by the same amount.
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the last position's logits are read (the batch is left-padded): as in Hugging
+        # Face's generate, the unembedding of every other prompt position is skipped.
+        keep = {"logits_to_keep": 1} if self._hf_accepts("logits_to_keep") else {}
         logits, past = self._lm_forward(
             tokens,
             attention_mask=attention_mask,
             position_ids=positions,
             return_type="logits_and_cache",
+            **keep,
         )
         filled = getattr(past, "get_seq_length", lambda: -1)()
         if filled != tokens.shape[1]:
