@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -131,6 +132,22 @@ def summary(name: str, values: list[float], goal: str) -> str:
     )
 
 
+def plain_backward(model, batch, targets: list[int]) -> Callable[[], None]:
+    """The memory baseline of attribution: a forward + backward of ``y_c`` that computes the
+    gradient w.r.t. the embeddings and nothing else (no parameter gradients)."""
+    tids = torch.tensor(targets)
+
+    def leaf(x, hook):
+        return x.detach().requires_grad_(True)
+
+    def run() -> None:
+        with torch.enable_grad(), frozen_parameters(model):
+            y = last_position_metric(model, batch, tids, fwd_hooks=[(hook_names.EMBED, leaf)])
+            y.sum().backward()
+
+    return run
+
+
 def track_rss() -> None:
     """Re-run this process with glibc returning freed large blocks, so RSS shows peaks."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
@@ -170,15 +187,7 @@ def main() -> None:
     def attribution() -> None:
         attribute(model, batch, targets, keep_activations=False)
 
-    tids = torch.tensor(targets)
-
-    def forward_backward() -> None:  # the gradient of y_c w.r.t. the embeddings, nothing else
-        def leaf(x, hook):
-            return x.detach().requires_grad_(True)
-
-        with torch.enable_grad(), frozen_parameters(model):
-            y = last_position_metric(model, batch, tids, fwd_hooks=[(hook_names.EMBED, leaf)])
-            y.sum().backward()
+    forward_backward = plain_backward(model, batch, targets)
 
     def layer_by_layer() -> None:  # the naive way: one forward + backward per layer
         for layer in range(model.cfg.n_layers):

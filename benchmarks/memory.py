@@ -27,11 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from attribution_and_sweep import PeakMemory, track_rss
+from attribution_and_sweep import PeakMemory, plain_backward, track_rss
 from helpers import build_tokenizer
 
-from transformer_lens_mm import ImageProjection, attribute, from_parts, hook_names
-from transformer_lens_mm.attribution import frozen_parameters, last_position_metric
+from transformer_lens_mm import ImageProjection, attribute, from_parts
 from transformer_lens_mm.lm_loading import default_api
 
 GPTJ_LAYERS = 28
@@ -110,15 +109,7 @@ def measure(n_layers: int, args: argparse.Namespace) -> dict[str, float]:
     feats = torch.randn(args.batch, 196, 1024)
     batch = model.prepare_inputs(image_features=feats)
     targets = [5] * args.batch
-    tids = torch.tensor(targets)
-
-    def forward_backward() -> None:
-        def leaf(x, hook):
-            return x.detach().requires_grad_(True)
-
-        with torch.enable_grad(), frozen_parameters(model):
-            y = last_position_metric(model, batch, tids, fwd_hooks=[(hook_names.EMBED, leaf)])
-            y.sum().backward()
+    forward_backward = plain_backward(model, batch, targets)
 
     def attribution() -> None:
         attribute(model, batch, targets, top_k=100, keep_activations=False)
