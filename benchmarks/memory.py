@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from attribution_and_sweep import PeakMemory, plain_backward, track_rss
+from attribution_and_sweep import DTYPES, PeakMemory, plain_backward, track_rss
 from helpers import build_tokenizer
 
 from transformer_lens_mm import ImageProjection, attribute, from_parts
@@ -70,7 +70,8 @@ def gptj_shaped(n_layers: int, api: str, device: str, dtype: torch.dtype, shape:
             dtype=dtype,
             seed=0,
         )
-        lm = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
+        with torch.device(device):  # initialise 6B parameters where they will live
+            lm = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=True)
     else:  # the bridge wraps a Hugging Face GPT-J built in place (only its config is saved)
         from transformers import GPTJConfig, GPTJForCausalLM
 
@@ -141,7 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--api", choices=["hooked", "bridge"], default=default_api())
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--repeats", type=int, default=2)

@@ -1,25 +1,83 @@
 #!/usr/bin/env bash
-# One prepared GPU session: install the carried wheels, then the checks and the benchmarks.
-# Needs .whl/ (transformer-lens and the pure-Python packages the GPU image lacks) and
-# .gpu_stubs/ (a stub of `datasets`, which TransformerLens imports but never uses here).
-# Usage: bash benchmarks/run_gpu.sh [checks] [bench] [memory]   (default: all three)
+# One prepared GPU session: install the carried wheels, then the checks and the benchmarks, on
+# both APIs (HookedTransformer from TL 3.9, TransformerBridge from TL 4.3), everything appended
+# to $OUT/gpu_all.txt as it finishes (each step has its own time limit).
+# Needs .whl/ (transformer-lens 4.3 and the pure-Python packages the GPU image lacks),
+# .whl/tl3/ (transformer-lens 3.9 alone) and .gpu_stubs/ (a stub of `datasets`, which
+# TransformerLens imports but never uses here).
+#
+#   bash benchmarks/run_gpu.sh [memory] [bench] [caption] [checks]   (default: all four)
+#   bash benchmarks/run_gpu.sh attr-quick checks                      (a short re-check)
+#
+# Dry run on CPU with tiny models (checks that the script itself works):
+#   DEVICE=cpu PY=/path/to/venv/bin/python SIZES=tiny MEMSHAPE=tiny MEMLAYERS=2 OUT=/tmp/o \
+#     bash benchmarks/run_gpu.sh
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-what=${*:-checks bench memory}
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>/dev/null || exit 1
-export PYTHONPATH=/tmp/site:$PWD/.gpu_stubs:$PWD
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-quiet() { grep -v "Loading weights\|Writing"; }
-if [[ $what == *checks* ]]; then
-  python3 benchmarks/gpu_checks.py 2>&1 | quiet | tee "$OUT/gpu_checks.txt"
+what=${*:-memory bench caption checks}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+SIZES=${SIZES:-gpt2-small smollm2}
+MEMSHAPE=${MEMSHAPE:-gptj}
+MEMLAYERS=${MEMLAYERS:-28}
+OUT=${OUT:?set OUT to a folder for the results}
+mkdir -p "$OUT"
+log=$OUT/gpu_all.txt
+install() { "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$@"; }
+install /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "installing .whl/ failed"; exit 1; }
+install /tmp/site3 .whl/tl3/*.whl >/dev/null 2>&1 || { echo "installing .whl/tl3/ failed"; exit 1; }
+base=/tmp/site:$PWD/.gpu_stubs:$PWD
+quiet() { grep -v "Loading weights\|Writing\|it/s\]$"; }
+path() { [[ $1 == hooked ]] && echo /tmp/site3:$base || echo $base; }  # hooked: TL 3.9 first
+# run API LIMIT SCRIPT ARGS...: one benchmark on one API
+run() {
+  local api=$1 limit=$2
+  shift 2
+  echo "== [$api] $*" | tee -a "$log"
+  PYTHONPATH=$(path $api) timeout "$limit" "$PY" "$@" --api "$api" 2>&1 | quiet | tee -a "$log"
+  echo "(exit ${PIPESTATUS[0]}, $SECONDS s since start)" | tee -a "$log"
+}
+for api in hooked bridge; do
+  PYTHONPATH=$(path $api) "$PY" -c "from importlib.metadata import version as v
+print('$api:', *(f'{n} {v(n)}' for n in ('torch', 'transformers', 'transformer_lens')))" \
+    2>&1 | tail -1 | tee -a "$log"
+done
+[[ $DEVICE == cuda* ]] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$log"
+if [[ $what == *memory* ]]; then  # GPT-J-6B-shaped, all 28 layers, bf16: the real size
+  mem=(benchmarks/memory.py --device "$DEVICE" --dtype bfloat16 --layers $MEMLAYERS --repeats 1
+    --shape "$MEMSHAPE")
+  run hooked 120 "${mem[@]}" --batch 4
+  run hooked 120 "${mem[@]}" --batch 16
+  run bridge 120 "${mem[@]}" --batch 4
 fi
 if [[ $what == *bench* ]]; then
-  python3 benchmarks/attribution_and_sweep.py --device cuda --repeats 5 2>&1 | quiet | tee "$OUT/bench_gpt2_cuda.txt"
-  python3 benchmarks/attribution_and_sweep.py --device cuda --model smollm2 --batch 8 --repeats 5 2>&1 | quiet | tee "$OUT/bench_smollm2_cuda.txt"
-  python3 benchmarks/captioning.py --device cuda --repeats 5 2>&1 | quiet | tee "$OUT/captioning_smollm2_cuda.txt"
-  python3 benchmarks/captioning.py --device cuda --model gpt2-small --repeats 5 2>&1 | quiet | tee "$OUT/captioning_gpt2_cuda.txt"
+  for size in $SIZES; do
+    batch=$([[ $size == smollm2 ]] && echo 8 || echo 4)
+    for api in hooked bridge; do
+      run $api 90 benchmarks/attribution_and_sweep.py --device "$DEVICE" --model "$size" \
+        --batch $batch --repeats 5 $([[ $size != gpt2-small ]] && echo --profile)
+    done
+  done
+  for size in $SIZES; do  # bf16 at a batch that keeps the GPU busy
+    run hooked 90 benchmarks/attribution_and_sweep.py --device "$DEVICE" --model "$size" \
+      --batch 32 --dtype bfloat16 --repeats 5 --skip-layer-loop
+  done
 fi
-if [[ $what == *memory* ]]; then  # GPT-J-6B-shaped, all 28 layers, bf16: the real size (~2 min)
-  python3 benchmarks/memory.py --device cuda --dtype bfloat16 --layers 28 --repeats 1 2>&1 | quiet | tee "$OUT/memory_gptj_cuda.txt"
+if [[ $what == *attr-quick* ]]; then  # the attribution ratios alone, hooked (~3 minutes)
+  att=(benchmarks/attribution_and_sweep.py --device "$DEVICE" --repeats 5)
+  run hooked 60 "${att[@]}" --model "${SIZES%% *}" --batch 4
+  run hooked 60 "${att[@]}" --model "${SIZES##* }" --batch 8 --skip-layer-loop --profile
+  run hooked 60 "${att[@]}" --model "${SIZES##* }" --batch 32 --dtype bfloat16 --skip-layer-loop
 fi
+if [[ $what == *caption* ]]; then
+  for size in $SIZES; do
+    for api in hooked bridge; do
+      run $api 60 benchmarks/captioning.py --device "$DEVICE" --model "$size" --repeats 5
+    done
+  done
+fi
+if [[ $what == *checks* ]]; then
+  echo "== gpu_checks" | tee -a "$log"
+  PYTHONPATH=$base timeout 90 "$PY" benchmarks/gpu_checks.py "$DEVICE" 2>&1 | quiet | tee -a "$log"
+fi
+echo "done in $SECONDS s" | tee -a "$log"

@@ -33,9 +33,12 @@ def test_attribution_and_sweep_script():
         "2",
         "--image-tokens",
         "16",
+        "--profile",
     )
     for line in (
         "attribution time / forward time",
+        "same, top 100 + 6400 ranked units kept",
+        "one attribution:",
         "attribution peak memory / forward+backward peak",
         "speed-up over one backward per layer",
         "sweep time / one forward of the stacked batch",

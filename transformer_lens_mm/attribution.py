@@ -27,6 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from transformer_lens_mm import hook_names
+from transformer_lens_mm._host import to_host
 from transformer_lens_mm.layout import MultimodalInput
 
 __all__ = [
@@ -434,9 +435,9 @@ def attribute(
         target_values=y.detach().float().cpu(),
         metric=metric,
     )
-    if full is not None:
-        attr.scores = full.cpu()
-        attr.activations = None if full_acts is None else full_acts.cpu()
+    if full is not None:  # hundreds of MB on a real batch: copied through pinned memory
+        attr.scores = to_host(full)
+        attr.activations = None if full_acts is None else to_host(full_acts)
     else:
         attr.best_scores, attr.best_index = best["scores"].cpu(), best["index"].cpu()
         attr.best_activations = best["acts"].cpu() if keep_activations else None

@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from transformer_lens_mm import hook_names
+from transformer_lens_mm._host import to_host
 from transformer_lens_mm.layout import MultimodalInput
 
 __all__ = [
@@ -111,13 +112,13 @@ def image_mlp_activations(
 
     def grab(layer: int):
         def hook(act: Tensor, hook: Any) -> None:
-            store[layer] = act[rows, pos].float().cpu()
+            store[layer] = act[rows, pos].float()  # on the device: no sync per layer
 
         return hook
 
     hooks = [(hook_names.mlp_post(layer), grab(layer)) for layer in layer_list]
     model.run_with_hooks(batch, fwd_hooks=hooks)
-    return torch.stack([store[layer] for layer in layer_list], 1)
+    return to_host(torch.stack([store[layer] for layer in layer_list], 1))
 
 
 def spatial_selectivity(
