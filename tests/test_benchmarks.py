@@ -63,6 +63,7 @@ def test_captioning_script():
     )
     assert "same tokens as HF: True" in out, out
     assert "captioning tokens/s vs HF generate" in out, out
+    assert "tensor operations per caption batch" in out, out
 
 
 @pytest.mark.parametrize("api", sorted({default_api(), "bridge"}))

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
 from transformer_lens_mm.injection import MultimodalMixin
+from transformer_lens_mm.norms import set_fused_norms
 
 __all__ = ["HookedMultimodalTransformer"]
 
@@ -47,6 +48,7 @@ if HAS_HOOKED_TRANSFORMER:
             self._add_image_hook_points()
             self.setup()
             self._linear_weight_layout()
+            set_fused_norms(self)
 
         def _linear_weight_layout(self) -> None:
             """Store the weight matrices in the memory layout TL 3.9's forward asks for (same
@@ -93,6 +95,7 @@ if HAS_HOOKED_TRANSFORMER:
             model._add_image_hook_points()
             model.setup()
             model._linear_weight_layout()
+            set_fused_norms(model)
             return model
 
         def logits_at(self, batch: Any, rows: Tensor, positions: Tensor) -> Tensor:

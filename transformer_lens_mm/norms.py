@@ -1,0 +1,170 @@
+"""Fused normalisation for ``HookedMultimodalTransformer`` (TL 3.x) while its norm hooks are unused.
+
+TransformerLens 3.9 writes each LayerNorm as nine tensor operations (and RMSNorm as six) so that
+``hook_scale`` and ``hook_normalized`` can see the intermediate values, and every block calls
+``ln1`` three times on the same residual (once each for queries, keys and values). On a GPU a
+decoding step of a small model is bound by launching kernels, so these dominate it: a KV-cached
+GPT-2-small step dispatched 853 operations against Hugging Face's 235.
+
+Here each norm module computes ``torch.nn.functional.layer_norm``/``rms_norm`` instead, and
+returns its previous output when called again on the same, unmodified input, **unless** a hook
+is attached to its ``hook_scale`` or ``hook_normalized`` (forward or backward, including the
+hooks ``run_with_cache`` adds): then TransformerLens's own forward runs, so hooks and caches
+see exactly what they see in TransformerLens. Same values up to float rounding (tested:
+``tests/test_norms.py``); ``set_fused_norms(model, False)`` restores TL's computation.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["set_fused_norms"]
+
+_LOW_PRECISION_SAFE = (torch.float32, torch.float64)
+
+
+def _hooked(module: Any) -> bool:
+    """Whether a hook (forward or backward) is attached to the norm's hook points."""
+    for point in (module.hook_scale, module.hook_normalized):
+        if (
+            point._forward_hooks
+            or point._forward_pre_hooks
+            or point._backward_hooks
+            or point._backward_pre_hooks
+        ):
+            return True
+    return False
+
+
+class _FusedNorm:
+    """Mixin over a TL norm class: fused computation, one evaluation per input tensor."""
+
+    fused: bool = True
+
+    def _compute(self, x: Tensor) -> Tensor:  # pragma: no cover - each subclass defines it
+        raise NotImplementedError
+
+    def _full_precision(self, x: Tensor) -> tuple[Tensor, bool]:
+        # TL computes in float32 when the model's dtype is lower
+        low = self.cfg.dtype not in _LOW_PRECISION_SAFE  # type: ignore[attr-defined]
+        return (x.to(torch.float32) if low else x), low
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.fused or _hooked(self):
+            return super().forward(x)  # type: ignore[misc]
+        # what the output depends on besides x's identity: x, the weights, the grad mode
+        key = (
+            x._version,
+            tuple(p._version for p in self.parameters(recurse=False)),  # type: ignore[attr-defined]
+            torch.is_grad_enabled(),
+        )
+        memo = self.__dict__.get("_memo")
+        if memo is not None:
+            x_ref, memo_key, out, out_version = memo
+            if x_ref() is x and memo_key == key and out._version == out_version:
+                return out
+        out = self._compute(x)
+        state = self.__dict__
+
+        def forget(ref: weakref.ref) -> None:  # x is gone: drop the output with it
+            if state.get("_memo", (None,))[0] is ref:
+                del state["_memo"]
+
+        # the output lives as long as the input does (the rest of the block), no longer
+        state["_memo"] = (weakref.ref(x, forget), key, out, out._version)
+        return out
+
+
+class _LayerNormMixin(_FusedNorm):
+    def _compute(self, x: Tensor) -> Tensor:
+        x, low = self._full_precision(x)
+        shape = (x.shape[-1],)
+        if not low:
+            return F.layer_norm(x, shape, self.w, self.b, self.eps)  # type: ignore[attr-defined]
+        normed = F.layer_norm(x, shape, eps=self.eps).to(self.cfg.dtype)  # type: ignore[attr-defined]
+        return normed * self.w + self.b  # type: ignore[attr-defined]
+
+
+class _LayerNormPreMixin(_FusedNorm):
+    def _compute(self, x: Tensor) -> Tensor:
+        x, _ = self._full_precision(x)
+        out = F.layer_norm(x, (x.shape[-1],), eps=self.eps)  # type: ignore[attr-defined]
+        return out.to(self.cfg.dtype)  # type: ignore[attr-defined]
+
+
+class _RMSNormMixin(_FusedNorm):
+    def _compute(self, x: Tensor) -> Tensor:
+        if x.device != self.w.device:  # as TL's RMSNorm does  # type: ignore[attr-defined]
+            self.to(x.device)  # type: ignore[attr-defined]
+        x, low = self._full_precision(x)
+        shape = (x.shape[-1],)
+        if not low:
+            return F.rms_norm(x, shape, self.w, self.eps)  # type: ignore[attr-defined]
+        normed = F.rms_norm(x, shape, eps=self.eps).to(self.cfg.dtype)  # type: ignore[attr-defined]
+        return normed * self.w  # type: ignore[attr-defined]
+
+
+class _RMSNormPreMixin(_FusedNorm):
+    def _compute(self, x: Tensor) -> Tensor:
+        x, _ = self._full_precision(x)
+        out = F.rms_norm(x, (x.shape[-1],), eps=self.eps)  # type: ignore[attr-defined]
+        return out.to(self.cfg.dtype)  # type: ignore[attr-defined]
+
+
+def _fused_classes() -> dict[type, type]:
+    from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
+
+    pairs = {
+        LayerNorm: _LayerNormMixin,
+        LayerNormPre: _LayerNormPreMixin,
+        RMSNorm: _RMSNormMixin,
+        RMSNormPre: _RMSNormPreMixin,
+    }
+    classes = {}
+    for tl, mixin in pairs.items():
+        name = f"Fused{tl.__name__}"
+        cls = type(name, (mixin, tl), {"__module__": __name__, "__qualname__": name})
+        globals()[name] = cls  # importable by name, so a pickled model loads again
+        classes[tl] = cls
+    return classes
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def set_fused_norms(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Turn the fused norms of a TL 3.x ``HookedTransformer``'s norm layers on or off.
+
+    ``HookedMultimodalTransformer`` turns them on when it is built. Turn them off to reproduce
+    a plain ``HookedTransformer``'s numbers bit for bit.
+
+    Args:
+        model: A ``HookedTransformer`` (or ``HookedMultimodalTransformer``).
+        enabled: Fused (``True``) or TransformerLens's own computation (``False``).
+
+    Returns:
+        The number of norm layers switched.
+
+    Example:
+        >>> set_fused_norms(model, False)  # doctest: +SKIP
+        25
+    """
+    if not _CLASSES:
+        _CLASSES.update(_fused_classes())
+    fused_types = set(_CLASSES.values())
+    count = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls in _CLASSES:
+            module.__class__ = _CLASSES[cls]
+        elif cls not in fused_types:
+            continue
+        module.fused = enabled
+        module.__dict__.pop("_memo", None)
+        count += 1
+    return count
