@@ -157,6 +157,16 @@ def test_memo_follows_in_place_edits():
         assert ln(x).requires_grad
 
 
+def test_fused_norms_under_inference_mode():
+    model = tl_model("LN")
+    tokens = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model._lm_forward(tokens)
+    with torch.inference_mode():  # inference tensors have no version counter
+        got = model._lm_forward(tokens)
+    torch.testing.assert_close(got, expected)
+
+
 def test_fused_norm_modules_pickle():
     ln = tl_model("RMS").blocks[1].ln2
     again = pickle.loads(pickle.dumps(ln))
