@@ -10,6 +10,7 @@ from transformer_lens_mm.decoding import (
     decode_soft_prompts,
     decode_units,
     random_soft_prompts,
+    soft_prompt_table,
     unit_token_ranks,
     vocab_mask,
 )
@@ -148,6 +149,15 @@ def test_soft_prompt_decoding_and_random_baseline(lm_dirs):
     gap = (baseline.norm(dim=-1)[:, None] - real[None]).abs().min(1).values
     assert (gap < 1e-3).all()  # each random vector has the norm of some real soft token
     torch.testing.assert_close(baseline, random_soft_prompts(embeds, n=100, seed=0))
+    # the image-vs-random table: each image row is the decoding of that image's patch
+    both = soft_prompt_table(model, embeds, k=2, seed=3)
+    assert both["kind"].value_counts().to_dict() == {"image": 2 * 16 * 2, "random": 2 * 16 * 2}
+    row = both[(both["kind"] == "image") & (both["image"] == 1) & (both["patch"] == 7)]
+    direct = decode_soft_prompts(model, embeds[1, 7], k=2)
+    assert row["token_id"].tolist() == direct["token_id"].tolist()
+    rand = both[both["kind"] == "random"]
+    expect = decode_soft_prompts(model, random_soft_prompts(embeds, n=32, seed=3), k=2)
+    assert rand["token_id"].tolist() == expect["token_id"].tolist()
 
 
 def test_interpretability_filter():

@@ -24,7 +24,12 @@ from transformer_lens_mm.ablation import (
 from transformer_lens_mm.attribution import Attribution, attribute
 from transformer_lens_mm.bridge import MultimodalTransformerBridge
 from transformer_lens_mm.captioning import Captions, generate_captions
-from transformer_lens_mm.decoding import decode_soft_prompts, decode_units, random_soft_prompts
+from transformer_lens_mm.decoding import (
+    decode_soft_prompts,
+    decode_units,
+    random_soft_prompts,
+    soft_prompt_table,
+)
 from transformer_lens_mm.encoders import ImageEncoder
 from transformer_lens_mm.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.layout import MultimodalInput
@@ -76,6 +81,7 @@ __all__ = [
     "patch_by_position",
     "patch_by_unit",
     "random_soft_prompts",
+    "soft_prompt_table",
     "target_inputs",
     "targets_from_captions",
     "train_projection",

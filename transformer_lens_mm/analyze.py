@@ -63,7 +63,7 @@ from transformer_lens_mm.datasets import (
     SceneDataset,
     image_loader,
 )
-from transformer_lens_mm.decoding import decode_soft_prompts, random_soft_prompts
+from transformer_lens_mm.decoding import soft_prompt_table
 from transformer_lens_mm.spatial import image_mlp_activations
 from transformer_lens_mm.targets import target_inputs, targets_from_captions
 from transformer_lens_mm.word_filter import is_interpretable, same_word
@@ -302,20 +302,8 @@ def _ablation_captions(model, base, attr, texts, rows, batch_index: int, config)
 
 def _soft_prompts(model, base, targets, rows, batch_index: int, config: AnalysisConfig):
     """Nearest tokens of each image's soft prompts and of as many norm-matched random vectors."""
-    embeds = model.embed_images(base).detach().float().cpu()  # [n, n_img, d_model]
-    n, n_tok = embeds.shape[:2]
-    k = config.soft_prompt_tokens
-    tables = []
-    for kind, vecs in (
-        ("image", embeds),
-        ("random", random_soft_prompts(embeds, n=n * n_tok, seed=batch_index)),
-    ):
-        table = decode_soft_prompts(model, vecs, k=k)
-        table.insert(0, "kind", kind)
-        table["image"] = table["index"] // n_tok
-        table["patch"] = table["index"] % n_tok
-        tables.append(table.drop(columns=["index"]))
-    table = pd.concat(tables, ignore_index=True)
+    embeds = model.embed_images(base).cpu()  # [n, n_img, d_model]
+    table = soft_prompt_table(model, embeds, k=config.soft_prompt_tokens, seed=batch_index)
     table["is_target"] = [
         same_word(tok, targets[i].token) for tok, i in zip(table["token"], table["image"])
     ]

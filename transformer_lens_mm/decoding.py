@@ -30,6 +30,7 @@ __all__ = [
     "decode_units",
     "final_norm_weight",
     "random_soft_prompts",
+    "soft_prompt_table",
     "unit_output_weights",
     "unit_token_ranks",
     "vocab_mask",
@@ -220,3 +221,44 @@ def random_soft_prompts(
     dirs = torch.nn.functional.normalize(torch.randn(n, flat.shape[-1], generator=gen), dim=-1)
     norms = flat.norm(dim=-1)[torch.randint(0, flat.shape[0], (n,), generator=gen)]
     return dirs * norms[:, None]
+
+
+def soft_prompt_table(
+    model: Any,
+    embeds: Float[Tensor, "batch n_image_tokens d_model"],
+    *,
+    k: int = 5,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Nearest tokens of each image's soft prompts and of as many norm-matched random vectors.
+
+    The paper's check that soft prompts do not decode to their image's concept by themselves:
+    compare the ``"image"`` rows with the ``"random"`` baseline (:func:`random_soft_prompts`).
+
+    Args:
+        model: A multimodal model.
+        embeds: Soft prompts per image, e.g. ``model.embed_images(batch)``.
+        k: Nearest tokens per vector.
+        seed: Seed of the random baseline.
+
+    Returns:
+        Columns ``kind`` (``"image"`` or ``"random"``), ``rank``, ``token``, ``token_id``,
+        ``cosine``, ``image`` (row of ``embeds``), ``patch``.
+
+    Example:
+        >>> table = soft_prompt_table(model, model.embed_images(batch), k=3)  # doctest: +SKIP
+        >>> table.groupby("kind")["cosine"].mean()  # doctest: +SKIP
+    """
+    embeds = embeds.detach().float()
+    n, n_tok = embeds.shape[:2]
+    tables = []
+    for kind, vecs in (
+        ("image", embeds),
+        ("random", random_soft_prompts(embeds, n=n * n_tok, seed=seed)),
+    ):
+        table = decode_soft_prompts(model, vecs, k=k)
+        table.insert(0, "kind", kind)
+        table["image"] = table["index"] // n_tok
+        table["patch"] = table["index"] % n_tok
+        tables.append(table.drop(columns=["index"]))
+    return pd.concat(tables, ignore_index=True)

@@ -44,8 +44,7 @@ from transformer_lens_mm.ablation import ablation_sweep, captions_under_ablation
 from transformer_lens_mm.attribution import attribute
 from transformer_lens_mm.captioning import generate_captions
 from transformer_lens_mm.decoding import (
-    decode_soft_prompts,
-    random_soft_prompts,
+    soft_prompt_table,
     unit_token_ranks,
     vocab_mask,
 )
@@ -259,20 +258,9 @@ def _target_ranks(model: Any, items: list[_Item], units: pd.DataFrame, seed: int
 def _soft_prompts(
     model: Any, items: list[_Item], batches: list[Any]
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    embeds = torch.cat([model.embed_images(b).detach().float().cpu() for b in batches])
-    n_img, n_tok = embeds.shape[:2]
-    real = decode_soft_prompts(model, embeds, k=5)
-    rand = decode_soft_prompts(
-        model, random_soft_prompts(embeds, n=n_img * n_tok, seed=0).reshape(embeds.shape), k=5
-    )
-    out = []
-    for kind, table in (("image", real), ("random", rand)):
-        table = table.copy()
-        table["kind"] = kind
-        table["image"] = [items[i // n_tok].name for i in table["index"]]
-        table["patch"] = table["index"] % n_tok
-        out.append(table)
-    both = pd.concat(out, ignore_index=True)
+    embeds = torch.cat([model.embed_images(b).detach().cpu() for b in batches])
+    both = soft_prompt_table(model, embeds, k=5, seed=0)
+    both["image"] = [items[i].name for i in both["image"]]
     targets = {it.name: it.target.token for it in items}  # type: ignore[union-attr]
     both["is_target"] = [same_word(t, targets[n]) for t, n in zip(both["token"], both["image"])]
     stats = {}
@@ -281,7 +269,7 @@ def _soft_prompts(
         hit = group.groupby("image")["is_target"].any()
         stats[f"{kind}_top1_cosine"] = float(top1.mean())
         stats[f"{kind}_images_with_target_nearby"] = float(hit.mean())
-    return both.drop(columns=["index"]), stats
+    return both, stats
 
 
 def _lens(model: Any, items: list[_Item], batches: list[Any]) -> pd.DataFrame:
