@@ -2,9 +2,11 @@
 # One prepared GPU session: install the carried wheels, then the checks and the benchmarks, on
 # both APIs (HookedTransformer from TL 3.9, TransformerBridge from TL 4.3), everything appended
 # to $OUT/gpu_all.txt as it finishes (each step has its own time limit).
-# Needs .whl/ (transformer-lens 4.3 and the pure-Python packages the GPU image lacks),
-# .whl/tl3/ (transformer-lens 3.9 alone) and .gpu_stubs/ (a stub of `datasets`, which
-# TransformerLens imports but never uses here).
+# On a machine where the package is installed (pip install -e ".[dev]") it runs as is; set
+# APIS=bridge under TransformerLens 4.x. On the lent GPU machine (bare image, no network) it
+# first installs .whl/ (transformer-lens 4.3 and the pure-Python packages the image lacks) and
+# .whl/tl3/ (transformer-lens 3.9 alone), with .gpu_stubs/ (a stub of `datasets`, which
+# TransformerLens imports but never uses here); both folders are git-ignored, carried by hand.
 #
 #   bash benchmarks/run_gpu.sh [memory] [bench] [caption] [checks]   (default: all four)
 #   bash benchmarks/run_gpu.sh attr-quick checks                      (a short re-check)
@@ -20,15 +22,20 @@ PY=${PY:-python3}
 SIZES=${SIZES:-gpt2-small smollm2}
 MEMSHAPE=${MEMSHAPE:-gptj}
 MEMLAYERS=${MEMLAYERS:-28}
-OUT=${OUT:?set OUT to a folder for the results}
+APIS=${APIS:-hooked bridge}
+first=${APIS%% *}
+OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
 log=$OUT/gpu_all.txt
-install() { "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$@"; }
-install /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "installing .whl/ failed"; exit 1; }
-install /tmp/site3 .whl/tl3/*.whl >/dev/null 2>&1 || { echo "installing .whl/tl3/ failed"; exit 1; }
-base=/tmp/site:$PWD/.gpu_stubs:$PWD
+base=$PWD
+if [[ -d .whl ]]; then
+  install() { "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$@"; }
+  install /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "installing .whl/ failed"; exit 1; }
+  install /tmp/site3 .whl/tl3/*.whl >/dev/null 2>&1 || { echo "installing .whl/tl3 failed"; exit 1; }
+  base=/tmp/site:$PWD/.gpu_stubs:$PWD
+fi
 quiet() { grep -v "Loading weights\|Writing\|it/s\]$"; }
-path() { [[ $1 == hooked ]] && echo /tmp/site3:$base || echo $base; }  # hooked: TL 3.9 first
+path() { [[ $1 == hooked && -d /tmp/site3 ]] && echo /tmp/site3:$base || echo $base; }  # TL 3.9 first
 # run API LIMIT SCRIPT ARGS...: one benchmark on one API
 run() {
   local api=$1 limit=$2
@@ -37,7 +44,7 @@ run() {
   PYTHONPATH=$(path $api) timeout "$limit" "$PY" "$@" --api "$api" 2>&1 | quiet | tee -a "$log"
   echo "(exit ${PIPESTATUS[0]}, $SECONDS s since start)" | tee -a "$log"
 }
-for api in hooked bridge; do
+for api in $APIS; do
   PYTHONPATH=$(path $api) "$PY" -c "from importlib.metadata import version as v
 print('$api:', *(f'{n} {v(n)}' for n in ('torch', 'transformers', 'transformer_lens')))" \
     2>&1 | tail -1 | tee -a "$log"
@@ -46,32 +53,33 @@ done
 if [[ $what == *memory* ]]; then  # GPT-J-6B-shaped, all 28 layers, bf16: the real size
   mem=(benchmarks/memory.py --device "$DEVICE" --dtype bfloat16 --layers $MEMLAYERS --repeats 1
     --shape "$MEMSHAPE")
-  run hooked 120 "${mem[@]}" --batch 4
-  run hooked 120 "${mem[@]}" --batch 16
-  run bridge 120 "${mem[@]}" --batch 4
+  for api in $APIS; do
+    run $api 120 "${mem[@]}" --batch 4
+  done
+  run $first 120 "${mem[@]}" --batch 16
 fi
 if [[ $what == *bench* ]]; then
   for size in $SIZES; do
     batch=$([[ $size == smollm2 ]] && echo 8 || echo 4)
-    for api in hooked bridge; do
+    for api in $APIS; do
       run $api 90 benchmarks/attribution_and_sweep.py --device "$DEVICE" --model "$size" \
         --batch $batch --repeats 5 $([[ $size != gpt2-small ]] && echo --profile)
     done
   done
   for size in $SIZES; do  # bf16 at a batch that keeps the GPU busy
-    run hooked 90 benchmarks/attribution_and_sweep.py --device "$DEVICE" --model "$size" \
+    run $first 90 benchmarks/attribution_and_sweep.py --device "$DEVICE" --model "$size" \
       --batch 32 --dtype bfloat16 --repeats 5 --skip-layer-loop
   done
 fi
-if [[ $what == *attr-quick* ]]; then  # the attribution ratios alone, hooked (~3 minutes)
+if [[ $what == *attr-quick* ]]; then  # the attribution ratios alone, first API (~2.5 minutes)
   att=(benchmarks/attribution_and_sweep.py --device "$DEVICE" --repeats 5)
-  run hooked 60 "${att[@]}" --model "${SIZES%% *}" --batch 4
-  run hooked 60 "${att[@]}" --model "${SIZES##* }" --batch 8 --skip-layer-loop --profile
-  run hooked 60 "${att[@]}" --model "${SIZES##* }" --batch 32 --dtype bfloat16 --skip-layer-loop
+  run $first 60 "${att[@]}" --model "${SIZES%% *}" --batch 4
+  run $first 60 "${att[@]}" --model "${SIZES##* }" --batch 8 --skip-layer-loop --profile
+  run $first 60 "${att[@]}" --model "${SIZES##* }" --batch 32 --dtype bfloat16 --skip-layer-loop
 fi
 if [[ $what == *caption* ]]; then
   for size in $SIZES; do
-    for api in hooked bridge; do
+    for api in $APIS; do
       run $api 60 benchmarks/captioning.py --device "$DEVICE" --model "$size" --repeats 5
     done
   done
