@@ -87,6 +87,8 @@ def main() -> None:
         help="hooked: TransformerLens's own norm computation instead of the fused one (A/B)",
     )
     args = parser.parse_args()
+    if args.tl_norms and args.api != "hooked":
+        parser.error("--tl-norms switches HookedTransformer's norms: use it with --api hooked")
     torch.manual_seed(0)
     model, folder = build(args.api, args.device, torch.float32, args.image_tokens, args.model)
     if args.tl_norms:

@@ -45,14 +45,32 @@ class _FusedNorm:
     """Mixin over a TL norm class: fused computation, one evaluation per input tensor."""
 
     fused: bool = True
+    rms: bool = False  # RMSNorm / RMSNormPre (else LayerNorm / LayerNormPre)
 
-    def _compute(self, x: Tensor) -> Tensor:  # pragma: no cover - each subclass defines it
-        raise NotImplementedError
-
-    def _full_precision(self, x: Tensor) -> tuple[Tensor, bool]:
-        # TL computes in float32 when the model's dtype is lower
-        low = self.cfg.dtype not in _LOW_PRECISION_SAFE  # type: ignore[attr-defined]
-        return (x.to(torch.float32) if low else x), low
+    def _compute(self, x: Tensor) -> Tensor:
+        """TL's norm in one call: normalise (in fp32 below fp32, as TL does), cast, then the
+        weights TL's class has (``w``, ``b``; the ``Pre`` variants have none)."""
+        w, b = getattr(self, "w", None), getattr(self, "b", None)
+        if self.rms and w is not None and x.device != w.device:  # as TL's RMSNorm does
+            self.to(x.device)  # type: ignore[attr-defined]
+        dtype = self.cfg.dtype  # type: ignore[attr-defined]
+        low = dtype not in _LOW_PRECISION_SAFE
+        if low:
+            x = x.to(torch.float32)
+            affine_w, affine_b = None, None  # applied after the cast, in the model's dtype
+        else:
+            affine_w, affine_b = w, b
+        shape = (x.shape[-1],)
+        if self.rms:
+            out = F.rms_norm(x, shape, affine_w, self.eps)  # type: ignore[attr-defined]
+        else:
+            out = F.layer_norm(x, shape, affine_w, affine_b, self.eps)  # type: ignore[attr-defined]
+        if not low:
+            return out
+        out = out.to(dtype)
+        if w is not None:
+            out = out * w
+        return out if b is None else out + b
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.fused or _hooked(self):
@@ -82,55 +100,14 @@ class _FusedNorm:
         return out
 
 
-class _LayerNormMixin(_FusedNorm):
-    def _compute(self, x: Tensor) -> Tensor:
-        x, low = self._full_precision(x)
-        shape = (x.shape[-1],)
-        if not low:
-            return F.layer_norm(x, shape, self.w, self.b, self.eps)  # type: ignore[attr-defined]
-        normed = F.layer_norm(x, shape, eps=self.eps).to(self.cfg.dtype)  # type: ignore[attr-defined]
-        return normed * self.w + self.b  # type: ignore[attr-defined]
-
-
-class _LayerNormPreMixin(_FusedNorm):
-    def _compute(self, x: Tensor) -> Tensor:
-        x, _ = self._full_precision(x)
-        out = F.layer_norm(x, (x.shape[-1],), eps=self.eps)  # type: ignore[attr-defined]
-        return out.to(self.cfg.dtype)  # type: ignore[attr-defined]
-
-
-class _RMSNormMixin(_FusedNorm):
-    def _compute(self, x: Tensor) -> Tensor:
-        if x.device != self.w.device:  # as TL's RMSNorm does  # type: ignore[attr-defined]
-            self.to(x.device)  # type: ignore[attr-defined]
-        x, low = self._full_precision(x)
-        shape = (x.shape[-1],)
-        if not low:
-            return F.rms_norm(x, shape, self.w, self.eps)  # type: ignore[attr-defined]
-        normed = F.rms_norm(x, shape, eps=self.eps).to(self.cfg.dtype)  # type: ignore[attr-defined]
-        return normed * self.w  # type: ignore[attr-defined]
-
-
-class _RMSNormPreMixin(_FusedNorm):
-    def _compute(self, x: Tensor) -> Tensor:
-        x, _ = self._full_precision(x)
-        out = F.rms_norm(x, (x.shape[-1],), eps=self.eps)  # type: ignore[attr-defined]
-        return out.to(self.cfg.dtype)  # type: ignore[attr-defined]
-
-
 def _fused_classes() -> dict[type, type]:
     from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
-    pairs = {
-        LayerNorm: _LayerNormMixin,
-        LayerNormPre: _LayerNormPreMixin,
-        RMSNorm: _RMSNormMixin,
-        RMSNormPre: _RMSNormPreMixin,
-    }
     classes = {}
-    for tl, mixin in pairs.items():
+    for tl in (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre):
         name = f"Fused{tl.__name__}"
-        cls = type(name, (mixin, tl), {"__module__": __name__, "__qualname__": name})
+        body = {"__module__": __name__, "__qualname__": name, "rms": tl in (RMSNorm, RMSNormPre)}
+        cls = type(name, (_FusedNorm, tl), body)
         globals()[name] = cls  # importable by name, so a pickled model loads again
         classes[tl] = cls
     return classes
