@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attribution_and_sweep import build, summary
 
 from transformer_lens_mm import generate_captions
+from transformer_lens_mm.fused_attention import set_fused_attention
 from transformer_lens_mm.lm_loading import default_api
 from transformer_lens_mm.norms import set_fused_norms
 
@@ -86,13 +87,24 @@ def main() -> None:
         action="store_true",
         help="hooked: TransformerLens's own norm computation instead of the fused one (A/B)",
     )
+    parser.add_argument(
+        "--tl-attention",
+        action="store_true",
+        help="hooked: TransformerLens's own eager attention instead of the fused SDPA one (A/B)",
+    )
     args = parser.parse_args()
-    if args.tl_norms and args.api != "hooked":
-        parser.error("--tl-norms switches HookedTransformer's norms: use it with --api hooked")
+    for flag in ("tl_norms", "tl_attention"):
+        if getattr(args, flag) and args.api != "hooked":
+            parser.error(
+                f"--{flag.replace('_', '-')} switches a HookedTransformer's layers: "
+                "use it with --api hooked"
+            )
     torch.manual_seed(0)
     model, folder = build(args.api, args.device, torch.float32, args.image_tokens, args.model)
     if args.tl_norms:
         set_fused_norms(model, False)
+    if args.tl_attention:
+        set_fused_attention(model, False)
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()

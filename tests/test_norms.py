@@ -17,7 +17,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def norms_of(model):
-    return [m for m in model.modules() if hasattr(m, "fused")]
+    from transformer_lens_mm.norms import _FusedNorm
+
+    return [m for m in model.modules() if isinstance(m, _FusedNorm)]
 
 
 def tl_model(normalization_type: str, dtype=torch.float32):

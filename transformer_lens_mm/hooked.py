@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor
 
 from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
+from transformer_lens_mm.fused_attention import set_fused_attention
 from transformer_lens_mm.injection import MultimodalMixin
 from transformer_lens_mm.norms import set_fused_norms
 
@@ -49,6 +50,7 @@ if HAS_HOOKED_TRANSFORMER:
             self.setup()
             self._linear_weight_layout()
             set_fused_norms(self)
+            set_fused_attention(self)
 
         def _linear_weight_layout(self) -> None:
             """Store the weight matrices in the memory layout TL 3.9's forward asks for (same
@@ -96,6 +98,7 @@ if HAS_HOOKED_TRANSFORMER:
             model.setup()
             model._linear_weight_layout()
             set_fused_norms(model)
+            set_fused_attention(model)
             return model
 
         def logits_at(self, batch: Any, rows: Tensor, positions: Tensor) -> Tensor:

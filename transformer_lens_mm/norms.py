@@ -28,17 +28,15 @@ __all__ = ["set_fused_norms"]
 _LOW_PRECISION_SAFE = (torch.float32, torch.float64)
 
 
-def _hooked(module: Any) -> bool:
-    """Whether a hook (forward or backward) is attached to the norm's hook points."""
-    for point in (module.hook_scale, module.hook_normalized):
-        if (
-            point._forward_hooks
-            or point._forward_pre_hooks
-            or point._backward_hooks
-            or point._backward_pre_hooks
-        ):
-            return True
-    return False
+def has_hooks(*points: Any) -> bool:
+    """Whether a hook (forward or backward, pre or post) is attached to any of these hook points."""
+    return any(
+        point._forward_hooks
+        or point._forward_pre_hooks
+        or point._backward_hooks
+        or point._backward_pre_hooks
+        for point in points
+    )
 
 
 class _FusedNorm:
@@ -73,7 +71,7 @@ class _FusedNorm:
         return out if b is None else out + b
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.fused or _hooked(self):
+        if not self.fused or has_hooks(self.hook_scale, self.hook_normalized):  # type: ignore[attr-defined]
             return super().forward(x)  # type: ignore[misc]
         if x.is_inference():  # no version counters to check a reuse against
             return self._compute(x)

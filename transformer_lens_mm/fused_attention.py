@@ -1,0 +1,294 @@
+"""Fused attention for ``HookedMultimodalTransformer`` (TL 3.x) while its pattern hooks are unused.
+
+TransformerLens 3.9 computes attention eagerly so that ``hook_attn_scores`` and ``hook_pattern``
+can see the scores and the pattern: scores as a product and a division, a causal mask built
+with four operations per layer and applied with ``torch.where``, a softmax, a NaN guard
+(``isnan``, ``zeros_like``, ``where``), the pattern times the values; grouped keys and values
+copied with ``repeat_interleave`` first; and each rotary embedding through a ``clone`` and two
+strided copies. On a GPU, a decoding step of a small model is bound by launching kernels, and
+Hugging Face runs all of this as one ``scaled_dot_product_attention`` call.
+
+Here an ``Attention``/``GroupedQueryAttention`` layer does the same, **unless** a hook (forward
+or backward, including those ``run_with_cache`` adds) is attached to ``hook_attn_scores`` or
+``hook_pattern``, the only two hook points it cannot serve, or the layer's configuration is one
+SDPA does not express as TL does (ALiBi, relative position bias, attention sinks, soft-capped
+scores, per-head results, OLMo's Q/K norms or clipping, 4-bit weights, an additive mask, the
+model split over several devices): then TransformerLens's own forward runs. Every other hook
+point (``hook_q``/``k``/``v``, ``hook_rot_q``/``rot_k``, ``hook_z``) still fires with the
+values TL gives it. Same values up to float rounding (tested: ``tests/test_fused_attention.py``);
+``set_fused_attention(model, False)`` restores TL's computation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from transformer_lens_mm.norms import has_hooks
+
+__all__ = ["set_fused_attention"]
+
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+_OLMO_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
+
+
+class _FusedAttention:
+    """The methods of a fused TL attention class: one ``scaled_dot_product_attention`` call.
+
+    Not a mixin: a class deriving from it and a TL attention class would get a different
+    object layout (TL's ``AbstractAttention`` derives from the slotted ``ABC``), and a built
+    module's ``__class__`` could not be switched. ``_fused_classes`` copies these methods into
+    a direct subclass of each TL class, whose own forward is ``_tl.forward``.
+    """
+
+    _tl: Any  # the TL class this one derives from
+    fused: bool = True
+
+    def _fusable(self, additive_attention_mask: Any, position_bias: Any) -> bool:
+        """Whether SDPA computes what TL's forward would, and no hook needs the pattern."""
+        cfg = self.cfg  # type: ignore[attr-defined]
+        cap = cfg.attn_scores_soft_cap
+        return (
+            self.fused
+            and additive_attention_mask is None
+            and position_bias is None
+            and cfg.positional_embedding_type not in ("alibi", "relative_positional_bias")
+            and not (cap is not None and cap > 0)
+            and not cfg.use_attention_sinks
+            and not cfg.use_attn_result
+            and not cfg.load_in_4bit
+            and cfg.clip_qkv is None
+            and cfg.original_architecture not in _OLMO_QK_NORM
+            and cfg.n_devices == 1
+            and not has_hooks(self.hook_attn_scores, self.hook_pattern)  # type: ignore[attr-defined]
+        )
+
+    def forward(
+        self,
+        query_input: Tensor,
+        key_input: Tensor,
+        value_input: Tensor,
+        past_kv_cache_entry: Any = None,
+        additive_attention_mask: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        position_bias: Tensor | None = None,
+    ) -> Tensor:
+        if not self._fusable(additive_attention_mask, position_bias):
+            return self._tl.forward(
+                self,
+                query_input,
+                key_input,
+                value_input,
+                past_kv_cache_entry=past_kv_cache_entry,
+                additive_attention_mask=additive_attention_mask,
+                attention_mask=attention_mask,
+                position_bias=position_bias,
+            )
+        cfg = self.cfg  # type: ignore[attr-defined]
+        # TL's own steps up to the scores, hook points included
+        q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)  # type: ignore[attr-defined]
+        if past_kv_cache_entry is not None:
+            offset = past_kv_cache_entry.past_keys.size(1)
+            k, v = past_kv_cache_entry.append(k, v)
+        else:
+            offset = 0
+        if cfg.positional_embedding_type == "rotary":
+            q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))  # type: ignore[attr-defined]
+            k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))  # type: ignore[attr-defined]
+        if cfg.use_logn_attn and not self.training:  # type: ignore[attr-defined]
+            q = self._apply_logn_scaling(q, offset)  # type: ignore[attr-defined]
+
+        mask, is_causal, rows_attending = self._sdpa_mask(
+            q.shape[1], k.shape[1], offset, attention_mask, q.device
+        )
+        # grouped keys/values: SDPA's own grouping where it is fast (no mask, as Hugging Face
+        # does it), else copied as TL's repeat_interleave does
+        repeats = q.shape[2] // k.shape[2]
+        gqa = repeats > 1 and mask is None and _SDPA_HAS_GQA
+        if repeats > 1 and not gqa:
+            k, v = (t[:, :, :, None].expand(-1, -1, -1, repeats, -1).flatten(2, 3) for t in (k, v))
+        extra = {"enable_gqa": True} if gqa else {}
+        z = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2).to(q.dtype),
+            v.transpose(1, 2).to(q.dtype),
+            attn_mask=mask,
+            is_causal=is_causal,
+            scale=1.0 / self.attn_scale,  # type: ignore[attr-defined]
+            **extra,
+        ).transpose(1, 2)  # [batch, pos, head_index, d_head]
+        if rows_attending is not None:  # TL's NaN guard: a query that sees no key gets z = 0
+            z = z * rows_attending.transpose(1, 2).to(z.dtype)
+        z = self.hook_z(z.to(v.dtype))  # type: ignore[attr-defined]
+
+        w = self.W_O.permute(2, 0, 1).reshape(cfg.d_model, -1)  # type: ignore[attr-defined]
+        z = z.reshape(z.shape[0], z.shape[1], -1).to(w.dtype)
+        return F.linear(z, w, self.b_O)  # type: ignore[attr-defined]
+
+    def _sdpa_mask(
+        self,
+        n_query: int,
+        n_key: int,
+        offset: int,
+        attention_mask: Tensor | None,
+        device: torch.device,
+    ) -> tuple[Tensor | None, bool, Tensor | None]:
+        """TL's masking as SDPA arguments: ``(attn_mask, is_causal, rows_attending)``.
+
+        Global causal attention without padding needs no mask tensor: ``is_causal`` for a
+        prompt, nothing for one new token with a cache. Padding (TL masks padded keys only in
+        causal attention) and local windows take TL's own boolean mask. A padded query whose
+        keys are all masked is pointed at every key and its ``z`` zeroed afterwards, which is
+        what TL's NaN guard gives, on every SDPA backend.
+        """
+        causal = (self._attention_dir_override or self.cfg.attention_dir) == "causal"  # type: ignore[attr-defined]
+        if not causal:
+            return None, False, None
+        if attention_mask is None and self.attn_type == "global":  # type: ignore[attr-defined]
+            if n_query == 1:
+                return None, False, None
+            if offset == 0:
+                return None, True, None
+        if attention_mask is not None:
+            device = attention_mask.device
+        mask = self._make_causal_mask(n_query, n_key, offset, device)  # type: ignore[attr-defined]
+        if attention_mask is None:
+            return mask, False, None
+        mask = mask & attention_mask[:, None, None, :].bool()
+        rows = mask.any(-1, keepdim=True)
+        return mask | ~rows, False, rows
+
+    def apply_rotary(
+        self, x: Tensor, past_kv_pos_offset: int = 0, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """TL's rotary embedding, without its final ``cat`` with an empty pass-through part
+        when the rotation covers the whole head (a copy of q and of all keys each step)."""
+        cfg = self.cfg  # type: ignore[attr-defined]
+        end = past_kv_pos_offset + x.size(1)
+        cos, sin = self.rotary_cos, self.rotary_sin  # type: ignore[attr-defined]
+        if (
+            not self.fused
+            or attention_mask is not None
+            or cfg.rotary_dim != x.size(-1)
+            or cfg.use_dynamic_ntk_rope
+            or end > cos.shape[0]
+            or x.device != cos.device
+        ):
+            return self._tl.apply_rotary(self, x, past_kv_pos_offset, attention_mask)
+        cos = cos[None, past_kv_pos_offset:end, None, :]
+        sin = sin[None, past_kv_pos_offset:end, None, :]
+        return x * cos + self.rotate_every_two(x) * sin
+
+    def rotate_every_two(self, x: Tensor) -> Tensor:
+        """TL's rotary helper (``[x0, x1] -> [-x1, x0]``) as two operations instead of four."""
+        if not self.fused:
+            return self._tl.rotate_every_two(self, x)
+        if self.cfg.rotary_adjacent_pairs:  # type: ignore[attr-defined]
+            return torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+        n = x.size(-1) // 2
+        return torch.cat((-x[..., n:], x[..., :n]), dim=-1)
+
+
+class _NoPositionEmbedding:
+    """Added to a tensor, gives the tensor itself (no operation, no copy)."""
+
+    __slots__ = ()
+
+    def __radd__(self, other: Tensor) -> Tensor:
+        return other
+
+
+_NO_POSITION_EMBEDDING = _NoPositionEmbedding()
+
+
+class _FusedBlock:
+    """The forward of a TL ``TransformerBlock`` that hands ``ln1``'s output to attention as is.
+
+    TL 3.9 adds ``0.0`` to the normalised queries' and keys' inputs when the model has no
+    shortformer position embedding: two operations and two copies per block and step, for
+    nothing. Passed an object whose sum with a tensor is that tensor, TL's own forward runs
+    unchanged otherwise.
+    """
+
+    _tl: Any
+    fused: bool = True
+
+    def forward(
+        self,
+        resid_pre: Tensor,
+        shortformer_pos_embed: Tensor | None = None,
+        past_kv_cache_entry: Any = None,
+        attention_mask: Tensor | None = None,
+    ) -> Tensor:
+        cfg = self.cfg  # type: ignore[attr-defined]
+        if (
+            self.fused
+            and shortformer_pos_embed is None
+            and not (cfg.use_attn_in or cfg.use_split_qkv_input)
+        ):
+            shortformer_pos_embed = _NO_POSITION_EMBEDDING  # type: ignore[assignment]
+        return self._tl.forward(
+            self, resid_pre, shortformer_pos_embed, past_kv_cache_entry, attention_mask
+        )
+
+
+def _fused_classes() -> dict[type, type]:
+    from transformer_lens.components import Attention, GroupedQueryAttention, TransformerBlock
+
+    classes = {}
+    for tl, methods in (
+        (Attention, _FusedAttention),
+        (GroupedQueryAttention, _FusedAttention),
+        (TransformerBlock, _FusedBlock),
+    ):
+        name = f"Fused{tl.__name__}"
+        body = {k: v for k, v in vars(methods).items() if not k.startswith("__")}
+        body.update(__module__=__name__, __qualname__=name, __doc__=methods.__doc__, _tl=tl)
+        cls = type(name, (tl,), body)
+        globals()[name] = cls  # importable by name, so a pickled model loads again
+        classes[tl] = cls
+    return classes
+
+
+_CLASSES: dict[type, type] = {}
+_BLOCK_TYPES: tuple[type, ...] = ()
+
+
+def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Turn the fused (SDPA) attention of a TL 3.x ``HookedTransformer`` on or off.
+
+    ``HookedMultimodalTransformer`` turns it on when it is built. A layer computes TL's eager
+    attention anyway whenever ``hook_attn_scores`` or ``hook_pattern`` has a hook. Turn it off
+    (with :func:`~transformer_lens_mm.norms.set_fused_norms`) to reproduce a plain
+    ``HookedTransformer``'s numbers bit for bit.
+
+    Args:
+        model: A ``HookedTransformer`` (or ``HookedMultimodalTransformer``).
+        enabled: Fused (``True``) or TransformerLens's own computation (``False``).
+
+    Returns:
+        The number of attention layers switched (subclasses such as ``T5Attention`` are left
+        alone).
+
+    Example:
+        >>> set_fused_attention(model, False)  # doctest: +SKIP
+        12
+    """
+    global _BLOCK_TYPES
+    if not _CLASSES:
+        _CLASSES.update(_fused_classes())
+        _BLOCK_TYPES = tuple(v for k, v in _CLASSES.items() if k.__name__ == "TransformerBlock")
+    fused_types = set(_CLASSES.values())
+    count = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls in _CLASSES:
+            module.__class__ = _CLASSES[cls]
+        elif cls not in fused_types:
+            continue
+        module.fused = enabled
+        count += not isinstance(module, _BLOCK_TYPES)
+    return count
