@@ -189,3 +189,26 @@ def test_bad_input(lm_dirs, kwargs, error, match):
     attr = attribute(model, batch, [12])
     with pytest.raises(ValueError, match="must be between 1 and"):
         attr.top_k(10**9)
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_layer_whose_activations_get_no_gradient_scores_zero(lm_dirs, api):
+    """Z is written into the result in the forward and multiplied by its gradient in the
+    backward; a layer cut off from y_c (here by a hook that detaches it) must score 0, not Z."""
+    model = build_model(lm_dirs["gptj"], api)
+    batch = model.prepare_inputs(random_images(1))
+    last = model.cfg.n_layers - 1
+    uncut = attribute(model, batch, [12], positions="all")
+    assert uncut.scores[:, last].abs().max() > 1e-4  # the last position reads the last layer
+    cut = [(hook_names.mlp_post(last), lambda act, hook: act.detach().clone())]
+    attr = attribute(model, batch, [12], positions="all", fwd_hooks=cut)
+    assert torch.equal(attr.scores[:, last], torch.zeros_like(attr.scores[:, last]))
+    assert attr.activations[:, last].abs().max() > 0  # its activations are still reported
+    assert attr.scores[:, :last].abs().max() > 1e-4
+    # the top-k path (which keeps Z aside until the backward) agrees; it ranks only the
+    # entries that got a gradient
+    n = attr.scores[:, :last].numel()
+    ranked = attribute(model, batch, [12], positions="all", fwd_hooks=cut, top_k=n)
+    torch.testing.assert_close(
+        ranked.best_scores[0], attr.scores[:, :last].reshape(-1).sort(descending=True).values
+    )

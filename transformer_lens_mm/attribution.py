@@ -391,11 +391,6 @@ def attribute(
     def consume(slot: int, act: Tensor, grad: Tensor) -> None:
         a = act[rows, sel].float()
         score = a * grad[rows, sel].float()
-        if full is not None:
-            full[:, slot] = score
-            if full_acts is not None:
-                full_acts[:, slot] = a
-            return
         if rank_units is not None:
             keep_units(slot, score)
         n_p = sel.shape[1]
@@ -415,11 +410,28 @@ def attribute(
     def make_leaf(x: Tensor, hook: Any) -> Tensor:
         return x.detach().requires_grad_(True)
 
+    scored: set[int] = set()
+
     def capture(slot: int):
         def hook(act: Tensor, hook: Any) -> None:
-            if act.requires_grad:
+            if not act.requires_grad:
+                return
+            if full is None:
                 saved = act.detach()
                 act.register_hook(lambda grad: consume(slot, saved, grad))
+                return
+            # Full tensor: Z goes straight into its slot of the result and is multiplied by
+            # its gradient there in place, so no copy of the activations waits for the
+            # backward besides the result itself (with frozen weights, autograd keeps none).
+            full[:, slot] = act.detach()[rows, sel]
+            if full_acts is not None:
+                full_acts[:, slot] = full[:, slot]
+
+            def score(grad: Tensor) -> None:
+                full[:, slot].mul_(grad[rows, sel])
+                scored.add(slot)
+
+            act.register_hook(score)
 
         return hook
 
@@ -428,6 +440,9 @@ def attribute(
     with torch.enable_grad(), frozen_parameters(model):
         y = last_position_metric(model, batch, tids, metric, [*hooks, *fwd_hooks])
         y.sum().backward()
+    if full is not None:  # a layer whose activations got no gradient scores 0, not Z
+        for slot in set(range(len(layer_list))) - scored:
+            full[:, slot] = 0
     attr = Attribution(
         layers=layer_list,
         positions=sel.cpu(),
