@@ -241,3 +241,28 @@ def test_fused_attention_modules_pickle():
     assert type(block.attn).__name__ == "FusedGroupedQueryAttention" and block.attn.fused
     x = torch.randn(2, 5, 32)
     torch.testing.assert_close(block(x), model.blocks[0](x))
+
+
+def test_a_pickled_model_loads_in_a_fresh_process(tmp_path):
+    """The fused classes live in transformer_lens_mm's modules and are built on first use: a
+    fresh process that unpickles a model must find them by name."""
+    import subprocess
+    import sys
+
+    model = tl_model(**CONFIGS["llama-like (rotary, grouped K/V)"])
+    tokens, _ = tokens_and_padding()
+    with torch.no_grad():
+        expected = model(tokens)
+    torch.save({"model": model, "tokens": tokens, "expected": expected}, tmp_path / "m.pt")
+    code = (
+        "import torch\n"
+        f"d = torch.load({str(tmp_path / 'm.pt')!r}, weights_only=False)\n"
+        "m = d['model']\n"
+        "assert type(m.blocks[0].attn).__name__ == 'FusedGroupedQueryAttention'\n"
+        "assert type(m.blocks[0].ln1).__name__ == 'FusedRMSNorm'\n"
+        "with torch.no_grad():\n"
+        "    torch.testing.assert_close(m(d['tokens']), d['expected'])\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-2000:]

@@ -45,6 +45,7 @@ class _FusedAttention:
     """
 
     _tl: Any  # the TL class this one derives from
+    _counted = True  # by set_fused_attention
     fused: bool = True
 
     def _fusable(self, additive_attention_mask: Any, position_bias: Any) -> bool:
@@ -214,6 +215,7 @@ class _FusedBlock:
     """
 
     _tl: Any
+    _counted = False
     fused: bool = True
 
     def forward(
@@ -254,7 +256,23 @@ def _fused_classes() -> dict[type, type]:
 
 
 _CLASSES: dict[type, type] = {}
-_BLOCK_TYPES: tuple[type, ...] = ()
+
+
+def _classes() -> dict[type, type]:
+    """TL class -> fused class, built on first use (importing TL's components is slow)."""
+    if not _CLASSES:
+        _CLASSES.update(_fused_classes())
+    return _CLASSES
+
+
+def __getattr__(name: str) -> Any:
+    """The fused classes by name, built on demand, so that a pickled model (whose modules'
+    classes live here) loads in a fresh process."""
+    if name.startswith("Fused"):
+        _classes()
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> int:
@@ -277,18 +295,15 @@ def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> int:
         >>> set_fused_attention(model, False)  # doctest: +SKIP
         12
     """
-    global _BLOCK_TYPES
-    if not _CLASSES:
-        _CLASSES.update(_fused_classes())
-        _BLOCK_TYPES = tuple(v for k, v in _CLASSES.items() if k.__name__ == "TransformerBlock")
-    fused_types = set(_CLASSES.values())
+    classes = _classes()
+    fused_types = set(classes.values())
     count = 0
     for module in model.modules():
         cls = type(module)
-        if cls in _CLASSES:
-            module.__class__ = _CLASSES[cls]
+        if cls in classes:
+            module.__class__ = classes[cls]
         elif cls not in fused_types:
             continue
         module.fused = enabled
-        count += not isinstance(module, _BLOCK_TYPES)
+        count += module._counted
     return count

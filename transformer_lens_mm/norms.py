@@ -114,6 +114,23 @@ def _fused_classes() -> dict[type, type]:
 _CLASSES: dict[type, type] = {}
 
 
+def _classes() -> dict[type, type]:
+    """TL class -> fused class, built on first use (importing TL's components is slow)."""
+    if not _CLASSES:
+        _CLASSES.update(_fused_classes())
+    return _CLASSES
+
+
+def __getattr__(name: str) -> Any:
+    """The fused classes by name, built on demand, so that a pickled model (whose modules'
+    classes live here) loads in a fresh process."""
+    if name.startswith("Fused"):
+        _classes()
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def set_fused_norms(model: torch.nn.Module, enabled: bool = True) -> int:
     """Turn the fused norms of a TL 3.x ``HookedTransformer``'s norm layers on or off.
 
@@ -131,14 +148,13 @@ def set_fused_norms(model: torch.nn.Module, enabled: bool = True) -> int:
         >>> set_fused_norms(model, False)  # doctest: +SKIP
         25
     """
-    if not _CLASSES:
-        _CLASSES.update(_fused_classes())
-    fused_types = set(_CLASSES.values())
+    classes = _classes()
+    fused_types = set(classes.values())
     count = 0
     for module in model.modules():
         cls = type(module)
-        if cls in _CLASSES:
-            module.__class__ = _CLASSES[cls]
+        if cls in classes:
+            module.__class__ = classes[cls]
         elif cls not in fused_types:
             continue
         module.fused = enabled
