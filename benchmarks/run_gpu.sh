@@ -28,14 +28,17 @@ OUT=${OUT:-gpu_results}
 mkdir -p "$OUT"
 log=$OUT/gpu_all.txt
 base=$PWD
+site3=""  # TL 3.9, installed beside 4.3 only from carried wheels
 if [[ -d .whl ]]; then
+  sites=$(mktemp -d)  # fresh each run: nothing left from an earlier one is picked up
   install() { "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$@"; }
-  install /tmp/site .whl/*.whl >/dev/null 2>&1 || { echo "installing .whl/ failed"; exit 1; }
-  install /tmp/site3 .whl/tl3/*.whl >/dev/null 2>&1 || { echo "installing .whl/tl3 failed"; exit 1; }
-  base=/tmp/site:$PWD/.gpu_stubs:$PWD
+  install "$sites/tl4" .whl/*.whl >/dev/null 2>&1 || { echo "installing .whl/ failed"; exit 1; }
+  install "$sites/tl3" .whl/tl3/*.whl >/dev/null 2>&1 || { echo "installing .whl/tl3 failed"; exit 1; }
+  base=$sites/tl4:$PWD/.gpu_stubs:$PWD
+  site3=$sites/tl3
 fi
 quiet() { grep -v "Loading weights\|Writing\|it/s\]$"; }
-path() { [[ $1 == hooked && -d /tmp/site3 ]] && echo /tmp/site3:$base || echo $base; }  # TL 3.9 first
+path() { [[ $1 == hooked && -n $site3 ]] && echo "$site3:$base" || echo "$base"; }  # TL 3.9 first
 # run API LIMIT SCRIPT ARGS...: one benchmark on one API
 run() {
   local api=$1 limit=$2
@@ -82,6 +85,10 @@ if [[ $what == *caption* ]]; then
     for api in $APIS; do
       run $api 60 benchmarks/captioning.py --device "$DEVICE" --model "$size" --repeats 5
     done
+    if [[ $APIS == *hooked* ]]; then  # A/B: TL's eager attention and norms instead of fused
+      run hooked 60 benchmarks/captioning.py --device "$DEVICE" --model "$size" --repeats 5 \
+        --tl-attention --tl-norms
+    fi
   done
 fi
 if [[ $what == *checks* ]]; then
