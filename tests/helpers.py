@@ -135,6 +135,31 @@ def build_model(folder: Path, api: str, **kwargs):
     return from_parts(lm=folder, encoder=enc, projection=proj, api=api, **kwargs)
 
 
+def tl_config_model(**overrides):
+    """A 2-layer TL 3.x ``HookedTransformer`` built from a config (d_model 32, 4 heads of 8,
+    50 tokens), converted to ``HookedMultimodalTransformer``; ``overrides`` go to the config."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from transformer_lens_mm import HookedMultimodalTransformer
+
+    cfg = dict(
+        n_layers=2,
+        d_model=32,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        d_vocab=50,
+        n_ctx=64,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        seed=0,
+    )
+    cfg.update(overrides)
+    return HookedMultimodalTransformer.from_hooked_transformer(
+        HookedTransformer(HookedTransformerConfig(**cfg))
+    )
+
+
 def random_images(n: int, size: int = 40, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.rand(3, size, size, generator=g) for _ in range(n)]

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import build_model, random_images
+from helpers import tl_config_model as tl_model
 
 from transformer_lens_mm import attribute, generate_captions
 from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER
@@ -33,30 +34,6 @@ CONFIGS = {
     "bidirectional": dict(attention_dir="bidirectional"),
     "no attention scale": dict(use_attn_scale=False),
 }
-
-
-def tl_model(**overrides):
-    """A 2-layer HookedTransformer from a config, converted (fused attention on)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from transformer_lens_mm import HookedMultimodalTransformer
-
-    cfg = dict(
-        n_layers=2,
-        d_model=32,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=50,
-        n_ctx=64,
-        act_fn="gelu_new",
-        normalization_type="LN",
-        seed=0,
-    )
-    cfg.update(overrides)
-    return HookedMultimodalTransformer.from_hooked_transformer(
-        HookedTransformer(HookedTransformerConfig(**cfg))
-    )
 
 
 @pytest.fixture

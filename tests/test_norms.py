@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from helpers import build_model, random_images
+from helpers import build_model, random_images, tl_config_model
 
 from transformer_lens_mm import attribute, generate_captions
 from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER
@@ -17,36 +17,17 @@ pytestmark = pytest.mark.skipif(
 
 
 def norms_of(model):
-    from transformer_lens_mm.norms import _FusedNorm
-
-    return [m for m in model.modules() if isinstance(m, _FusedNorm)]
+    return [m for m in model.modules() if type(m).__module__ == "transformer_lens_mm.norms"]
 
 
 def tl_model(normalization_type: str, dtype=torch.float32):
     """A 2-layer HookedTransformer built from a config, converted."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from transformer_lens_mm import HookedMultimodalTransformer
-
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=32,
-        d_head=8,
-        n_heads=4,
-        d_mlp=64,
-        d_vocab=50,
-        n_ctx=32,
-        act_fn="gelu_new",
-        normalization_type=normalization_type,
-        dtype=dtype,
-        seed=0,
-    )
-    model = HookedTransformer(cfg)
+    model = tl_config_model(normalization_type=normalization_type, dtype=dtype)
     with torch.no_grad():  # LN weights away from 1/0 so that a wrong affine would show
         for name, p in model.named_parameters():
             if name.endswith((".w", ".b")) and "ln" in name:
                 p.add_(torch.randn_like(p) * 0.3)
-    return HookedMultimodalTransformer.from_hooked_transformer(model)
+    return model
 
 
 def logits_both_ways(model, tokens):

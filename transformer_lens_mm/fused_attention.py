@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer_lens_mm.norms import has_hooks
+from transformer_lens_mm._fusing import FusedClasses, has_hooks
 
 __all__ = ["set_fused_attention"]
 
@@ -36,13 +36,7 @@ _OLMO_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
 class _FusedAttention:
-    """The methods of a fused TL attention class: one ``scaled_dot_product_attention`` call.
-
-    Not a mixin: a class deriving from it and a TL attention class would get a different
-    object layout (TL's ``AbstractAttention`` derives from the slotted ``ABC``), and a built
-    module's ``__class__`` could not be switched. ``_fused_classes`` copies these methods into
-    a direct subclass of each TL class, whose own forward is ``_tl.forward``.
-    """
+    """The methods of a fused TL attention class: one ``scaled_dot_product_attention`` call."""
 
     _tl: Any  # the TL class this one derives from
     _counted = True  # by set_fused_attention
@@ -237,42 +231,18 @@ class _FusedBlock:
         )
 
 
-def _fused_classes() -> dict[type, type]:
+def _spec() -> list[tuple[type, type, dict[str, Any]]]:
     from transformer_lens.components import Attention, GroupedQueryAttention, TransformerBlock
 
-    classes = {}
-    for tl, methods in (
-        (Attention, _FusedAttention),
-        (GroupedQueryAttention, _FusedAttention),
-        (TransformerBlock, _FusedBlock),
-    ):
-        name = f"Fused{tl.__name__}"
-        body = {k: v for k, v in vars(methods).items() if not k.startswith("__")}
-        body.update(__module__=__name__, __qualname__=name, __doc__=methods.__doc__, _tl=tl)
-        cls = type(name, (tl,), body)
-        globals()[name] = cls  # importable by name, so a pickled model loads again
-        classes[tl] = cls
-    return classes
+    return [
+        (Attention, _FusedAttention, {}),
+        (GroupedQueryAttention, _FusedAttention, {}),
+        (TransformerBlock, _FusedBlock, {}),
+    ]
 
 
-_CLASSES: dict[type, type] = {}
-
-
-def _classes() -> dict[type, type]:
-    """TL class -> fused class, built on first use (importing TL's components is slow)."""
-    if not _CLASSES:
-        _CLASSES.update(_fused_classes())
-    return _CLASSES
-
-
-def __getattr__(name: str) -> Any:
-    """The fused classes by name, built on demand, so that a pickled model (whose modules'
-    classes live here) loads in a fresh process."""
-    if name.startswith("Fused"):
-        _classes()
-        if name in globals():
-            return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_FUSED = FusedClasses(__name__, _spec)
+__getattr__ = _FUSED.module_getattr
 
 
 def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> int:
@@ -295,15 +265,4 @@ def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> int:
         >>> set_fused_attention(model, False)  # doctest: +SKIP
         12
     """
-    classes = _classes()
-    fused_types = set(classes.values())
-    count = 0
-    for module in model.modules():
-        cls = type(module)
-        if cls in classes:
-            module.__class__ = classes[cls]
-        elif cls not in fused_types:
-            continue
-        module.fused = enabled
-        count += module._counted
-    return count
+    return sum(module._counted for module in _FUSED.switch(model, enabled))

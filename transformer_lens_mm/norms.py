@@ -23,25 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer_lens_mm._fusing import FusedClasses, has_hooks
+
 __all__ = ["set_fused_norms"]
 
 _LOW_PRECISION_SAFE = (torch.float32, torch.float64)
 
 
-def has_hooks(*points: Any) -> bool:
-    """Whether a hook (forward or backward, pre or post) is attached to any of these hook points."""
-    return any(
-        point._forward_hooks
-        or point._forward_pre_hooks
-        or point._backward_hooks
-        or point._backward_pre_hooks
-        for point in points
-    )
-
-
 class _FusedNorm:
-    """Mixin over a TL norm class: fused computation, one evaluation per input tensor."""
+    """The methods of a fused TL norm class: fused computation, one evaluation per input."""
 
+    _tl: Any  # the TL class this one derives from
     fused: bool = True
     rms: bool = False  # RMSNorm / RMSNormPre (else LayerNorm / LayerNormPre)
 
@@ -72,7 +64,7 @@ class _FusedNorm:
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.fused or has_hooks(self.hook_scale, self.hook_normalized):  # type: ignore[attr-defined]
-            return super().forward(x)  # type: ignore[misc]
+            return self._tl.forward(self, x)
         if x.is_inference():  # no version counters to check a reuse against
             return self._compute(x)
         # what the output depends on besides x's identity: x, the weights, the grad mode
@@ -98,37 +90,17 @@ class _FusedNorm:
         return out
 
 
-def _fused_classes() -> dict[type, type]:
+def _spec() -> list[tuple[type, type, dict[str, Any]]]:
     from transformer_lens.components import LayerNorm, LayerNormPre, RMSNorm, RMSNormPre
 
-    classes = {}
-    for tl in (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre):
-        name = f"Fused{tl.__name__}"
-        body = {"__module__": __name__, "__qualname__": name, "rms": tl in (RMSNorm, RMSNormPre)}
-        cls = type(name, (_FusedNorm, tl), body)
-        globals()[name] = cls  # importable by name, so a pickled model loads again
-        classes[tl] = cls
-    return classes
+    return [
+        (tl, _FusedNorm, {"rms": tl in (RMSNorm, RMSNormPre)})
+        for tl in (LayerNorm, LayerNormPre, RMSNorm, RMSNormPre)
+    ]
 
 
-_CLASSES: dict[type, type] = {}
-
-
-def _classes() -> dict[type, type]:
-    """TL class -> fused class, built on first use (importing TL's components is slow)."""
-    if not _CLASSES:
-        _CLASSES.update(_fused_classes())
-    return _CLASSES
-
-
-def __getattr__(name: str) -> Any:
-    """The fused classes by name, built on demand, so that a pickled model (whose modules'
-    classes live here) loads in a fresh process."""
-    if name.startswith("Fused"):
-        _classes()
-        if name in globals():
-            return globals()[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_FUSED = FusedClasses(__name__, _spec)
+__getattr__ = _FUSED.module_getattr
 
 
 def set_fused_norms(model: torch.nn.Module, enabled: bool = True) -> int:
@@ -148,16 +120,7 @@ def set_fused_norms(model: torch.nn.Module, enabled: bool = True) -> int:
         >>> set_fused_norms(model, False)  # doctest: +SKIP
         25
     """
-    classes = _classes()
-    fused_types = set(classes.values())
-    count = 0
-    for module in model.modules():
-        cls = type(module)
-        if cls in classes:
-            module.__class__ = classes[cls]
-        elif cls not in fused_types:
-            continue
-        module.fused = enabled
+    switched = _FUSED.switch(model, enabled)
+    for module in switched:
         module.__dict__.pop("_memo", None)
-        count += 1
-    return count
+    return len(switched)

@@ -1,0 +1,88 @@
+"""Switching a built TL 3.x model's modules to fused subclasses (norms, attention).
+
+A fused class derives directly from one TransformerLens class and carries copies of the methods
+of a plain "methods" class; its TL fallback is ``self._tl.<method>(self, ...)``. Direct
+subclasses keep TL's object layout (TL's ``AbstractAttention`` derives from the slotted ``ABC``;
+a mixin base would change the layout), so a built module's ``__class__`` can be switched in
+place, with no weight copy. The classes are built on first use, registered by name in the
+defining module (which serves them through its ``__getattr__``), so a pickled model loads in a
+fresh process.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+
+def has_hooks(*points: Any) -> bool:
+    """Whether a hook (forward or backward, pre or post) is attached to any of these hook points."""
+    return any(
+        point._forward_hooks
+        or point._forward_pre_hooks
+        or point._backward_hooks
+        or point._backward_pre_hooks
+        for point in points
+    )
+
+
+class FusedClasses:
+    """TL class -> fused subclass for one defining module, built on first use.
+
+    Args:
+        module_name: The defining module's ``__name__`` (where the classes are registered).
+        spec: Returns ``(TL class, methods class, extra class attributes)`` triples; called
+            once, on first use (importing TL's components is slow).
+    """
+
+    def __init__(
+        self, module_name: str, spec: Callable[[], Sequence[tuple[type, type, dict[str, Any]]]]
+    ) -> None:
+        self._module_name = module_name
+        self._spec = spec
+        self._classes: dict[type, type] = {}
+
+    def get(self) -> dict[type, type]:
+        if not self._classes:
+            namespace = vars(sys.modules[self._module_name])
+            for tl, methods, extra in self._spec():
+                name = f"Fused{tl.__name__}"
+                body = {k: v for k, v in vars(methods).items() if not k.startswith("__")}
+                body.update(
+                    __module__=self._module_name,
+                    __qualname__=name,
+                    __doc__=methods.__doc__,
+                    _tl=tl,
+                    **extra,
+                )
+                cls = type(name, (tl,), body)
+                namespace[name] = cls  # importable by name, so a pickled model loads again
+                self._classes[tl] = cls
+        return self._classes
+
+    def module_getattr(self, name: str) -> Any:
+        """The defining module's ``__getattr__``: its fused classes by name, built on demand."""
+        if name.startswith("Fused"):
+            for cls in self.get().values():
+                if cls.__name__ == name:
+                    return cls
+        raise AttributeError(f"module {self._module_name!r} has no attribute {name!r}")
+
+    def switch(self, model: torch.nn.Module, enabled: bool) -> list[torch.nn.Module]:
+        """Give the model's TL modules their fused classes (once) and set ``fused``; returns
+        every module switched."""
+        classes = self.get()
+        fused_types = set(classes.values())
+        switched = []
+        for module in model.modules():
+            cls = type(module)
+            if cls in classes:
+                module.__class__ = classes[cls]
+            elif cls not in fused_types:
+                continue
+            module.fused = enabled
+            switched.append(module)
+        return switched
