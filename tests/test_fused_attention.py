@@ -30,6 +30,7 @@ CONFIGS = {
     "rotary on part of the head, adjacent pairs": dict(
         positional_embedding_type="rotary", rotary_dim=4, rotary_adjacent_pairs=True
     ),
+    "grouped K/V, ungrouped by TL": dict(n_key_value_heads=2, ungroup_grouped_query_attention=True),
     "local attention": dict(attn_types=["local", "global"], window_size=3),
     "bidirectional": dict(attention_dir="bidirectional"),
     "no attention scale": dict(use_attn_scale=False),

@@ -84,7 +84,7 @@ class _FusedAttention:
             )
         cfg = self.cfg  # type: ignore[attr-defined]
         # TL's own steps up to the scores, hook points included
-        q, k, v = self.calculate_qkv_matrices(query_input, key_input, value_input)  # type: ignore[attr-defined]
+        q, k, v = self._qkv(query_input, key_input, value_input)
         if past_kv_cache_entry is not None:
             offset = past_kv_cache_entry.past_keys.size(1)
             k, v = past_kv_cache_entry.append(k, v)
@@ -122,6 +122,33 @@ class _FusedAttention:
         w = self.W_O.permute(2, 0, 1).reshape(cfg.d_model, -1)  # type: ignore[attr-defined]
         z = z.reshape(z.shape[0], z.shape[1], -1).to(w.dtype)
         return F.linear(z, w, self.b_O)  # type: ignore[attr-defined]
+
+    def _qkv(self, query_input: Tensor, key_input: Tensor, value_input: Tensor) -> tuple:
+        """TL's ``calculate_qkv_matrices`` for the plain case (one input per position, no Q/K
+        norm): the same products, with weights reshaped by ``permute``/``reshape`` instead of
+        two ``einops.rearrange`` calls per projection (~25 us of Python each, every step)."""
+        cfg = self.cfg  # type: ignore[attr-defined]
+        if query_input.ndim != 3 or cfg.use_qk_norm:
+            return self.calculate_qkv_matrices(query_input, key_input, value_input)  # type: ignore[attr-defined]
+        grouped = hasattr(self, "_W_K") and not cfg.ungroup_grouped_query_attention
+        params = self._parameters  # type: ignore[attr-defined]
+        k_w, k_b, v_w, v_b = (
+            (params["_W_K"], params["_b_K"], params["_W_V"], params["_b_V"])
+            if grouped
+            else (self.W_K, self.b_K, self.W_V, self.b_V)  # type: ignore[attr-defined]
+        )
+        projected = []
+        for x, w, b, hook in (
+            (query_input, params["W_Q"], params["b_Q"], self.hook_q),  # type: ignore[attr-defined]
+            (key_input, k_w, k_b, self.hook_k),  # type: ignore[attr-defined]
+            (value_input, v_w, v_b, self.hook_v),  # type: ignore[attr-defined]
+        ):
+            n_heads, d_model, d_head = w.shape
+            if x.device != w.device:
+                w, b = w.to(x.device), b.to(x.device)
+            out = F.linear(x, w.permute(0, 2, 1).reshape(n_heads * d_head, d_model), b.reshape(-1))
+            projected.append(hook(out.reshape(x.shape[0], x.shape[1], n_heads, d_head)))
+        return tuple(projected)
 
     def _sdpa_mask(
         self,
@@ -188,9 +215,19 @@ class _FusedAttention:
 
 
 class _NoPositionEmbedding:
-    """Added to a tensor, gives the tensor itself (no operation, no copy)."""
+    """Added to a tensor, gives the tensor itself: no operation, no copy, and through torch's
+    ``__torch_function__`` protocol (~3 us) rather than a failed ``Tensor.__add__`` and Python's
+    ``__radd__`` fallback (~24 us, more than the addition it replaces)."""
 
     __slots__ = ()
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if getattr(func, "__name__", "") in ("__add__", "__radd__", "add") and not kwargs:
+            tensors = [a for a in args if not isinstance(a, _NoPositionEmbedding)]
+            if len(tensors) == 1 and isinstance(tensors[0], Tensor):
+                return tensors[0]
+        return NotImplemented
 
     def __radd__(self, other: Tensor) -> Tensor:
         return other

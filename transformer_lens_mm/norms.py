@@ -70,7 +70,7 @@ class _FusedNorm:
         # what the output depends on besides x's identity: x, the weights, the grad mode
         key = (
             x._version,
-            tuple(p._version for p in self.parameters(recurse=False)),  # type: ignore[attr-defined]
+            tuple(p._version for p in self._parameters.values() if p is not None),  # type: ignore[attr-defined]
             torch.is_grad_enabled(),
         )
         memo = self.__dict__.get("_memo")
