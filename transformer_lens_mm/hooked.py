@@ -48,6 +48,11 @@ if HAS_HOOKED_TRANSFORMER:
             super().__init__(*args, **kwargs)
             self._add_image_hook_points()
             self.setup()
+            self._speed_up()
+
+        def _speed_up(self) -> None:
+            """Same values, faster: weights in the layout TL's forward wants, fused norms and
+            attention while their hooks are unused (``norms``, ``fused_attention``)."""
             self._linear_weight_layout()
             set_fused_norms(self)
             set_fused_attention(self)
@@ -96,9 +101,7 @@ if HAS_HOOKED_TRANSFORMER:
             model.__class__ = cls
             model._add_image_hook_points()
             model.setup()
-            model._linear_weight_layout()
-            set_fused_norms(model)
-            set_fused_attention(model)
+            model._speed_up()
             return model
 
         def logits_at(self, batch: Any, rows: Tensor, positions: Tensor) -> Tensor:
