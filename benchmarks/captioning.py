@@ -25,6 +25,7 @@ from attribution_and_sweep import build, summary
 
 from transformer_lens_mm import generate_captions
 from transformer_lens_mm.fused_attention import set_fused_attention
+from transformer_lens_mm.fused_bridge import set_fused_bridge
 from transformer_lens_mm.lm_loading import default_api
 from transformer_lens_mm.norms import set_fused_norms
 
@@ -92,7 +93,14 @@ def main() -> None:
         action="store_true",
         help="hooked: TransformerLens's own eager attention instead of the fused SDPA one (A/B)",
     )
+    parser.add_argument(
+        "--tl-bridge",
+        action="store_true",
+        help="bridge: TransformerLens's own norms and attention instead of the fused ones (A/B)",
+    )
     args = parser.parse_args()
+    if args.tl_bridge and args.api != "bridge":
+        parser.error("--tl-bridge switches a TransformerBridge's layers: use it with --api bridge")
     for flag in ("tl_norms", "tl_attention"):
         if getattr(args, flag) and args.api != "hooked":
             parser.error(
@@ -105,6 +113,8 @@ def main() -> None:
         set_fused_norms(model, False)
     if args.tl_attention:
         set_fused_attention(model, False)
+    if args.tl_bridge:
+        set_fused_bridge(model, False)
     from transformers import AutoModelForCausalLM
 
     hf = AutoModelForCausalLM.from_pretrained(folder).to(args.device).eval()

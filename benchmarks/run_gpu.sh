@@ -89,6 +89,10 @@ if [[ $what == *caption* ]]; then
       run hooked 60 benchmarks/captioning.py --device "$DEVICE" --model "$size" --repeats 5 \
         --tl-attention --tl-norms
     fi
+    if [[ $APIS == *bridge* ]]; then  # A/B: the bridge's own norms and attention
+      run bridge 60 benchmarks/captioning.py --device "$DEVICE" --model "$size" --repeats 5 \
+        --tl-bridge
+    fi
   done
 fi
 if [[ $what == *checks* ]]; then

@@ -16,6 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def has_hooks(*points: Any) -> bool:
@@ -26,6 +30,29 @@ def has_hooks(*points: Any) -> bool:
         or point._backward_hooks
         or point._backward_pre_hooks
         for point in points
+    )
+
+
+def sdpa(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, is_causal: bool, scale: float
+) -> Tensor:
+    """``F.scaled_dot_product_attention`` on ``[batch, head, pos, d_head]`` tensors, with fewer
+    key/value heads than query heads allowed: SDPA's own grouping where it is fast (no mask, as
+    Hugging Face does it), else keys and values copied per query head (TL's
+    ``repeat_interleave``)."""
+    repeats = q.shape[1] // k.shape[1]
+    gqa = repeats > 1 and attn_mask is None and _SDPA_HAS_GQA
+    if repeats > 1 and not gqa:
+        k, v = (t[:, :, None].expand(-1, -1, repeats, -1, -1).flatten(1, 2) for t in (k, v))
+    extra = {"enable_gqa": True} if gqa else {}
+    return F.scaled_dot_product_attention(
+        q,
+        k.to(q.dtype),
+        v.to(q.dtype),
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        scale=scale,
+        **extra,
     )
 
 
@@ -50,7 +77,12 @@ class FusedClasses:
             namespace = vars(sys.modules[self._module_name])
             for tl, methods, extra in self._spec():
                 name = f"Fused{tl.__name__}"
-                body = {k: v for k, v in vars(methods).items() if not k.startswith("__")}
+                body = {  # the methods class's own and inherited methods, the nearest winning
+                    k: v
+                    for base in reversed(methods.__mro__[:-1])
+                    for k, v in vars(base).items()
+                    if not k.startswith("__")
+                }
                 body.update(
                     __module__=self._module_name,
                     __qualname__=name,

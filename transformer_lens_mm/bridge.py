@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
+from transformer_lens_mm.fused_bridge import set_fused_bridge
 from transformer_lens_mm.injection import MultimodalMixin
 
 __all__ = ["MultimodalTransformerBridge"]
@@ -77,6 +78,7 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
             )
         bridge.__class__ = cls
         bridge._add_image_hook_points()  # __setattr__ registers the HookPoints by name
+        set_fused_bridge(bridge)  # same values, faster, while the pattern/norm hooks are unused
         return bridge
 
     def to(self, *args: Any, **kwargs: Any) -> MultimodalTransformerBridge:

@@ -27,11 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer_lens_mm._fusing import FusedClasses, has_hooks
+from transformer_lens_mm._fusing import FusedClasses, has_hooks, sdpa
 
 __all__ = ["set_fused_attention"]
 
-_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 _OLMO_QK_NORM = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
@@ -99,21 +98,13 @@ class _FusedAttention:
         mask, is_causal, rows_attending = self._sdpa_mask(
             q.shape[1], k.shape[1], offset, attention_mask, q.device
         )
-        # grouped keys/values: SDPA's own grouping where it is fast (no mask, as Hugging Face
-        # does it), else copied as TL's repeat_interleave does
-        repeats = q.shape[2] // k.shape[2]
-        gqa = repeats > 1 and mask is None and _SDPA_HAS_GQA
-        if repeats > 1 and not gqa:
-            k, v = (t[:, :, :, None].expand(-1, -1, -1, repeats, -1).flatten(2, 3) for t in (k, v))
-        extra = {"enable_gqa": True} if gqa else {}
-        z = F.scaled_dot_product_attention(
+        z = sdpa(
             q.transpose(1, 2),
-            k.transpose(1, 2).to(q.dtype),
-            v.transpose(1, 2).to(q.dtype),
-            attn_mask=mask,
-            is_causal=is_causal,
-            scale=1.0 / self.attn_scale,  # type: ignore[attr-defined]
-            **extra,
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            mask,
+            is_causal,
+            1.0 / self.attn_scale,  # type: ignore[attr-defined]
         ).transpose(1, 2)  # [batch, pos, head_index, d_head]
         if rows_attending is not None:  # TL's NaN guard: a query that sees no key gets z = 0
             z = z * rows_attending.transpose(1, 2).to(z.dtype)

@@ -1,0 +1,208 @@
+"""Fused norms and (SDPA) attention of MultimodalTransformerBridge (TL 4.3): same numbers as the
+bridge's own computation, forward and backward, with and without padding and a KV cache; the
+bridge's own path whenever a hook wants what only it computes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import build_model
+
+from transformer_lens_mm import attribute, fused_bridge, generate_captions
+from transformer_lens_mm.fused_bridge import _attend, _mask_plan, set_fused_bridge
+
+pytestmark = pytest.mark.skipif(
+    not fused_bridge._verified(),
+    reason=f"the fused bridge classes are verified on TL {fused_bridge.VERIFIED_TL_VERSIONS}",
+)
+
+KINDS = ["gpt2", "llama"]  # JointQKVAttentionBridge + LayerNorm; PositionEmbeddings... + RMSNorm
+PROMPTS = ["A picture of", "A photo of a"]  # different lengths: left padding
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def models(lm_dirs):
+    return {kind: build_model(lm_dirs[kind], "bridge") for kind in KINDS}
+
+
+def both_ways(model, fn):
+    """``fn()`` fused, then with the bridge's own computation (the model is left fused)."""
+    fused = fn()
+    n_switched = set_fused_bridge(model, False)
+    assert n_switched == 3 * model.cfg.n_layers + 1  # ln1, attn, ln2 per block; ln_final
+    try:
+        reference = fn()
+    finally:
+        set_fused_bridge(model, True)
+    return fused, reference
+
+
+def features(n, seed=0):
+    """Encoder output for ``n`` images (no encoder run: its own SDPA calls are not counted)."""
+    return torch.randn(n, 16, 24, generator=torch.Generator().manual_seed(seed))
+
+
+def batch_of(model, padding_side):
+    return model.prepare_inputs(
+        image_features=features(2), prompts=PROMPTS, padding_side=padding_side
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_fused_bridge_gives_the_bridges_numbers_and_gradients(
+    models, kind, padding_side, sdpa_calls
+):
+    model = models[kind]
+    batch = batch_of(model, padding_side)
+
+    def logits_and_grads():
+        model.zero_grad()
+        logits = model(batch)
+        (logits[:, -1] * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logits.detach(), grads
+
+    (logits, grads), (ref_logits, ref_grads) = both_ways(model, logits_and_grads)
+    assert len(sdpa_calls) == model.cfg.n_layers  # the fused run used SDPA, the bridge's did not
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys() and len(grads) > 0
+    scale = max(g.abs().max() for g in ref_grads.values())
+    for name, expected in ref_grads.items():
+        torch.testing.assert_close(grads[name], expected, atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kv_cached_captions_and_attribution_match_the_bridge(models, kind, sdpa_calls):
+    model = models[kind]
+    feats = features(3, seed=1)
+
+    def run():
+        caps = generate_captions(
+            model,
+            image_features=feats,
+            prompts=[*PROMPTS, "A"],
+            max_new_tokens=5,
+            stop_at_eos=False,
+        )
+        batch = model.prepare_inputs(
+            image_features=feats, prompts=[*PROMPTS, "A"], padding_side="left"
+        )
+        return caps.tokens, attribute(model, batch, [5, 6, 7], positions="all")
+
+    (tokens, result), (ref_tokens, ref_result) = both_ways(model, run)
+    assert len(sdpa_calls) > 0
+    torch.testing.assert_close(tokens, ref_tokens, rtol=0, atol=0)
+    torch.testing.assert_close(result.scores, ref_result.scores, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_hook_on_the_pattern_or_the_norm_scale_runs_the_bridges_own_path(
+    models, kind, sdpa_calls
+):
+    """Only the hooked layer computes the bridge's way; the hook sees the bridge's values, and
+    run_with_cache gets every pattern; other hook points keep their values."""
+    model = models[kind]
+    batch = batch_of(model, "left")
+    seen = {}
+
+    def grab(name):
+        def hook(x, hook):
+            seen[name] = x.detach().clone()
+
+        return hook
+
+    hooks = [
+        ("blocks.1.attn.hook_pattern", grab("pattern")),
+        ("blocks.0.ln2.hook_scale", grab("scale")),
+    ]
+    hooks += [(f"blocks.{i}.attn.hook_z", grab(f"z{i}")) for i in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        logits = model.run_with_hooks(batch, fwd_hooks=hooks)
+    assert len(sdpa_calls) == model.cfg.n_layers - 1  # block 1 ran the bridge's attention
+    fused_seen = dict(seen)
+    set_fused_bridge(model, False)
+    try:
+        with torch.no_grad():
+            ref_logits = model.run_with_hooks(batch, fwd_hooks=hooks)
+            _, cache = model.run_with_cache(batch)
+    finally:
+        set_fused_bridge(model, True)
+    with torch.no_grad():
+        _, fused_cache = model.run_with_cache(batch)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for name, expected in seen.items():
+        torch.testing.assert_close(fused_seen[name], expected, atol=1e-5, rtol=1e-5, msg=name)
+    assert fused_seen["pattern"].shape[-1] == batch.tokens.shape[1]
+    names = [n for n in cache if "hook_pattern" in n or "hook_scale" in n]
+    assert len(names) >= 2 * model.cfg.n_layers
+    for name in names:
+        torch.testing.assert_close(fused_cache[name], cache[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def _bridge_attention(scores_from, q, k, v, mask):
+    """The bridge's own masking and softmax (compatibility mode) on random tensors."""
+    attn = scores_from
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    scores = attn._apply_reconstruct_attention_mask(scores, mask, k.shape[-2], q.shape[-2])
+    return attn._masked_softmax(scores) @ v
+
+
+def _masks(n_query, n_key, batch=2):
+    g = torch.Generator().manual_seed(0)
+    allowed = torch.ones(n_query, n_key, dtype=torch.bool).tril(n_key - n_query)
+    padded = allowed.expand(batch, 1, n_query, n_key).clone()
+    padded[0, ..., :3] = False  # left padding: the first queries of item 0 see no key
+    random = torch.rand(batch, 1, n_query, n_key, generator=g) > 0.4
+    additive = lambda a: torch.zeros(a.shape).masked_fill(~a, torch.finfo(torch.float32).min)  # noqa: E731
+    return {
+        "none": None,
+        "causal (4-D, HF)": additive(allowed.expand(batch, 1, n_query, n_key)),
+        "all keys (4-D)": torch.zeros(batch, 1, n_query, n_key),
+        "left padding (4-D)": additive(padded),
+        "boolean, random": random,
+        "additive, random": additive(random),
+    }
+
+
+@pytest.mark.parametrize("n_query,n_key", [(6, 6), (1, 7), (3, 8)], ids=["prompt", "step", "chunk"])
+def test_mask_plan_and_sdpa_equal_the_bridges_masked_softmax(models, n_query, n_key):
+    """Independent of any model run: SDPA with the plan's arguments (and the zeroing of queries
+    that see no key) against the bridge's own mask, softmax and NaN guard."""
+    attn = models["gpt2"].blocks[0].attn
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, n_query, 8, generator=g)
+    k, v = (torch.randn(2, 4, n_key, 8, generator=g) for _ in range(2))
+    for name, mask in _masks(n_query, n_key).items():
+        plan = _mask_plan(mask, n_query, n_key, causal=True)
+        got = _attend(q, k, v, plan, 8**-0.5)
+        torch.testing.assert_close(got, _bridge_attention(attn, q, k, v, mask), msg=name)
+    no_pad = _mask_plan(_masks(n_query, n_key)["causal (4-D, HF)"], n_query, n_key, True)
+    # no mask tensor for a prompt (is_causal) or one new token; a chunk after a cache needs one
+    assert (no_pad.attn_mask is None) == (n_query in (1, n_key))
+    assert no_pad.is_causal == (n_query == n_key > 1)
+
+
+def test_a_mask_carrying_a_bias_is_left_to_the_bridge():
+    bias = torch.zeros(1, 1, 4, 4)
+    bias[..., 0] = -2.0  # ALiBi-like: not a 0 / -inf mask
+    assert _mask_plan(bias, 4, 4, causal=True) is None
+    assert _mask_plan(torch.zeros(1, 4), 1, 4, causal=True) is None  # 2-D: the bridge's path
+
+
+def test_nothing_is_switched_on_an_unverified_transformer_lens(models, monkeypatch):
+    monkeypatch.setattr(fused_bridge, "TL_VERSION", "4.99.0")
+    assert set_fused_bridge(models["gpt2"], False) == 0
+    assert all(m.fused for m in models["gpt2"].modules() if hasattr(m, "fused"))

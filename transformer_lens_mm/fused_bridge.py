@@ -1,0 +1,328 @@
+"""Fused norms and attention for ``MultimodalTransformerBridge`` (TL 4.3) while hooks are unused.
+
+TransformerLens 4.3's ``TransformerBridge`` recomputes what the Hugging Face modules it wraps
+would compute, so that hook points can see the intermediate values: a LayerNorm as eight tensor
+operations (``NormalizationBridge``), an RMSNorm as TL's six operations for the hooks followed
+by Hugging Face's own six (``RMSNormalizationBridge``), and attention eagerly (scores, a mask
+normalised with ``masked_fill``, a softmax guarded against fully masked rows, the pattern's NaN
+scrub, pattern @ V; ``JointQKVAttentionBridge`` for GPT-2, ``PositionEmbeddingsAttentionBridge``
+for Llama-family models). On a GPU a decoding step of a small model is bound by launching
+kernels; a KV-cached GPT-2-small-sized caption dispatched 2.4x the operations of Hugging Face's
+``generate``, a SmolLM2-sized one 1.8x.
+
+Here a norm returns its Hugging Face module's output directly, and attention runs one
+``scaled_dot_product_attention`` call, **unless** a hook (forward or backward, including those
+``run_with_cache`` adds) is attached to a hook point only TL's computation can serve
+(``hook_scale``/``hook_normalized``; ``hook_attn_scores``/``hook_pattern``), or the layer is
+configured in a way the fused path does not reproduce (split Q/K/V inputs, per-head results,
+Q/K norms, gated queries, soft-capped scores, attention sinks, rotary conventions other than
+Llama's, an additive bias in the mask, training with dropout, TL's non-compatibility mode):
+then TransformerLens's own forward runs. Every other hook point (``hook_in``/``hook_out``,
+``hook_q``/``k``/``v``, ``hook_rot_q``/``rot_k``, ``hook_z``) still fires with TL's values.
+Same values up to float rounding (tested: ``tests/test_fused_bridge.py``);
+``set_fused_bridge(model, False)`` restores TL's computation.
+
+The bridge is young and changes between releases, so the fused classes are used only with the
+TransformerLens versions they were checked against (``VERIFIED_TL_VERSIONS``); elsewhere
+``set_fused_bridge`` switches nothing and says so by returning 0.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from transformer_lens_mm._fusing import FusedClasses, has_hooks, sdpa
+from transformer_lens_mm._tl_compat import TL_VERSION
+
+__all__ = ["VERIFIED_TL_VERSIONS", "set_fused_bridge"]
+
+#: TransformerLens ``major.minor`` versions whose bridge components the fused classes reproduce.
+VERIFIED_TL_VERSIONS = ("4.3",)
+
+
+def _verified() -> bool:
+    return ".".join(TL_VERSION.split(".")[:2]) in VERIFIED_TL_VERSIONS
+
+
+class _MaskPlan(NamedTuple):
+    """TL's masking of one forward, as ``scaled_dot_product_attention`` arguments."""
+
+    attn_mask: Tensor | None  # boolean, True = may attend
+    is_causal: bool
+    rows: Tensor | None  # [batch, 1, query, 1]: queries that see some key (None: all do)
+
+
+_NO_MASK = _MaskPlan(None, False, None)
+_CAUSAL = _MaskPlan(None, True, None)
+# The last plan computed: every layer of a forward gets the same mask tensor.
+_memo: tuple[Any, ...] = ()
+
+
+def _mask_plan(mask: Tensor | None, n_query: int, n_key: int, causal: bool) -> _MaskPlan | None:
+    """What ``AttentionBridge._apply_reconstruct_attention_mask`` does (compatibility mode), as
+    SDPA arguments; ``None`` where SDPA would not compute the same (a mask carrying an additive
+    bias, a mask of fewer than 4 dimensions).
+
+    A 4-D Hugging Face mask is authoritative (it already holds the causal structure); without
+    one TL builds the causal mask itself. A query that sees no key (TL: a NaN pattern, zeroed)
+    is pointed at every key, and its output zeroed afterwards through ``rows``.
+    """
+    global _memo
+    if mask is None:
+        if not causal or n_query == 1:
+            return _NO_MASK
+        if n_query == n_key:
+            return _CAUSAL
+        tril = torch.ones(n_query, n_key, dtype=torch.bool).tril(n_key - n_query)
+        return _MaskPlan(tril, False, None)
+    if mask.ndim != 4:
+        return None
+    key = (n_query, n_key, None if mask.is_inference() else mask._version)
+    if _memo and _memo[0]() is mask and _memo[1] == key:
+        return _memo[2]
+    m = mask[..., :n_key]
+    if m.shape[-2] != n_query:
+        m = m[..., -n_query:, :]
+    if m.dtype == torch.bool:
+        allowed = m
+    elif m.is_floating_point():
+        masked = m <= torch.finfo(m.dtype).min
+        if not bool((masked | (m == 0)).all()):
+            return None  # a bias (ALiBi-like) folded into the mask: TL adds it, SDPA would too,
+            # but not with TL's -inf sentinel semantics; leave it to TL
+        allowed = ~masked
+    else:
+        return None
+    rows = allowed.any(-1, keepdim=True)
+    if not bool(rows.all()):
+        plan = _MaskPlan(allowed | ~rows, False, rows)
+    elif bool(allowed.all()):
+        plan = _NO_MASK
+    elif (
+        n_query == n_key
+        and bool((allowed == torch.ones_like(allowed[0, 0]).tril()).all())  # plain causal
+    ):
+        plan = _CAUSAL
+    else:
+        plan = _MaskPlan(allowed, False, None)
+    if not mask.is_inference():
+        _memo = (weakref.ref(mask), key, plan)
+    return plan
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, plan: _MaskPlan, scale: float) -> Tensor:
+    """SDPA on ``[batch, head, pos, d_head]`` tensors with TL's zeroing of blind queries."""
+    z = sdpa(q, k, v, plan.attn_mask, plan.is_causal, scale)
+    if plan.rows is not None:
+        z = z * plan.rows.to(z.dtype)
+    return z
+
+
+class _FusedNorm:
+    """The methods of a fused norm bridge: the wrapped Hugging Face module's own forward."""
+
+    _tl: Any
+    fused: bool = True
+
+    def forward(self, hidden_states: Tensor, **kwargs: Any) -> Tensor:
+        hf_norm = self.original_component  # type: ignore[attr-defined]
+        if (
+            not self.fused
+            or kwargs
+            or hf_norm is None
+            or isinstance(hf_norm, torch.nn.Identity)
+            or getattr(self.config, "layer_norm_folding", False)  # type: ignore[attr-defined]
+            or has_hooks(self.hook_scale, self.hook_normalized)  # type: ignore[attr-defined]
+        ):
+            return self._tl.forward(self, hidden_states, **kwargs)
+        x = self.hook_in(hidden_states)  # type: ignore[attr-defined]
+        out = hf_norm(x)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return self.hook_out(out)  # type: ignore[attr-defined]
+
+
+class _FusedAttentionCommon:
+    _tl: Any
+    fused: bool = True
+
+    def _fusable(self, attention_mask: Any) -> bool:
+        """No hook wants the scores or the pattern, and nothing TL's path would add is set."""
+        cfg = self.config  # type: ignore[attr-defined]
+        return (
+            self.fused
+            and self.compatibility_mode  # type: ignore[attr-defined]
+            and not self.training  # type: ignore[attr-defined]
+            and not self.is_cross_attention  # type: ignore[attr-defined]
+            and not getattr(cfg, "use_attn_result", False)
+            and not getattr(cfg, "use_split_qkv_input", False)
+            and not getattr(cfg, "use_attn_in", False)
+            and (attention_mask is None or isinstance(attention_mask, Tensor))
+            and not has_hooks(self.hook_attn_scores, self.hook_pattern)  # type: ignore[attr-defined]
+        )
+
+    def _plan(self, attention_mask: Tensor | None, n_query: int, kwargs: dict) -> _MaskPlan | None:
+        """The mask plan, decided before anything is computed or written into the KV cache."""
+        cache = next(
+            (
+                kwargs[k]
+                for k in ("past_key_values", "layer_past", "cache")
+                if kwargs.get(k) is not None
+            ),
+            None,
+        )
+        layer = self._layer_idx  # type: ignore[attr-defined]
+        n_cached = 0 if cache is None or layer is None else int(cache.get_seq_length(layer))
+        return _mask_plan(attention_mask, n_query, n_query + n_cached, self.is_causal)  # type: ignore[attr-defined]
+
+
+class _FusedJointQKVAttention(_FusedAttentionCommon):
+    """The methods of a fused ``JointQKVAttentionBridge`` (GPT-2): TL splits ``c_attn`` into
+    q/k/v projections (their hooks fire), then this replaces its eager attention."""
+
+    def _reconstruct_attention(self, q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> tuple:
+        mask = kwargs.get("attention_mask")
+        plan = (
+            self._plan(mask, q.shape[1], kwargs)
+            if self._fusable(mask) and not getattr(self, "_reorder_and_upcast_attn", False)
+            else None
+        )
+        if plan is None:
+            return self._tl._reconstruct_attention(self, q, k, v, **kwargs)
+        cfg = self.config  # type: ignore[attr-defined]
+        n_heads = cfg.n_heads
+        n_kv_heads = getattr(cfg, "n_key_value_heads", None) or n_heads
+        q, k, v, batch, n_query, d_head = self._reshape_qkv_to_heads(q, k, v, n_heads, n_kv_heads)  # type: ignore[attr-defined]
+        k, v = self._update_kv_cache(k, v, **kwargs)  # type: ignore[attr-defined]
+        scale = d_head**-0.5
+        layer = self._layer_idx  # type: ignore[attr-defined]
+        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) and layer is not None:
+            scale /= float(layer + 1)
+        z = _attend(q, k, v, plan, scale)
+        z = self._reshape_attn_output(z, batch, n_query, n_heads, d_head)  # type: ignore[attr-defined]
+        return (self._apply_output_projection(z), None)  # type: ignore[attr-defined]
+
+
+class _FusedRotaryAttention(_FusedAttentionCommon):
+    """The methods of a fused ``PositionEmbeddingsAttentionBridge`` (Llama family): TL's
+    forward for the plain case (q/k/v projections, Llama's rotary embedding, KV cache, output
+    projection, each with its hook points) around one SDPA call."""
+
+    def _plain(self, hf_attn: Any, position_embeddings: Any, attention_mask: Any) -> bool:
+        cfg = self.config  # type: ignore[attr-defined]
+        rope = getattr(getattr(hf_attn, "config", None), "rope_parameters", None)
+        return (
+            self._fusable(attention_mask)
+            and isinstance(position_embeddings, tuple)
+            and len(position_embeddings) == 2
+            and position_embeddings[0].shape[-1] == hf_attn.head_dim  # rotary over whole heads
+            and not getattr(cfg, "gated_q_proj", False)
+            and not getattr(cfg, "rotary_interleaved_cos_sin", False)
+            and not getattr(cfg, "rotary_adjacent_pairs", False)
+            and not getattr(cfg, "qk_norm_after_rope", False)
+            and "q_norm" not in self.submodules  # type: ignore[attr-defined]
+            and "k_norm" not in self.submodules  # type: ignore[attr-defined]
+            and self._modules.get("gate") is None  # type: ignore[attr-defined]
+            and getattr(hf_attn, "key_multiplier", None) is None
+            and getattr(getattr(hf_attn, "config", None), "clip_qkv", None) is None
+            and getattr(hf_attn, "attn_logit_softcapping", None) is None
+            and getattr(hf_attn, "sinks", None) is None
+            and not (isinstance(rope, dict) and rope.get("llama_4_scaling_beta") is not None)
+        )
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        hf_attn = self.original_component  # type: ignore[attr-defined]
+        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        position_embeddings = kwargs.get("position_embeddings")
+        mask = kwargs.get("attention_mask")
+        plan = None
+        if (
+            hf_attn is not None
+            and isinstance(hidden_states, Tensor)
+            and len(args) + ("hidden_states" in kwargs) == 1
+            and self._plain(hf_attn, position_embeddings, mask)
+        ):
+            plan = self._plan(mask, hidden_states.shape[-2], kwargs)
+        if plan is None:
+            return self._tl.forward(self, *args, **kwargs)
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        hidden_states = self.hook_in(hidden_states)  # type: ignore[attr-defined]
+        input_shape = hidden_states.shape[:-1]
+        head_dim = hf_attn.head_dim
+        q, k, v = (
+            proj(hidden_states).view(*input_shape, -1, head_dim).transpose(1, 2)
+            for proj in (self.q, self.k, self.v)  # type: ignore[attr-defined]
+        )
+        cos, sin = self._apply_position_embedding_hooks(position_embeddings)  # type: ignore[attr-defined]
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if hasattr(self, "hook_rot_q"):
+            q = self.hook_rot_q(q)
+        if hasattr(self, "hook_rot_k"):
+            k = self.hook_rot_k(k)
+        k, v = self._update_kv_cache(k, v, **kwargs)  # type: ignore[attr-defined]
+        z = _attend(q, k, v, plan, getattr(hf_attn, "scaling", head_dim**-0.5))
+        z = z.transpose(1, 2).reshape(*input_shape, -1)
+        o_weight = getattr(getattr(self.o, "original_component", None), "weight", None)  # type: ignore[attr-defined]
+        if (
+            isinstance(o_weight, Tensor)
+            and o_weight.dtype.is_floating_point
+            and z.dtype != o_weight.dtype
+        ):
+            z = z.to(o_weight.dtype)
+        return self.hook_out(self.o(z)), None  # type: ignore[attr-defined]
+
+
+def _spec() -> list[tuple[type, type, dict[str, Any]]]:
+    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import (
+        JointQKVAttentionBridge,
+    )
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge,
+    )
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge,
+    )
+    from transformer_lens.model_bridge.generalized_components.rms_normalization import (
+        RMSNormalizationBridge,
+    )
+
+    return [
+        (NormalizationBridge, _FusedNorm, {}),
+        (RMSNormalizationBridge, _FusedNorm, {}),
+        (JointQKVAttentionBridge, _FusedJointQKVAttention, {}),
+        (PositionEmbeddingsAttentionBridge, _FusedRotaryAttention, {}),
+    ]
+
+
+_FUSED = FusedClasses(__name__, _spec)
+__getattr__ = _FUSED.module_getattr
+
+
+def set_fused_bridge(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Turn the fused norms and attention of a ``TransformerBridge`` on or off.
+
+    ``MultimodalTransformerBridge`` turns them on when it is built, on the TransformerLens
+    versions in ``VERIFIED_TL_VERSIONS``. A module computes TL's own way anyway whenever one of
+    the hook points only that way can serve has a hook (see the module docstring). Turn it off
+    to reproduce a plain ``TransformerBridge``'s numbers bit for bit.
+
+    Args:
+        model: A ``TransformerBridge`` (or ``MultimodalTransformerBridge``).
+        enabled: Fused (``True``) or TransformerLens's own computation (``False``).
+
+    Returns:
+        The number of norm and attention modules switched; 0 on an unverified TL version
+        (nothing is switched there, whatever ``enabled`` says).
+
+    Example:
+        >>> set_fused_bridge(model, False)  # doctest: +SKIP
+        25
+    """
+    if not _verified():
+        return 0
+    return len(_FUSED.switch(model, enabled))
