@@ -206,3 +206,43 @@ def test_nothing_is_switched_on_an_unverified_transformer_lens(models, monkeypat
     monkeypatch.setattr(fused_bridge, "TL_VERSION", "4.99.0")
     assert set_fused_bridge(models["gpt2"], False) == 0
     assert all(m.fused for m in models["gpt2"].modules() if hasattr(m, "fused"))
+
+
+def test_the_blocks_keyword_filter_equals_the_bridges(models):
+    from transformer_lens.model_bridge.generalized_components.block import BlockBridge
+
+    kwargs = {"attention_mask": 1, "position_ids": 2, "hidden_states": 3, "not_a_parameter": 4}
+    for model in models.values():
+        block = model.blocks[0]
+        for n_positional in (0, 1):
+            assert block._filter_kwargs_for_forward(kwargs, n_positional) == (
+                BlockBridge._filter_kwargs_for_forward(block, kwargs, n_positional)
+            )
+
+
+def test_accelerate_alignment_is_skipped_only_without_an_accelerate_hook(models, monkeypatch):
+    import contextlib
+
+    from transformer_lens.model_bridge.generalized_components import base
+
+    aligned = []
+
+    @contextlib.contextmanager
+    def counting(module):
+        aligned.append(module)
+        yield
+
+    monkeypatch.setattr(base, "align_module_device", counting)
+    model = models["gpt2"]
+    batch = batch_of(model, "right")
+    with torch.no_grad():
+        model(batch)
+    switched = {id(m.original_component) for m in model.modules() if hasattr(m, "fused")}
+    assert len(switched) > 5 * model.cfg.n_layers  # norms, attention, linear layers, blocks
+    assert not switched & {id(m) for m in aligned}  # no module has an Accelerate hook
+    linear = model.blocks[0].mlp.out.original_component
+    monkeypatch.setattr(linear, "_hf_hook", object(), raising=False)
+    aligned.clear()
+    with torch.no_grad():
+        model(batch)
+    assert [m for m in aligned if id(m) in switched] == [linear]  # TL's alignment again

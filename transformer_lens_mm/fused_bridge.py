@@ -22,6 +22,11 @@ then TransformerLens's own forward runs. Every other hook point (``hook_in``/``h
 Same values up to float rounding (tested: ``tests/test_fused_bridge.py``);
 ``set_fused_bridge(model, False)`` restores TL's computation.
 
+Two pieces of per-call Python overhead go too (with launches, Python time per decoding step is
+what bounds a small model): every component call enters Accelerate's ``align_module_device``
+even when no weight is offloaded (skipped where the wrapped module has no Accelerate hook), and
+every block call runs ``inspect.signature`` on its Hugging Face layer (read once per class).
+
 The bridge is young and changes between releases, so the fused classes are used only with the
 TransformerLens versions they were checked against (``VERIFIED_TL_VERSIONS``); elsewhere
 ``set_fused_bridge`` switches nothing and says so by returning 0.
@@ -29,6 +34,7 @@ TransformerLens versions they were checked against (``VERIFIED_TL_VERSIONS``); e
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from typing import Any, NamedTuple
 
@@ -122,10 +128,63 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, plan: _MaskPlan, scale: float) -> T
     return z
 
 
+def _call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``GeneralizedComponent.__call__`` without Accelerate's ``align_module_device`` where the
+    wrapped module has no Accelerate hook (then that context manager does nothing, at ~10 us per
+    call of every component)."""
+    if self.fused and getattr(self._modules.get("_original_component"), "_hf_hook", None) is None:
+        return torch.nn.Module.__call__(self, *args, **kwargs)
+    return self._tl.__call__(self, *args, **kwargs)
+
+
+class _PlainCall:
+    """The methods of a ``LinearBridge``: only the cheaper call above."""
+
+    _tl: Any
+    _counted = False
+    fused: bool = True
+
+
+# forward function -> (its parameter names, whether it takes **kwargs)
+_SIGNATURES: dict[Any, tuple[list[str], bool]] = {}
+
+
+class _FusedBlock:
+    """The methods of a ``BlockBridge``: its keyword filter with the wrapped module's signature
+    read once per ``forward`` function instead of by ``inspect.signature`` on every call."""
+
+    _tl: Any
+    _counted = False
+    fused: bool = True
+
+    def _filter_kwargs_for_forward(
+        self, kwargs: dict[str, Any], num_positional_args: int = 0
+    ) -> dict[str, Any]:
+        module = self.original_component  # type: ignore[attr-defined]
+        forward = getattr(type(module), "forward", None)
+        if not self.fused or module is None or forward is None or "forward" in vars(module):
+            return self._tl._filter_kwargs_for_forward(self, kwargs, num_positional_args)
+        if forward not in _SIGNATURES:
+            try:
+                params = inspect.signature(module.forward).parameters
+            except (ValueError, TypeError):
+                return self._tl._filter_kwargs_for_forward(self, kwargs, num_positional_args)
+            _SIGNATURES[forward] = (
+                list(params),
+                any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()),
+            )
+        names, takes_any = _SIGNATURES[forward]
+        if takes_any:
+            return kwargs
+        valid = set(names).difference(names[:num_positional_args])
+        return {k: v for k, v in kwargs.items() if k in valid}
+
+
 class _FusedNorm:
     """The methods of a fused norm bridge: the wrapped Hugging Face module's own forward."""
 
     _tl: Any
+    _counted = True
     fused: bool = True
 
     def forward(self, hidden_states: Tensor, **kwargs: Any) -> Tensor:
@@ -148,6 +207,7 @@ class _FusedNorm:
 
 class _FusedAttentionCommon:
     _tl: Any
+    _counted = True
     fused: bool = True
 
     def _fusable(self, attention_mask: Any) -> bool:
@@ -278,9 +338,11 @@ class _FusedRotaryAttention(_FusedAttentionCommon):
 
 
 def _spec() -> list[tuple[type, type, dict[str, Any]]]:
+    from transformer_lens.model_bridge.generalized_components.block import BlockBridge
     from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import (
         JointQKVAttentionBridge,
     )
+    from transformer_lens.model_bridge.generalized_components.linear import LinearBridge
     from transformer_lens.model_bridge.generalized_components.normalization import (
         NormalizationBridge,
     )
@@ -291,11 +353,14 @@ def _spec() -> list[tuple[type, type, dict[str, Any]]]:
         RMSNormalizationBridge,
     )
 
+    call = {"__call__": _call}
     return [
-        (NormalizationBridge, _FusedNorm, {}),
-        (RMSNormalizationBridge, _FusedNorm, {}),
-        (JointQKVAttentionBridge, _FusedJointQKVAttention, {}),
-        (PositionEmbeddingsAttentionBridge, _FusedRotaryAttention, {}),
+        (NormalizationBridge, _FusedNorm, call),
+        (RMSNormalizationBridge, _FusedNorm, call),
+        (JointQKVAttentionBridge, _FusedJointQKVAttention, call),
+        (PositionEmbeddingsAttentionBridge, _FusedRotaryAttention, call),
+        (LinearBridge, _PlainCall, call),
+        (BlockBridge, _FusedBlock, call),
     ]
 
 
@@ -316,7 +381,8 @@ def set_fused_bridge(model: torch.nn.Module, enabled: bool = True) -> int:
         enabled: Fused (``True``) or TransformerLens's own computation (``False``).
 
     Returns:
-        The number of norm and attention modules switched; 0 on an unverified TL version
+        The number of norm and attention modules switched (linear layers and blocks also
+        switch, to a cheaper ``__call__`` and keyword filter); 0 on an unverified TL version
         (nothing is switched there, whatever ``enabled`` says).
 
     Example:
@@ -325,4 +391,4 @@ def set_fused_bridge(model: torch.nn.Module, enabled: bool = True) -> int:
     """
     if not _verified():
         return 0
-    return len(_FUSED.switch(model, enabled))
+    return sum(module._counted for module in _FUSED.switch(model, enabled))
