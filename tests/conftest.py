@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -16,3 +17,17 @@ def lm_dirs(tmp_path_factory) -> dict[str, Path]:
     """
     root = tmp_path_factory.mktemp("lms")
     return {kind: build_hf_lm(root / f"tiny-{kind}", kind) for kind in ("gptj", "llama", "gpt2")}
+
+
+@pytest.fixture
+def sdpa_calls(monkeypatch) -> list[dict]:
+    """Counts calls of F.scaled_dot_product_attention (so a test sees which path ran)."""
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
+    return calls

@@ -6,7 +6,6 @@ import pickle
 
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import build_model, random_images
 from helpers import tl_config_model as tl_model
 
@@ -35,20 +34,6 @@ CONFIGS = {
     "bidirectional": dict(attention_dir="bidirectional"),
     "no attention scale": dict(use_attn_scale=False),
 }
-
-
-@pytest.fixture
-def sdpa_calls(monkeypatch):
-    """Counts calls of F.scaled_dot_product_attention (so a test sees which path ran)."""
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def counted(*args, **kwargs):
-        calls.append(kwargs)
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
-    return calls
 
 
 def tokens_and_padding():
@@ -112,6 +97,63 @@ def test_kv_cached_decoding_matches_tl(name):
 
     fused, reference = both_ways(model, decode)
     torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["none", "a step on TL's path", "reordered batch", "no padding"])
+def test_cached_rotated_keys_are_tls_rotated_keys(change):
+    """KV-cached decoding rotates only the new keys and keeps the rest from the last step:
+    ``hook_rot_k`` gets TL's keys bit for bit, also after a step that took TL's own path or a
+    reordering of the cache (the kept rotation is then stale and everything is rotated again)."""
+    from transformer_lens import TransformerLensKeyValueCache
+
+    model = tl_model(**CONFIGS["llama-like (rotary, grouped K/V)"])
+    tokens, mask = tokens_and_padding()
+    if change == "no padding":  # (a mask of ones is dropped: TL's no-mask rotary path)
+        mask = torch.ones_like(mask)
+    perm = torch.tensor([2, 0, 1])
+    rotated_lengths = []
+    attn = model.blocks[0].attn
+
+    def spy(x, offset=0, attention_mask=None):
+        rotated_lengths.append(x.shape[1])
+        return type(attn).apply_rotary(attn, x, offset, attention_mask)
+
+    def decode():
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 3)
+        keys = []
+        record = ("blocks.0.attn.hook_rot_k", lambda k, hook: keys.append(k.clone()))
+        pattern = ("blocks.0.attn.hook_pattern", lambda p, hook: None)
+        with torch.no_grad(), model.hooks(fwd_hooks=[record]):
+            logits = model(tokens, past_kv_cache=cache, attention_mask=mask)[:, -1]
+            for step in range(4):
+                nxt = logits.argmax(-1, keepdim=True)
+                if change == "reordered batch" and step == 2:
+                    for entry in cache.entries:
+                        entry.past_keys, entry.past_values = (
+                            entry.past_keys[perm],
+                            entry.past_values[perm],
+                        )
+                    cache.previous_attention_mask = cache.previous_attention_mask[perm]
+                    nxt = nxt[perm]
+                hooks = [pattern] if change == "a step on TL's path" and step == 1 else []
+                with model.hooks(fwd_hooks=hooks):
+                    step_mask = torch.ones(3, 1, dtype=torch.long)
+                    logits = model(nxt, past_kv_cache=cache, attention_mask=step_mask)[:, -1]
+        return keys
+
+    attn.apply_rotary = spy
+    fused, reference = both_ways(model, decode)
+    del attn.apply_rotary
+    assert len(fused) == len(reference) == 5
+    for got, expected in zip(fused, reference):
+        assert torch.equal(got, expected)
+    # the fused run's calls: q then k, 5 forwards; after the prompt only new keys are rotated,
+    # except by TL's path itself (call 5) and once after it or after the reordering (call 7)
+    fused_lengths = rotated_lengths[:10]
+    assert fused_lengths[:2] == [10, 10]
+    full = [i for i in range(2, 10) if fused_lengths[i] > 1]
+    expected_full = {"none": [], "no padding": [], "reordered batch": [7]}
+    assert full == expected_full.get(change, [5, 7])
 
 
 def test_a_padded_query_that_sees_no_key_gets_z_zero(sdpa_calls):

@@ -4,7 +4,6 @@ bridge's own path whenever a hook wants what only it computes."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import build_model
 
 from transformer_lens_mm import attribute, fused_bridge, generate_captions
@@ -17,19 +16,6 @@ pytestmark = pytest.mark.skipif(
 
 KINDS = ["gpt2", "llama"]  # JointQKVAttentionBridge + LayerNorm; PositionEmbeddings... + RMSNorm
 PROMPTS = ["A picture of", "A photo of a"]  # different lengths: left padding
-
-
-@pytest.fixture
-def sdpa_calls(monkeypatch):
-    calls = []
-    sdpa = F.scaled_dot_product_attention
-
-    def counted(*args, **kwargs):
-        calls.append(kwargs)
-        return sdpa(*args, **kwargs)
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
-    return calls
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ values TL gives it. Same values up to float rounding (tested: ``tests/test_fused
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -84,14 +85,20 @@ class _FusedAttention:
         cfg = self.cfg  # type: ignore[attr-defined]
         # TL's own steps up to the scores, hook points included
         q, k, v = self._qkv(query_input, key_input, value_input)
-        if past_kv_cache_entry is not None:
-            offset = past_kv_cache_entry.past_keys.size(1)
-            k, v = past_kv_cache_entry.append(k, v)
+        entry, new_keys = past_kv_cache_entry, k
+        if entry is not None:
+            past_keys = entry.past_keys
+            offset = past_keys.size(1)
+            k, v = entry.append(k, v)
         else:
             offset = 0
         if cfg.positional_embedding_type == "rotary":
             q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))  # type: ignore[attr-defined]
-            k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))  # type: ignore[attr-defined]
+            if entry is None or cfg.use_dynamic_ntk_rope:
+                k = self.apply_rotary(k, 0, attention_mask)
+            else:
+                k = self._rotated_keys(entry, past_keys, new_keys, k, attention_mask)
+            k = self.hook_rot_k(k)  # type: ignore[attr-defined]
         if cfg.use_logn_attn and not self.training:  # type: ignore[attr-defined]
             q = self._apply_logn_scaling(q, offset)  # type: ignore[attr-defined]
 
@@ -113,6 +120,33 @@ class _FusedAttention:
         w = self.W_O.permute(2, 0, 1).reshape(cfg.d_model, -1)  # type: ignore[attr-defined]
         z = z.reshape(z.shape[0], z.shape[1], -1).to(w.dtype)
         return F.linear(z, w, self.b_O)  # type: ignore[attr-defined]
+
+    def _rotated_keys(
+        self,
+        entry: Any,
+        past_keys: Tensor,
+        new_keys: Tensor,
+        all_keys: Tensor,
+        attention_mask: Tensor | None,
+    ) -> Tensor:
+        """All keys of a KV-cached step, rotated: the cached keys' rotation from the previous
+        step plus the new keys' (TL stores keys unrotated and rotates every cached key again at
+        every step, ~5 passes over the whole cache per layer and step).
+
+        Bitwise what TL computes: a new key's position (from the offset, or from the mask as
+        TL counts it) does not depend on the rest. The rotation is kept beside the entry with
+        the ``past_keys`` tensor it belongs to; if anything else changed the entry since (TL's
+        own path, a reordered batch), every key is rotated again.
+        """
+        memo = entry.__dict__.get("_tlmm_rotated_keys")
+        if memo is not None and memo[0]() is past_keys:
+            offset = past_keys.size(1)
+            rotated = torch.cat([memo[1], self.apply_rotary(new_keys, offset, attention_mask)], 1)
+        else:
+            rotated = self.apply_rotary(all_keys, 0, attention_mask)
+        if entry.past_keys is not past_keys:  # appended (not frozen)
+            entry._tlmm_rotated_keys = (weakref.ref(entry.past_keys), rotated)
+        return rotated
 
     def _qkv(self, query_input: Tensor, key_input: Tensor, value_input: Tensor) -> tuple:
         """TL's ``calculate_qkv_matrices`` for the plain case (one input per position, no Q/K
