@@ -68,7 +68,9 @@ _CAUSAL = _MaskPlan(None, True, None)
 _memo: tuple[Any, ...] = ()
 
 
-def _mask_plan(mask: Tensor | None, n_query: int, n_key: int, causal: bool) -> _MaskPlan | None:
+def _mask_plan(
+    mask: Tensor | None, n_query: int, n_key: int, causal: bool, device: torch.device | None = None
+) -> _MaskPlan | None:
     """What ``AttentionBridge._apply_reconstruct_attention_mask`` does (compatibility mode), as
     SDPA arguments; ``None`` where SDPA would not compute the same (a mask carrying an additive
     bias, a mask of fewer than 4 dimensions).
@@ -83,7 +85,7 @@ def _mask_plan(mask: Tensor | None, n_query: int, n_key: int, causal: bool) -> _
             return _NO_MASK
         if n_query == n_key:
             return _CAUSAL
-        tril = torch.ones(n_query, n_key, dtype=torch.bool).tril(n_key - n_query)
+        tril = torch.ones(n_query, n_key, dtype=torch.bool, device=device).tril(n_key - n_query)
         return _MaskPlan(tril, False, None)
     if mask.ndim != 4:
         return None
@@ -225,7 +227,9 @@ class _FusedAttentionCommon:
             and not has_hooks(self.hook_attn_scores, self.hook_pattern)  # type: ignore[attr-defined]
         )
 
-    def _plan(self, attention_mask: Tensor | None, n_query: int, kwargs: dict) -> _MaskPlan | None:
+    def _plan(
+        self, attention_mask: Tensor | None, queries: Tensor, kwargs: dict
+    ) -> _MaskPlan | None:
         """The mask plan, decided before anything is computed or written into the KV cache."""
         cache = next(
             (
@@ -237,7 +241,9 @@ class _FusedAttentionCommon:
         )
         layer = self._layer_idx  # type: ignore[attr-defined]
         n_cached = 0 if cache is None or layer is None else int(cache.get_seq_length(layer))
-        return _mask_plan(attention_mask, n_query, n_query + n_cached, self.is_causal)  # type: ignore[attr-defined]
+        n_query = queries.shape[1]  # [batch, pos, ...]
+        causal = self.is_causal  # type: ignore[attr-defined]
+        return _mask_plan(attention_mask, n_query, n_query + n_cached, causal, queries.device)
 
 
 class _FusedJointQKVAttention(_FusedAttentionCommon):
@@ -247,7 +253,7 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
     def _reconstruct_attention(self, q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> tuple:
         mask = kwargs.get("attention_mask")
         plan = (
-            self._plan(mask, q.shape[1], kwargs)
+            self._plan(mask, q, kwargs)
             if self._fusable(mask) and not getattr(self, "_reorder_and_upcast_attn", False)
             else None
         )
@@ -306,7 +312,7 @@ class _FusedRotaryAttention(_FusedAttentionCommon):
             and len(args) + ("hidden_states" in kwargs) == 1
             and self._plain(hf_attn, position_embeddings, mask)
         ):
-            plan = self._plan(mask, hidden_states.shape[-2], kwargs)
+            plan = self._plan(mask, hidden_states, kwargs)
         if plan is None:
             return self._tl.forward(self, *args, **kwargs)
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
