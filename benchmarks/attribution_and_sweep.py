@@ -17,7 +17,9 @@ built from a config with random weights: speed does not depend on the weights.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -88,10 +90,17 @@ def timed(fn, device: str) -> tuple[float, int]:
     return elapsed, mem.peak
 
 
+def scratch_dir() -> Path:
+    """A new temporary folder, removed when the process exits (a benchmark model is ~0.5 GB)."""
+    folder = Path(tempfile.mkdtemp(prefix="tlmm-bench-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def build(api: str, device: str, dtype: torch.dtype, n_image_tokens: int, size: str):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    folder = Path(tempfile.mkdtemp()) / "bench-model"
+    folder = scratch_dir() / "bench-model"
     folder.mkdir()
     torch.manual_seed(0)
     if size == "tiny":  # only checks that the scripts run (tests/test_benchmarks.py)

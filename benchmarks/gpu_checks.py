@@ -23,7 +23,11 @@ def main() -> None:
     if dev == "cuda":
         assert torch.cuda.is_available(), "needs a GPU"
         print("device:", torch.cuda.get_device_name(), "torch", torch.__version__)
-    root = Path(tempfile.mkdtemp())
+    with tempfile.TemporaryDirectory(prefix="tlmm-gpu-") as tmp:
+        run(dev, Path(tmp))
+
+
+def run(dev: str, root: Path) -> None:
     for kind in ("gptj", "llama"):
         folder = build_hf_lm(root / f"tiny-{kind}", kind)
         enc, proj = build_encoder(), build_projection()
@@ -44,13 +48,13 @@ def main() -> None:
             ref = hf(inputs_embeds=emb, attention_mask=batch.attention_mask).logits
         real = batch.attention_mask.bool()
         print(
-            f"[{kind}] injected logits vs HF inputs_embeds on cuda: max |diff| "
+            f"[{kind}] injected logits vs HF inputs_embeds on {dev}: max |diff| "
             f"{(logits[real] - ref[real]).abs().max().item():.2e}"
         )
         a_gpu = attribute(gpu, batch, [12, 13, 14])
         a_cpu = attribute(cpu, cpu.prepare_inputs(images, prompts=batch.prompts), [12, 13, 14])
         print(
-            f"[{kind}] attribution cuda vs cpu: max |diff| "
+            f"[{kind}] attribution {dev} vs cpu: max |diff| "
             f"{(a_gpu.scores - a_cpu.scores).abs().max().item():.2e} "
             f"(scale {a_cpu.scores.abs().max().item():.2e})"
         )
@@ -59,7 +63,7 @@ def main() -> None:
             gpu, images, max_new_tokens=6, stop_at_eos=False, use_kv_cache=False
         )
         print(
-            f"[{kind}] greedy captions with/without KV cache on cuda equal: "
+            f"[{kind}] greedy captions with/without KV cache on {dev} equal: "
             f"{caps.tokens.tolist() == ref_caps.tokens.tolist()}"
         )
         bf = from_parts(

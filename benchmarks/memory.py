@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from attribution_and_sweep import DTYPES, PeakMemory, plain_backward, track_rss
+from attribution_and_sweep import DTYPES, PeakMemory, plain_backward, scratch_dir, track_rss
 from helpers import build_tokenizer
 
 from transformer_lens_mm import ImageProjection, attribute, from_parts
@@ -45,7 +44,7 @@ def gptj_shaped(n_layers: int, api: str, device: str, dtype: torch.dtype, shape:
     d = SHAPES[shape]
     from transformers import AutoTokenizer
 
-    folder = Path(tempfile.mkdtemp())
+    folder = scratch_dir()
     build_tokenizer(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if api == "hooked":
