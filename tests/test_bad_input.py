@@ -146,3 +146,22 @@ def test_hooked_class_under_tl4_says_what_to_do():
     assert "transformer-lens==3.9" in str(err.value)
     with pytest.raises(ImportError, match="api='hooked'"):
         from_parts(lm="some-model", encoder=None, projection=ImageProjection(2, 2), api="hooked")
+
+
+@pytest.mark.parametrize("name", ["norms", "fused_attention", "fused_bridge"])
+def test_set_fused_wants_a_model(name):
+    import importlib
+
+    module = importlib.import_module(f"transformer_lens_mm.{name}")
+    switch = getattr(module, "set_fused_" + name.removeprefix("fused_"))
+    with pytest.raises(TypeError, match=f"expected a TransformerLens model.*got str|{TYPECHECK}"):
+        switch("gpt2", False)
+
+
+def test_fused_switch_check_without_type_checks():
+    """What a user's process (no jaxtyping import hook) raises from every ``set_fused_*``."""
+    from transformer_lens_mm._fusing import check_model
+
+    with pytest.raises(TypeError, match=r"expected a TransformerLens model.*got str"):
+        check_model("gpt2")
+    check_model(torch.nn.Linear(2, 2))

@@ -22,6 +22,15 @@ from torch import Tensor
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
+def check_model(model: Any) -> None:
+    """A clear error for a ``set_fused_*`` call given something other than a model."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"expected a TransformerLens model (a torch.nn.Module), got {type(model).__name__}; "
+            "pass the model itself, e.g. set_fused_attention(model, False)"
+        )
+
+
 def has_hooks(*points: Any) -> bool:
     """Whether a hook (forward or backward, pre or post) is attached to any of these hook points."""
     return any(
@@ -106,6 +115,7 @@ class FusedClasses:
     def switch(self, model: torch.nn.Module, enabled: bool) -> list[torch.nn.Module]:
         """Give the model's TL modules their fused classes (once) and set ``fused``; returns
         every module switched."""
+        check_model(model)
         classes = self.get()
         fused_types = set(classes.values())
         switched = []

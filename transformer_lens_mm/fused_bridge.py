@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from transformer_lens_mm._fusing import FusedClasses, has_hooks, sdpa
+from transformer_lens_mm._fusing import FusedClasses, check_model, has_hooks, sdpa
 from transformer_lens_mm._tl_compat import TL_VERSION
 
 __all__ = ["VERIFIED_TL_VERSIONS", "set_fused_bridge"]
@@ -395,6 +395,7 @@ def set_fused_bridge(model: torch.nn.Module, enabled: bool = True) -> int:
         >>> set_fused_bridge(model, False)  # doctest: +SKIP
         25
     """
+    check_model(model)
     if not _verified():
         return 0
     return sum(module._counted for module in _FUSED.switch(model, enabled))
