@@ -223,7 +223,11 @@ def test_accelerate_alignment_is_skipped_only_without_an_accelerate_hook(models,
     batch = batch_of(model, "right")
     with torch.no_grad():
         model(batch)
-    switched = {id(m.original_component) for m in model.modules() if hasattr(m, "fused")}
+    switched = {
+        id(m.original_component)
+        for m in model.modules()
+        if hasattr(m, "fused") and hasattr(m, "original_component")
+    }
     assert len(switched) > 5 * model.cfg.n_layers  # norms, attention, linear layers, blocks
     assert not switched & {id(m) for m in aligned}  # no module has an Accelerate hook
     linear = model.blocks[0].mlp.out.original_component
@@ -232,3 +236,128 @@ def test_accelerate_alignment_is_skipped_only_without_an_accelerate_hook(models,
     with torch.no_grad():
         model(batch)
     assert [m for m in aligned if id(m) in switched] == [linear]  # TL's alignment again
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_hook_point_fires_and_every_edit_lands_on_the_fused_bridge(models, kind):
+    """The cheaper calls of hook points and linear layers hand over to TL whenever a hook is
+    attached: run_with_cache records every hook point with the bridge's values, and edits on a
+    projection's hook_in/hook_out and on q change the output exactly as on the bridge."""
+    model = models[kind]
+    batch = batch_of(model, "left")
+    names = ["blocks.0.attn.q.hook_in", "blocks.1.attn.hook_q", "blocks.1.mlp.out.hook_out"]
+    assert all(name in model.hook_dict for name in names)
+
+    def edit(x, hook):
+        return x * 0.5 + 0.25
+
+    def run():
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(batch)
+            edited = model.run_with_hooks(batch, fwd_hooks=[(n, edit) for n in names])
+            plain = model(batch)
+        return logits, dict(cache), edited, plain
+
+    (logits, cache, edited, plain), (ref_logits, ref_cache, ref_edited, _) = both_ways(model, run)
+    assert sorted(cache) == sorted(ref_cache)
+    assert len(cache) > 20 * model.cfg.n_layers
+    for name, value in ref_cache.items():
+        torch.testing.assert_close(cache[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edited, ref_edited, atol=1e-5, rtol=1e-5)
+    assert (edited - plain).abs().max() > 1e-2  # the edits did change the output
+
+
+def test_a_global_module_hook_sees_every_call_on_the_fused_bridge(models):
+    """With a global forward hook registered, no module call is skipped."""
+    model = models["gpt2"]
+    batch = batch_of(model, "right")
+
+    def count():
+        calls = []
+        handle = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, out: calls.append(type(module).__name__.removeprefix("Fused"))
+        )
+        try:
+            with torch.no_grad():
+                model(batch)
+        finally:
+            handle.remove()
+        return sorted(calls)
+
+    def cheap_calls(enabled):
+        switched = [
+            m
+            for m in model.modules()
+            if type(m).__name__ in ("FusedHookPoint", "FusedLinearBridge")
+        ]
+        assert len(switched) > 10 * model.cfg.n_layers
+        for module in switched:
+            module.fused = enabled
+
+    fused = count()
+    cheap_calls(False)  # the norms and attention stay fused
+    try:
+        reference = count()
+    finally:
+        cheap_calls(True)
+    assert fused == reference
+    assert fused.count("HookPoint") > 10 * model.cfg.n_layers
+
+
+def _matmuls(model, batch):
+    """Matrix products dispatched by one forward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names = {"addmm", "mm", "bmm", "matmul", "linear"}
+    seen = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in names:
+                seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count():
+        logits = model(batch)
+    return len(seen), logits
+
+
+def test_gpt2_q_k_v_are_one_product_of_c_attn_and_follow_weight_edits(models):
+    """TL's q/k/v weights are views of c_attn's: one product stands for three (2 fewer per
+    layer), in-place edits of q's weight show in it, and a replaced weight (no longer a view)
+    brings TL's own projections back; the logits equal the bridge's own every time."""
+    model = models["gpt2"]
+    batch = batch_of(model, "left")
+    attn = model.blocks[0].attn
+    n_fused, logits = _matmuls(model, batch)
+    projections = [model.blocks[i].attn.q for i in range(model.cfg.n_layers)]
+    for proj in projections:
+        proj.fused = False  # no joint product: TL's three
+    try:
+        n_three, ref = _matmuls(model, batch)
+    finally:
+        for proj in projections:
+            proj.fused = True
+    assert n_three - n_fused == 2 * model.cfg.n_layers
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
+
+    q = attn.q.original_component
+    original = q.weight
+    with torch.no_grad():
+        original.mul_(-2.0)  # through q's view: c_attn's weight changes with it
+    try:
+        with torch.no_grad():
+            assert attn._joint_qkv() is not None
+            fused, reference = both_ways(model, lambda: model(batch))
+        torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+        assert (fused - logits).abs().max() > 1e-3
+        q.weight = torch.nn.Parameter(original.detach() * 0.5)  # a new tensor, not a view
+        with torch.no_grad():
+            assert attn._joint_qkv() is None
+            fused, reference = both_ways(model, lambda: model(batch))
+        torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+    finally:
+        q.weight = original
+        with torch.no_grad():
+            original.div_(-2.0)

@@ -22,10 +22,15 @@ then TransformerLens's own forward runs. Every other hook point (``hook_in``/``h
 Same values up to float rounding (tested: ``tests/test_fused_bridge.py``);
 ``set_fused_bridge(model, False)`` restores TL's computation.
 
-Two pieces of per-call Python overhead go too (with launches, Python time per decoding step is
-what bounds a small model): every component call enters Accelerate's ``align_module_device``
-even when no weight is offloaded (skipped where the wrapped module has no Accelerate hook), and
-every block call runs ``inspect.signature`` on its Hugging Face layer (read once per class).
+Per-call overhead goes too (with launches, Python time per decoding step is what bounds a small
+model): every component call enters Accelerate's ``align_module_device`` even when no weight is
+offloaded (skipped where the wrapped module has no Accelerate hook); every block call runs
+``inspect.signature`` on its Hugging Face layer (read once per class); hook points without a hook
+return their input without ``nn.Module.__call__``, and linear bridges without hooks call their
+Hugging Face module directly (unless a global module hook is registered). GPT-2's q, k and v
+are one product with ``c_attn``'s weight while TL's q/k/v weights are still views of it (TL
+splits it into three products): checked on every call, so in-place edits show and replaced
+weights, hooks on the q/k/v hook points or gradients for those weights bring TL's back.
 
 The bridge is young and changes between releases, so the fused classes are used only with the
 TransformerLens versions they were checked against (``VERIFIED_TL_VERSIONS``); elsewhere
@@ -40,6 +45,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn.modules import module as _nn_module
 
 from transformer_lens_mm._fusing import FusedClasses, check_model, has_hooks, sdpa
 from transformer_lens_mm._tl_compat import TL_VERSION
@@ -137,6 +143,67 @@ def _call(self: Any, *args: Any, **kwargs: Any) -> Any:
     if self.fused and getattr(self._modules.get("_original_component"), "_hf_hook", None) is None:
         return torch.nn.Module.__call__(self, *args, **kwargs)
     return self._tl.__call__(self, *args, **kwargs)
+
+
+def _plain_dispatch() -> bool:
+    """No global module hook is registered and nothing traces: skipping a module call (or
+    ``nn.Module.__call__``) changes nothing anyone can observe."""
+    return not (
+        _nn_module._global_forward_hooks
+        or _nn_module._global_forward_pre_hooks
+        or _nn_module._global_backward_hooks
+        or _nn_module._global_backward_pre_hooks
+        or torch._C._get_tracing_state()
+    )
+
+
+def _unhooked(module: torch.nn.Module) -> bool:
+    return not (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or module._compiled_call_impl is not None
+    )
+
+
+def _hook_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``HookPoint.__call__``: its input itself while no hook is attached (TL's ``forward`` is
+    the identity; ``nn.Module.__call__`` around it costs ~2 us, ~3000 times per caption)."""
+    if self.fused and len(args) == 1 and not kwargs and _unhooked(self) and _plain_dispatch():
+        return args[0]
+    return torch.nn.Module.__call__(self, *args, **kwargs)
+
+
+class _PlainHook:
+    """The methods of a ``HookPoint``: only the cheaper call above."""
+
+    _tl: Any
+    _counted = False
+    fused: bool = True
+
+
+def _linear_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``LinearBridge.__call__``: while neither it nor its ``hook_in``/``hook_out`` has a hook,
+    its wrapped module's call with TL's projection-hook bookkeeping (``LinearBridge.forward``
+    without the three module calls around it)."""
+    inner = self._modules.get("_original_component")
+    modules = self._modules
+    if (
+        self.fused
+        and inner is not None
+        and getattr(inner, "_hf_hook", None) is None
+        and _unhooked(self)
+        and _unhooked(modules["hook_in"])
+        and _unhooked(modules["hook_out"])
+        and _plain_dispatch()
+    ):
+        if self._suppress_next_hook_in:
+            object.__setattr__(self, "_suppress_next_hook_in", False)
+        out = inner(*args, **kwargs)
+        object.__setattr__(self, "_fired_hook_out", True)
+        return out
+    return _call(self, *args, **kwargs)
 
 
 class _PlainCall:
@@ -246,9 +313,83 @@ class _FusedAttentionCommon:
         return _mask_plan(attention_mask, n_query, n_query + n_cached, causal, queries.device)
 
 
+def _views_of_joint(parts: list[Tensor | None], joint: Tensor | None) -> bool:
+    """Whether ``parts`` are, in order, the consecutive thirds of ``joint`` (a Conv1D weight
+    ``[in, 3n]``, the parts ``[n, in]`` transposed views; or a bias ``[3n]``), as TL's
+    ``split_qkv_matrix`` made them: then ``joint`` holds every in-place change to the parts."""
+    if joint is None or any(p is None for p in parts):
+        return joint is None and all(p is None for p in parts)
+    dim = joint.dim() - 1  # the output dimension
+    n = joint.shape[dim] // 3
+    shape = (n, joint.shape[0]) if dim else (n,)
+    strides = (joint.stride(1), joint.stride(0)) if dim else (joint.stride(0),)
+    step = n * joint.stride(dim) * joint.element_size()
+    return all(
+        p.dtype == joint.dtype  # type: ignore[union-attr]
+        and tuple(p.shape) == shape  # type: ignore[union-attr]
+        and p.stride() == strides  # type: ignore[union-attr]
+        and p.data_ptr() == joint.data_ptr() + i * step  # type: ignore[union-attr]
+        for i, p in enumerate(parts)
+    )
+
+
 class _FusedJointQKVAttention(_FusedAttentionCommon):
-    """The methods of a fused ``JointQKVAttentionBridge`` (GPT-2): TL splits ``c_attn`` into
-    q/k/v projections (their hooks fire), then this replaces its eager attention."""
+    """The methods of a fused ``JointQKVAttentionBridge`` (GPT-2): q, k and v in one matrix
+    product with ``c_attn``'s weight (TL's q/k/v projections are views of it) while none of
+    their hooks has a hook, then one SDPA call in place of TL's eager attention."""
+
+    def _joint_qkv(self) -> tuple[Tensor, Tensor | None, list[Any]] | None:
+        """``c_attn``'s weight and bias, and the q/k/v bridges, when one product can stand for
+        the three projections; ``None`` when TL's own projections must run."""
+        modules = self._modules
+        projections = [modules.get(name) for name in ("q", "k", "v")]
+        joint = getattr(modules.get("_original_component"), "c_attn", None)
+        if (
+            joint is None
+            or getattr(joint, "_hf_hook", None) is not None
+            or not isinstance(getattr(joint, "weight", None), Tensor)
+            or joint.weight.dim() != 2
+            or self._is_split_qkv_fork_active()  # type: ignore[attr-defined]
+        ):
+            return None
+        inners = []
+        for proj in projections:
+            inner = None if proj is None else proj._modules.get("_original_component")
+            if (
+                type(inner) is not torch.nn.Linear
+                or not getattr(proj, "fused", False)
+                or getattr(inner, "_hf_hook", None) is not None
+                or not (_unhooked(proj) and _unhooked(inner))
+                or not _unhooked(proj._modules["hook_in"])
+                or not _unhooked(proj._modules["hook_out"])
+            ):
+                return None
+            inners.append(inner)
+        weight, bias = joint.weight, getattr(joint, "bias", None)
+        tensors = [weight, bias] + [t for m in inners for t in (m.weight, m.bias)]
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return None  # gradients belong to TL's q/k/v parameters: their own products
+        if not (
+            _views_of_joint([m.weight for m in inners], weight)
+            and _views_of_joint([m.bias for m in inners], bias)
+        ):
+            return None
+        return weight, bias, projections
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        joint = self._joint_qkv() if self.fused and _plain_dispatch() else None
+        if joint is None:
+            return self._tl.forward(self, *args, **kwargs)
+        weight, bias, projections = joint
+        x = self._apply_attention_input_hook(*args, **kwargs)  # type: ignore[attr-defined]
+        flat = x.reshape(-1, x.shape[-1])
+        qkv = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
+        q, k, v = qkv.view(*x.shape[:-1], -1).split(weight.shape[1] // 3, dim=-1)
+        for proj in projections:  # what LinearBridge.forward records for its container
+            object.__setattr__(proj, "_suppress_next_hook_in", False)
+            object.__setattr__(proj, "_fired_hook_out", True)
+        output = self._reconstruct_attention(q, k, v, **kwargs)
+        return self._process_output(output)  # type: ignore[attr-defined]
 
     def _reconstruct_attention(self, q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> tuple:
         mask = kwargs.get("attention_mask")
@@ -344,6 +485,7 @@ class _FusedRotaryAttention(_FusedAttentionCommon):
 
 
 def _spec() -> list[tuple[type, type, dict[str, Any]]]:
+    from transformer_lens.hook_points import HookPoint
     from transformer_lens.model_bridge.generalized_components.block import BlockBridge
     from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import (
         JointQKVAttentionBridge,
@@ -361,11 +503,12 @@ def _spec() -> list[tuple[type, type, dict[str, Any]]]:
 
     call = {"__call__": _call}
     return [
+        (HookPoint, _PlainHook, {"__call__": _hook_call}),
         (NormalizationBridge, _FusedNorm, call),
         (RMSNormalizationBridge, _FusedNorm, call),
         (JointQKVAttentionBridge, _FusedJointQKVAttention, call),
         (PositionEmbeddingsAttentionBridge, _FusedRotaryAttention, call),
-        (LinearBridge, _PlainCall, call),
+        (LinearBridge, _PlainCall, {"__call__": _linear_call}),
         (BlockBridge, _FusedBlock, call),
     ]
 
