@@ -145,16 +145,20 @@ def _call(self: Any, *args: Any, **kwargs: Any) -> Any:
     return self._tl.__call__(self, *args, **kwargs)
 
 
+# torch's registries of global module hooks (dicts filled in place by
+# ``register_module_forward_hook`` and friends); None where this torch names them otherwise.
+_GLOBAL_HOOKS = [
+    getattr(_nn_module, f"_global_{kind}_hooks", None)
+    for kind in ("forward", "forward_pre", "backward", "backward_pre")
+]
+_GLOBAL_HOOKS_KNOWN = all(isinstance(hooks, dict) for hooks in _GLOBAL_HOOKS)
+
+
 def _plain_dispatch() -> bool:
     """No global module hook is registered and nothing traces: skipping a module call (or
-    ``nn.Module.__call__``) changes nothing anyone can observe."""
-    return not (
-        _nn_module._global_forward_hooks
-        or _nn_module._global_forward_pre_hooks
-        or _nn_module._global_backward_hooks
-        or _nn_module._global_backward_pre_hooks
-        or torch._C._get_tracing_state()
-    )
+    ``nn.Module.__call__``) changes nothing anyone can observe. False on a torch whose global
+    hook registries are not where this looks (then every call goes through torch)."""
+    return _GLOBAL_HOOKS_KNOWN and not any(_GLOBAL_HOOKS) and not torch._C._get_tracing_state()
 
 
 def _unhooked(module: torch.nn.Module) -> bool:
@@ -163,7 +167,7 @@ def _unhooked(module: torch.nn.Module) -> bool:
         or module._forward_pre_hooks
         or module._backward_hooks
         or module._backward_pre_hooks
-        or module._compiled_call_impl is not None
+        or getattr(module, "_compiled_call_impl", None) is not None
     )
 
 
