@@ -33,13 +33,15 @@ def check_model(model: Any) -> None:
 
 def has_hooks(*points: Any) -> bool:
     """Whether a hook (forward or backward, pre or post) is attached to any of these hook points."""
-    return any(
-        point._forward_hooks
-        or point._forward_pre_hooks
-        or point._backward_hooks
-        or point._backward_pre_hooks
-        for point in points
-    )
+    for point in points:  # a loop, not any(<generator>): this runs per module call
+        if (
+            point._forward_hooks
+            or point._forward_pre_hooks
+            or point._backward_hooks
+            or point._backward_pre_hooks
+        ):
+            return True
+    return False
 
 
 def sdpa(

@@ -162,13 +162,8 @@ def _plain_dispatch() -> bool:
 
 
 def _unhooked(module: torch.nn.Module) -> bool:
-    return not (
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-        or getattr(module, "_compiled_call_impl", None) is not None
-    )
+    """No hook of its own and not compiled: its call is its plain ``forward``."""
+    return not has_hooks(module) and getattr(module, "_compiled_call_impl", None) is None
 
 
 def _hook_call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -179,39 +174,45 @@ def _hook_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     return torch.nn.Module.__call__(self, *args, **kwargs)
 
 
-class _PlainHook:
-    """The methods of a ``HookPoint``: only the cheaper call above."""
+def _bypassable(linear: Any) -> torch.nn.Module | None:
+    """The wrapped module of a switched ``LinearBridge`` that neither has a hook itself nor on
+    its ``hook_in``/``hook_out`` (nor an Accelerate hook): what may run in its place."""
+    modules = linear._modules
+    inner = modules.get("_original_component")
+    if (
+        getattr(linear, "fused", False)
+        and inner is not None
+        and getattr(inner, "_hf_hook", None) is None
+        and _unhooked(linear)
+        and _unhooked(modules["hook_in"])
+        and _unhooked(modules["hook_out"])
+    ):
+        return inner
+    return None
 
-    _tl: Any
-    _counted = False
-    fused: bool = True
+
+def _record_call(linear: Any) -> None:
+    """What ``LinearBridge.forward`` records for its container (TL's projection-hook
+    protocol): its ``hook_in`` suppression consumed, its ``hook_out`` fired."""
+    object.__setattr__(linear, "_suppress_next_hook_in", False)
+    object.__setattr__(linear, "_fired_hook_out", True)
 
 
 def _linear_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     """``LinearBridge.__call__``: while neither it nor its ``hook_in``/``hook_out`` has a hook,
-    its wrapped module's call with TL's projection-hook bookkeeping (``LinearBridge.forward``
-    without the three module calls around it)."""
-    inner = self._modules.get("_original_component")
-    modules = self._modules
-    if (
-        self.fused
-        and inner is not None
-        and getattr(inner, "_hf_hook", None) is None
-        and _unhooked(self)
-        and _unhooked(modules["hook_in"])
-        and _unhooked(modules["hook_out"])
-        and _plain_dispatch()
-    ):
-        if self._suppress_next_hook_in:
-            object.__setattr__(self, "_suppress_next_hook_in", False)
-        out = inner(*args, **kwargs)
-        object.__setattr__(self, "_fired_hook_out", True)
-        return out
-    return _call(self, *args, **kwargs)
+    its wrapped module's call with TL's bookkeeping (``LinearBridge.forward`` without the three
+    module calls around it)."""
+    inner = _bypassable(self) if _plain_dispatch() else None
+    if inner is None:
+        return _call(self, *args, **kwargs)
+    out = inner(*args, **kwargs)
+    _record_call(self)
+    return out
 
 
 class _PlainCall:
-    """The methods of a ``LinearBridge``: only the cheaper call above."""
+    """The methods of a ``HookPoint`` or ``LinearBridge``: only a cheaper ``__call__`` (given
+    with the class in ``_spec``)."""
 
     _tl: Any
     _counted = False
@@ -358,15 +359,9 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
             return None
         inners = []
         for proj in projections:
-            inner = None if proj is None else proj._modules.get("_original_component")
-            if (
-                type(inner) is not torch.nn.Linear
-                or not getattr(proj, "fused", False)
-                or getattr(inner, "_hf_hook", None) is not None
-                or not (_unhooked(proj) and _unhooked(inner))
-                or not _unhooked(proj._modules["hook_in"])
-                or not _unhooked(proj._modules["hook_out"])
-            ):
+            inner = None if proj is None else _bypassable(proj)
+            # not called either: a hook on it, or another kind of module, needs TL's products
+            if type(inner) is not torch.nn.Linear or not _unhooked(inner):
                 return None
             inners.append(inner)
         weight, bias = joint.weight, getattr(joint, "bias", None)
@@ -389,9 +384,8 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
         flat = x.reshape(-1, x.shape[-1])
         qkv = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
         q, k, v = qkv.view(*x.shape[:-1], -1).split(weight.shape[1] // 3, dim=-1)
-        for proj in projections:  # what LinearBridge.forward records for its container
-            object.__setattr__(proj, "_suppress_next_hook_in", False)
-            object.__setattr__(proj, "_fired_hook_out", True)
+        for proj in projections:
+            _record_call(proj)
         output = self._reconstruct_attention(q, k, v, **kwargs)
         return self._process_output(output)  # type: ignore[attr-defined]
 
@@ -507,7 +501,7 @@ def _spec() -> list[tuple[type, type, dict[str, Any]]]:
 
     call = {"__call__": _call}
     return [
-        (HookPoint, _PlainHook, {"__call__": _hook_call}),
+        (HookPoint, _PlainCall, {"__call__": _hook_call}),
         (NormalizationBridge, _FusedNorm, call),
         (RMSNormalizationBridge, _FusedNorm, call),
         (JointQKVAttentionBridge, _FusedJointQKVAttention, call),
