@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attribution_and_sweep import build, summary
 
 from transformer_lens_mm import generate_captions
-from transformer_lens_mm.fused_attention import set_fused_attention
-from transformer_lens_mm.fused_bridge import set_fused_bridge
-from transformer_lens_mm.lm_loading import default_api
-from transformer_lens_mm.norms import set_fused_norms
+from transformer_lens_mm.core.lm_loading import default_api
+from transformer_lens_mm.fast.attention import set_fused_attention
+from transformer_lens_mm.fast.bridge import set_fused_bridge
+from transformer_lens_mm.fast.norms import set_fused_norms
 
 # views and reshapes launch no kernel
 VIEWS = {

@@ -30,7 +30,7 @@ from attribution_and_sweep import DTYPES, PeakMemory, plain_backward, scratch_di
 from helpers import build_tokenizer
 
 from transformer_lens_mm import ImageProjection, attribute, from_parts
-from transformer_lens_mm.lm_loading import default_api
+from transformer_lens_mm.core.lm_loading import default_api
 
 GPTJ_LAYERS = 28
 # GPT-J-6B's shapes; "tiny" only checks that the script runs (tests/test_benchmarks.py)
@@ -74,7 +74,7 @@ def gptj_shaped(n_layers: int, api: str, device: str, dtype: torch.dtype, shape:
     else:  # the bridge wraps a Hugging Face GPT-J built in place (only its config is saved)
         from transformers import GPTJConfig, GPTJForCausalLM
 
-        from transformer_lens_mm.lm_loading import load_bridge
+        from transformer_lens_mm.core.lm_loading import load_bridge
 
         cfg = GPTJConfig(
             n_layer=n_layers,

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from _common import parse_args
 from toy_model import load_toy_model, make_dataset
+from transformer_lens_mm.report.html.plotting import plot_top_units_per_layer
 
-from transformer_lens_mm.neurons import find_multimodal_neurons
-from transformer_lens_mm.plotting import plot_top_units_per_layer
+from transformer_lens_mm.pipelines.search import find_multimodal_neurons
 
 args = parse_args(__doc__)
 model = load_toy_model(args.api, cache=args.toy)

@@ -4,8 +4,12 @@ from _common import parse_args
 from toy_model import load_toy_model, make_dataset
 
 from transformer_lens_mm import hook_names
-from transformer_lens_mm.decoding import decode_soft_prompts, decode_units, random_soft_prompts
-from transformer_lens_mm.word_filter import is_interpretable
+from transformer_lens_mm.tools.decoding import (
+    decode_soft_prompts,
+    decode_units,
+    random_soft_prompts,
+)
+from transformer_lens_mm.tools.words import is_interpretable
 
 args = parse_args(__doc__)
 model = load_toy_model(args.api, cache=args.toy)

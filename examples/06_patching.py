@@ -3,8 +3,8 @@
 from _common import parse_args
 from toy_model import load_toy_model, make_dataset
 
-from transformer_lens_mm.patching import logit_metric, patch_by_position, patch_by_unit
-from transformer_lens_mm.targets import token_id_of
+from transformer_lens_mm.tools.patching import logit_metric, patch_by_position, patch_by_unit
+from transformer_lens_mm.tools.targets import token_id_of
 
 args = parse_args(__doc__)
 model = load_toy_model(args.api, cache=args.toy)

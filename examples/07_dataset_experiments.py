@@ -19,9 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from transformer_lens_mm.ablation import ablation_curve
-from transformer_lens_mm.analyze import load_dataset, load_model, load_results, load_table
-from transformer_lens_mm.experiments import (
+from transformer_lens_mm.pipelines.analyze.runner import (
+    load_dataset,
+    load_model,
+    load_results,
+    load_table,
+)
+from transformer_lens_mm.pipelines.experiments import (
     ablation_caption_summary,
     analysis_report,
     layer_distribution,
@@ -31,7 +35,8 @@ from transformer_lens_mm.experiments import (
     spatial_iou_by_category,
     unit_decoding_texts,
 )
-from transformer_lens_mm.metrics import MetricModelError, bert_scorer, clip_scorer
+from transformer_lens_mm.tools.ablation import ablation_curve
+from transformer_lens_mm.tools.metrics import MetricModelError, bert_scorer, clip_scorer
 
 
 def main() -> None:
@@ -75,7 +80,7 @@ def main() -> None:
         if args.bert:
             bert = bert_scorer(args.bert)
         else:
-            from transformer_lens_mm.pretrained import minilm_folder
+            from transformer_lens_mm.data.pretrained import minilm_folder
 
             bert = bert_scorer(str(minilm_folder()))
         if args.clip:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transformer_lens_mm.lm_loading import default_api
+from transformer_lens_mm.core.lm_loading import default_api
 
 
 def parse_args(description: str) -> argparse.Namespace:

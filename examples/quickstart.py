@@ -16,7 +16,7 @@ import argparse
 from toy_model import load_toy_model, make_dataset
 
 from transformer_lens_mm import generate_captions, hook_names
-from transformer_lens_mm.lm_loading import default_api
+from transformer_lens_mm.core.lm_loading import default_api
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ image-token norms match the LM's mean embedding norm; AdamW with a short warm-up
 About 5 s per step on 2 CPU cores (58 min in all), plus ~4 min to encode the 3300 scenes once.
 
 Writes ``OUT/projection`` (safetensors + json), ``OUT/training_record.json`` (loss curve,
-held-out caption accuracy) and, with ``--ship``, copies both into ``transformer_lens_mm/assets``.
+held-out caption accuracy) and, with ``--ship``, copies both into ``transformer_lens_mm/data/assets``.
 """
 
 from __future__ import annotations
@@ -35,12 +35,16 @@ from transformer_lens_mm import (
     generate_captions,
     load_projection,
 )
-from transformer_lens_mm.pretrained import efficientnet_lite0_encoder, smollm2_folder
-from transformer_lens_mm.scenes import SceneSet
-from transformer_lens_mm.training import encode_features, train_projection
+from transformer_lens_mm.data.pretrained import efficientnet_lite0_encoder, smollm2_folder
+from transformer_lens_mm.data.scenes import SceneSet
+from transformer_lens_mm.pipelines.training import encode_features, train_projection
 
 ASSETS = (
-    Path(__file__).resolve().parents[1] / "transformer_lens_mm" / "assets" / "smollm2_effnet_lite0"
+    Path(__file__).resolve().parents[1]
+    / "transformer_lens_mm"
+    / "data"
+    / "assets"
+    / "smollm2_effnet_lite0"
 )
 
 

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from transformer_lens_mm import ImageEncoder, ImageProjection, from_parts
-from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER
+from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 
 WORDS = [
     "<|endoftext|>",

@@ -5,7 +5,7 @@ import torch
 from helpers import APIS, build_model, random_images
 
 from transformer_lens_mm import generate_captions, hook_names
-from transformer_lens_mm.ablation import (
+from transformer_lens_mm.tools.ablation import (
     ablated,
     ablation_hooks,
     ablation_sweep,
@@ -13,9 +13,9 @@ from transformer_lens_mm.ablation import (
     random_units_like,
     unit_means,
 )
-from transformer_lens_mm.attribution import attribute
-from transformer_lens_mm.lens import logit_lens, logit_lens_logits
-from transformer_lens_mm.patching import logit_metric, patch_by_position, patch_by_unit
+from transformer_lens_mm.tools.attribution import attribute
+from transformer_lens_mm.tools.lens import logit_lens, logit_lens_logits
+from transformer_lens_mm.tools.patching import logit_metric, patch_by_position, patch_by_unit
 
 
 @pytest.fixture(scope="module", params=APIS)

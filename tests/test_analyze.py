@@ -16,26 +16,26 @@ import torch
 from helpers import build_model
 from PIL import Image
 
-from transformer_lens_mm.ablation import (
-    ablation_sweep,
-    captions_under_ablation,
-    random_units_like,
-)
-from transformer_lens_mm.analyze import (
+from transformer_lens_mm.core.lm_loading import default_api
+from transformer_lens_mm.data.datasets import CaptionFolder
+from transformer_lens_mm.pipelines.analyze.runner import (
     AnalysisConfig,
     load_config,
     load_results,
     load_table,
     run_analysis,
 )
-from transformer_lens_mm.attribution import attribute
-from transformer_lens_mm.cli import main
-from transformer_lens_mm.datasets import CaptionFolder
-from transformer_lens_mm.decoding import decode_soft_prompts, random_soft_prompts
-from transformer_lens_mm.experiments import analysis_report
-from transformer_lens_mm.lm_loading import default_api
-from transformer_lens_mm.spatial import image_mlp_activations
-from transformer_lens_mm.targets import target_inputs, targets_from_captions
+from transformer_lens_mm.pipelines.cli import main
+from transformer_lens_mm.pipelines.experiments import analysis_report
+from transformer_lens_mm.tools.ablation import (
+    ablation_sweep,
+    captions_under_ablation,
+    random_units_like,
+)
+from transformer_lens_mm.tools.attribution import attribute
+from transformer_lens_mm.tools.decoding import decode_soft_prompts, random_soft_prompts
+from transformer_lens_mm.tools.spatial import image_mlp_activations
+from transformer_lens_mm.tools.targets import target_inputs, targets_from_captions
 
 TESTS = Path(__file__).parent
 CAPTIONS = ["a red circle on the left", "a blue square", "the big dog", "a green star"]
@@ -191,7 +191,7 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from helpers import build_model
-from transformer_lens_mm.analyze import AnalysisConfig, run_analysis
+from transformer_lens_mm.pipelines.analyze.runner import AnalysisConfig, run_analysis
 model = build_model({lm!r}, "bridge")
 cfg = AnalysisConfig(out=sys.argv[1], data={{"kind": "folder", "root": {root!r}}},
                      caption_source="data", k=5, batch_size=2, shard_batches=1,

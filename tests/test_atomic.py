@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer_lens_mm._atomic import atomic_write
+from transformer_lens_mm.core.atomic import atomic_write
 
 
 def test_atomic_write_mode_and_failure(tmp_path):

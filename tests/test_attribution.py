@@ -6,8 +6,8 @@ from helpers import APIS, build_model, load_hf, random_images
 from test_injection import hf_reference_logits  # noqa: F401  (same reference construction)
 
 from transformer_lens_mm import hook_names
-from transformer_lens_mm.attribution import attribute
-from transformer_lens_mm.lm_loading import default_api
+from transformer_lens_mm.core.lm_loading import default_api
+from transformer_lens_mm.tools.attribution import attribute
 
 
 def hf_plain_autograd_scores(hf, model, batch, target_ids, kind):

@@ -5,7 +5,7 @@ import torch
 from helpers import APIS, WORDS, build_encoder, build_model, build_projection, random_images
 
 from transformer_lens_mm import ImageProjection, MultimodalInput, from_parts, generate_captions
-from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER
+from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 
 # Under jaxtyping's runtime checks (CI) annotated types are refused before our own checks.
 TYPECHECK = "Type-check error"
@@ -77,8 +77,8 @@ def test_mismatched_layout_and_features(model):
 
 
 def test_model_without_vision(lm_dirs):
-    from transformer_lens_mm.bridge import MultimodalTransformerBridge
-    from transformer_lens_mm.lm_loading import load_bridge
+    from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
+    from transformer_lens_mm.core.lm_loading import load_bridge
 
     bare = MultimodalTransformerBridge.from_bridge(load_bridge(lm_dirs["gptj"]))
     with pytest.raises(RuntimeError, match="attach_vision"):
@@ -148,19 +148,22 @@ def test_hooked_class_under_tl4_says_what_to_do():
         from_parts(lm="some-model", encoder=None, projection=ImageProjection(2, 2), api="hooked")
 
 
-@pytest.mark.parametrize("name", ["norms", "fused_attention", "fused_bridge"])
-def test_set_fused_wants_a_model(name):
+@pytest.mark.parametrize(
+    "module,name", [("norms", "norms"), ("attention", "attention"), ("bridge", "bridge")]
+)
+def test_set_fused_wants_a_model(module, name):
     import importlib
 
-    module = importlib.import_module(f"transformer_lens_mm.{name}")
-    switch = getattr(module, "set_fused_" + name.removeprefix("fused_"))
+    switch = getattr(
+        importlib.import_module(f"transformer_lens_mm.fast.{module}"), f"set_fused_{name}"
+    )
     with pytest.raises(TypeError, match=f"expected a TransformerLens model.*got str|{TYPECHECK}"):
         switch("gpt2", False)
 
 
 def test_fused_switch_check_without_type_checks():
     """What a user's process (no jaxtyping import hook) raises from every ``set_fused_*``."""
-    from transformer_lens_mm._fusing import check_model
+    from transformer_lens_mm.fast.classes import check_model
 
     with pytest.raises(TypeError, match=r"expected a TransformerLens model.*got str"):
         check_model("gpt2")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer_lens_mm.lm_loading import default_api
+from transformer_lens_mm.core.lm_loading import default_api
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -88,7 +88,7 @@ def test_sampling_is_seeded_and_stops_at_eos(lm_dirs, api):
 
 
 def test_top_p_keeps_the_nucleus():
-    from transformer_lens_mm.captioning import sample_next_token
+    from transformer_lens_mm.core.generation import sample_next_token
 
     logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
     g = torch.Generator().manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from transformer_lens_mm.datasets import CaptionFolder, ClassFolders, CocoDataset, image_loader
+from transformer_lens_mm.data.datasets import CaptionFolder, ClassFolders, CocoDataset, image_loader
 
 
 def write_coco(root):

@@ -8,11 +8,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
+from transformer_lens_mm.report.html.html import Report, UnitCard, unit_map_png
 
 from transformer_lens_mm import pretrained
-from transformer_lens_mm.cli import main
-from transformer_lens_mm.demo import FILES, DemoConfig, OutputExistsError, prepare_output, run_demo
-from transformer_lens_mm.report import Report, UnitCard, unit_map_png
+from transformer_lens_mm.pipelines.cli import main
+from transformer_lens_mm.pipelines.demo.runner import (
+    FILES,
+    DemoConfig,
+    OutputExistsError,
+    prepare_output,
+    run_demo,
+)
 
 needs_weights = pytest.mark.skipif(
     any(

@@ -6,8 +6,9 @@ import pytest
 import torch
 from helpers import build_model
 
-from transformer_lens_mm.datasets import SceneDataset
-from transformer_lens_mm.experiments import (
+from transformer_lens_mm.data.datasets import SceneDataset
+from transformer_lens_mm.data.scenes import SceneSet
+from transformer_lens_mm.pipelines.experiments import (
     category_selectivity,
     layer_distribution,
     plot_category_selectivity,
@@ -17,8 +18,7 @@ from transformer_lens_mm.experiments import (
     spatial_iou_by_category,
     unit_decoding_texts,
 )
-from transformer_lens_mm.scenes import SceneSet
-from transformer_lens_mm.spatial import image_mlp_activations, spatial_selectivity
+from transformer_lens_mm.tools.spatial import image_mlp_activations, spatial_selectivity
 
 
 def test_layer_distribution():

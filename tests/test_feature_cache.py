@@ -4,8 +4,8 @@ import pytest
 import torch
 from helpers import APIS, build_encoder, build_model, random_images
 
-from transformer_lens_mm.feature_cache import FeatureCache, encoder_fingerprint, pixel_key
-from transformer_lens_mm.training import encode_features
+from transformer_lens_mm.core.feature_cache import FeatureCache, encoder_fingerprint, pixel_key
+from transformer_lens_mm.pipelines.training import encode_features
 
 
 @pytest.mark.parametrize("api", APIS)

@@ -10,7 +10,7 @@ from helpers import build_model, random_images
 from helpers import tl_config_model as tl_model
 
 from transformer_lens_mm import attribute, generate_captions
-from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER
+from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 
 pytestmark = pytest.mark.skipif(
     not HAS_HOOKED_TRANSFORMER, reason="HookedTransformer needs TransformerLens 3.x"
@@ -46,7 +46,7 @@ def tokens_and_padding():
 
 def both_ways(model, fn):
     """``fn()`` with the fused attention, then with TL's."""
-    from transformer_lens_mm.fused_attention import set_fused_attention
+    from transformer_lens_mm.fast.attention import set_fused_attention
 
     fused = fn()
     assert set_fused_attention(model, False) == model.cfg.n_layers

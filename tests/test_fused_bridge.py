@@ -7,7 +7,7 @@ import torch
 from helpers import build_model
 
 from transformer_lens_mm import attribute, fused_bridge, generate_captions
-from transformer_lens_mm.fused_bridge import _attend, _mask_plan, set_fused_bridge
+from transformer_lens_mm.fast.bridge import _attend, _mask_plan, set_fused_bridge
 
 pytestmark = pytest.mark.skipif(
     not fused_bridge._verified(),

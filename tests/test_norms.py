@@ -9,7 +9,7 @@ import torch
 from helpers import build_model, random_images, tl_config_model
 
 from transformer_lens_mm import attribute, generate_captions
-from transformer_lens_mm._tl_compat import HAS_HOOKED_TRANSFORMER
+from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 
 pytestmark = pytest.mark.skipif(
     not HAS_HOOKED_TRANSFORMER, reason="HookedTransformer needs TransformerLens 3.x"
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def norms_of(model):
-    return [m for m in model.modules() if type(m).__module__ == "transformer_lens_mm.norms"]
+    return [m for m in model.modules() if type(m).__module__ == "transformer_lens_mm.fast.norms"]
 
 
 def tl_model(normalization_type: str, dtype=torch.float32):
@@ -31,7 +31,7 @@ def tl_model(normalization_type: str, dtype=torch.float32):
 
 
 def logits_both_ways(model, tokens):
-    from transformer_lens_mm.norms import set_fused_norms
+    from transformer_lens_mm.fast.norms import set_fused_norms
 
     with torch.no_grad():
         fused = model._lm_forward(tokens)
@@ -83,7 +83,7 @@ def test_ln1_is_computed_once_per_block(lm_dirs, kind):
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
 def test_captions_and_attribution_match_tl_norms(lm_dirs, kind):
-    from transformer_lens_mm.norms import set_fused_norms
+    from transformer_lens_mm.fast.norms import set_fused_norms
 
     model = build_model(lm_dirs[kind], "hooked")
     images = random_images(3)
@@ -99,7 +99,7 @@ def test_captions_and_attribution_match_tl_norms(lm_dirs, kind):
 
 def test_hooks_on_norms_see_transformer_lens(lm_dirs):
     """A hook on hook_scale / hook_normalized (or run_with_cache) runs TL's own forward."""
-    from transformer_lens_mm.norms import set_fused_norms
+    from transformer_lens_mm.fast.norms import set_fused_norms
 
     model = build_model(lm_dirs["gpt2"], "hooked")
     batch = model.prepare_inputs(random_images(2))

@@ -4,18 +4,18 @@ import plotly.graph_objects as go
 import pytest
 import torch
 from helpers import WORDS, build_model, random_images
-
-from transformer_lens_mm.ablation import ablation_sweep
-from transformer_lens_mm.attribution import attribute
-from transformer_lens_mm.lens import logit_lens
-from transformer_lens_mm.neurons import find_multimodal_neurons
-from transformer_lens_mm.plotting import (
+from transformer_lens_mm.report.html.plotting import (
     plot_ablation_curves,
     plot_logit_lens,
     plot_top_units_per_layer,
     plot_unit_map,
 )
-from transformer_lens_mm.spatial import patch_map, quantile_mask
+
+from transformer_lens_mm.pipelines.search import find_multimodal_neurons
+from transformer_lens_mm.tools.ablation import ablation_sweep
+from transformer_lens_mm.tools.attribution import attribute
+from transformer_lens_mm.tools.lens import logit_lens
+from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
 
 
 @pytest.fixture(scope="module")

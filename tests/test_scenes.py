@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transformer_lens_mm.scenes import COLOURS, SHAPES, SceneSet
+from transformer_lens_mm.data.scenes import COLOURS, SHAPES, SceneSet
 
 
 def test_deterministic_and_indexable():

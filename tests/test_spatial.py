@@ -8,7 +8,7 @@ from helpers import APIS, build_model, build_planted_model, planted_features, ra
 from torchmetrics.functional.classification import binary_jaccard_index
 
 from transformer_lens_mm import from_parts, hook_names
-from transformer_lens_mm.spatial import (
+from transformer_lens_mm.tools.spatial import (
     image_mlp_activations,
     mask_iou,
     patch_map,

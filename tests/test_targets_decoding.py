@@ -5,8 +5,8 @@ import torch
 from helpers import WORDS, build_model, random_images
 
 from transformer_lens_mm import generate_captions
-from transformer_lens_mm.attribution import attribute
-from transformer_lens_mm.decoding import (
+from transformer_lens_mm.tools.attribution import attribute
+from transformer_lens_mm.tools.decoding import (
     decode_soft_prompts,
     decode_units,
     random_soft_prompts,
@@ -14,7 +14,7 @@ from transformer_lens_mm.decoding import (
     unit_token_ranks,
     vocab_mask,
 )
-from transformer_lens_mm.targets import (
+from transformer_lens_mm.tools.targets import (
     LexiconNounFinder,
     first_noun,
     target_inputs,
@@ -22,7 +22,7 @@ from transformer_lens_mm.targets import (
     targets_from_tokens,
     token_id_of,
 )
-from transformer_lens_mm.word_filter import is_dictionary_word, is_interpretable, same_word
+from transformer_lens_mm.tools.words import is_dictionary_word, is_interpretable, same_word
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_custom_noun_finder_is_used():
 
 
 def test_token_id_of(lm_dirs):
-    from transformer_lens_mm.lm_loading import load_tokenizer
+    from transformer_lens_mm.core.lm_loading import load_tokenizer
 
     tok = load_tokenizer(lm_dirs["gptj"])
     assert token_id_of(tok, "dog") == WORDS.index("dog")

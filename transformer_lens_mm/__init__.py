@@ -14,38 +14,38 @@ data-set scale: ``datasets``, ``analyze`` (``tlmm analyze``), ``experiments``, `
 (BERTScore/CLIPScore, extra ``[metrics]``), ``feature_cache``, ``report``, ``demo``.
 """
 
-from transformer_lens_mm import hook_names
-from transformer_lens_mm.ablation import (
-    ablated,
-    ablation_hooks,
-    ablation_sweep,
-    captions_under_ablation,
-)
-from transformer_lens_mm.attribution import Attribution, attribute
-from transformer_lens_mm.bridge import MultimodalTransformerBridge
-from transformer_lens_mm.captioning import Captions, generate_captions
-from transformer_lens_mm.decoding import (
-    decode_soft_prompts,
-    decode_units,
-    random_soft_prompts,
-    soft_prompt_table,
-)
-from transformer_lens_mm.encoders import ImageEncoder
-from transformer_lens_mm.hooked import HookedMultimodalTransformer
-from transformer_lens_mm.layout import MultimodalInput
-from transformer_lens_mm.lens import logit_lens
-from transformer_lens_mm.loading import from_parts
-from transformer_lens_mm.neurons import NeuronSearch, find_multimodal_neurons
-from transformer_lens_mm.patching import logit_metric, patch_by_position, patch_by_unit
-from transformer_lens_mm.projection import (
+import transformer_lens_mm.core.hook_names as hook_names
+from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
+from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.generation import Captions, generate_captions
+from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
+from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.core.loading import from_parts
+from transformer_lens_mm.core.projection import (
     ImageProjection,
     ProjectionConfig,
     ProjectionShapeError,
     load_projection,
 )
-from transformer_lens_mm.targets import first_noun, target_inputs, targets_from_captions
-from transformer_lens_mm.training import TrainingConfig, caption_loss, train_projection
-from transformer_lens_mm.word_filter import is_interpretable
+from transformer_lens_mm.pipelines.search import NeuronSearch, find_multimodal_neurons
+from transformer_lens_mm.pipelines.training import TrainingConfig, caption_loss, train_projection
+from transformer_lens_mm.tools.ablation import (
+    ablated,
+    ablation_hooks,
+    ablation_sweep,
+    captions_under_ablation,
+)
+from transformer_lens_mm.tools.attribution import Attribution, attribute
+from transformer_lens_mm.tools.decoding import (
+    decode_soft_prompts,
+    decode_units,
+    random_soft_prompts,
+    soft_prompt_table,
+)
+from transformer_lens_mm.tools.lens import logit_lens
+from transformer_lens_mm.tools.patching import logit_metric, patch_by_position, patch_by_unit
+from transformer_lens_mm.tools.targets import first_noun, target_inputs, targets_from_captions
+from transformer_lens_mm.tools.words import is_interpretable
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,6 @@
 """python -m transformer_lens_mm: the tlmm command line."""
 
-from transformer_lens_mm.cli import main
+from transformer_lens_mm.pipelines.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

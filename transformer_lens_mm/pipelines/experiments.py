@@ -1,0 +1,565 @@
+"""Experiments over the results of a dataset-scale run (:mod:`transformer_lens_mm.pipelines.analyze.runner`).
+
+* :func:`layer_distribution`: where the top units sit, per layer.
+* :func:`spatial_iou_by_category`: each image's top units against the mask of the object its
+  caption names (COCO category = the caption's noun), vs random units of the same layers.
+* :func:`category_selectivity`: per class, its most frequent top units and their mean activation
+  (max over image positions) on held-out images of every class.
+* :func:`plot_category_selectivity`, :func:`plot_iou_by_category`: the figures.
+* :func:`~transformer_lens_mm.tools.ablation.ablation_curve` (of a run's ``ablation`` table): p(c)
+  kept per k, top vs random units, with confidence intervals.
+* :func:`ablation_caption_summary`: captions regenerated under top-k vs random-k ablation.
+* :func:`soft_prompt_summary`: soft prompts' nearest tokens vs norm-matched random vectors.
+* :func:`unit_decoding_texts`, :func:`soft_prompt_texts`, :func:`score_texts`: decodings vs
+  captions by BERTScore and CLIPScore (the paper's Tables 1 and 2; scorers from
+  :mod:`transformer_lens_mm.tools.metrics`), against randomly re-paired captions.
+* :func:`analysis_report`: ``report.html`` of a run (``run_analysis`` writes a first one).
+
+Example:
+    >>> items, units, maps = load_results("runs/coco-gptj")  # doctest: +SKIP
+    >>> iou = spatial_iou_by_category(model, data, items, units)  # doctest: +SKIP
+    >>> iou.groupby(["category", "kind"]).iou.mean().unstack()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+
+from transformer_lens_mm.data.datasets import Item
+from transformer_lens_mm.tools.spatial import image_mlp_activations, spatial_selectivity
+from transformer_lens_mm.tools.words import is_dictionary_word, same_word
+
+__all__ = [
+    "ablation_caption_summary",
+    "analysis_report",
+    "category_selectivity",
+    "layer_distribution",
+    "plot_category_selectivity",
+    "plot_iou_by_category",
+    "plot_soft_prompts",
+    "score_texts",
+    "soft_prompt_summary",
+    "soft_prompt_texts",
+    "spatial_iou_by_category",
+    "unit_decoding_texts",
+    "units_of",
+]
+
+
+def layer_distribution(units: pd.DataFrame, n_layers: int | None = None) -> pd.DataFrame:
+    """Count and share of top-k entries per layer (all images pooled)."""
+    if "layer" not in units:
+        raise ValueError("units needs a 'layer' column (a run's units.parquet)")
+    counts = units["layer"].value_counts().sort_index()
+    layers = range(n_layers) if n_layers is not None else counts.index
+    table = pd.DataFrame({"layer": list(layers)})
+    table["count"] = [int(counts.get(layer, 0)) for layer in table["layer"]]
+    table["share"] = table["count"] / max(int(table["count"].sum()), 1)
+    return table
+
+
+def units_of(units: pd.DataFrame, item: Any, *, column: str = "item") -> list[tuple[int, int]]:
+    """An item's distinct ``(layer, unit)`` pairs from a top-k table, best rank first (a unit
+    scored at several positions appears once, at its best).
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a"] * 3, "rank": [1, 0, 2], "layer": [3, 1, 1],
+        ...                   "unit": [7, 5, 5]})
+        >>> units_of(t, "a")
+        [(1, 5), (3, 7)]
+    """
+    rows = units[units[column] == item].sort_values("rank")
+    return list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist())))
+
+
+def _matching_category(noun: str | None, categories: dict[str, np.ndarray]) -> str | None:
+    if not noun:
+        return None
+    for name in categories:
+        if same_word(noun, name) or same_word(noun, name.split()[-1]):
+            return name
+    return None
+
+
+def spatial_iou_by_category(
+    model: Any,
+    data: Sequence[Item],
+    items: pd.DataFrame,
+    units: pd.DataFrame,
+    *,
+    q: float = 0.95,
+    n_random: int = 1,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """IoU of each image's top units with the mask of the category its caption's noun names.
+
+    Images whose noun matches none of their annotated categories are left out (counted in the
+    ``attrs["unmatched"]`` of the result). Random units: as many, from the same layers.
+
+    Returns:
+        :func:`~transformer_lens_mm.tools.spatial.spatial_selectivity`'s columns + ``item`` and
+        ``category``.
+    """
+    by_id = {data[i].id: i for i in range(len(data))}
+    todo = []
+    unmatched = 0
+    for row in items[items["failure"].isna()].itertuples():
+        item = data[by_id[row.item]]
+        masks = item.masks()
+        cat = _matching_category(row.noun, masks)
+        if cat is None:
+            unmatched += 1
+            continue
+        todo.append((item, cat, masks[cat], units_of(units, row.item)))
+    tables = []
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        batch = model.prepare_inputs([it.image() for it, _, _, _ in chunk])
+        table = spatial_selectivity(
+            model,
+            batch,
+            [top for *_, top in chunk],
+            [mask for _, _, mask, _ in chunk],
+            q=q,
+            n_random=n_random,
+            seed=seed + start,
+        )
+        table["item"] = [chunk[i][0].id for i in table["image"]]
+        table["category"] = [chunk[i][1] for i in table["image"]]
+        tables.append(table)
+    out = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    out.attrs["unmatched"] = unmatched
+    return out
+
+
+def category_selectivity(
+    model: Any,
+    units: pd.DataFrame,
+    items: pd.DataFrame,
+    held_out: Sequence[Item],
+    *,
+    n_units: int = 5,
+    category_of: str = "noun",
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """Mean activation of each class's most frequent top units on held-out images of each class.
+
+    Args:
+        model: The analysed model.
+        units: A run's top-k table (``item``, ``layer``, ``unit``).
+        items: A run's items table (maps an item to its class via ``category_of``).
+        held_out: Images not in the run, with ``categories`` (their first one is the class).
+        n_units: Units per class (the most frequent in that class's top-k lists).
+        category_of: Column of ``items`` naming the class (``noun`` or ``target``).
+        batch_size: Images per forward.
+
+    Returns:
+        One row per (unit class, unit, image class): ``mean_activation``, ``n_images``; a unit
+        is selective when its own class's row is the largest.
+    """
+    classes = items.set_index("item")[category_of].dropna()
+    tagged = units[units["item"].isin(classes.index)].copy()
+    tagged["class"] = tagged["item"].map(classes)
+    chosen: dict[str, list[tuple[int, int]]] = {}
+    for cls, group in tagged.groupby("class"):
+        freq = group.groupby(["layer", "unit"])["item"].nunique().sort_values(ascending=False)
+        chosen[str(cls)] = [(int(a), int(b)) for a, b in freq.index[:n_units]]
+    pairs = sorted({u for us in chosen.values() for u in us})
+    if not pairs:
+        return pd.DataFrame()
+    layers = sorted({layer for layer, _ in pairs})
+    slot = {layer: s for s, layer in enumerate(layers)}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    usable = [it for it in held_out if it.categories]
+    for start in range(0, len(usable), batch_size):
+        chunk = usable[start : start + batch_size]
+        batch = model.prepare_inputs([it.image() for it in chunk])
+        acts = image_mlp_activations(model, batch, layers)  # [n, L, n_img, d_mlp]
+        idx_l = torch.tensor([slot[layer] for layer, _ in pairs])
+        idx_u = torch.tensor([u for _, u in pairs])
+        # advanced indices split by a slice: the pair dimension comes first
+        peak = acts[:, idx_l, :, idx_u].amax(-1).T  # [n, n_pairs]
+        for j, it in enumerate(chunk):
+            cls = it.categories[0]
+            sums[cls] = sums.get(cls, torch.zeros(len(pairs))) + peak[j]
+            counts[cls] = counts.get(cls, 0) + 1
+    rows = []
+    for unit_cls, us in chosen.items():
+        for u in us:
+            p = pairs.index(u)
+            for img_cls, total in sums.items():
+                rows.append(
+                    (
+                        unit_cls,
+                        u[0],
+                        u[1],
+                        img_cls,
+                        float(total[p] / counts[img_cls]),
+                        counts[img_cls],
+                    )
+                )
+    return pd.DataFrame(
+        rows, columns=["unit_class", "layer", "unit", "image_class", "mean_activation", "n_images"]
+    )
+
+
+def plot_category_selectivity(
+    table: pd.DataFrame, title: str = "Category selectivity"
+) -> go.Figure:
+    """Heat map: units (grouped by their class) x image classes, mean activation."""
+    if table.empty:
+        raise ValueError("empty table: run category_selectivity on a run with classes first")
+    table = table.assign(
+        unit_label=lambda t: t.unit_class + " L" + t.layer.astype(str) + "U" + t.unit.astype(str)
+    )
+    grid = table.pivot_table(index="unit_label", columns="image_class", values="mean_activation")
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), colorscale="Viridis"
+        )
+    )
+    fig.update_layout(title=title, xaxis_title="held-out images of class", yaxis_title="unit")
+    return fig
+
+
+def plot_iou_by_category(
+    table: pd.DataFrame, title: str = "Spatial selectivity by category"
+) -> go.Figure:
+    """Mean IoU per category, top units vs random units of the same layers."""
+    if table.empty:
+        raise ValueError("empty table: no image's noun matched an annotated category")
+    per = table.groupby(["category", "kind"])["iou"].mean().unstack()
+    fig = go.Figure()
+    for kind, colour in (("top", "crimson"), ("random", "grey")):
+        if kind in per:
+            fig.add_trace(
+                go.Bar(x=list(per.index), y=per[kind].tolist(), name=kind, marker_color=colour)
+            )
+    fig.update_layout(title=title, barmode="group", yaxis_title="mean IoU")
+    return fig
+
+
+def ablation_caption_summary(captions: pd.DataFrame, *, bert: Any = None) -> pd.DataFrame:
+    """Captions regenerated under ablation (a run's ``ablation_captions`` table), per kind
+    (``none``, ``top``, ``random``): the share that still names ``c``, the share unchanged, and
+    with ``bert`` the mean BERTScore against the unablated caption (the paper's check).
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a"] * 3, "kind": ["none", "top", "random"], "k": 9,
+        ...     "caption": ["a dog.", "a cat.", "a dog."], "keeps_target": [True, False, True]})
+        >>> ablation_caption_summary(t)[["kind", "keeps_target", "unchanged"]].values.tolist()
+        [['none', 1.0, 1.0], ['random', 1.0, 1.0], ['top', 0.0, 0.0]]
+    """
+    need = {"item", "kind", "caption", "keeps_target"}
+    if not need <= set(captions.columns):
+        raise ValueError(f"captions needs columns {sorted(need)} (a run's ablation_captions)")
+    original = captions[captions["kind"] == "none"].set_index("item")["caption"]
+    table = captions.assign(original=captions["item"].map(original))
+    table["unchanged"] = table["caption"] == table["original"]
+    if bert is not None:
+        table["bertscore_vs_original"] = np.asarray(
+            bert(table["caption"].tolist(), table["original"].tolist())
+        )
+    cols = ["keeps_target", "unchanged"] + (["bertscore_vs_original"] if bert else [])
+    out = table.groupby("kind")[cols].mean().reset_index()
+    out["n_images"] = table.groupby("kind")["item"].nunique().to_numpy()
+    return out
+
+
+def soft_prompt_summary(soft: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFrame:
+    """Soft prompts' nearest tokens vs those of norm-matched random vectors (a run's
+    ``soft_prompts`` table).
+
+    Returns:
+        One row per kind (``image``, ``random``): mean top-1 cosine (with ``ci`` half-width over
+        images), share of images whose target ``c`` is among some vector's nearest tokens, and
+        share of nearest tokens that are dictionary words.
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a", "a", "b", "b"], "kind": ["image", "random"] * 2,
+        ...     "rank": 0, "cosine": [0.5, 0.1, 0.3, 0.1], "token": [" dog", "xq", " cat", "zz"],
+        ...     "is_target": [True, False, False, False]})
+        >>> soft_prompt_summary(t)["images_with_target_nearby"].tolist()
+        [0.5, 0.0]
+    """
+    from statistics import NormalDist
+
+    need = {"item", "kind", "rank", "cosine", "token", "is_target"}
+    if not need <= set(soft.columns):
+        raise ValueError(f"soft needs columns {sorted(need)} (a run's soft_prompts table)")
+    z = NormalDist().inv_cdf(0.5 + ci / 2)
+    words = {t: is_dictionary_word(t) for t in soft["token"].unique()}
+    rows = []
+    for kind, group in soft.groupby("kind"):
+        top1 = group[group["rank"] == 0].groupby("item")["cosine"].mean()
+        half = z * float(top1.std(ddof=1)) / np.sqrt(len(top1)) if len(top1) > 1 else np.nan
+        rows.append(
+            {
+                "kind": kind,
+                "top1_cosine": float(top1.mean()),
+                "top1_cosine_ci": half,
+                "images_with_target_nearby": float(group.groupby("item")["is_target"].any().mean()),
+                "word_share": float(group["token"].map(words).mean()),
+                "n_images": int(group["item"].nunique()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_soft_prompts(
+    soft: pd.DataFrame, title: str = "Soft prompts vs random vectors"
+) -> go.Figure:
+    """Histogram of each vector's top-1 cosine with the vocabulary, soft prompts vs random."""
+    fig = go.Figure()
+    for kind, colour in (("image", "crimson"), ("random", "grey")):
+        values = soft[(soft["kind"] == kind) & (soft["rank"] == 0)]["cosine"]
+        fig.add_trace(go.Histogram(x=values, name=kind, marker_color=colour, opacity=0.6))
+    fig.update_layout(
+        title=title, barmode="overlay", xaxis_title="top-1 cosine", yaxis_title="vectors"
+    )
+    return fig
+
+
+def _text_of(tokens: Sequence[str]) -> str:
+    return " ".join(t.strip() for t in tokens if t.strip())
+
+
+def unit_decoding_texts(units: pd.DataFrame, *, interpretable_only: bool = True) -> pd.Series:
+    """Per item, its best unit's decoded tokens as one text (the paper's Table 1 input).
+
+    Args:
+        units: A run's units table (``item``, ``rank``, ``tokens``, ``interpretable``).
+        interpretable_only: The best unit passing the interpretability filter (items with none
+            are left out).
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a", "a"], "rank": [0, 1], "interpretable": [False, True],
+        ...                   "tokens": [["xq"], [" dog", " dogs"]]})
+        >>> unit_decoding_texts(t).to_dict()
+        {'a': 'dog dogs'}
+    """
+    rows = units[units["interpretable"]] if interpretable_only else units
+    best = rows.sort_values(["item", "rank"], kind="stable").drop_duplicates("item")
+    return pd.Series(
+        [_text_of(t) for t in best["tokens"]], index=best["item"].tolist(), name="text"
+    )
+
+
+def soft_prompt_texts(soft: pd.DataFrame, kind: str = "image", *, rank: int = 0) -> pd.Series:
+    """Per item, the ``rank``-th nearest token of each of its soft-prompt vectors (patch order)
+    as one text (the paper's Table 2 input); ``kind="random"`` for the random baseline."""
+    rows = soft[(soft["kind"] == kind) & (soft["rank"] == rank)]
+    if rows.empty:
+        raise ValueError(f"no soft-prompt rows of kind {kind!r} and rank {rank}")
+    rows = rows.sort_values(["item", "patch"], kind="stable")
+    texts = rows.groupby("item", sort=False)["token"].agg(lambda t: _text_of(t.tolist()))
+    return texts.rename("text")
+
+
+def score_texts(
+    texts: pd.Series,
+    items: pd.DataFrame,
+    *,
+    bert: Any = None,
+    clip: Any = None,
+    data: Sequence[Item] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Score each item's text against its caption (BERTScore) and image (CLIPScore), and against
+    another item's caption/image (a random derangement: the baseline).
+
+    Args:
+        texts: ``item -> text`` (:func:`unit_decoding_texts`, :func:`soft_prompt_texts`).
+        items: A run's items table (``item``, ``caption``).
+        bert: ``score(preds, refs) -> Tensor`` (:func:`~transformer_lens_mm.tools.metrics.bert_scorer`).
+        clip: ``score(images, texts) -> Tensor``
+            (:func:`~transformer_lens_mm.tools.metrics.clip_scorer`); needs ``data`` for the images.
+        data: The run's data set.
+        seed: Seed of the random pairing.
+
+    Returns:
+        One row per item: ``text``, ``caption`` and, per scorer given, ``bertscore`` /
+        ``bertscore_random_pair`` and ``clipscore`` / ``clipscore_random_pair``.
+    """
+    if clip is not None and data is None:
+        raise ValueError("CLIPScore needs the images: pass data=<the run's data set>")
+    captions = items.set_index("item")["caption"]
+    table = pd.DataFrame({"item": texts.index, "text": texts.to_numpy()})
+    table = table[table["item"].isin(captions.dropna().index)].reset_index(drop=True)
+    table["caption"] = table["item"].map(captions)
+    n = len(table)
+    if n < 2:
+        raise ValueError(f"need at least 2 items with a text and a caption, got {n}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    other = np.empty(n, dtype=int)
+    other[perm] = np.roll(perm, 1)  # a derangement: nobody keeps its own partner
+    if bert is not None:
+        table["bertscore"] = np.asarray(bert(table["text"].tolist(), table["caption"].tolist()))
+        table["bertscore_random_pair"] = np.asarray(
+            bert(table["text"].tolist(), table["caption"].to_numpy()[other].tolist())
+        )
+    if clip is not None:
+        assert data is not None
+        by_id = {data[i].id: i for i in range(len(data))}
+        images = [data[by_id[i]].image() for i in table["item"]]
+        table["clipscore"] = np.asarray(clip(images, table["text"].tolist()))
+        table["clipscore_random_pair"] = np.asarray(
+            clip(images, table["text"].to_numpy()[other].tolist())
+        )
+    return table
+
+
+def _made_table(out: Path, name: str) -> pd.DataFrame | None:
+    """A run's optional table when the run made it and it has rows, else ``None``."""
+    from transformer_lens_mm.pipelines.analyze.runner import load_table
+
+    if not (out / f"{name}.parquet").is_file():
+        return None
+    table = load_table(out, name)
+    return table if len(table) else None
+
+
+def analysis_report(
+    out: str | Path,
+    data: Sequence[Item] | None = None,
+    *,
+    iou: pd.DataFrame | None = None,
+    selectivity: pd.DataFrame | None = None,
+    text_scores: dict[str, pd.DataFrame] | None = None,
+    n_cards: int = 12,
+    grid_size: tuple[int, int] | None = None,
+) -> Path:
+    """Write ``out/report.html`` for a finished run: summary, captions and failures, the layer
+    distribution, the most frequent units (cards with their stored patch maps over the images
+    where they score highest, when ``data`` is given), the ablation curves and the soft-prompt
+    comparison when the run made them, and the IoU-by-category, category-selectivity and
+    decodings-vs-captions sections when their tables are given.
+
+    Args:
+        out: The run's folder.
+        data: The run's data set (images for the unit cards).
+        iou: :func:`spatial_iou_by_category`'s table.
+        selectivity: :func:`category_selectivity`'s table.
+        text_scores: ``{label: score_texts(...) table}``, e.g. best unit decodings, soft
+            prompts and random vectors.
+        n_cards: Unit cards shown.
+        grid_size: Patch grid of the maps (default: square).
+
+    Example:
+        >>> iou = spatial_iou_by_category(model, data, items, units)  # doctest: +SKIP
+        >>> analysis_report("runs/coco-gptj", data, iou=iou)  # doctest: +SKIP
+    """
+    from transformer_lens_mm.pipelines.analyze.runner import load_results
+    from transformer_lens_mm.report.html.html import Report, UnitCard, unit_map_png
+    from transformer_lens_mm.report.html.plotting import (
+        plot_ablation_curves,
+        plot_top_units_per_layer,
+    )
+    from transformer_lens_mm.tools.ablation import ablation_curve
+
+    out = Path(out)
+    items, units, maps = load_results(out)
+    summary = json.loads((out / "summary.json").read_text())
+    report = Report(f"Multimodal-neuron analysis: {out.name}")
+    report.key_values({k: v for k, v in summary.items() if k != "failures"})
+    report.section("Items", "Caption, target token c (first noun) and failure of every item.")
+    report.table(items, max_rows=100)
+    if len(units):
+        report.section("Top units by layer", "All images' top-k entries pooled.")
+        report.figure(plot_top_units_per_layer(units))
+        share = float(units["interpretable"].mean()) if "interpretable" in units else float("nan")
+        report.key_values({"entries": len(units), "interpretable share": f"{share:.1%}"})
+        freq = (
+            units.assign(tokens=units["tokens"].map(lambda t: " ".join(map(repr, t))))
+            .groupby(["layer", "unit"])
+            .agg(images=("item", "nunique"), score=("score", "sum"), tokens=("tokens", "first"))
+            .reset_index()
+            .sort_values(["images", "score"], ascending=False)
+        )
+        report.table(freq, max_rows=30)
+        cards = []
+        by_id = {data[i].id: data[i] for i in range(len(data))} if data is not None else {}
+        n_img = int(maps.shape[1]) if maps.ndim == 2 else 0
+        side = round(n_img**0.5)
+        grid = grid_size or ((side, side) if side * side == n_img and n_img else None)
+        for row in freq.head(n_cards).itertuples():
+            rows = units[(units["layer"] == row.layer) & (units["unit"] == row.unit)]
+            best = rows.sort_values("score", ascending=False).drop_duplicates("item").head(3)
+            pngs = []
+            if grid is not None:
+                for r in best.itertuples():
+                    item = by_id.get(r.item)
+                    if item is not None:
+                        png = unit_map_png(item.image(), maps[r.Index].float(), grid)
+                        pngs.append((png, f"{r.item}: {r.target}"))
+            cards.append(
+                UnitCard(
+                    int(row.layer),
+                    int(row.unit),
+                    list(rows.iloc[0]["tokens"]),
+                    pngs,
+                    {"top-k of": f"{int(row.images)} images"},
+                    list(rows["target"].astype(str).unique()),
+                )
+            )
+        report.section("Most frequent units")
+        report.cards(cards)
+    sweep = _made_table(out, "ablation")
+    if sweep is not None:
+        report.section(
+            "Ablation",
+            "p(c) kept (over the unablated p(c)) when each image's top-k units are zeroed at "
+            "the image positions, vs k random units of the same layers; 95% intervals over "
+            "images.",
+        )
+        report.figure(plot_ablation_curves(sweep))
+        report.table(ablation_curve(sweep).round(4))
+    caps = _made_table(out, "ablation_captions")
+    if caps is not None:
+        report.section(
+            "Captions under ablation",
+            f"Greedy captions with each image's top-{int(caps['k'].max())} units zeroed at "
+            "the image positions, vs as many random units of the same layers.",
+        )
+        report.table(ablation_caption_summary(caps).round(4))
+        report.table(caps.drop(columns=["index"]), max_rows=30)
+    soft = _made_table(out, "soft_prompts")
+    if soft is not None:
+        report.section(
+            "Soft prompts",
+            "Nearest vocabulary tokens (cosine) of every soft-prompt vector vs as many random "
+            "vectors with the same norms.",
+        )
+        report.figure(plot_soft_prompts(soft))
+        report.table(soft_prompt_summary(soft).round(4))
+    if text_scores:
+        report.section("Decodings vs captions", "BERTScore/CLIPScore vs re-paired captions.")
+        report.table(
+            pd.DataFrame(
+                {
+                    label: table.drop(columns=["item", "text", "caption"]).mean()
+                    for label, table in text_scores.items()
+                }
+            )
+            .T.round(4)
+            .reset_index(names="texts")
+        )
+    if iou is not None and len(iou):
+        report.section("Spatial selectivity by category", "Top units vs random same-layer units.")
+        report.figure(plot_iou_by_category(iou))
+        report.table(iou.groupby(["category", "kind"])["iou"].agg(["mean", "count"]).reset_index())
+    if selectivity is not None and len(selectivity):
+        report.section("Category selectivity")
+        report.figure(plot_category_selectivity(selectivity))
+    return report.write(out / "report.html")

@@ -1,0 +1,393 @@
+"""Ablating MLP units: hook builders, a context manager, the top-vs-random sweep, captions.
+
+Units are ``(layer, unit)`` pairs; ablation acts on ``blocks.{layer}.mlp.hook_post`` at chosen
+positions (the image positions of the current input by default). Modes:
+
+* ``"zero"``: ``Z = 0`` (the paper's choice; GELU(0) = 0),
+* ``"mean"``: ``Z`` = the unit's mean activation over a reference set (:func:`unit_means`),
+* ``"resample"``: ``Z`` = the unit's activation on another input at the same position.
+
+:func:`ablation_sweep` compares ablating each image's top-k units with ablating the same number
+of random units drawn from the same layers, for every k, by stacking all conditions along the
+batch dimension (one forward per chunk of conditions, not one per condition).
+
+Example:
+    >>> with ablated(model, [(5, 9058), (7, 12)]):  # doctest: +SKIP
+    ...     logits = model(batch)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+import transformer_lens_mm.core.hook_names as hook_names
+from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.tools.attribution import last_position_logits
+
+__all__ = [
+    "DEFAULT_KS",
+    "ablated",
+    "ablation_curve",
+    "ablation_hooks",
+    "ablation_sweep",
+    "captions_under_ablation",
+    "per_row_masks",
+    "random_units_like",
+    "unit_means",
+]
+
+DEFAULT_KS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+Mode = Literal["zero", "mean", "resample"]
+Unit = tuple[int, int]
+
+
+def _group(model: Any, units: Sequence[Unit]) -> dict[int, Tensor]:
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    groups: dict[int, list[int]] = {}
+    for layer, unit in units:
+        layer = hook_names.resolve_layer(int(layer), n_layers)
+        if not 0 <= int(unit) < d_mlp:
+            raise IndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
+        groups.setdefault(layer, []).append(int(unit))
+    return {layer: torch.tensor(sorted(set(us)), dtype=torch.long) for layer, us in groups.items()}
+
+
+def _position_mask(
+    model: Any, act: Tensor, positions: Bool[Tensor, "batch pos"] | None
+) -> Tensor | None:
+    mask = positions
+    if mask is None:
+        last = getattr(model, "last_input", None)
+        if last is None:
+            raise RuntimeError(
+                "no positions given and the model has no last_input to take image positions from"
+            )
+        mask = last.image_mask
+    if act.shape[1] < mask.shape[-1]:
+        return None  # an incremental KV-cache step: the ablated positions are already cached
+    if act.shape[1] > mask.shape[-1]:  # the sequence grew at the end (generation, no cache)
+        mask = torch.nn.functional.pad(mask, (0, act.shape[1] - mask.shape[-1]), value=False)
+    if mask.ndim == 1:
+        mask = mask.expand(act.shape[0], -1)
+    if mask.shape[0] != act.shape[0]:
+        raise ValueError(f"positions cover {mask.shape[0]} items but the batch has {act.shape[0]}")
+    return mask.to(act.device)
+
+
+def ablation_hooks(
+    model: Any,
+    units: Sequence[Unit] | dict[int, Bool[Tensor, "... d_mlp"]],
+    *,
+    mode: Mode = "zero",
+    positions: Bool[Tensor, "batch pos"] | None = None,
+    means: dict[int, Float[Tensor, " d_mlp"]] | None = None,
+    source: dict[int, Float[Tensor, "batch pos d_mlp"]] | None = None,
+) -> list[tuple[str, Any]]:
+    """Hooks that ablate ``units`` (for ``run_with_hooks``, ``hooks()``, captioning).
+
+    Args:
+        model: A multimodal model.
+        units: ``(layer, unit)`` pairs, or per layer a boolean unit mask ``[d_mlp]`` or
+            ``[batch, d_mlp]`` (one set per batch row, as the sweep uses).
+        mode: ``"zero"``, ``"mean"`` (needs ``means``) or ``"resample"`` (needs ``source``).
+        positions: Boolean ``[batch, pos]``/``[pos]`` mask of positions to ablate (default: the
+            image positions of the input being run).
+        means: Per layer, the mean activation of every unit (:func:`unit_means`).
+        source: Per layer, activations ``[batch, pos, d_mlp]`` of the resampled input
+            (e.g. ``cache[mlp_post(l)]`` of another image).
+
+    Returns:
+        A list of ``(hook name, hook function)``.
+    """
+    if mode not in ("zero", "mean", "resample"):
+        raise ValueError(f"mode must be 'zero', 'mean' or 'resample', got {mode!r}")
+    d_mlp = int(model.cfg.d_mlp)
+    if isinstance(units, dict):
+        masks = {
+            hook_names.resolve_layer(int(k), int(model.cfg.n_layers)): v.bool()
+            for k, v in units.items()
+        }
+    else:
+        masks = {}
+        for layer, idx in _group(model, units).items():
+            m = torch.zeros(d_mlp, dtype=torch.bool)
+            m[idx] = True
+            masks[layer] = m
+    for layer in masks:
+        if mode == "mean" and (means is None or layer not in means):
+            raise ValueError(f"mode='mean' needs means[{layer}]: compute them with unit_means()")
+        if mode == "resample" and (source is None or layer not in source):
+            raise ValueError(f"mode='resample' needs source[{layer}] activations of another input")
+
+    def make(layer: int, unit_mask: Tensor):
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            pos = _position_mask(model, act, positions)
+            if pos is None:
+                return act
+            um = unit_mask.to(act.device)
+            um = um[:, None, :] if um.ndim == 2 else um[None, None, :]
+            sel = pos[:, :, None] & um
+            if mode == "zero":
+                value = torch.zeros((), dtype=act.dtype, device=act.device)
+            elif mode == "mean":
+                value = means[layer].to(act.device, act.dtype)  # type: ignore[index]
+            else:
+                value = source[layer].to(act.device, act.dtype)  # type: ignore[index]
+                if value.shape != act.shape:
+                    raise ValueError(
+                        f"resample source of layer {layer} has shape "
+                        f"{tuple(value.shape)}, the activation {tuple(act.shape)}"
+                    )
+            return torch.where(sel, value, act)
+
+        return hook
+
+    return [(hook_names.mlp_post(layer), make(layer, m)) for layer, m in sorted(masks.items())]
+
+
+@contextlib.contextmanager
+def ablated(model: Any, units: Sequence[Unit], **kwargs: Any) -> Iterator[Any]:
+    """Context manager: every forward inside runs with ``units`` ablated (see
+    :func:`ablation_hooks` for the keyword arguments)."""
+    with model.hooks(fwd_hooks=ablation_hooks(model, units, **kwargs)):
+        yield model
+
+
+@torch.no_grad()
+def unit_means(
+    model: Any,
+    batches: Sequence[MultimodalInput],
+    layers: Sequence[int],
+    *,
+    positions: Literal["image", "all"] = "image",
+) -> dict[int, Tensor]:
+    """Mean activation of every unit of ``layers`` over the image (or all real) positions."""
+    names = [hook_names.mlp_post(int(layer), int(model.cfg.n_layers)) for layer in layers]
+    sums = {n: torch.zeros(int(model.cfg.d_mlp), dtype=torch.float64) for n in names}
+    count = 0
+    for batch in batches:
+        _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
+        mask = (batch.image_mask if positions == "image" else batch.attention_mask.bool()).cpu()
+        for n in names:
+            sums[n] += cache[n].cpu()[mask].double().sum(0)
+        count += int(mask.sum())
+    if count == 0:
+        raise ValueError("no positions to average over: pass at least one non-empty batch")
+    return {
+        hook_names.resolve_layer(int(layer), int(model.cfg.n_layers)): (sums[n] / count).float()
+        for layer, n in zip(layers, names)
+    }
+
+
+def _random_like(top: Tensor, n_layers: int, d_mlp: int, seed: int) -> Tensor:
+    """Random ``[k, 2]`` (layer, unit) rows with ``top``'s per-layer counts (ascending layers)."""
+    gen = torch.Generator().manual_seed(seed)
+    counts = (
+        torch.bincount(top[:, 0], minlength=n_layers)
+        if len(top)
+        else torch.zeros(n_layers, dtype=torch.long)
+    )
+    parts = []
+    for layer in torch.nonzero(counts).flatten().tolist():
+        pick = torch.randperm(d_mlp, generator=gen)[: int(counts[layer])].sort().values
+        parts.append(torch.stack([torch.full_like(pick, layer), pick], 1))
+    return torch.cat(parts) if parts else torch.zeros(0, 2, dtype=torch.long)
+
+
+def _as_unit_tensor(model: Any, units: Sequence[Unit]) -> Tensor:
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    t = torch.as_tensor(list(units), dtype=torch.long).reshape(-1, 2)
+    if len(t):
+        if int(t[:, 0].min()) < -n_layers or int(t[:, 0].max()) >= n_layers:
+            raise IndexError(f"a layer is out of range for a model with {n_layers} layers")
+        if int(t[:, 1].min()) < 0 or int(t[:, 1].max()) >= d_mlp:
+            raise IndexError(f"a unit is out of range: layers have d_mlp={d_mlp} units")
+        t[:, 0] = t[:, 0] % n_layers
+    return t
+
+
+def per_row_masks(
+    model: Any, units_per_row: Sequence[Sequence[Unit] | Tensor]
+) -> dict[int, Bool[Tensor, "rows d_mlp"]]:
+    """Per layer, a ``[rows, d_mlp]`` mask of each row's units (for :func:`ablation_hooks` and
+    :func:`captions_under_ablation`: a different unit set per batch row); unused layers left out.
+
+    Example:
+        >>> masks = per_row_masks(model, [[(0, 3)], [(0, 5), (2, 1)]])  # doctest: +SKIP
+        >>> sorted(masks), masks[0].shape  # doctest: +SKIP
+        ([0, 2], torch.Size([2, d_mlp]))
+    """
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    masks = torch.zeros(n_layers, len(units_per_row), d_mlp, dtype=torch.bool)
+    for r, units in enumerate(units_per_row):
+        t = units if isinstance(units, Tensor) else _as_unit_tensor(model, units)
+        masks[t[:, 0], r, t[:, 1]] = True
+    used = torch.nonzero(masks.flatten(1).any(1)).flatten().tolist()
+    return {layer: masks[layer] for layer in used}
+
+
+def random_units_like(model: Any, units: Sequence[Unit], *, seed: int = 0) -> list[Unit]:
+    """As many random units per layer as ``units`` has there (uniform, without replacement)."""
+    top = _as_unit_tensor(model, units)
+    rnd = _random_like(top, int(model.cfg.n_layers), int(model.cfg.d_mlp), seed)
+    return [(int(layer), int(unit)) for layer, unit in rnd.tolist()]
+
+
+def ablation_sweep(
+    model: Any,
+    batch: MultimodalInput,
+    target_ids: Sequence[int] | Tensor,
+    ranked_units: Sequence[Sequence[Unit]],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    n_random: int = 1,
+    seed: int = 0,
+    mode: Mode = "zero",
+    means: dict[int, Tensor] | None = None,
+    chunk_size: int = 32,
+    verbose: bool = False,
+) -> pd.DataFrame:
+    """p(c) and logit(c) when ablating each image's top-k units vs k random units, for each k.
+
+    Random units are drawn from the same layers in the same numbers as the top-k set (seeded,
+    ``n_random`` draws). All conditions are stacked along the batch dimension and run in
+    chunks of ``chunk_size`` rows.
+
+    Args:
+        model: A multimodal model.
+        batch: The images' input; ``c`` is predicted at ``batch.last_positions``.
+        target_ids: ``c`` per image.
+        ranked_units: Per image, units ranked best first (e.g. from
+            :meth:`Attribution.ranked_units`).
+        ks: Numbers of units to ablate (0 is the unablated reference).
+        n_random: Random draws per k.
+        seed: Seed of the random draws.
+        mode: ``"zero"`` or ``"mean"`` (with ``means``).
+        chunk_size: Rows per forward.
+        verbose: Progress bar over chunks.
+
+    Returns:
+        One row per (image, kind, k, draw): ``p_c``, ``logit_c``, ``delta_p``, ``delta_logit``
+        and ``rel_p`` (p_c over the unablated p_c).
+    """
+    n = len(batch)
+    tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
+    if tids.shape[0] != n or len(ranked_units) != n:
+        raise ValueError(f"need one target and one ranked unit list per image ({n} images)")
+    if mode == "resample":
+        raise ValueError("ablation_sweep supports mode='zero' or 'mean'")
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    ks = sorted({int(k) for k in ks})
+    if ks and ks[0] < 0:
+        raise ValueError(f"k must be >= 0, got {ks[0]}")
+    if ks and ks[-1] > n_layers * d_mlp:
+        raise ValueError(f"k={ks[-1]} is more than the model's {n_layers * d_mlp} MLP units")
+    for i, ranked in enumerate(ranked_units):
+        if ks and ks[-1] > len(ranked):
+            raise ValueError(
+                f"image {i} has {len(ranked)} ranked units but k={ks[-1]} was asked for: rank "
+                "more units (attribution over more layers/positions) or use smaller ks"
+            )
+
+    # conditions: (image, kind, k, draw, units [k, 2]); all index work is vectorised
+    ranked_t = [_as_unit_tensor(model, r) for r in ranked_units]
+    conditions: list[tuple[int, str, int, int, Tensor]] = []
+    for i, ranked in enumerate(ranked_t):
+        for k in ks:
+            top = ranked[:k]
+            conditions.append((i, "top", k, 0, top))
+            for d in range(n_random):
+                rnd = _random_like(top, n_layers, d_mlp, seed * 1_000_003 + i * 10_007 + k * 31 + d)
+                conditions.append((i, "random", k, d, rnd))
+
+    batch = batch.to(model._lm_device())
+    results = []
+    n_chunks = math.ceil(len(conditions) / chunk_size)
+    for c in tqdm(range(n_chunks), disable=not verbose, desc="ablation sweep"):
+        chunk = conditions[c * chunk_size : (c + 1) * chunk_size]
+        rows = [cond[0] for cond in chunk]
+        stacked = batch.select(rows)
+        used = {
+            layer: mask.to(stacked.tokens.device)
+            for layer, mask in per_row_masks(model, [cond[4] for cond in chunk]).items()
+        }
+        hooks = ablation_hooks(model, used, mode=mode, positions=stacked.image_mask, means=means)
+        with torch.no_grad():
+            logits = last_position_logits(model, stacked, hooks)
+            logit_c = logits[torch.arange(len(chunk)), tids[rows].to(logits.device)]
+            logp_c = logit_c.float() - logits.float().logsumexp(-1)
+        values = torch.stack([logp_c.exp(), logit_c.float()], 1).cpu().tolist()
+        for r, cond in enumerate(chunk):
+            results.append((cond[0], cond[1], cond[2], cond[3], values[r][0], values[r][1]))
+    table = pd.DataFrame(results, columns=["image", "kind", "k", "draw", "p_c", "logit_c"])
+    base = table[table.k == 0].groupby("image")[["p_c", "logit_c"]].first()
+    if len(base):
+        table["delta_p"] = table["p_c"] - table["image"].map(base["p_c"])
+        table["delta_logit"] = table["logit_c"] - table["image"].map(base["logit_c"])
+        table["rel_p"] = table["p_c"] / table["image"].map(base["p_c"]).clip(
+            lower=np.finfo(float).tiny
+        )
+    return table
+
+
+def ablation_curve(sweep: pd.DataFrame, *, value: str = "rel_p", ci: float = 0.95) -> pd.DataFrame:
+    """Mean of ``value`` per (kind, k) over images, with a normal ``ci`` confidence interval.
+
+    Random draws of one image are averaged first, so each image counts once.
+
+    Args:
+        sweep: :func:`ablation_sweep`'s table (or a run's ``ablation`` table, keyed by ``item``).
+        value: ``rel_p`` (p(c) kept), ``p_c``, ``delta_p``, ``logit_c`` or ``delta_logit``.
+        ci: Confidence level.
+
+    Returns:
+        Columns ``kind, k, mean, std, n, ci_low, ci_high``.
+
+    Example:
+        >>> t = pd.DataFrame({"image": [0, 1], "kind": "top", "k": 50, "rel_p": [0.2, 0.4]})
+        >>> ablation_curve(t)[["kind", "k", "mean", "n"]].to_dict("records")
+        [{'kind': 'top', 'k': 50, 'mean': 0.30000000000000004, 'n': 2}]
+    """
+    from statistics import NormalDist
+
+    if value not in sweep:
+        raise ValueError(f"the sweep has no column {value!r}: choose from {list(sweep.columns)}")
+    key = "item" if "item" in sweep else "image"
+    per_image = sweep.groupby(["kind", "k", key])[value].mean().reset_index()
+    stats = (
+        per_image.groupby(["kind", "k"])[value].agg(mean="mean", std="std", n="count").reset_index()
+    )
+    half = NormalDist().inv_cdf(0.5 + ci / 2) * stats["std"].fillna(0.0) / np.sqrt(stats["n"])
+    stats["ci_low"], stats["ci_high"] = stats["mean"] - half, stats["mean"] + half
+    return stats
+
+
+def captions_under_ablation(
+    model: Any,
+    images: Any,
+    units: Sequence[Unit] | dict[int, Bool[Tensor, "... d_mlp"]],
+    *,
+    mode: Mode = "zero",
+    means: dict[int, Tensor] | None = None,
+    **generate_kwargs: Any,
+) -> Any:
+    """Regenerate captions with ``units`` ablated at the image positions (``units`` as for
+    :func:`ablation_hooks`: pairs, or per layer a ``[batch, d_mlp]`` mask, one set per image).
+
+    Keyword arguments go to :func:`~transformer_lens_mm.core.generation.generate_captions`.
+    """
+    from transformer_lens_mm.core.generation import generate_captions
+
+    hooks = ablation_hooks(model, units, mode=mode, means=means)
+    extra = list(generate_kwargs.pop("fwd_hooks", ()))
+    return generate_captions(model, images, fwd_hooks=hooks + extra, **generate_kwargs)

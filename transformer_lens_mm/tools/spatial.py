@@ -1,0 +1,217 @@
+"""Spatial selectivity: a unit's activations on the patch grid, upsampled, against object masks.
+
+The paper's spatial-selectivity check turns a unit's activations at the image positions into a
+``h x w`` map (14x14 for BEIT), upsamples it bilinearly to the image size, thresholds it at its
+0.95 quantile and compares that region with the object's segmentation mask by IoU, against
+random units drawn from the same layers (:func:`spatial_selectivity`).
+
+Example:
+    >>> m = patch_map(torch.arange(4.0), grid_size=(2, 2), size=(4, 4))
+    >>> m.shape
+    torch.Size([4, 4])
+    >>> quantile_mask(m, 0.75).sum().item()
+    4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+import transformer_lens_mm.core.hook_names as hook_names
+from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.fast.host import to_host
+
+__all__ = [
+    "image_mlp_activations",
+    "mask_iou",
+    "patch_map",
+    "quantile_mask",
+    "spatial_selectivity",
+]
+
+Unit = tuple[int, int]
+
+
+def patch_map(
+    activations: Float[Tensor, "*batch n_image_tokens"],
+    grid_size: tuple[int, int],
+    size: tuple[int, int] | None = None,
+) -> Float[Tensor, "*batch height width"]:
+    """Reshape per-patch values to the grid (row-major) and upsample bilinearly to ``size``.
+
+    Args:
+        activations: One value per image token, in the encoder's row-major patch order (any
+            leading dimensions: one map each).
+        grid_size: ``(h, w)`` of the patch grid (``model.image_encoder.grid_size``).
+        size: ``(height, width)`` to upsample to (default: the grid itself).
+    """
+    h, w = grid_size
+    if activations.shape[-1] != h * w:
+        raise ValueError(f"{activations.shape[-1]} values do not fill a {h}x{w} patch grid")
+    lead = activations.shape[:-1]
+    grid = activations.detach().float().reshape(-1, 1, h, w)
+    if size is not None and tuple(size) != (h, w):
+        grid = torch.nn.functional.interpolate(
+            grid, size=tuple(size), mode="bilinear", align_corners=False
+        )
+    return grid.reshape(*lead, *grid.shape[-2:])
+
+
+def quantile_mask(
+    values: Float[Tensor, "*batch height width"], q: float = 0.95
+) -> Bool[Tensor, "*batch height width"]:
+    """``values >= quantile(values, q)`` per map: the unit's most active region."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    flat = values.float().reshape(*values.shape[:-2], -1)
+    return values >= torch.quantile(flat, q, dim=-1)[..., None, None]
+
+
+def mask_iou(a: Bool[Tensor, "*a h w"], b: Bool[Tensor, "*b h w"]) -> Float[Tensor, "..."]:
+    """Intersection over union of boolean masks over the last two dimensions (broadcasting).
+
+    An empty union gives 0 (as torchmetrics' ``binary_jaccard_index``).
+
+    Example:
+        >>> a = torch.tensor([[True, True], [False, False]])
+        >>> mask_iou(a, torch.tensor([[True, False], [True, False]])).item()
+        0.3333333432674408
+    """
+    if a.shape[-2:] != b.shape[-2:]:
+        raise ValueError(
+            f"masks of different sizes: {tuple(a.shape[-2:])} vs {tuple(b.shape[-2:])}; "
+            "upsample the patch map to the mask's size (patch_map(..., size=mask.shape))"
+        )
+    a, b = a.bool(), b.bool()
+    inter = (a & b).sum((-2, -1)).float()
+    union = (a | b).sum((-2, -1)).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union))
+
+
+@torch.no_grad()
+def image_mlp_activations(
+    model: Any, batch: MultimodalInput, layers: Sequence[int] | None = None
+) -> Float[Tensor, "batch n_layer n_image_tokens d_mlp"]:
+    """MLP activations ``Z`` of ``layers`` at the image positions (one forward, fp32, CPU).
+
+    Only the image positions are kept (hooks gather them during the forward), so memory is
+    ``batch x layers x n_image_tokens x d_mlp``, not the whole cache.
+    """
+    layer_list = hook_names.resolve_layers(layers, int(model.cfg.n_layers))
+    batch = batch.to(model._lm_device())
+    pos = batch.image_positions
+    rows = torch.arange(len(batch), device=pos.device)[:, None]
+    store: dict[int, Tensor] = {}
+
+    def grab(layer: int):
+        def hook(act: Tensor, hook: Any) -> None:
+            store[layer] = act[rows, pos].float()  # on the device: no sync per layer
+
+        return hook
+
+    hooks = [(hook_names.mlp_post(layer), grab(layer)) for layer in layer_list]
+    model.run_with_hooks(batch, fwd_hooks=hooks)
+    return to_host(torch.stack([store[layer] for layer in layer_list], 1))
+
+
+def spatial_selectivity(
+    model: Any,
+    batch: MultimodalInput,
+    units: Sequence[Sequence[Unit]],
+    masks: Sequence[np.ndarray | Tensor],
+    *,
+    q: float = 0.95,
+    n_random: int = 1,
+    seed: int = 0,
+    grid_size: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """IoU of each unit's ``q``-quantile patch region with the object mask, vs random units.
+
+    For image ``i``, every unit of ``units[i]`` and ``n_random`` draws of as many random units
+    from the same layers (:func:`~transformer_lens_mm.tools.ablation.random_units_like`) get a map
+    (activations at the image positions, upsampled bilinearly to the mask's size), a
+    ``q``-quantile region and its IoU with ``masks[i]``.
+
+    Args:
+        model: A multimodal model with an image encoder (or pass ``grid_size``).
+        batch: The images' input (``model.prepare_inputs(images)``).
+        units: Per image, the ``(layer, unit)`` pairs to test (e.g. its top units).
+        masks: Per image, a boolean object mask ``[height, width]`` in the image's pixels.
+        q: Quantile of the region (the paper: 0.95).
+        n_random: Random draws per image.
+        seed: Seed of the random draws.
+        grid_size: Patch grid ``(h, w)`` (default: ``model.image_encoder.grid_size``).
+
+    Returns:
+        One row per (image, kind, draw, rank): ``layer``, ``unit``, ``iou``, ``region`` (share
+        of pixels in the unit's region) and ``object`` (share of pixels in the mask).
+
+    Example:
+        >>> table = spatial_selectivity(model, batch, top_units, masks)  # doctest: +SKIP
+        >>> table.groupby("kind").iou.mean()  # doctest: +SKIP
+    """
+    from transformer_lens_mm.tools.ablation import random_units_like
+
+    n = len(batch)
+    if len(units) != n or len(masks) != n:
+        raise ValueError(
+            f"need one unit list and one mask per image: {n} images, {len(units)} unit lists, "
+            f"{len(masks)} masks"
+        )
+    if grid_size is None:
+        encoder = getattr(model, "image_encoder", None)
+        if encoder is None:
+            raise ValueError("the model has no image encoder: pass grid_size=(h, w)")
+        grid_size = tuple(encoder.grid_size)
+    kinds: list[list[tuple[str, int, list[Unit]]]] = []
+    for i in range(n):
+        todo = [("top", 0, [(int(a), int(b)) for a, b in units[i]])]
+        for d in range(n_random):
+            todo.append(
+                ("random", d, random_units_like(model, todo[0][2], seed=seed + 7919 * i + d))
+            )
+        kinds.append(todo)
+    layers = sorted({layer for todo in kinds for _, _, us in todo for layer, _ in us})
+    if not layers:
+        return pd.DataFrame(
+            columns=["image", "kind", "draw", "rank", "layer", "unit", "iou", "region", "object"]
+        )
+    slot = {layer: j for j, layer in enumerate(layers)}
+    acts = image_mlp_activations(model, batch, layers)  # [batch, n_layer, n_img, d_mlp]
+    rows = []
+    for i, todo in enumerate(kinds):
+        mask = torch.as_tensor(np.asarray(masks[i])).bool()
+        if mask.ndim != 2:
+            raise ValueError(f"mask {i} must be 2-D [height, width], got shape {tuple(mask.shape)}")
+        size = tuple(mask.shape)
+        for kind, draw, us in todo:
+            if not us:
+                continue
+            idx = torch.tensor(us)
+            values = acts[i, [slot[layer] for layer in idx[:, 0].tolist()], :, idx[:, 1]]
+            regions = quantile_mask(patch_map(values, grid_size, size), q)
+            ious = mask_iou(regions, mask)
+            for r, (layer, unit) in enumerate(us):
+                rows.append(
+                    (
+                        i,
+                        kind,
+                        draw,
+                        r,
+                        layer,
+                        unit,
+                        float(ious[r]),
+                        float(regions[r].float().mean()),
+                        float(mask.float().mean()),
+                    )
+                )
+    return pd.DataFrame(
+        rows, columns=["image", "kind", "draw", "rank", "layer", "unit", "iou", "region", "object"]
+    )
