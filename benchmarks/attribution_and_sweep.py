@@ -35,17 +35,13 @@ from helpers import build_tokenizer
 
 from transformer_lens_mm import ImageProjection, attribute, from_parts, hook_names
 from transformer_lens_mm.core.lm_loading import default_api
-from transformer_lens_mm.tools.ablation import (
-    DEFAULT_KS,
-    ablated,
-    ablation_sweep,
-    random_units_like,
-)
+from transformer_lens_mm.tools.ablation import DEFAULT_KS, ablated, ablation_sweep
 from transformer_lens_mm.tools.attribution import (
     frozen_parameters,
     last_position_metric,
     target_metric,
 )
+from transformer_lens_mm.tools.units import random_units_like
 
 
 class PeakMemory:

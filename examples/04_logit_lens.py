@@ -4,9 +4,9 @@ from pathlib import Path
 
 from _common import parse_args
 from toy_model import load_toy_model, make_dataset
-from transformer_lens_mm.report.html.plotting import plot_logit_lens
 
 from transformer_lens_mm import generate_captions
+from transformer_lens_mm.report.plotting import plot_logit_lens
 from transformer_lens_mm.tools.lens import logit_lens
 from transformer_lens_mm.tools.targets import target_inputs, targets_from_captions
 

@@ -4,10 +4,11 @@ from pathlib import Path
 
 from _common import parse_args
 from toy_model import load_toy_model, make_dataset
-from transformer_lens_mm.report.html.plotting import plot_ablation_curves
 
 from transformer_lens_mm.pipelines.search import find_multimodal_neurons
+from transformer_lens_mm.report.plotting import plot_ablation_curves
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
+from transformer_lens_mm.tools.units import units_of
 
 args = parse_args(__doc__)
 model = load_toy_model(args.api, cache=args.toy)
@@ -15,13 +16,7 @@ images, _, _ = make_dataset(8, seed=1)
 
 found = find_multimodal_neurons(model, images, k=256, batch_size=8, verbose=False)
 ids = sorted(found.targets)
-ranked = [
-    found.units[found.units.image == i]
-    .drop_duplicates(["layer", "unit"])[["layer", "unit"]]
-    .itertuples(index=False, name=None)
-    for i in ids
-]
-ranked = [list(r) for r in ranked]
+ranked = [units_of(found.units, i) for i in ids]  # each image's units, best first
 batch = found.inputs[0]
 ks = [k for k in (0, 8, 16, 32, 64) if k <= min(len(r) for r in ranked)]
 sweep = ablation_sweep(

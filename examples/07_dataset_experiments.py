@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from transformer_lens_mm.pipelines.analyze.runner import (
+from transformer_lens_mm.pipelines.analyze import (
+    analysis_report,
     load_dataset,
     load_model,
     load_results,
@@ -27,7 +28,6 @@ from transformer_lens_mm.pipelines.analyze.runner import (
 )
 from transformer_lens_mm.pipelines.experiments import (
     ablation_caption_summary,
-    analysis_report,
     layer_distribution,
     score_texts,
     soft_prompt_summary,
@@ -58,7 +58,7 @@ def main() -> None:
 
     if (out / "ablation.parquet").is_file():
         print("== p(c) kept after ablating k units (mean over images, 95% interval)")
-        print(ablation_curve(load_table(out, "ablation")).round(3).to_string())
+        print(ablation_curve(load_table(out, "ablation"), by="item").round(3).to_string())
 
     soft = None
     if (out / "soft_prompts.parquet").is_file():

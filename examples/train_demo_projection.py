@@ -15,7 +15,8 @@ image-token norms match the LM's mean embedding norm; AdamW with a short warm-up
 About 5 s per step on 2 CPU cores (58 min in all), plus ~4 min to encode the 3300 scenes once.
 
 Writes ``OUT/projection`` (safetensors + json), ``OUT/training_record.json`` (loss curve,
-held-out caption accuracy) and, with ``--ship``, copies both into ``transformer_lens_mm/data/assets``.
+held-out caption accuracy) and, with ``--ship``, copies both into
+``transformer_lens_mm/data/assets``.
 """
 
 from __future__ import annotations

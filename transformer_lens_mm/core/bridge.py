@@ -2,7 +2,10 @@
 
 Works on TransformerLens 3.9 and 4.x. The bridge is booted by TransformerLens's own
 ``boot_transformers`` and converted in place (its class becomes this subclass; nothing is copied),
-then the two image hook points are registered in the bridge's hook registry.
+then the two image hook points are registered in the bridge's hook registry. Building one
+applies :data:`~transformer_lens_mm.fast.patches.KV_CACHE_PATCH` (the bridge's attention then
+finds transformers 5's KV cache; listed by ``fast.patches.applied()``, undone by its ``undo()``);
+importing the package changes nothing in TransformerLens.
 """
 
 from __future__ import annotations
@@ -12,47 +15,15 @@ import warnings
 from typing import Any
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from transformer_lens_mm.core.mixin import MultimodalMixin
-from transformer_lens_mm.fast.bridge import set_fused_bridge
+from transformer_lens_mm.fast.fusion import check_fused_flag, set_fused
+from transformer_lens_mm.fast.patches import KV_CACHE_PATCH
 
 __all__ = ["MultimodalTransformerBridge"]
-
-
-def _accept_cache_kwarg() -> None:
-    """Let the bridge's attention find the Hugging Face KV cache under ``cache=``.
-
-    transformers 5.x passes the layer cache to attention modules as ``cache=``; TransformerLens
-    4.3's ``AttentionBridge._update_kv_cache`` looks only for ``past_key_values``/``layer_past``,
-    so the cache stays empty and cached decoding attends to nothing. The wrapper forwards
-    ``cache`` as ``past_key_values`` when neither is given (a no-op where TL already finds it).
-    """
-    try:
-        from transformer_lens.model_bridge.generalized_components.attention import (
-            AttentionBridge,
-        )
-    except ImportError:  # pragma: no cover - other TL layouts
-        return
-    original = getattr(AttentionBridge, "_update_kv_cache", None)
-    if original is None or getattr(original, "_tlmm_wrapped", False):
-        return
-
-    def _update_kv_cache(self: Any, k: Tensor, v: Tensor, **kwargs: Any) -> Any:
-        if (
-            kwargs.get("past_key_values") is None
-            and kwargs.get("layer_past") is None
-            and kwargs.get("cache") is not None
-        ):
-            kwargs["past_key_values"] = kwargs["cache"]
-        return original(self, k, v, **kwargs)
-
-    _update_kv_cache._tlmm_wrapped = True  # type: ignore[attr-defined]
-    AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]
-
-
-_accept_cache_kwarg()
 
 
 class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
@@ -63,22 +34,37 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
     :meth:`from_bridge`.
 
     Example:
-        >>> model = from_parts(lm="hf_folder", encoder=enc, projection=proj, api="bridge")
+        >>> model = from_parts(  # doctest: +SKIP
+        ...     lm="hf_folder", encoder=enc, projection=proj, api="bridge"
+        ... )
         >>> logits = model(images=[img])  # doctest: +SKIP
     """
 
     @classmethod
-    def from_bridge(cls, bridge: TransformerBridge) -> MultimodalTransformerBridge:
-        """Convert a booted ``TransformerBridge`` in place and return it."""
+    def from_bridge(
+        cls, bridge: TransformerBridge, *, fused: bool = True
+    ) -> MultimodalTransformerBridge:
+        """Convert a booted ``TransformerBridge`` in place and return it.
+
+        Args:
+            bridge: A plain ``TransformerBridge`` (``boot_transformers`` or ``boot_native``).
+            fused: The speed layer (``transformer_lens_mm.fast``): same numbers as the bridge's
+                own modules, fewer operations; ``False`` for the bridge's own modules bit for
+                bit.
+        """
+        fused = check_fused_flag(fused)
         if isinstance(bridge, cls):
+            set_fused(bridge, fused)
             return bridge
         if type(bridge) is not TransformerBridge:
             raise TypeError(
                 f"can only convert a plain TransformerBridge, got {type(bridge).__name__}"
             )
+        KV_CACHE_PATCH.apply()
         bridge.__class__ = cls
         bridge._add_image_hook_points()  # __setattr__ registers the HookPoints by name
-        set_fused_bridge(bridge)  # same values, faster, while the pattern/norm hooks are unused
+        if fused:
+            set_fused(bridge, True)
         return bridge
 
     def to(self, *args: Any, **kwargs: Any) -> MultimodalTransformerBridge:
@@ -100,14 +86,19 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
         except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
             return False
 
-    def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
+    def kv_first_step(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
+    ) -> tuple[Tensor, Any]:
+        """The prompt through the Hugging Face cache; only the last position is unembedded
+        where the model takes ``logits_to_keep``. The state is ``None`` (recompute the full
+        sequence each step) when the bridge left the cache empty."""
         # Positions count real tokens only (as the bridge derives them without a cache), so
         # that left padding shifts every position of an item by the same amount.
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         # Only the last position's logits are read (the batch is left-padded): as in Hugging
         # Face's generate, the unembedding of every other prompt position is skipped.
         keep = {"logits_to_keep": 1} if self._hf_accepts("logits_to_keep") else {}
-        logits, past = self._lm_forward(
+        logits, past = self.lm_forward(
             tokens,
             attention_mask=attention_mask,
             position_ids=positions,
@@ -130,16 +121,20 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
             return logits, None
         return logits, past
 
-    def _kv_next_step(
-        self, tokens: Tensor, attention_mask: Tensor, state: Any
+    def kv_next_step(
+        self,
+        tokens: Int[Tensor, "batch new"],
+        attention_mask: Int[Tensor, "batch pos"],
+        state: Any,
     ) -> tuple[Tensor, Any]:
+        """New tokens through the Hugging Face cache (which takes the full mask)."""
         # Hugging Face caches take the full mask (past + new positions).
         positions = (
             attention_mask.sum(-1, keepdim=True)
             - tokens.shape[1]
             + torch.arange(tokens.shape[1], device=tokens.device)
         )
-        logits, past = self._lm_forward(
+        logits, past = self.lm_forward(
             tokens,
             attention_mask=attention_mask,
             past_key_values=state,

@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from transformer_lens_mm.core.contract import HookList, MultimodalModel
 from transformer_lens_mm.core.images import ImageLike
 from transformer_lens_mm.core.layout import MultimodalInput
 
@@ -89,7 +89,7 @@ def _extend(batch: MultimodalInput, new: Tensor) -> MultimodalInput:
 
 @torch.no_grad()
 def generate_captions(
-    model: Any,
+    model: MultimodalModel,
     images: ImageLike | Sequence[ImageLike] | None = None,
     *,
     prompts: str | Sequence[str] | None = None,
@@ -105,7 +105,7 @@ def generate_captions(
     stop_at_eos: bool = True,
     eos_token_id: int | None = None,
     use_kv_cache: bool = True,
-    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+    fwd_hooks: HookList = (),
     verbose: bool = False,
 ) -> Captions:
     """Caption images with a multimodal model (either TransformerLens API).
@@ -147,7 +147,7 @@ def generate_captions(
         raise ValueError(
             "captioning needs a left-padded input: prepare_inputs(..., padding_side='left')"
         )
-    batch = batch.to(model._lm_device())
+    batch = batch.to(model.lm_device)
     n_ctx = int(model.cfg.n_ctx)
     if batch.tokens.shape[1] + max_new_tokens > n_ctx:
         raise ValueError(
@@ -170,10 +170,10 @@ def generate_captions(
         image_embeds = model.embed_images(batch)
         with model.inject_images(image_embeds, batch):
             if use_kv_cache:
-                logits, state = model._kv_first_step(batch.tokens, batch.attention_mask)
+                logits, state = model.kv_first_step(batch.tokens, batch.attention_mask)
                 use_kv_cache = state is not None  # None: this backend's cache is unusable
             else:
-                logits = model._lm_forward(batch.tokens, attention_mask=batch.attention_mask)
+                logits = model.lm_forward(batch.tokens, attention_mask=batch.attention_mask)
         current = batch
         for step in tqdm(range(max_new_tokens), disable=not verbose, desc="captioning"):
             nxt = sample_next_token(
@@ -192,12 +192,10 @@ def generate_captions(
                 break
             current = _extend(current, nxt[:, None])
             if use_kv_cache:
-                logits, state = model._kv_next_step(nxt[:, None], current.attention_mask, state)
+                logits, state = model.kv_next_step(nxt[:, None], current.attention_mask, state)
             else:
                 with model.inject_images(image_embeds, current):
-                    logits = model._lm_forward(
-                        current.tokens, attention_mask=current.attention_mask
-                    )
+                    logits = model.lm_forward(current.tokens, attention_mask=current.attention_mask)
 
     tokens = torch.stack(new_tokens, 1)
     lengths = torch.full((n,), tokens.shape[1], dtype=torch.long, device=tokens.device)

@@ -22,21 +22,24 @@ from transformer_lens_mm.core.encoders import ImageEncoder
 from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.core.lm_loading import default_api, load_bridge, load_hooked_transformer
 from transformer_lens_mm.core.projection import ImageProjection, load_projection
+from transformer_lens_mm.fast.fusion import check_fused_flag, set_fused
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
 
 __all__ = ["from_parts"]
 
 
-def _as_model(lm: Any, api: str, device: Any, dtype: torch.dtype) -> Any:
+def _as_model(
+    lm: Any, api: str, device: Any, dtype: torch.dtype, fused: bool
+) -> HookedMultimodalTransformer | MultimodalTransformerBridge:
     from transformer_lens.model_bridge import TransformerBridge
 
     if isinstance(lm, (MultimodalTransformerBridge, TransformerBridge)):
-        return MultimodalTransformerBridge.from_bridge(lm)
+        return MultimodalTransformerBridge.from_bridge(lm, fused=fused)
     if HAS_HOOKED_TRANSFORMER:
         from transformer_lens import HookedTransformer
 
         if isinstance(lm, HookedTransformer):
-            return HookedMultimodalTransformer.from_hooked_transformer(lm)
+            return HookedMultimodalTransformer.from_hooked_transformer(lm, fused=fused)
     if isinstance(lm, nn.Module):
         raise TypeError(
             f"lm must be a HookedTransformer, a TransformerBridge, a model name or a folder; got "
@@ -46,10 +49,14 @@ def _as_model(lm: Any, api: str, device: Any, dtype: torch.dtype) -> Any:
         raise TypeError(f"lm must be a model, a name or a folder, got {type(lm).__name__}")
     if api == "hooked":
         require_hooked_transformer("api='hooked'")
-        return load_hooked_transformer(
+        model = load_hooked_transformer(
             lm, cls=HookedMultimodalTransformer, device=device, dtype=dtype
         )
-    return MultimodalTransformerBridge.from_bridge(load_bridge(lm, device=device, dtype=dtype))
+        set_fused(model, fused)
+        return model
+    return MultimodalTransformerBridge.from_bridge(
+        load_bridge(lm, device=device, dtype=dtype), fused=fused
+    )
 
 
 def from_parts(
@@ -66,7 +73,8 @@ def from_parts(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     require_mlp: bool = True,
-) -> Any:
+    fused: bool = True,
+) -> HookedMultimodalTransformer | MultimodalTransformerBridge:
     """Build a multimodal model from a language model, an image encoder and a projection.
 
     Args:
@@ -85,14 +93,20 @@ def from_parts(
         device: Device of the whole model.
         dtype: Dtype of the language model.
         require_mlp: Refuse attention-only LMs.
+        fused: The speed layer (``transformer_lens_mm.fast``): the same numbers as
+            TransformerLens's own modules with fewer operations while no hook needs their
+            intermediate values; ``False`` runs TL's own modules (bit for bit). Switch later
+            with ``set_fused(model, ...)`` or ``with model.fused(False): ...``.
 
     Returns:
-        A :class:`HookedMultimodalTransformer` or :class:`MultimodalTransformerBridge`.
+        A :class:`HookedMultimodalTransformer` or :class:`MultimodalTransformerBridge`; both
+        satisfy :class:`~transformer_lens_mm.core.contract.MultimodalModel`.
     """
+    fused = check_fused_flag(fused)
     api = api or default_api()
     if api not in ("hooked", "bridge"):
         raise ValueError(f"api must be 'hooked' or 'bridge', got {api!r}")
-    model = _as_model(lm, api, device, dtype)
+    model = _as_model(lm, api, device, dtype, fused)
     if isinstance(encoder, str):
         encoder = ImageEncoder.from_timm(
             encoder, pretrained=encoder_pretrained, layer=encoder_layer

@@ -6,6 +6,9 @@ image encoder and a projection to a TransformerLens model, and overrides ``forwa
 ``[image tokens][prompt]``. The image tokens enter through an ordinary forward hook on
 ``hook_embed`` that runs before any user hook there; no module's ``forward`` is replaced, so
 ``run_with_hooks``, ``run_with_cache``, ``hooks()`` and ActivationCache work as usual.
+
+The mixin implements the model contract (:class:`~transformer_lens_mm.core.contract.
+MultimodalModel`) except the two KV-cached decoding steps, which each TL API provides.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.encoders import ImageEncoder
 from transformer_lens_mm.core.images import ImageLike
-from transformer_lens_mm.core.layout import DEFAULT_PROMPT, MultimodalInput, build_multimodal_input
+from transformer_lens_mm.core.layout import MultimodalInput, build_multimodal_input
+from transformer_lens_mm.core.paper import PROMPT
 from transformer_lens_mm.core.projection import ImageProjection, check_projection_shapes
+from transformer_lens_mm.fast.fusion import is_fused, set_fused
 from transformer_lens_mm.fast.versions import HookPoint
 
 __all__ = ["MultimodalMixin"]
@@ -39,7 +44,8 @@ class MultimodalMixin:
         hook_image_embed: Hook point on the projected soft tokens.
         prompt: Default text prompt after the image tokens.
         prepend_bos: Whether a BOS token precedes the image tokens.
-        last_input: The :class:`MultimodalInput` of the most recent multimodal call.
+        last_input: The :class:`MultimodalInput` of the most recent multimodal call (for
+            interactive use; the package's tools pass positions explicitly and never read it).
     """
 
     cfg: Any
@@ -59,7 +65,7 @@ class MultimodalMixin:
         self.hook_image_embed = HookPoint()
         self.image_encoder = None
         self.image_projection = None
-        self.prompt = DEFAULT_PROMPT
+        self.prompt = PROMPT
         self.prepend_bos = False
         self.bos_token_id: int | None = None
         self.last_input = None
@@ -138,7 +144,7 @@ class MultimodalMixin:
         check_projection_shapes(
             projection.d_image, projection.d_model, d_image=d_image, d_model=int(self.cfg.d_model)
         )
-        device = self._lm_device()
+        device = self.lm_device
         self.image_encoder = encoder.to(device) if encoder is not None else None
         self.image_projection = projection.to(device)
         cfg = projection.config
@@ -152,8 +158,25 @@ class MultimodalMixin:
                 raise ValueError(f"bos_token {bos_token!r} is not a single token of this tokenizer")
             self.bos_token_id = int(ids[0])
 
-    def _lm_device(self) -> torch.device:
+    @property
+    def lm_device(self) -> torch.device:
+        """Where the language model's weights live (inputs are moved there)."""
         return self.W_E.device  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def fused(self, enabled: bool = True) -> Iterator[Any]:
+        """Context manager: the speed layer on (or off) inside, as it was afterwards.
+
+        Example:
+            >>> with model.fused(False):  # TransformerLens's own modules  # doctest: +SKIP
+            ...     logits = model(batch)
+        """
+        before = is_fused(self)  # type: ignore[arg-type]
+        set_fused(self, enabled)  # type: ignore[arg-type]
+        try:
+            yield self
+        finally:
+            set_fused(self, before)  # type: ignore[arg-type]
 
     def _require_vision(self) -> ImageProjection:
         if self.image_projection is None:
@@ -251,7 +274,7 @@ class MultimodalMixin:
         batch.pixel_values = pixel_values
         batch.image_features = image_features
         batch.grid_size = grid
-        return batch.to(self._lm_device())
+        return batch.to(self.lm_device)
 
     # ----------------------------------------------------------------- core
     def embed_images(self, batch: MultimodalInput) -> Float[Tensor, "batch n_image_tokens d_model"]:
@@ -272,7 +295,7 @@ class MultimodalMixin:
             features = self.encode_pixels(batch.pixel_values)
         else:
             raise ValueError("the input holds neither pixel_values nor image_features")
-        features = self.hook_image_features(features.to(self._lm_device()))
+        features = self.hook_image_features(features.to(self.lm_device))
         embeds = self.hook_image_embed(projection(features))
         if embeds.shape[:2] != (len(batch), batch.n_image_tokens):
             raise ValueError(
@@ -307,22 +330,32 @@ class MultimodalMixin:
         finally:
             handle.remove()
 
-    def _lm_forward(self, tokens: Tensor, *args: Any, **kwargs: Any) -> Any:
+    def lm_forward(self, tokens: Int[Tensor, "batch pos"], *args: Any, **kwargs: Any) -> Any:
         """The plain language-model forward of the TL class (no image handling)."""
         return super().forward(tokens, *args, **kwargs)  # type: ignore[misc]
 
-    def logits_at(self, batch: MultimodalInput, rows: Tensor, positions: Tensor) -> Tensor:
-        """Logits ``[n, d_vocab]`` at ``(rows[i], positions[i])`` only (a full forward here;
-        the HookedTransformer class skips the unembedding of every other position)."""
+    def logits_at(
+        self, batch: MultimodalInput, rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]
+    ) -> Float[Tensor, "n d_vocab"]:
+        """Logits at ``(rows[i], positions[i])`` of the multimodal forward of ``batch`` (a full
+        forward here; ``HookedMultimodalTransformer`` unembeds only those positions)."""
         return self(batch)[rows, positions]
 
     # KV-cache steps, implemented per TransformerLens API (used by captioning).
-    def _kv_first_step(self, tokens: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
+    def kv_first_step(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
+    ) -> tuple[Tensor, Any]:
+        """First decoding step: logits (at least the last position) and the KV-cache state
+        (``None`` when this backend's cache cannot be used)."""
         raise NotImplementedError
 
-    def _kv_next_step(
-        self, tokens: Tensor, attention_mask: Tensor, state: Any
+    def kv_next_step(
+        self,
+        tokens: Int[Tensor, "batch new"],
+        attention_mask: Int[Tensor, "batch pos"],
+        state: Any,
     ) -> tuple[Tensor, Any]:
+        """A later decoding step on the new tokens; ``attention_mask`` covers every position."""
         raise NotImplementedError
 
     def forward(
@@ -366,11 +399,11 @@ class MultimodalMixin:
             return super().forward(input, *args, **kwargs)  # type: ignore[misc]
         if "attention_mask" in kwargs:
             raise ValueError("the attention mask comes from the MultimodalInput; do not pass one")
-        batch = batch.to(self._lm_device())
+        batch = batch.to(self.lm_device)
         self.last_input = batch
         image_embeds = self.embed_images(batch)
         with self.inject_images(image_embeds, batch):
-            return self._lm_forward(
+            return self.lm_forward(
                 batch.tokens, *args, attention_mask=batch.attention_mask, **kwargs
             )
 
@@ -388,4 +421,4 @@ class MultimodalMixin:
         """Caption images; see :func:`transformer_lens_mm.core.generation.generate_captions`."""
         from transformer_lens_mm.core.generation import generate_captions
 
-        return generate_captions(self, images, **kwargs)
+        return generate_captions(self, images, **kwargs)  # type: ignore[arg-type]

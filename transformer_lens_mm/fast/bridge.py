@@ -33,8 +33,8 @@ splits it into three products): checked on every call, so in-place edits show an
 weights, hooks on the q/k/v hook points or gradients for those weights bring TL's back.
 
 The bridge is young and changes between releases, so the fused classes are used only with the
-TransformerLens versions they were checked against (``VERIFIED_TL_VERSIONS``); elsewhere
-``set_fused_bridge`` switches nothing and says so by returning 0.
+TransformerLens versions they were checked against (``versions.VERIFIED["fused_bridge"]``);
+elsewhere ``set_fused_bridge`` switches nothing and says so by returning 0.
 """
 
 from __future__ import annotations
@@ -47,17 +47,10 @@ import torch
 from torch import Tensor
 from torch.nn.modules import module as _nn_module
 
+import transformer_lens_mm.fast.versions as versions
 from transformer_lens_mm.fast.classes import FusedClasses, check_model, has_hooks, sdpa
-from transformer_lens_mm.fast.versions import TL_VERSION
 
-__all__ = ["VERIFIED_TL_VERSIONS", "set_fused_bridge"]
-
-#: TransformerLens ``major.minor`` versions whose bridge components the fused classes reproduce.
-VERIFIED_TL_VERSIONS = ("4.3",)
-
-
-def _verified() -> bool:
-    return ".".join(TL_VERSION.split(".")[:2]) in VERIFIED_TL_VERSIONS
+__all__ = ["set_fused_bridge"]
 
 
 class _MaskPlan(NamedTuple):
@@ -518,10 +511,11 @@ __getattr__ = _FUSED.module_getattr
 def set_fused_bridge(model: torch.nn.Module, enabled: bool = True) -> int:
     """Turn the fused norms and attention of a ``TransformerBridge`` on or off.
 
-    ``MultimodalTransformerBridge`` turns them on when it is built, on the TransformerLens
-    versions in ``VERIFIED_TL_VERSIONS``. A module computes TL's own way anyway whenever one of
-    the hook points only that way can serve has a hook (see the module docstring). Turn it off
-    to reproduce a plain ``TransformerBridge``'s numbers bit for bit.
+    Use :func:`~transformer_lens_mm.fast.fusion.set_fused` (one switch for every model); this
+    is its bridge part. Only on the TransformerLens versions in
+    ``versions.VERIFIED["fused_bridge"]``. A module computes TL's own way anyway whenever one
+    of the hook points only that way can serve has a hook (see the module docstring). Turn it
+    off to reproduce a plain ``TransformerBridge``'s numbers bit for bit.
 
     Args:
         model: A ``TransformerBridge`` (or ``MultimodalTransformerBridge``).
@@ -537,6 +531,6 @@ def set_fused_bridge(model: torch.nn.Module, enabled: bool = True) -> int:
         25
     """
     check_model(model)
-    if not _verified():
+    if not versions.verified("fused_bridge"):
         return 0
     return sum(module._counted for module in _FUSED.switch(model, enabled))

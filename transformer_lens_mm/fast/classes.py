@@ -115,15 +115,16 @@ class FusedClasses:
         raise AttributeError(f"module {self._module_name!r} has no attribute {name!r}")
 
     def switch(self, model: torch.nn.Module, enabled: bool) -> list[torch.nn.Module]:
-        """Give the model's TL modules their fused classes (once) and set ``fused``; returns
-        every module switched."""
+        """Set ``fused`` on the model's fused modules; enabling first gives TL's modules their
+        fused classes (disabling leaves a module that was never switched TL's own class).
+        Returns every module whose flag was set."""
         check_model(model)
         classes = self.get()
         fused_types = set(classes.values())
         switched = []
         for module in model.modules():
             cls = type(module)
-            if cls in classes:
+            if cls in classes and enabled:
                 module.__class__ = classes[cls]
             elif cls not in fused_types:
                 continue

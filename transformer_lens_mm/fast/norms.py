@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from transformer_lens_mm.fast.classes import FusedClasses, has_hooks
+import transformer_lens_mm.fast.versions as versions
+from transformer_lens_mm.fast.classes import FusedClasses, check_model, has_hooks
 
 __all__ = ["set_fused_norms"]
 
@@ -120,6 +121,9 @@ def set_fused_norms(model: torch.nn.Module, enabled: bool = True) -> int:
         >>> set_fused_norms(model, False)  # doctest: +SKIP
         25
     """
+    check_model(model)
+    if not versions.verified("fused_hooked"):
+        return 0
     switched = _FUSED.switch(model, enabled)
     for module in switched:
         module.__dict__.pop("_memo", None)

@@ -10,39 +10,29 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from transformer_lens_mm.core.errors import TLMMError
+
 __all__ = ["main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from transformer_lens_mm.data.pretrained import CorruptWeightsError, MissingWeightsError
-    from transformer_lens_mm.pipelines.demo.runner import DemoConfig, OutputExistsError, run_demo
+    from transformer_lens_mm.pipelines.demo import QUICK, DemoConfig, run_demo
 
-    kwargs = {}
-    if args.quick:
-        kwargs = dict(n_scenes=6, photos=False, ks=(0, 25, 100, 400), n_cards=4, n_random=1)
+    kwargs = dict(QUICK) if args.quick else {}
     if args.scenes is not None:
         kwargs["n_scenes"] = args.scenes
     if args.no_photos:
         kwargs["photos"] = False
-    config = DemoConfig(api=args.api, **kwargs)
-    try:
-        run_demo(args.out, config, overwrite=args.overwrite)
-    except (OutputExistsError, MissingWeightsError, CorruptWeightsError) as err:
-        print(f"tlmm demo: {err}", file=sys.stderr)
-        return 2
+    run_demo(args.out, DemoConfig(api=args.api, **kwargs), overwrite=args.overwrite)
     return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from transformer_lens_mm.pipelines.analyze.runner import load_config, run_analysis
+    from transformer_lens_mm.pipelines.analyze import load_config, run_analysis
 
-    try:
-        config = load_config(args.config)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"tlmm analyze: {err}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
     if args.out:
         config = dataclasses.replace(config, out=args.out)
     run_analysis(config)
@@ -76,7 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze.add_argument("--out", default=None, help="override the config's output folder")
     analyze.set_defaults(run=_analyze)
     args = parser.parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except (TLMMError, FileNotFoundError) as err:  # the message names the problem and the fix
+        print(f"tlmm {args.command}: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

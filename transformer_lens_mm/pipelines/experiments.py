@@ -1,19 +1,25 @@
-"""Experiments over the results of a dataset-scale run (:mod:`transformer_lens_mm.pipelines.analyze.runner`).
+"""Experiments over the tables of a run (``tlmm analyze``, ``tlmm demo``, a search).
+
+Each function reads tables in the search's schema (``item``, ``index``, ...; see
+:mod:`transformer_lens_mm.pipelines.search`), so it serves a dataset run and the demo alike:
 
 * :func:`layer_distribution`: where the top units sit, per layer.
 * :func:`spatial_iou_by_category`: each image's top units against the mask of the object its
   caption names (COCO category = the caption's noun), vs random units of the same layers.
 * :func:`category_selectivity`: per class, its most frequent top units and their mean activation
   (max over image positions) on held-out images of every class.
-* :func:`plot_category_selectivity`, :func:`plot_iou_by_category`: the figures.
-* :func:`~transformer_lens_mm.tools.ablation.ablation_curve` (of a run's ``ablation`` table): p(c)
-  kept per k, top vs random units, with confidence intervals.
+* :func:`decoding_target_ranks`: where ``c`` ranks in the decodings of each image's top units
+  and of as many random units of the same layers.
+* :func:`~transformer_lens_mm.tools.ablation.ablation_curve` (of a run's ``ablation`` table,
+  ``by="item"``): p(c) kept per k, top vs random units, with confidence intervals.
 * :func:`ablation_caption_summary`: captions regenerated under top-k vs random-k ablation.
 * :func:`soft_prompt_summary`: soft prompts' nearest tokens vs norm-matched random vectors.
 * :func:`unit_decoding_texts`, :func:`soft_prompt_texts`, :func:`score_texts`: decodings vs
   captions by BERTScore and CLIPScore (the paper's Tables 1 and 2; scorers from
   :mod:`transformer_lens_mm.tools.metrics`), against randomly re-paired captions.
-* :func:`analysis_report`: ``report.html`` of a run (``run_analysis`` writes a first one).
+
+The figures are in :mod:`transformer_lens_mm.report.plotting`; a run's page is
+:func:`~transformer_lens_mm.pipelines.analyze.report.analysis_report`.
 
 Example:
     >>> items, units, maps = load_results("runs/coco-gptj")  # doctest: +SKIP
@@ -23,34 +29,32 @@ Example:
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 
+from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
+from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.data.datasets import Item
+from transformer_lens_mm.tools.decoding import unit_token_ranks, vocab_mask
 from transformer_lens_mm.tools.spatial import image_mlp_activations, spatial_selectivity
+from transformer_lens_mm.tools.stats import ci_half_width
+from transformer_lens_mm.tools.units import random_units_like, units_of
 from transformer_lens_mm.tools.words import is_dictionary_word, same_word
 
 __all__ = [
     "ablation_caption_summary",
-    "analysis_report",
     "category_selectivity",
+    "decoding_target_ranks",
     "layer_distribution",
-    "plot_category_selectivity",
-    "plot_iou_by_category",
-    "plot_soft_prompts",
     "score_texts",
     "soft_prompt_summary",
     "soft_prompt_texts",
     "spatial_iou_by_category",
     "unit_decoding_texts",
-    "units_of",
 ]
 
 
@@ -66,18 +70,40 @@ def layer_distribution(units: pd.DataFrame, n_layers: int | None = None) -> pd.D
     return table
 
 
-def units_of(units: pd.DataFrame, item: Any, *, column: str = "item") -> list[tuple[int, int]]:
-    """An item's distinct ``(layer, unit)`` pairs from a top-k table, best rank first (a unit
-    scored at several positions appears once, at its best).
+def decoding_target_ranks(
+    model: LanguageModel,
+    units: pd.DataFrame,
+    targets: Mapping[Hashable, int],
+    *,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Where each image's target ``c`` ranks in the decodings of its top units, and of as many
+    random units of the same layers (the control).
 
-    Example:
-        >>> t = pd.DataFrame({"item": ["a"] * 3, "rank": [1, 0, 2], "layer": [3, 1, 1],
-        ...                   "unit": [7, 5, 5]})
-        >>> units_of(t, "a")
-        [(1, 5), (3, 7)]
+    A model whose vocabulary is far larger than its top-10 decodings can show a unit that
+    favours ``c`` (a high percentile) without ``c`` reaching its top 10.
+
+    Args:
+        model: The model whose weights decode the units.
+        units: A units table (``item``, ``rank``, ``layer``, ``unit``).
+        targets: ``item -> c``'s token id, for the items to rank (in this order).
+        seed: Seed of the random units (item ``i`` in ``targets``'s order draws ``seed + i``).
+
+    Returns:
+        One row per (item, kind, unit): ``kind`` (``top``/``random``), ``layer``, ``unit``,
+        ``target_rank`` (0: c is the first decoded token) and ``target_percentile`` (100: c
+        first, over the decodable vocabulary).
     """
-    rows = units[units[column] == item].sort_values("rank")
-    return list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist())))
+    rows = []
+    for i, (item, tid) in enumerate(targets.items()):
+        top = units_of(units, item)
+        for kind, us in (("top", top), ("random", random_units_like(model, top, seed=seed + i))):
+            ranks = unit_token_ranks(model, us, [tid] * len(us)) if us else torch.zeros(0)
+            rows += [(item, kind, la, u, int(r)) for (la, u), r in zip(us, ranks.tolist())]
+    table = pd.DataFrame(rows, columns=["item", "kind", "layer", "unit", "target_rank"])
+    n_vocab = int(vocab_mask(model).sum())
+    table["target_percentile"] = 100.0 * (1 - table["target_rank"] / n_vocab)
+    return table
 
 
 def _matching_category(noun: str | None, categories: dict[str, np.ndarray]) -> str | None:
@@ -90,12 +116,12 @@ def _matching_category(noun: str | None, categories: dict[str, np.ndarray]) -> s
 
 
 def spatial_iou_by_category(
-    model: Any,
+    model: MultimodalModel,
     data: Sequence[Item],
     items: pd.DataFrame,
     units: pd.DataFrame,
     *,
-    q: float = 0.95,
+    q: float = REGION_QUANTILE,
     n_random: int = 1,
     batch_size: int = 8,
     seed: int = 0,
@@ -142,7 +168,7 @@ def spatial_iou_by_category(
 
 
 def category_selectivity(
-    model: Any,
+    model: MultimodalModel,
     units: pd.DataFrame,
     items: pd.DataFrame,
     held_out: Sequence[Item],
@@ -213,42 +239,6 @@ def category_selectivity(
     )
 
 
-def plot_category_selectivity(
-    table: pd.DataFrame, title: str = "Category selectivity"
-) -> go.Figure:
-    """Heat map: units (grouped by their class) x image classes, mean activation."""
-    if table.empty:
-        raise ValueError("empty table: run category_selectivity on a run with classes first")
-    table = table.assign(
-        unit_label=lambda t: t.unit_class + " L" + t.layer.astype(str) + "U" + t.unit.astype(str)
-    )
-    grid = table.pivot_table(index="unit_label", columns="image_class", values="mean_activation")
-    fig = go.Figure(
-        go.Heatmap(
-            z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), colorscale="Viridis"
-        )
-    )
-    fig.update_layout(title=title, xaxis_title="held-out images of class", yaxis_title="unit")
-    return fig
-
-
-def plot_iou_by_category(
-    table: pd.DataFrame, title: str = "Spatial selectivity by category"
-) -> go.Figure:
-    """Mean IoU per category, top units vs random units of the same layers."""
-    if table.empty:
-        raise ValueError("empty table: no image's noun matched an annotated category")
-    per = table.groupby(["category", "kind"])["iou"].mean().unstack()
-    fig = go.Figure()
-    for kind, colour in (("top", "crimson"), ("random", "grey")):
-        if kind in per:
-            fig.add_trace(
-                go.Bar(x=list(per.index), y=per[kind].tolist(), name=kind, marker_color=colour)
-            )
-    fig.update_layout(title=title, barmode="group", yaxis_title="mean IoU")
-    return fig
-
-
 def ablation_caption_summary(captions: pd.DataFrame, *, bert: Any = None) -> pd.DataFrame:
     """Captions regenerated under ablation (a run's ``ablation_captions`` table), per kind
     (``none``, ``top``, ``random``): the share that still names ``c``, the share unchanged, and
@@ -292,17 +282,14 @@ def soft_prompt_summary(soft: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFrame
         >>> soft_prompt_summary(t)["images_with_target_nearby"].tolist()
         [0.5, 0.0]
     """
-    from statistics import NormalDist
-
     need = {"item", "kind", "rank", "cosine", "token", "is_target"}
     if not need <= set(soft.columns):
         raise ValueError(f"soft needs columns {sorted(need)} (a run's soft_prompts table)")
-    z = NormalDist().inv_cdf(0.5 + ci / 2)
     words = {t: is_dictionary_word(t) for t in soft["token"].unique()}
     rows = []
     for kind, group in soft.groupby("kind"):
         top1 = group[group["rank"] == 0].groupby("item")["cosine"].mean()
-        half = z * float(top1.std(ddof=1)) / np.sqrt(len(top1)) if len(top1) > 1 else np.nan
+        half = ci_half_width(float(top1.std(ddof=1)), len(top1), ci) if len(top1) > 1 else np.nan
         rows.append(
             {
                 "kind": kind,
@@ -314,20 +301,6 @@ def soft_prompt_summary(soft: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFrame
             }
         )
     return pd.DataFrame(rows)
-
-
-def plot_soft_prompts(
-    soft: pd.DataFrame, title: str = "Soft prompts vs random vectors"
-) -> go.Figure:
-    """Histogram of each vector's top-1 cosine with the vocabulary, soft prompts vs random."""
-    fig = go.Figure()
-    for kind, colour in (("image", "crimson"), ("random", "grey")):
-        values = soft[(soft["kind"] == kind) & (soft["rank"] == 0)]["cosine"]
-        fig.add_trace(go.Histogram(x=values, name=kind, marker_color=colour, opacity=0.6))
-    fig.update_layout(
-        title=title, barmode="overlay", xaxis_title="top-1 cosine", yaxis_title="vectors"
-    )
-    return fig
 
 
 def _text_of(tokens: Sequence[str]) -> str:
@@ -381,9 +354,10 @@ def score_texts(
     Args:
         texts: ``item -> text`` (:func:`unit_decoding_texts`, :func:`soft_prompt_texts`).
         items: A run's items table (``item``, ``caption``).
-        bert: ``score(preds, refs) -> Tensor`` (:func:`~transformer_lens_mm.tools.metrics.bert_scorer`).
+        bert: ``score(preds, refs) -> Tensor``
+            (:func:`~transformer_lens_mm.tools.metrics.bert_scorer`).
         clip: ``score(images, texts) -> Tensor``
-            (:func:`~transformer_lens_mm.tools.metrics.clip_scorer`); needs ``data`` for the images.
+            (:func:`~transformer_lens_mm.tools.metrics.clip_scorer`); needs ``data``.
         data: The run's data set.
         seed: Seed of the random pairing.
 
@@ -418,148 +392,3 @@ def score_texts(
             clip(images, table["text"].to_numpy()[other].tolist())
         )
     return table
-
-
-def _made_table(out: Path, name: str) -> pd.DataFrame | None:
-    """A run's optional table when the run made it and it has rows, else ``None``."""
-    from transformer_lens_mm.pipelines.analyze.runner import load_table
-
-    if not (out / f"{name}.parquet").is_file():
-        return None
-    table = load_table(out, name)
-    return table if len(table) else None
-
-
-def analysis_report(
-    out: str | Path,
-    data: Sequence[Item] | None = None,
-    *,
-    iou: pd.DataFrame | None = None,
-    selectivity: pd.DataFrame | None = None,
-    text_scores: dict[str, pd.DataFrame] | None = None,
-    n_cards: int = 12,
-    grid_size: tuple[int, int] | None = None,
-) -> Path:
-    """Write ``out/report.html`` for a finished run: summary, captions and failures, the layer
-    distribution, the most frequent units (cards with their stored patch maps over the images
-    where they score highest, when ``data`` is given), the ablation curves and the soft-prompt
-    comparison when the run made them, and the IoU-by-category, category-selectivity and
-    decodings-vs-captions sections when their tables are given.
-
-    Args:
-        out: The run's folder.
-        data: The run's data set (images for the unit cards).
-        iou: :func:`spatial_iou_by_category`'s table.
-        selectivity: :func:`category_selectivity`'s table.
-        text_scores: ``{label: score_texts(...) table}``, e.g. best unit decodings, soft
-            prompts and random vectors.
-        n_cards: Unit cards shown.
-        grid_size: Patch grid of the maps (default: square).
-
-    Example:
-        >>> iou = spatial_iou_by_category(model, data, items, units)  # doctest: +SKIP
-        >>> analysis_report("runs/coco-gptj", data, iou=iou)  # doctest: +SKIP
-    """
-    from transformer_lens_mm.pipelines.analyze.runner import load_results
-    from transformer_lens_mm.report.html.html import Report, UnitCard, unit_map_png
-    from transformer_lens_mm.report.html.plotting import (
-        plot_ablation_curves,
-        plot_top_units_per_layer,
-    )
-    from transformer_lens_mm.tools.ablation import ablation_curve
-
-    out = Path(out)
-    items, units, maps = load_results(out)
-    summary = json.loads((out / "summary.json").read_text())
-    report = Report(f"Multimodal-neuron analysis: {out.name}")
-    report.key_values({k: v for k, v in summary.items() if k != "failures"})
-    report.section("Items", "Caption, target token c (first noun) and failure of every item.")
-    report.table(items, max_rows=100)
-    if len(units):
-        report.section("Top units by layer", "All images' top-k entries pooled.")
-        report.figure(plot_top_units_per_layer(units))
-        share = float(units["interpretable"].mean()) if "interpretable" in units else float("nan")
-        report.key_values({"entries": len(units), "interpretable share": f"{share:.1%}"})
-        freq = (
-            units.assign(tokens=units["tokens"].map(lambda t: " ".join(map(repr, t))))
-            .groupby(["layer", "unit"])
-            .agg(images=("item", "nunique"), score=("score", "sum"), tokens=("tokens", "first"))
-            .reset_index()
-            .sort_values(["images", "score"], ascending=False)
-        )
-        report.table(freq, max_rows=30)
-        cards = []
-        by_id = {data[i].id: data[i] for i in range(len(data))} if data is not None else {}
-        n_img = int(maps.shape[1]) if maps.ndim == 2 else 0
-        side = round(n_img**0.5)
-        grid = grid_size or ((side, side) if side * side == n_img and n_img else None)
-        for row in freq.head(n_cards).itertuples():
-            rows = units[(units["layer"] == row.layer) & (units["unit"] == row.unit)]
-            best = rows.sort_values("score", ascending=False).drop_duplicates("item").head(3)
-            pngs = []
-            if grid is not None:
-                for r in best.itertuples():
-                    item = by_id.get(r.item)
-                    if item is not None:
-                        png = unit_map_png(item.image(), maps[r.Index].float(), grid)
-                        pngs.append((png, f"{r.item}: {r.target}"))
-            cards.append(
-                UnitCard(
-                    int(row.layer),
-                    int(row.unit),
-                    list(rows.iloc[0]["tokens"]),
-                    pngs,
-                    {"top-k of": f"{int(row.images)} images"},
-                    list(rows["target"].astype(str).unique()),
-                )
-            )
-        report.section("Most frequent units")
-        report.cards(cards)
-    sweep = _made_table(out, "ablation")
-    if sweep is not None:
-        report.section(
-            "Ablation",
-            "p(c) kept (over the unablated p(c)) when each image's top-k units are zeroed at "
-            "the image positions, vs k random units of the same layers; 95% intervals over "
-            "images.",
-        )
-        report.figure(plot_ablation_curves(sweep))
-        report.table(ablation_curve(sweep).round(4))
-    caps = _made_table(out, "ablation_captions")
-    if caps is not None:
-        report.section(
-            "Captions under ablation",
-            f"Greedy captions with each image's top-{int(caps['k'].max())} units zeroed at "
-            "the image positions, vs as many random units of the same layers.",
-        )
-        report.table(ablation_caption_summary(caps).round(4))
-        report.table(caps.drop(columns=["index"]), max_rows=30)
-    soft = _made_table(out, "soft_prompts")
-    if soft is not None:
-        report.section(
-            "Soft prompts",
-            "Nearest vocabulary tokens (cosine) of every soft-prompt vector vs as many random "
-            "vectors with the same norms.",
-        )
-        report.figure(plot_soft_prompts(soft))
-        report.table(soft_prompt_summary(soft).round(4))
-    if text_scores:
-        report.section("Decodings vs captions", "BERTScore/CLIPScore vs re-paired captions.")
-        report.table(
-            pd.DataFrame(
-                {
-                    label: table.drop(columns=["item", "text", "caption"]).mean()
-                    for label, table in text_scores.items()
-                }
-            )
-            .T.round(4)
-            .reset_index(names="texts")
-        )
-    if iou is not None and len(iou):
-        report.section("Spatial selectivity by category", "Top units vs random same-layer units.")
-        report.figure(plot_iou_by_category(iou))
-        report.table(iou.groupby(["category", "kind"])["iou"].agg(["mean", "count"]).reset_index())
-    if selectivity is not None and len(selectivity):
-        report.section("Category selectivity")
-        report.figure(plot_category_selectivity(selectivity))
-    return report.write(out / "report.html")

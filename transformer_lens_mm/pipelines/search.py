@@ -1,11 +1,24 @@
-"""The paper's search in one call: caption, pick the target, attribute, decode, filter.
+"""The paper's per-batch search, written once: caption, target, attribute, top-k, decode.
 
-:func:`find_multimodal_neurons` runs, per batch of images: greedy captioning (unless targets
-are given), the first noun of each caption as the target ``c``, attribution of ``y_c`` to every
-MLP unit at the image positions, the top ``k`` ``(layer, unit, position)`` per image, their
-decodings through the unembedding and the interpretability filter. Items that cannot be used
-(an unreadable image, a caption without a noun, a target outside the vocabulary) are recorded
-in ``failures`` and the others go on.
+:func:`search_batch` runs on one batch of images: greedy captions (or given captions, or
+explicit targets), the first noun of each caption as the target ``c``, attribution of ``y_c``
+to every MLP unit at the image positions, each image's top ``k`` ``(layer, unit, position)``
+entries, their decodings through the unembedding and the interpretability filter, and (on
+request) each entry's patch map. Items that cannot be used (an unreadable image, a caption
+without a noun, a target outside the vocabulary) are recorded as failures; the others go on.
+
+Its two tables have the one schema every pipeline writes and every experiment reads:
+
+* ``items``: one row per item: ``index`` (position in the data set or input list), ``item``
+  (its id), ``caption``, ``target`` (c as a string), ``target_id``, ``noun``, ``failure``;
+* ``units``: the top-k rows: ``item``, ``index``, ``target``, ``rank``, ``layer``, ``unit``,
+  ``position``, ``score``, ``activation``, ``tokens`` (decoded), ``interpretable``,
+  ``decodes_to_target`` (c is among the decoded tokens).
+
+:func:`find_multimodal_neurons` loops it over a list of images; ``tlmm analyze``
+(:mod:`transformer_lens_mm.pipelines.analyze`) and ``tlmm demo`` call it per batch, and the
+steps after it (ablation, captions under ablation, soft prompts) are in
+:mod:`transformer_lens_mm.pipelines.steps`.
 
 Example:
     >>> found = find_multimodal_neurons(model, images, k=100)  # doctest: +SKIP
@@ -14,17 +27,22 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
+import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.generation import generate_captions
 from transformer_lens_mm.core.images import ImageLike, to_rgb_image
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.core.paper import DECODED_TOKENS, MIN_WORDS, TOP_K
 from transformer_lens_mm.tools.attribution import Attribution, attribute
+from transformer_lens_mm.tools.decoding import decode_unit_table
+from transformer_lens_mm.tools.spatial import image_mlp_activations
 from transformer_lens_mm.tools.targets import (
     NounFinder,
     Target,
@@ -32,16 +50,262 @@ from transformer_lens_mm.tools.targets import (
     targets_from_captions,
     token_id_of,
 )
-from transformer_lens_mm.tools.words import is_interpretable
+from transformer_lens_mm.tools.words import is_interpretable, same_word
 
-__all__ = ["NeuronSearch", "find_multimodal_neurons"]
+__all__ = [
+    "BatchSearch",
+    "NeuronSearch",
+    "SearchSettings",
+    "find_multimodal_neurons",
+    "search_batch",
+    "tag_rows",
+]
+
+#: ``(item id, index, target string)`` of each usable item of a batch, in batch order.
+Row = tuple[Hashable, int, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """What :func:`search_batch` computes (defaults: the paper's)."""
+
+    k: int = TOP_K  # top (layer, unit, position) entries kept per image
+    layers: Sequence[int] | None = None  # layers to score (None: all)
+    rank_units: int | None = None  # also rank each image's best (layer, unit) pairs (ablations)
+    n_tokens: int = DECODED_TOKENS  # decoded tokens per unit
+    min_words: int = MIN_WORDS  # interpretability filter: dictionary words among them
+    max_new_tokens: int = 20  # caption length limit
+    noun_finder: NounFinder | None = None  # None: spaCy if installed, else the lexicon
+    maps: bool = True  # each top-k row's patch map (one more forward per batch)
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.n_tokens < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"k, n_tokens and max_new_tokens must be >= 1, got {self.k}, {self.n_tokens}, "
+                f"{self.max_new_tokens}"
+            )
+        if self.rank_units is not None and self.rank_units < 1:
+            raise ValueError(f"rank_units must be >= 1 or None, got {self.rank_units}")
+
+
+@dataclass
+class BatchSearch:
+    """What :func:`search_batch` found in one batch (usable items in batch order)."""
+
+    items: pd.DataFrame  # one row per item given (failures included)
+    units: pd.DataFrame  # top-k rows of the usable items
+    maps: Tensor | None = None  # [len(units), n_image_tokens]: maps[i] of units.iloc[i]
+    base: MultimodalInput | None = None  # usable items: [image][prompt], right-padded
+    inputs: MultimodalInput | None = None  # + each caption's tokens before c (y_c at the end)
+    attribution: Attribution | None = None  # of the usable items
+    targets: list[Target] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)  # (item, index, target) per usable item
+    captions: list[str] = field(default_factory=list)  # caption per usable item
+
+    def __len__(self) -> int:
+        """Number of usable items."""
+        return len(self.rows)
+
+
+def tag_rows(table: pd.DataFrame, rows: Sequence[Row]) -> pd.DataFrame:
+    """Replace a batch-local ``image`` column (a tool's table) by ``item``, ``index``,
+    ``target`` of the search's usable items (``rows``), in front.
+
+    Example:
+        >>> tag_rows(pd.DataFrame({"image": [1, 0], "x": [5, 6]}), [("a", 0, " c"), ("b", 3, " d")])
+          item  index target  x
+        0    b      3      d  5
+        1    a      0      c  6
+    """
+    table = table.copy()
+    local = table.pop("image").tolist()
+    table.insert(0, "target", [rows[i][2] for i in local])
+    table.insert(0, "index", [rows[i][1] for i in local])
+    table.insert(0, "item", [rows[i][0] for i in local])
+    return table
+
+
+def _item_row(index: int, item: Hashable, caption: str | None, target: Target | None, failure):
+    return {
+        "index": index,
+        "item": item,
+        "caption": caption,
+        "target": None if target is None else target.token,
+        "target_id": None if target is None else target.token_id,
+        "noun": None if target is None else target.word,
+        "failure": failure,
+    }
+
+
+def _explicit_targets(
+    model: MultimodalModel, targets: Sequence[int | str]
+) -> tuple[list[Target | None], dict[int, str]]:
+    found: list[Target | None] = []
+    why: dict[int, str] = {}
+    for j, target in enumerate(targets):
+        try:
+            tid = token_id_of(model.tokenizer, target)
+            found.append(Target(tid, model.tokenizer.decode([tid]), None, []))
+        except ValueError as err:
+            found.append(None)
+            why[j] = str(err)
+    return found, why
+
+
+def search_batch(
+    model: MultimodalModel,
+    *,
+    indices: Sequence[int],
+    ids: Sequence[Hashable] | None = None,
+    images: Sequence[ImageLike] | None = None,
+    pixel_values: Tensor | None = None,
+    captions: Sequence[str] | None = None,
+    targets: Sequence[int | str] | None = None,
+    prompts: str | Sequence[str] | None = None,
+    unreadable: Sequence[tuple[int, Hashable, str]] = (),
+    settings: SearchSettings | None = None,
+) -> BatchSearch:
+    """The paper's search on one batch: caption -> first noun -> attribution -> top-k.
+
+    Args:
+        model: A multimodal model (either TL API).
+        indices: Position of each item in the data set (or input list).
+        ids: Id of each item (default: its index).
+        images: Raw images (unreadable ones are recorded as failures), or ...
+        pixel_values: ... preprocessed images ``[batch, 3, H, W]``.
+        captions: Given captions (the data set's) instead of greedy ones; c = first noun.
+        targets: Explicit targets (token ids or words) instead of caption nouns.
+        prompts: One prompt, one per item, or ``None`` for the model's.
+        unreadable: ``(index, id, why)`` of items that could not even be loaded (recorded
+            as failure rows after the others).
+        settings: What to compute (:class:`SearchSettings`; default the paper's).
+
+    Returns:
+        A :class:`BatchSearch`: the ``items`` and ``units`` tables (schema in the module
+        docstring), the patch ``maps``, and what the later steps need (inputs, attribution).
+    """
+    settings = settings or SearchSettings()
+    indices = [int(i) for i in indices]
+    ids = list(indices) if ids is None else list(ids)
+    if len(ids) != len(indices):
+        raise ValueError(f"got {len(ids)} ids for {len(indices)} items: pass one per item")
+    if indices and (images is None) == (pixel_values is None):
+        raise ValueError("pass exactly one of images=... or pixel_values=...")
+    n = len(indices)
+    for name, given in (("captions", captions), ("targets", targets)):
+        if given is not None and len(given) != n:
+            raise ValueError(f"got {len(given)} {name} for {n} items: pass one per item")
+    if captions is not None and targets is not None:
+        raise ValueError("pass captions=... or targets=..., not both")
+    if isinstance(prompts, (list, tuple)) and len(prompts) != n:
+        raise ValueError(f"got {len(prompts)} prompts for {n} items: pass one or one per item")
+    failed = list(unreadable)
+    if images is not None:  # read what can be read; the rest become failure rows
+        readable, pil = [], []
+        for j, image in enumerate(images):
+            try:
+                pil.append(to_rgb_image(image))
+                readable.append(j)
+            except (OSError, ValueError, TypeError) as err:
+                failed.append((indices[j], ids[j], f"unreadable image: {err}"))
+        pick = lambda seq: None if seq is None else [seq[j] for j in readable]  # noqa: E731
+        indices, ids = pick(indices), pick(ids)
+        captions, targets = pick(captions), pick(targets)
+        if isinstance(prompts, (list, tuple)):
+            prompts = pick(prompts)
+        if readable:
+            encoder = model.image_encoder
+            if encoder is None:
+                raise RuntimeError("this model has no image encoder: pass pixel_values=...")
+            pixel_values = encoder.preprocess(pil)
+    failure_rows = [_item_row(i, key, None, None, why) for i, key, why in failed]
+    if not indices:
+        return BatchSearch(items=pd.DataFrame(failure_rows), units=pd.DataFrame())
+    assert pixel_values is not None
+    if model.image_encoder is not None:
+        pixel_values = pixel_values.to(model.image_encoder.device)
+
+    tokenizer = model.tokenizer
+    eos = tokenizer.eos_token_id
+    why: dict[int, str] = {}
+    texts: list[str | None]
+    if targets is not None:
+        found, why = _explicit_targets(model, targets)
+        texts = [None] * len(indices)
+    else:
+        if captions is None:
+            caps = generate_captions(
+                model,
+                pixel_values=pixel_values,
+                prompts=prompts,
+                max_new_tokens=settings.max_new_tokens,
+            )
+            texts, token_lists = list(caps.texts), caps.tokens.tolist()
+        else:
+            texts = list(captions)
+            token_lists = [
+                tokenizer.encode(" " + t.strip(), add_special_tokens=False) for t in captions
+            ]
+        found = targets_from_captions(
+            tokenizer, token_lists, finder=settings.noun_finder, eos_token_id=eos
+        )
+        why = {j: f"no noun in the caption {texts[j]!r}" for j, t in enumerate(found) if t is None}
+    keep = [j for j, t in enumerate(found) if t is not None]
+    item_rows = [
+        _item_row(indices[j], ids[j], texts[j], found[j], why.get(j)) for j in range(len(indices))
+    ]
+    result = BatchSearch(items=pd.DataFrame(item_rows + failure_rows), units=pd.DataFrame())
+    if not keep:
+        return result
+
+    kept: list[Target] = [found[j] for j in keep]  # type: ignore[misc]
+    item_prompts = [prompts[j] for j in keep] if isinstance(prompts, (list, tuple)) else prompts
+    base = model.prepare_inputs(pixel_values=pixel_values[keep], prompts=item_prompts)
+    batch = target_inputs(model, base, kept)
+    attr = attribute(
+        model,
+        batch,
+        [t.token_id for t in kept],
+        layers=settings.layers,
+        top_k=settings.k,
+        rank_units=settings.rank_units,
+    )
+    assert attr.best_scores is not None
+    table = decode_unit_table(model, attr.top_k(attr.best_scores.shape[1]), k=settings.n_tokens)
+    table["interpretable"] = [
+        is_interpretable(t, min_words=settings.min_words) for t in table["tokens"]
+    ]
+    table["decodes_to_target"] = [
+        any(same_word(tok, kept[i].token) for tok in toks)
+        for i, toks in zip(table["image"], table["tokens"])
+    ]
+    maps = None
+    if settings.maps:
+        layers = sorted(set(table["layer"].tolist()))
+        acts = image_mlp_activations(model, base, layers)  # [n, L, n_img, d_mlp]
+        slot = {layer: s for s, layer in enumerate(layers)}
+        maps = acts[
+            torch.tensor(table["image"].tolist()),
+            torch.tensor([slot[x] for x in table["layer"]]),
+            :,
+            torch.tensor(table["unit"].tolist()),
+        ]
+    rows: list[Row] = [(ids[j], indices[j], t.token) for j, t in zip(keep, kept)]
+    result.units = tag_rows(table, rows)
+    result.maps = maps
+    result.base, result.inputs, result.attribution = base, batch, attr
+    result.targets, result.rows = kept, rows
+    result.captions = [str(texts[j]) for j in keep]
+    return result
 
 
 @dataclass
 class NeuronSearch:
-    """Result of :func:`find_multimodal_neurons` (image indices are positions in the input)."""
+    """Result of :func:`find_multimodal_neurons` (dictionary keys are positions in the input)."""
 
-    units: pd.DataFrame  # top-k rows per image: image, rank, layer, unit, position, score, ...
+    units: pd.DataFrame  # top-k rows per image (schema of search_batch)
+    items: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per image
+    maps: Tensor | None = None  # with maps=True: maps[i] of units.iloc[i]
     captions: dict[int, str] = field(default_factory=dict)  # greedy caption per image
     targets: dict[int, Target] = field(default_factory=dict)  # target per usable image
     failures: dict[int, str] = field(default_factory=dict)  # image -> why it was skipped
@@ -51,7 +315,7 @@ class NeuronSearch:
     def summary(self) -> str:
         n_ok = len(self.targets)
         share = (
-            self.units.groupby("image")["interpretable"].mean().mean() if len(self.units) else 0.0
+            self.units.groupby("item")["interpretable"].mean().mean() if len(self.units) else 0.0
         )
         return (
             f"{n_ok} images attributed, {len(self.failures)} failed; "
@@ -60,18 +324,20 @@ class NeuronSearch:
 
 
 def find_multimodal_neurons(
-    model: Any,
+    model: MultimodalModel,
     images: Sequence[ImageLike],
     *,
     targets: Sequence[int | str] | None = None,
     prompts: str | Sequence[str] | None = None,
-    k: int = 100,
+    ids: Sequence[Hashable] | None = None,
+    k: int = TOP_K,
     layers: Sequence[int] | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 20,
     noun_finder: NounFinder | None = None,
-    n_tokens: int = 10,
-    min_words: int = 7,
+    n_tokens: int = DECODED_TOKENS,
+    min_words: int = MIN_WORDS,
+    maps: bool = False,
     verbose: bool = True,
 ) -> NeuronSearch:
     """Find each image's top-``k`` MLP units for its caption's first noun.
@@ -81,6 +347,7 @@ def find_multimodal_neurons(
         images: Images (any ``ImageLike``).
         targets: Explicit target per image (token id or word); default: first caption noun.
         prompts: Prompt(s) (default: the model's).
+        ids: An id per image for the tables' ``item`` column (default: its position).
         k: Units kept per image (the paper: 100).
         layers: Layers to score (default all).
         batch_size: Images per forward/backward.
@@ -88,80 +355,60 @@ def find_multimodal_neurons(
         noun_finder: Noun finder for captions (default: spaCy if installed, else lexicon).
         n_tokens: Decoded tokens per unit (the paper: 10).
         min_words: Interpretability filter: dictionary words needed among ``n_tokens``.
+        maps: Also keep each row's patch map (one more forward per batch).
         verbose: Progress bar.
+
+    Example:
+        >>> found = find_multimodal_neurons(model, images)  # doctest: +SKIP
+        >>> found.units[["item", "layer", "unit", "tokens"]].head()  # doctest: +SKIP
     """
-    if targets is not None and len(targets) != len(images):
-        raise ValueError(f"got {len(targets)} targets for {len(images)} images: pass one per image")
-    if isinstance(prompts, (list, tuple)) and len(prompts) != len(images):
-        raise ValueError(f"got {len(prompts)} prompts for {len(images)} images")
+    n = len(images)
+    for name, given in (("targets", targets), ("ids", ids)):
+        if given is not None and len(given) != n:
+            raise ValueError(f"got {len(given)} {name} for {n} images: pass one per image")
+    if isinstance(prompts, (list, tuple)) and len(prompts) != n:
+        raise ValueError(f"got {len(prompts)} prompts for {n} images")
+    settings = SearchSettings(
+        k=k,
+        layers=layers,
+        n_tokens=n_tokens,
+        min_words=min_words,
+        max_new_tokens=max_new_tokens,
+        noun_finder=noun_finder,
+        maps=maps,
+    )
     result = NeuronSearch(units=pd.DataFrame())
-    tables = []
-    for start in tqdm(
-        range(0, len(images), batch_size), disable=not verbose, desc="finding neurons"
-    ):
-        idx = list(range(start, min(start + batch_size, len(images))))
-        usable, pil = [], []
-        for i in idx:
-            try:
-                pil.append(to_rgb_image(images[i]))
-                usable.append(i)
-            except (OSError, ValueError, TypeError) as err:
-                result.failures[i] = f"unreadable image: {err}"
-        if not usable:
-            continue
-        item_prompts = (
-            prompts if not isinstance(prompts, (list, tuple)) else [prompts[i] for i in usable]
+    units, items, map_parts = [], [], []
+    for start in tqdm(range(0, n, batch_size), disable=not verbose, desc="finding neurons"):
+        idx = list(range(start, min(start + batch_size, n)))
+        found = search_batch(
+            model,
+            indices=idx,
+            ids=None if ids is None else [ids[i] for i in idx],
+            images=[images[i] for i in idx],
+            targets=None if targets is None else [targets[i] for i in idx],
+            prompts=[prompts[i] for i in idx] if isinstance(prompts, (list, tuple)) else prompts,
+            settings=settings,
         )
-        if targets is None:
-            caps = generate_captions(
-                model, pil, prompts=item_prompts, max_new_tokens=max_new_tokens
-            )
-            found = targets_from_captions(
-                model.tokenizer,
-                caps.tokens.tolist(),
-                finder=noun_finder,
-                eos_token_id=model.tokenizer.eos_token_id,
-            )
-            for i, text in zip(usable, caps.texts):
-                result.captions[i] = text
-        else:
-            found = []
-            for i in usable:
-                try:
-                    tid = token_id_of(model.tokenizer, targets[i])
-                    found.append(Target(tid, model.tokenizer.decode([tid]), None, []))
-                except ValueError as err:
-                    found.append(None)
-                    result.failures[i] = str(err)
-        keep = [j for j, t in enumerate(found) if t is not None]
-        for j, t in enumerate(found):
-            if t is None and usable[j] not in result.failures:
-                result.failures[usable[j]] = (
-                    f"no noun in the caption {result.captions.get(usable[j])!r}"
-                )
-        if not keep:
+        items.append(found.items)
+        for row in found.items.itertuples():
+            if row.failure is not None and not pd.isna(row.failure):
+                result.failures[int(row.index)] = row.failure
+            if targets is None and isinstance(row.caption, str):
+                result.captions[int(row.index)] = row.caption
+        if not len(found):
             continue
-        kept_ids = [usable[j] for j in keep]
-        kept_targets = [found[j] for j in keep]
-        base = model.prepare_inputs(
-            [pil[j] for j in keep],
-            prompts=(
-                item_prompts
-                if not isinstance(item_prompts, list)
-                else [item_prompts[j] for j in keep]
-            ),
-        )
-        batch = target_inputs(model, base, kept_targets)
-        attr = attribute(model, batch, [t.token_id for t in kept_targets], layers=layers, top_k=k)
-        table = attr.top_k(min(k, attr.best_scores.shape[1]), model=model, n_tokens=n_tokens)
-        table["image"] = [kept_ids[i] for i in table["image"]]
-        table["target"] = [kept_targets[kept_ids.index(i)].token for i in table["image"]]
-        table["interpretable"] = [is_interpretable(t, min_words=min_words) for t in table["tokens"]]
-        tables.append(table)
-        for i, t in zip(kept_ids, kept_targets):
-            result.targets[i] = t
-        result.attributions.append((kept_ids, attr))
-        result.inputs.append(batch)
-    if tables:
-        result.units = pd.concat(tables, ignore_index=True)
+        kept = [index for _, index, _ in found.rows]
+        result.targets.update(zip(kept, found.targets))
+        assert found.attribution is not None and found.inputs is not None
+        result.attributions.append((kept, found.attribution))
+        result.inputs.append(found.inputs)
+        units.append(found.units)
+        if found.maps is not None:
+            map_parts.append(found.maps)
+    result.items = pd.concat(items, ignore_index=True) if items else pd.DataFrame()
+    if units:
+        result.units = pd.concat(units, ignore_index=True)
+    if map_parts:
+        result.maps = torch.cat(map_parts)
     return result

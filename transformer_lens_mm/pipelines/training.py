@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from transformer_lens_mm.core.atomic import atomic_write
+from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.images import ImageLike
 from transformer_lens_mm.core.layout import MultimodalInput
 
@@ -100,7 +101,7 @@ class TrainingResult:
     resumed_from: int  # step the run resumed at (0: fresh start)
 
 
-def caption_loss(model: Any, batch: MultimodalInput) -> Float[Tensor, ""]:
+def caption_loss(model: MultimodalModel, batch: MultimodalInput) -> Float[Tensor, ""]:
     """Mean next-token cross-entropy over the caption tokens of ``batch``.
 
     Args:
@@ -116,7 +117,11 @@ def caption_loss(model: Any, batch: MultimodalInput) -> Float[Tensor, ""]:
 
 @torch.no_grad()
 def encode_features(
-    model: Any, images: Sequence[ImageLike], *, batch_size: int = 32, verbose: bool = True
+    model: MultimodalModel,
+    images: Sequence[ImageLike],
+    *,
+    batch_size: int = 32,
+    verbose: bool = True,
 ) -> Float[Tensor, "n n_image_tokens d_image"]:
     """Run the frozen encoder once over ``images`` (CPU tensor of features)."""
     encoder = model.image_encoder
@@ -168,7 +173,7 @@ def _optimizer_from_files(
 def _save_checkpoint(
     out_dir: Path,
     step: int,
-    model: Any,
+    model: MultimodalModel,
     opt: torch.optim.Optimizer,
     losses: list[float],
     config: TrainingConfig,
@@ -209,7 +214,7 @@ def _data_key(captions: Sequence[str], features: Tensor | None, n: int) -> str:
 
 
 def train_projection(
-    model: Any,
+    model: MultimodalModel,
     images: Sequence[ImageLike] | None,
     captions: Sequence[str],
     *,

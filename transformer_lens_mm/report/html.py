@@ -1,7 +1,7 @@
 """Self-contained HTML reports: sections of text, plotly figures, tables and unit cards.
 
 The page carries plotly.js inline once and every image as a ``data:`` URI, so it opens offline
-and can be mailed as one file. :func:`unit_map_png` renders a unit's patch map over an image.
+and can be mailed as one file. Unit cards come from :mod:`transformer_lens_mm.report.cards`.
 
 Example:
     >>> report = Report("My analysis")
@@ -14,23 +14,24 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import torch
-from PIL import Image
-from plotly.colors import sample_colorscale
 
 from transformer_lens_mm.core.atomic import atomic_write
-from transformer_lens_mm.core.images import ImageLike, to_rgb_image
-from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
 
-__all__ = ["Report", "UnitCard", "unit_map_png"]
+__all__ = ["HtmlBlock", "Report", "img_tag"]
+
+
+@runtime_checkable
+class HtmlBlock(Protocol):
+    """Anything that renders itself as an HTML fragment (e.g. a unit card)."""
+
+    def to_html(self) -> str: ...
+
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -46,75 +47,10 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4
 """
 
 
-def _lut(colorscale: str = "Inferno") -> np.ndarray:
-    colours = sample_colorscale(colorscale, [i / 255 for i in range(256)], colortype="tuple")
-    return (np.asarray(colours) * (255 if max(max(c) for c in colours) <= 1 else 1)).astype(
-        np.uint8
-    )
-
-
-def unit_map_png(
-    image: ImageLike,
-    activations: torch.Tensor,
-    grid_size: tuple[int, int],
-    *,
-    quantile: float | None = 0.95,
-    opacity: float = 0.55,
-    size: int = 224,
-) -> bytes:
-    """PNG bytes of a unit's patch map (upsampled, Inferno colours) blended over the image.
-
-    The region above ``quantile`` is outlined in cyan (the paper's 0.95-quantile mask).
-    """
-    rgb = np.asarray(to_rgb_image(image).resize((size, size)), dtype=np.float32)
-    heat = patch_map(activations, grid_size, (size, size))
-    lo, hi = float(heat.min()), float(heat.max())
-    scaled = ((heat - lo) / (hi - lo if hi > lo else 1.0) * 255).round().long().numpy()
-    colour = _lut()[scaled].astype(np.float32)
-    out = (1 - opacity) * rgb + opacity * colour
-    if quantile is not None:
-        mask = quantile_mask(heat, quantile).numpy()
-        edge = mask & ~(
-            np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
-        )
-        out[edge] = (0, 255, 255)
-    buf = io.BytesIO()
-    Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _img_tag(png: bytes, title: str = "") -> str:
+def img_tag(png: bytes, title: str = "") -> str:
+    """An ``<img>`` tag carrying ``png`` as a data URI, with ``title`` as its hover text."""
     data = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" title="{html.escape(title)}">'
-
-
-@dataclass
-class UnitCard:
-    """One unit: its decoded tokens and its patch maps over some images."""
-
-    layer: int
-    unit: int
-    tokens: Sequence[str]  # decoded tokens (W_U @ W_out), best first
-    maps: Sequence[tuple[bytes, str]] = ()  # (PNG, caption) per image
-    facts: dict[str, str] = field(default_factory=dict)  # extra key -> value lines
-    highlight: Sequence[str] = ()  # tokens to highlight (e.g. the target concept)
-
-    def to_html(self) -> str:
-        marks = {h.strip().lower() for h in self.highlight}
-        toks = "".join(
-            f'<span class="tok{" hit" if t.strip().lower() in marks else ""}">'
-            f"{html.escape(repr(t)[1:-1])}</span>"
-            for t in self.tokens
-        )
-        facts = "".join(
-            f"<div><b>{html.escape(k)}</b>: {html.escape(v)}</div>" for k, v in self.facts.items()
-        )
-        imgs = "".join(_img_tag(png, cap) for png, cap in self.maps)
-        return (
-            f'<div class="card"><div><b>L{self.layer} U{self.unit}</b> '
-            f"<code>blocks.{self.layer}.mlp.hook_post[{self.unit}]</code></div>"
-            f"<div>{toks}</div>{facts}<div>{imgs}</div></div>"
-        )
 
 
 class Report:
@@ -165,9 +101,9 @@ class Report:
 
     def images(self, pngs: Sequence[tuple[bytes, str]]) -> None:
         """A row of images with hover captions."""
-        self._parts.append("<div>" + "".join(_img_tag(p, c) for p, c in pngs) + "</div>")
+        self._parts.append("<div>" + "".join(img_tag(p, c) for p, c in pngs) + "</div>")
 
-    def cards(self, cards: Sequence[UnitCard]) -> None:
+    def cards(self, cards: Sequence[HtmlBlock]) -> None:
         """A grid of unit cards."""
         self._parts.append('<div class="cards">' + "".join(c.to_html() for c in cards) + "</div>")
 

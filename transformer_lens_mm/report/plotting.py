@@ -15,11 +15,18 @@ import torch
 from torch import Tensor
 
 from transformer_lens_mm.core.images import ImageLike, to_rgb_image
+from transformer_lens_mm.core.paper import REGION_QUANTILE
+from transformer_lens_mm.tools.ablation import ablation_curve
 from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
 
 __all__ = [
     "plot_ablation_curves",
+    "plot_category_selectivity",
+    "plot_iou_by_category",
+    "plot_iou_histogram",
+    "plot_lens_by_layer",
     "plot_logit_lens",
+    "plot_soft_prompts",
     "plot_top_units_per_layer",
     "plot_unit_map",
 ]
@@ -31,7 +38,7 @@ def plot_unit_map(
     grid_size: tuple[int, int],
     *,
     title: str = "",
-    quantile: float | None = 0.95,
+    quantile: float | None = REGION_QUANTILE,
     opacity: float = 0.55,
 ) -> go.Figure:
     """A unit's activations over the image patches, drawn over the image.
@@ -95,13 +102,13 @@ def plot_ablation_curves(
     *,
     value: str = "rel_p",
     ci: float = 0.95,
+    by: str = "image",
     title: str = "Ablating top vs random units",
 ) -> go.Figure:
     """Mean of ``value`` per k for top and random units, with a normal confidence band
-    (:func:`~transformer_lens_mm.tools.ablation.ablation_curve`)."""
-    from transformer_lens_mm.tools.ablation import ablation_curve
-
-    curve = ablation_curve(sweep, value=value, ci=ci)
+    (:func:`~transformer_lens_mm.tools.ablation.ablation_curve`; ``by="item"`` for run and
+    demo tables)."""
+    curve = ablation_curve(sweep, value=value, ci=ci, by=by)
     fig = go.Figure()
     colours = {"top": "crimson", "random": "grey"}
     for kind, stats in curve.groupby("kind"):
@@ -155,4 +162,96 @@ def plot_logit_lens(table: pd.DataFrame, *, image: int = 0, title: str = "Logit 
         )
     )
     fig.update_layout(title=title, xaxis_title="position", yaxis_title="residual component")
+    return fig
+
+
+def plot_lens_by_layer(
+    lens: pd.DataFrame,
+    title: str = "Logit lens: median p(c) at the position that predicts c, by layer",
+) -> go.Figure:
+    """Median over images of p(c) per residual component (a ``logit_lens`` table with
+    ``target_prob``)."""
+    if "target_prob" not in lens:
+        raise ValueError("the lens table has no target_prob: run logit_lens(..., target_ids=...)")
+    first = lens[lens["rank"] == 0]
+    per_layer = first.groupby("layer")[["target_prob", "target_rank"]].median().reset_index()
+    fig = go.Figure(
+        go.Scatter(x=per_layer["layer"], y=per_layer["target_prob"], mode="lines+markers")
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="residual stream before layer (n_layers: final)",
+        yaxis_title="median p(c)",
+    )
+    return fig
+
+
+def plot_iou_histogram(
+    spatial: pd.DataFrame, *, quantile: float = REGION_QUANTILE, title: str | None = None
+) -> go.Figure:
+    """Histogram of each unit's IoU with the object mask, top vs random units (a
+    ``spatial_selectivity`` table)."""
+    fig = go.Figure()
+    for kind, colour in (("top", "crimson"), ("random", "grey")):
+        values = spatial[spatial.kind == kind]["iou"]
+        fig.add_trace(go.Histogram(x=values, name=kind, marker_color=colour, opacity=0.6))
+    fig.update_layout(
+        barmode="overlay",
+        title=title or f"IoU of each unit's {quantile}-quantile region with the object mask",
+        xaxis_title="IoU",
+        yaxis_title="units",
+    )
+    return fig
+
+
+def plot_category_selectivity(
+    table: pd.DataFrame, title: str = "Category selectivity"
+) -> go.Figure:
+    """Heat map: units (grouped by their class) x image classes, mean activation (a
+    ``category_selectivity`` table)."""
+    if table.empty:
+        raise ValueError("empty table: run category_selectivity on a run with classes first")
+    table = table.assign(
+        unit_label=lambda t: t.unit_class + " L" + t.layer.astype(str) + "U" + t.unit.astype(str)
+    )
+    grid = table.pivot_table(index="unit_label", columns="image_class", values="mean_activation")
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), colorscale="Viridis"
+        )
+    )
+    fig.update_layout(title=title, xaxis_title="held-out images of class", yaxis_title="unit")
+    return fig
+
+
+def plot_iou_by_category(
+    table: pd.DataFrame, title: str = "Spatial selectivity by category"
+) -> go.Figure:
+    """Mean IoU per category, top units vs random units of the same layers (a
+    ``spatial_iou_by_category`` table)."""
+    if table.empty:
+        raise ValueError("empty table: no image's noun matched an annotated category")
+    per = table.groupby(["category", "kind"])["iou"].mean().unstack()
+    fig = go.Figure()
+    for kind, colour in (("top", "crimson"), ("random", "grey")):
+        if kind in per:
+            fig.add_trace(
+                go.Bar(x=list(per.index), y=per[kind].tolist(), name=kind, marker_color=colour)
+            )
+    fig.update_layout(title=title, barmode="group", yaxis_title="mean IoU")
+    return fig
+
+
+def plot_soft_prompts(
+    soft: pd.DataFrame, title: str = "Soft prompts vs random vectors"
+) -> go.Figure:
+    """Histogram of each vector's top-1 cosine with the vocabulary, soft prompts vs random (a
+    ``soft_prompts`` table)."""
+    fig = go.Figure()
+    for kind, colour in (("image", "crimson"), ("random", "grey")):
+        values = soft[(soft["kind"] == kind) & (soft["rank"] == 0)]["cosine"]
+        fig.add_trace(go.Histogram(x=values, name=kind, marker_color=colour, opacity=0.6))
+    fig.update_layout(
+        title=title, barmode="overlay", xaxis_title="top-1 cosine", yaxis_title="vectors"
+    )
     return fig

@@ -31,8 +31,19 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import transformer_lens_mm.core.hook_names as hook_names
+from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
+from transformer_lens_mm.core.generation import Captions, generate_captions
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.core.paper import ABLATION_KS
 from transformer_lens_mm.tools.attribution import last_position_logits
+from transformer_lens_mm.tools.stats import ci_half_width
+from transformer_lens_mm.tools.units import (
+    Unit,
+    as_unit_tensor,
+    group_by_layer,
+    per_row_masks,
+    random_like,
+)
 
 __all__ = [
     "DEFAULT_KS",
@@ -41,36 +52,24 @@ __all__ = [
     "ablation_hooks",
     "ablation_sweep",
     "captions_under_ablation",
-    "per_row_masks",
-    "random_units_like",
     "unit_means",
 ]
 
-DEFAULT_KS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+#: The paper's numbers of ablated units (``core.paper.ABLATION_KS``).
+DEFAULT_KS = ABLATION_KS
 Mode = Literal["zero", "mean", "resample"]
-Unit = tuple[int, int]
-
-
-def _group(model: Any, units: Sequence[Unit]) -> dict[int, Tensor]:
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    groups: dict[int, list[int]] = {}
-    for layer, unit in units:
-        layer = hook_names.resolve_layer(int(layer), n_layers)
-        if not 0 <= int(unit) < d_mlp:
-            raise IndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
-        groups.setdefault(layer, []).append(int(unit))
-    return {layer: torch.tensor(sorted(set(us)), dtype=torch.long) for layer, us in groups.items()}
 
 
 def _position_mask(
-    model: Any, act: Tensor, positions: Bool[Tensor, "batch pos"] | None
+    model: LanguageModel, act: Tensor, positions: Bool[Tensor, "batch pos"] | None
 ) -> Tensor | None:
     mask = positions
-    if mask is None:
+    if mask is None:  # interactive use: the image positions of the input being run
         last = getattr(model, "last_input", None)
         if last is None:
             raise RuntimeError(
-                "no positions given and the model has no last_input to take image positions from"
+                "no positions given and the model has no last_input to take image positions "
+                "from: pass positions=batch.image_mask"
             )
         mask = last.image_mask
     if act.shape[1] < mask.shape[-1]:
@@ -85,7 +84,7 @@ def _position_mask(
 
 
 def ablation_hooks(
-    model: Any,
+    model: LanguageModel,
     units: Sequence[Unit] | dict[int, Bool[Tensor, "... d_mlp"]],
     *,
     mode: Mode = "zero",
@@ -100,8 +99,9 @@ def ablation_hooks(
         units: ``(layer, unit)`` pairs, or per layer a boolean unit mask ``[d_mlp]`` or
             ``[batch, d_mlp]`` (one set per batch row, as the sweep uses).
         mode: ``"zero"``, ``"mean"`` (needs ``means``) or ``"resample"`` (needs ``source``).
-        positions: Boolean ``[batch, pos]``/``[pos]`` mask of positions to ablate (default: the
-            image positions of the input being run).
+        positions: Boolean ``[batch, pos]``/``[pos]`` mask of positions to ablate, e.g.
+            ``batch.image_mask``. ``None`` (interactive use): the image positions of the input
+            being run (``model.last_input``, which the model sets before its forward).
         means: Per layer, the mean activation of every unit (:func:`unit_means`).
         source: Per layer, activations ``[batch, pos, d_mlp]`` of the resampled input
             (e.g. ``cache[mlp_post(l)]`` of another image).
@@ -119,7 +119,7 @@ def ablation_hooks(
         }
     else:
         masks = {}
-        for layer, idx in _group(model, units).items():
+        for layer, idx in group_by_layer(model, units).items():
             m = torch.zeros(d_mlp, dtype=torch.bool)
             m[idx] = True
             masks[layer] = m
@@ -156,7 +156,7 @@ def ablation_hooks(
 
 
 @contextlib.contextmanager
-def ablated(model: Any, units: Sequence[Unit], **kwargs: Any) -> Iterator[Any]:
+def ablated(model: LanguageModel, units: Sequence[Unit], **kwargs: Any) -> Iterator[Any]:
     """Context manager: every forward inside runs with ``units`` ablated (see
     :func:`ablation_hooks` for the keyword arguments)."""
     with model.hooks(fwd_hooks=ablation_hooks(model, units, **kwargs)):
@@ -165,7 +165,7 @@ def ablated(model: Any, units: Sequence[Unit], **kwargs: Any) -> Iterator[Any]:
 
 @torch.no_grad()
 def unit_means(
-    model: Any,
+    model: MultimodalModel,
     batches: Sequence[MultimodalInput],
     layers: Sequence[int],
     *,
@@ -189,62 +189,8 @@ def unit_means(
     }
 
 
-def _random_like(top: Tensor, n_layers: int, d_mlp: int, seed: int) -> Tensor:
-    """Random ``[k, 2]`` (layer, unit) rows with ``top``'s per-layer counts (ascending layers)."""
-    gen = torch.Generator().manual_seed(seed)
-    counts = (
-        torch.bincount(top[:, 0], minlength=n_layers)
-        if len(top)
-        else torch.zeros(n_layers, dtype=torch.long)
-    )
-    parts = []
-    for layer in torch.nonzero(counts).flatten().tolist():
-        pick = torch.randperm(d_mlp, generator=gen)[: int(counts[layer])].sort().values
-        parts.append(torch.stack([torch.full_like(pick, layer), pick], 1))
-    return torch.cat(parts) if parts else torch.zeros(0, 2, dtype=torch.long)
-
-
-def _as_unit_tensor(model: Any, units: Sequence[Unit]) -> Tensor:
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    t = torch.as_tensor(list(units), dtype=torch.long).reshape(-1, 2)
-    if len(t):
-        if int(t[:, 0].min()) < -n_layers or int(t[:, 0].max()) >= n_layers:
-            raise IndexError(f"a layer is out of range for a model with {n_layers} layers")
-        if int(t[:, 1].min()) < 0 or int(t[:, 1].max()) >= d_mlp:
-            raise IndexError(f"a unit is out of range: layers have d_mlp={d_mlp} units")
-        t[:, 0] = t[:, 0] % n_layers
-    return t
-
-
-def per_row_masks(
-    model: Any, units_per_row: Sequence[Sequence[Unit] | Tensor]
-) -> dict[int, Bool[Tensor, "rows d_mlp"]]:
-    """Per layer, a ``[rows, d_mlp]`` mask of each row's units (for :func:`ablation_hooks` and
-    :func:`captions_under_ablation`: a different unit set per batch row); unused layers left out.
-
-    Example:
-        >>> masks = per_row_masks(model, [[(0, 3)], [(0, 5), (2, 1)]])  # doctest: +SKIP
-        >>> sorted(masks), masks[0].shape  # doctest: +SKIP
-        ([0, 2], torch.Size([2, d_mlp]))
-    """
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    masks = torch.zeros(n_layers, len(units_per_row), d_mlp, dtype=torch.bool)
-    for r, units in enumerate(units_per_row):
-        t = units if isinstance(units, Tensor) else _as_unit_tensor(model, units)
-        masks[t[:, 0], r, t[:, 1]] = True
-    used = torch.nonzero(masks.flatten(1).any(1)).flatten().tolist()
-    return {layer: masks[layer] for layer in used}
-
-
-def random_units_like(model: Any, units: Sequence[Unit], *, seed: int = 0) -> list[Unit]:
-    """As many random units per layer as ``units`` has there (uniform, without replacement)."""
-    top = _as_unit_tensor(model, units)
-    rnd = _random_like(top, int(model.cfg.n_layers), int(model.cfg.d_mlp), seed)
-    return [(int(layer), int(unit)) for layer, unit in rnd.tolist()]
-
-
 def ablation_sweep(
-    model: Any,
+    model: MultimodalModel,
     batch: MultimodalInput,
     target_ids: Sequence[int] | Tensor,
     ranked_units: Sequence[Sequence[Unit]],
@@ -300,17 +246,17 @@ def ablation_sweep(
             )
 
     # conditions: (image, kind, k, draw, units [k, 2]); all index work is vectorised
-    ranked_t = [_as_unit_tensor(model, r) for r in ranked_units]
+    ranked_t = [as_unit_tensor(model, r) for r in ranked_units]
     conditions: list[tuple[int, str, int, int, Tensor]] = []
     for i, ranked in enumerate(ranked_t):
         for k in ks:
             top = ranked[:k]
             conditions.append((i, "top", k, 0, top))
             for d in range(n_random):
-                rnd = _random_like(top, n_layers, d_mlp, seed * 1_000_003 + i * 10_007 + k * 31 + d)
+                rnd = random_like(top, n_layers, d_mlp, seed * 1_000_003 + i * 10_007 + k * 31 + d)
                 conditions.append((i, "random", k, d, rnd))
 
-    batch = batch.to(model._lm_device())
+    batch = batch.to(model.lm_device)
     results = []
     n_chunks = math.ceil(len(conditions) / chunk_size)
     for c in tqdm(range(n_chunks), disable=not verbose, desc="ablation sweep"):
@@ -340,15 +286,19 @@ def ablation_sweep(
     return table
 
 
-def ablation_curve(sweep: pd.DataFrame, *, value: str = "rel_p", ci: float = 0.95) -> pd.DataFrame:
+def ablation_curve(
+    sweep: pd.DataFrame, *, value: str = "rel_p", ci: float = 0.95, by: str = "image"
+) -> pd.DataFrame:
     """Mean of ``value`` per (kind, k) over images, with a normal ``ci`` confidence interval.
 
     Random draws of one image are averaged first, so each image counts once.
 
     Args:
-        sweep: :func:`ablation_sweep`'s table (or a run's ``ablation`` table, keyed by ``item``).
+        sweep: :func:`ablation_sweep`'s table, or a run's / the demo's ``ablation`` table.
         value: ``rel_p`` (p(c) kept), ``p_c``, ``delta_p``, ``logit_c`` or ``delta_logit``.
         ci: Confidence level.
+        by: The column naming an image: ``"image"`` (the batch row, in ``ablation_sweep``'s
+            table) or ``"item"`` (in run and demo tables).
 
     Returns:
         Columns ``kind, k, mean, std, n, ci_low, ci_high``.
@@ -358,36 +308,54 @@ def ablation_curve(sweep: pd.DataFrame, *, value: str = "rel_p", ci: float = 0.9
         >>> ablation_curve(t)[["kind", "k", "mean", "n"]].to_dict("records")
         [{'kind': 'top', 'k': 50, 'mean': 0.30000000000000004, 'n': 2}]
     """
-    from statistics import NormalDist
-
-    if value not in sweep:
-        raise ValueError(f"the sweep has no column {value!r}: choose from {list(sweep.columns)}")
-    key = "item" if "item" in sweep else "image"
-    per_image = sweep.groupby(["kind", "k", key])[value].mean().reset_index()
+    for column in (value, by):
+        if column not in sweep:
+            raise ValueError(
+                f"the sweep has no column {column!r}: choose from {list(sweep.columns)}"
+            )
+    per_image = sweep.groupby(["kind", "k", by])[value].mean().reset_index()
     stats = (
         per_image.groupby(["kind", "k"])[value].agg(mean="mean", std="std", n="count").reset_index()
     )
-    half = NormalDist().inv_cdf(0.5 + ci / 2) * stats["std"].fillna(0.0) / np.sqrt(stats["n"])
+    half = ci_half_width(stats["std"].fillna(0.0), stats["n"], ci)
     stats["ci_low"], stats["ci_high"] = stats["mean"] - half, stats["mean"] + half
     return stats
 
 
 def captions_under_ablation(
-    model: Any,
+    model: MultimodalModel,
     images: Any,
     units: Sequence[Unit] | dict[int, Bool[Tensor, "... d_mlp"]],
     *,
     mode: Mode = "zero",
     means: dict[int, Tensor] | None = None,
+    batch: MultimodalInput | None = None,
     **generate_kwargs: Any,
-) -> Any:
+) -> Captions:
     """Regenerate captions with ``units`` ablated at the image positions (``units`` as for
     :func:`ablation_hooks`: pairs, or per layer a ``[batch, d_mlp]`` mask, one set per image).
 
-    Keyword arguments go to :func:`~transformer_lens_mm.core.generation.generate_captions`.
-    """
-    from transformer_lens_mm.core.generation import generate_captions
+    Args:
+        model: A multimodal model.
+        images: Raw images (or ``None`` with ``batch``).
+        units: What to ablate.
+        mode: ``"zero"`` or ``"mean"`` (with ``means``).
+        means: Per layer, mean activations (:func:`unit_means`).
+        batch: A prepared input instead of ``images`` (left-padded for captioning).
+        **generate_kwargs: For :func:`~transformer_lens_mm.core.generation.generate_captions`
+            (``max_new_tokens``, ``fwd_hooks``, ...).
 
-    hooks = ablation_hooks(model, units, mode=mode, means=means)
+    Example:
+        >>> caps = captions_under_ablation(model, images, [(5, 9058)])  # doctest: +SKIP
+    """
+    if batch is None:
+        batch = model.prepare_inputs(
+            images,
+            prompts=generate_kwargs.pop("prompts", None),
+            pixel_values=generate_kwargs.pop("pixel_values", None),
+            image_features=generate_kwargs.pop("image_features", None),
+            padding_side="left",
+        )
+    hooks = ablation_hooks(model, units, mode=mode, means=means, positions=batch.image_mask)
     extra = list(generate_kwargs.pop("fwd_hooks", ()))
-    return generate_captions(model, images, fwd_hooks=hooks + extra, **generate_kwargs)
+    return generate_captions(model, batch=batch, fwd_hooks=hooks + extra, **generate_kwargs)

@@ -8,9 +8,9 @@ layer's scores are taken by a tensor hook the moment its gradient is ready, then
 
 Example:
     >>> attr = attribute(model, batch, target_ids)  # doctest: +SKIP
-    >>> attr.top_k(100, model=model)  # doctest: +SKIP
-       image  layer  unit  position     score  activation            tokens
-    0      0      5  9058        17  0.412...    1.93...  [ water, fish, ...]
+    >>> decode_unit_table(model, attr.top_k(100))  # doctest: +SKIP
+       image  rank  layer  unit  position     score  activation            tokens
+    0      0     0      5  9058        17  0.412...    1.93...  [ water, fish, ...]
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 import transformer_lens_mm.core.hook_names as hook_names
+from transformer_lens_mm.core.contract import HookList, LanguageModel, MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.core.paper import TOP_K
 from transformer_lens_mm.fast.host import to_host
 
 __all__ = [
@@ -44,7 +46,7 @@ Metric = Literal["logit", "logprob"]
 
 
 @contextlib.contextmanager
-def frozen_parameters(model: Any) -> Iterator[None]:
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
     """Temporarily set ``requires_grad=False`` on every parameter (restored afterwards)."""
     modules = [model] + [
         m
@@ -85,30 +87,25 @@ def _metric_of(
 
 
 def last_position_logits(
-    model: Any, batch: MultimodalInput, fwd_hooks: Sequence[tuple[Any, Any]] = ()
+    model: MultimodalModel, batch: MultimodalInput, fwd_hooks: HookList = ()
 ) -> Float[Tensor, "batch d_vocab"]:
     """Logits at each item's last position, running ``fwd_hooks``.
 
-    Where the model can (``HookedMultimodalTransformer.logits_at``), only those positions are
-    unembedded: with a 50k vocabulary the unembedding of every position is ~20% of a forward
-    and as much again in a backward.
+    Through the model's ``logits_at``: where the model can, only those positions are unembedded
+    (with a 50k vocabulary the unembedding of every position is ~20% of a forward and as much
+    again in a backward).
     """
-    from transformer_lens_mm.core.mixin import MultimodalMixin
-
     rows = torch.arange(len(batch), device=batch.tokens.device)
-    if type(model).logits_at is MultimodalMixin.logits_at:  # no cheaper path: a full forward
-        logits = model.run_with_hooks(batch, fwd_hooks=list(fwd_hooks))
-        return logits[rows, batch.last_positions.to(logits.device)]
     with model.hooks(fwd_hooks=list(fwd_hooks)):
         return model.logits_at(batch, rows, batch.last_positions)
 
 
 def last_position_metric(
-    model: Any,
+    model: MultimodalModel,
     batch: MultimodalInput,
     target_ids: Tensor,
     metric: Metric = "logit",
-    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+    fwd_hooks: HookList = (),
 ) -> Float[Tensor, " batch"]:
     """``y_c`` (logit or log-probability of ``c``) at each item's last position."""
     return _metric_of(last_position_logits(model, batch, fwd_hooks), target_ids, metric)
@@ -213,17 +210,17 @@ class Attribution:
         acts = None if self.best_activations is None else self.best_activations[:, :k]
         return self.best_scores[:, :k], self.best_index[:, :k], acts
 
-    def top_k(self, k: int = 100, *, model: Any = None, n_tokens: int = 10) -> pd.DataFrame:
+    def top_k(self, k: int = TOP_K) -> pd.DataFrame:
         """The ``k`` highest-scoring ``(layer, unit, position)`` per image, as a table.
 
+        Decode the units with :func:`~transformer_lens_mm.tools.decoding.decode_unit_table`.
+
         Args:
-            k: Rows per image.
-            model: When given, adds each unit's ``n_tokens`` decoded tokens (``W_U @ W_out``).
-            n_tokens: Decoded tokens per unit.
+            k: Rows per image (the paper: 100).
 
         Returns:
-            Columns ``image, rank, layer, unit, position, score`` (+ ``activation`` when known,
-            + ``tokens`` with ``model``).
+            Columns ``image`` (row of the batch), ``rank, layer, unit, position, score``
+            (+ ``activation`` when known).
         """
         vals, index, acts = self._topk_index(k)
         layers = torch.tensor(self.layers)[index[..., 0]]
@@ -241,15 +238,6 @@ class Attribution:
         )
         if acts is not None:
             table["activation"] = acts.reshape(-1).numpy()
-        if model is not None:
-            from transformer_lens_mm.tools.decoding import decode_units
-
-            pairs = sorted(set(zip(table["layer"].tolist(), table["unit"].tolist())))
-            decoded = decode_units(model, pairs, k=n_tokens)
-            lookup = {pair: [t for t, _ in toks] for pair, toks in zip(pairs, decoded)}
-            table["tokens"] = [
-                lookup[(layer, unit)] for layer, unit in zip(table["layer"], table["unit"])
-            ]
         return table
 
     def to_numpy(self) -> dict[str, np.ndarray]:
@@ -291,7 +279,7 @@ class Attribution:
         )
 
 
-def _check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
+def _check_layers(model: LanguageModel, layers: Sequence[int] | None) -> list[int]:
     return hook_names.resolve_layers(layers, int(model.cfg.n_layers))
 
 
@@ -313,7 +301,7 @@ def _select_positions(batch: MultimodalInput, positions: Positions | Tensor) -> 
 
 
 def attribute(
-    model: Any,
+    model: MultimodalModel,
     batch: MultimodalInput,
     target_ids: Sequence[int] | Int[Tensor, " batch"],
     *,
@@ -323,7 +311,7 @@ def attribute(
     top_k: int | None = None,
     rank_units: int | None = None,
     keep_activations: bool = True,
-    fwd_hooks: Sequence[tuple[Any, Any]] = (),
+    fwd_hooks: HookList = (),
 ) -> Attribution:
     """Score every MLP unit ``k`` at every chosen position ``p``: ``Z_pk * dy_c/dZ_pk``.
 
@@ -353,7 +341,7 @@ def attribute(
     if tids.numel() and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
         raise ValueError(f"target ids must lie in 0..{d_vocab - 1}, got {tids.tolist()}")
     layer_list = _check_layers(model, layers)
-    batch = batch.to(model._lm_device())
+    batch = batch.to(model.lm_device)
     sel = _select_positions(batch, positions)
     rows = torch.arange(n, device=sel.device)[:, None]
     if top_k is not None and top_k < 1:

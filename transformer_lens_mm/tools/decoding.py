@@ -1,7 +1,8 @@
 """Reading units and soft prompts as words.
 
 * :func:`decode_units`: a unit's output weights through the unembedding,
-  ``softmax(W_U^T W_out[layer, unit])``, top-k tokens (the paper's unit decoding).
+  ``softmax(W_U^T W_out[layer, unit])``, top-k tokens (the paper's unit decoding);
+  :func:`decode_unit_table` adds them to a table of units (e.g. ``Attribution.top_k``).
 * :func:`unit_token_ranks`: where a given token (e.g. the target ``c``) ranks in a unit's
   decoding, for models whose vocabulary is too large for ``c`` to reach any unit's top 10.
 * :func:`decode_soft_prompts`: each image token's nearest vocabulary embeddings by cosine
@@ -16,17 +17,19 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from transformer_lens_mm.core.contract import LanguageModel
 from transformer_lens_mm.core.hook_names import resolve_layer
+from transformer_lens_mm.core.paper import DECODED_TOKENS, RANDOM_SOFT_PROMPTS, SOFT_PROMPT_TOKENS
 
 __all__ = [
     "decode_soft_prompts",
+    "decode_unit_table",
     "decode_units",
     "final_norm_weight",
     "random_soft_prompts",
@@ -37,7 +40,7 @@ __all__ = [
 ]
 
 
-def unit_output_weights(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+def unit_output_weights(model: LanguageModel, layer: int) -> Float[Tensor, "d_mlp d_model"]:
     """``W_out`` of one layer's MLP (rows are units), on either TL API."""
     layer = resolve_layer(layer, int(model.cfg.n_layers))
     mlp = model.blocks[layer].mlp
@@ -47,7 +50,7 @@ def unit_output_weights(model: Any, layer: int) -> Float[Tensor, "d_mlp d_model"
     return w
 
 
-def final_norm_weight(model: Any) -> Tensor | None:
+def final_norm_weight(model: LanguageModel) -> Tensor | None:
     """The final norm's elementwise scale (``None`` when the model has none)."""
     ln = getattr(model, "ln_final", None)
     for name in ("w", "weight"):
@@ -57,7 +60,7 @@ def final_norm_weight(model: Any) -> Tensor | None:
     return None
 
 
-def vocab_mask(model: Any, *, special_tokens: bool = True) -> Tensor:
+def vocab_mask(model: LanguageModel, *, special_tokens: bool = True) -> Tensor:
     """Boolean mask over ``d_vocab``: True for rows that may be decoded.
 
     Rows beyond the tokenizer's vocabulary (GPT-J has 50400 rows for 50257 tokens) are never
@@ -75,10 +78,10 @@ def vocab_mask(model: Any, *, special_tokens: bool = True) -> Tensor:
 
 @torch.no_grad()
 def decode_units(
-    model: Any,
+    model: LanguageModel,
     units: Sequence[tuple[int, int]],
     *,
-    k: int = 10,
+    k: int = DECODED_TOKENS,
     final_norm: bool = False,
     mask_special: bool = True,
 ) -> list[list[tuple[str, float]]]:
@@ -124,9 +127,32 @@ def decode_units(
     return out
 
 
+def decode_unit_table(
+    model: LanguageModel, table: pd.DataFrame, *, k: int = DECODED_TOKENS
+) -> pd.DataFrame:
+    """``table`` with a ``tokens`` column: each row's unit decoded (:func:`decode_units`).
+
+    Each distinct ``(layer, unit)`` is decoded once, however many rows it has.
+
+    Args:
+        model: The model whose weights decode the units.
+        table: Rows with ``layer`` and ``unit`` (e.g. ``Attribution.top_k``).
+        k: Tokens per unit (the paper: 10).
+
+    Returns:
+        A copy of ``table`` with ``tokens``: the ``k`` decoded token strings, best first.
+    """
+    pairs = sorted(set(zip(table["layer"].tolist(), table["unit"].tolist())))
+    decoded = decode_units(model, pairs, k=k) if pairs else []
+    lookup = {pair: [t for t, _ in toks] for pair, toks in zip(pairs, decoded)}
+    out = table.copy()
+    out["tokens"] = [lookup[(layer, unit)] for layer, unit in zip(table["layer"], table["unit"])]
+    return out
+
+
 @torch.no_grad()
 def unit_token_ranks(
-    model: Any,
+    model: LanguageModel,
     units: Sequence[tuple[int, int]],
     token_ids: Sequence[int],
     *,
@@ -173,10 +199,10 @@ def unit_token_ranks(
 
 @torch.no_grad()
 def decode_soft_prompts(
-    model: Any,
+    model: LanguageModel,
     embeds: Float[Tensor, "... d_model"],
     *,
-    k: int = 5,
+    k: int = SOFT_PROMPT_TOKENS,
     mask_special: bool = True,
 ) -> pd.DataFrame:
     """Nearest vocabulary tokens (cosine similarity with ``W_E``) of each soft-prompt vector.
@@ -208,7 +234,7 @@ def decode_soft_prompts(
 
 
 def random_soft_prompts(
-    like: Float[Tensor, "... d_model"], n: int = 1000, *, seed: int = 0
+    like: Float[Tensor, "... d_model"], n: int = RANDOM_SOFT_PROMPTS, *, seed: int = 0
 ) -> Float[Tensor, "n d_model"]:
     """``n`` random Gaussian directions with norms drawn from ``like``'s norms (the baseline).
 
@@ -224,10 +250,10 @@ def random_soft_prompts(
 
 
 def soft_prompt_table(
-    model: Any,
+    model: LanguageModel,
     embeds: Float[Tensor, "batch n_image_tokens d_model"],
     *,
-    k: int = 5,
+    k: int = SOFT_PROMPT_TOKENS,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Nearest tokens of each image's soft prompts and of as many norm-matched random vectors.

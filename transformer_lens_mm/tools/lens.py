@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
 
 __all__ = ["logit_lens", "logit_lens_logits"]
@@ -27,7 +28,7 @@ __all__ = ["logit_lens", "logit_lens_logits"]
 
 @torch.no_grad()
 def logit_lens_logits(
-    model: Any,
+    model: MultimodalModel,
     batch: MultimodalInput,
     *,
     positions: Tensor | Sequence[int] | None = None,
@@ -47,7 +48,7 @@ def logit_lens_logits(
         ``(logits, labels, positions)``: labels such as ``"3_pre"``, ``"3_mid"``,
         ``"final_post"``; positions as ``[batch, n]``.
     """
-    batch = batch.to(model._lm_device())
+    batch = batch.to(model.lm_device)
     if cache is None:
         _, cache = model.run_with_cache(batch)
     seq = batch.tokens.shape[1]
@@ -70,7 +71,7 @@ def logit_lens_logits(
 
 
 def logit_lens(
-    model: Any,
+    model: MultimodalModel,
     batch: MultimodalInput,
     *,
     positions: Tensor | Sequence[int] | None = None,

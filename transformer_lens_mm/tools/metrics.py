@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from transformer_lens_mm.core.errors import MetricModelError
+
 __all__ = ["BERT_SCORE_LAYERS", "MetricModelError", "bert_scorer", "clip_scorer"]
 
 #: the ``bert-score`` package's default layer for common models (others: the last layer)
@@ -44,10 +46,6 @@ BERT_SCORE_LAYERS = {
 INSTALL = (
     'pip install "transformer-lens-mm[metrics]" (from a checkout: pip install -e ".[metrics]")'
 )
-
-
-class MetricModelError(RuntimeError):
-    """A metric's model or package cannot be loaded (no network, wrong path, extra missing)."""
 
 
 def _require(module: str) -> Any:

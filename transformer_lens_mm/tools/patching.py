@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 import transformer_lens_mm.core.hook_names as hook_names
+from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.tools.attribution import target_metric
 
@@ -72,7 +73,7 @@ def _check_pair(clean: MultimodalInput, corrupted: MultimodalInput) -> None:
 
 
 def _run_patches(
-    model: Any,
+    model: MultimodalModel,
     corrupted: MultimodalInput,
     patches: list[tuple[str, Callable[[Tensor, int], Tensor]]],
     metric: Metric,
@@ -106,7 +107,7 @@ def _run_patches(
 
 
 def _patch_grid(
-    model: Any,
+    model: MultimodalModel,
     clean: MultimodalInput,
     corrupted: MultimodalInput,
     metric: Metric,
@@ -143,7 +144,7 @@ def _patch_grid(
 
 
 def patch_by_position(
-    model: Any,
+    model: MultimodalModel,
     clean: MultimodalInput,
     corrupted: MultimodalInput,
     metric: Metric,
@@ -194,7 +195,7 @@ def patch_by_position(
 
 
 def patch_by_unit(
-    model: Any,
+    model: MultimodalModel,
     clean: MultimodalInput,
     corrupted: MultimodalInput,
     metric: Metric,

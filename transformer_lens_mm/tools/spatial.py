@@ -25,8 +25,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 import transformer_lens_mm.core.hook_names as hook_names
+from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.fast.host import to_host
+from transformer_lens_mm.tools.units import Unit, random_units_like
 
 __all__ = [
     "image_mlp_activations",
@@ -35,8 +38,6 @@ __all__ = [
     "quantile_mask",
     "spatial_selectivity",
 ]
-
-Unit = tuple[int, int]
 
 
 def patch_map(
@@ -65,7 +66,7 @@ def patch_map(
 
 
 def quantile_mask(
-    values: Float[Tensor, "*batch height width"], q: float = 0.95
+    values: Float[Tensor, "*batch height width"], q: float = REGION_QUANTILE
 ) -> Bool[Tensor, "*batch height width"]:
     """``values >= quantile(values, q)`` per map: the unit's most active region."""
     if not 0.0 <= q <= 1.0:
@@ -97,7 +98,7 @@ def mask_iou(a: Bool[Tensor, "*a h w"], b: Bool[Tensor, "*b h w"]) -> Float[Tens
 
 @torch.no_grad()
 def image_mlp_activations(
-    model: Any, batch: MultimodalInput, layers: Sequence[int] | None = None
+    model: MultimodalModel, batch: MultimodalInput, layers: Sequence[int] | None = None
 ) -> Float[Tensor, "batch n_layer n_image_tokens d_mlp"]:
     """MLP activations ``Z`` of ``layers`` at the image positions (one forward, fp32, CPU).
 
@@ -105,7 +106,7 @@ def image_mlp_activations(
     ``batch x layers x n_image_tokens x d_mlp``, not the whole cache.
     """
     layer_list = hook_names.resolve_layers(layers, int(model.cfg.n_layers))
-    batch = batch.to(model._lm_device())
+    batch = batch.to(model.lm_device)
     pos = batch.image_positions
     rows = torch.arange(len(batch), device=pos.device)[:, None]
     store: dict[int, Tensor] = {}
@@ -122,12 +123,12 @@ def image_mlp_activations(
 
 
 def spatial_selectivity(
-    model: Any,
+    model: MultimodalModel,
     batch: MultimodalInput,
     units: Sequence[Sequence[Unit]],
     masks: Sequence[np.ndarray | Tensor],
     *,
-    q: float = 0.95,
+    q: float = REGION_QUANTILE,
     n_random: int = 1,
     seed: int = 0,
     grid_size: tuple[int, int] | None = None,
@@ -135,7 +136,7 @@ def spatial_selectivity(
     """IoU of each unit's ``q``-quantile patch region with the object mask, vs random units.
 
     For image ``i``, every unit of ``units[i]`` and ``n_random`` draws of as many random units
-    from the same layers (:func:`~transformer_lens_mm.tools.ablation.random_units_like`) get a map
+    from the same layers (:func:`~transformer_lens_mm.tools.units.random_units_like`) get a map
     (activations at the image positions, upsampled bilinearly to the mask's size), a
     ``q``-quantile region and its IoU with ``masks[i]``.
 
@@ -157,8 +158,6 @@ def spatial_selectivity(
         >>> table = spatial_selectivity(model, batch, top_units, masks)  # doctest: +SKIP
         >>> table.groupby("kind").iou.mean()  # doctest: +SKIP
     """
-    from transformer_lens_mm.tools.ablation import random_units_like
-
     n = len(batch)
     if len(units) != n or len(masks) != n:
         raise ValueError(

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
 
 __all__ = [
@@ -216,7 +217,7 @@ def _word_start(text: str, word: str) -> int:
 
 
 def target_inputs(
-    model: Any,
+    model: MultimodalModel,
     base: MultimodalInput,
     targets: Sequence[Target],
 ) -> MultimodalInput:

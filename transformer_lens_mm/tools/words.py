@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
+from transformer_lens_mm.core.paper import MIN_WORD_LETTERS, MIN_WORDS
+
 __all__ = ["dictionary_words", "is_dictionary_word", "is_interpretable", "same_word"]
 
 
@@ -37,7 +39,7 @@ def _clean(token: str) -> str:
     return token.replace("Ġ", " ").replace("▁", " ").strip().lower()
 
 
-def is_dictionary_word(token: str, *, min_len: int = 3) -> bool:
+def is_dictionary_word(token: str, *, min_len: int = MIN_WORD_LETTERS) -> bool:
     """Whether a decoded token is a dictionary word of at least ``min_len`` letters.
 
     Leading/trailing spaces (and GPT-2's ``Ġ``) are stripped; the rest must be letters only.
@@ -53,7 +55,9 @@ def is_dictionary_word(token: str, *, min_len: int = 3) -> bool:
     return word in words or any(lemma in words for lemma in _lemmas(word))
 
 
-def is_interpretable(tokens: Sequence[str], *, min_words: int = 7, min_len: int = 3) -> bool:
+def is_interpretable(
+    tokens: Sequence[str], *, min_words: int = MIN_WORDS, min_len: int = MIN_WORD_LETTERS
+) -> bool:
     """At least ``min_words`` of ``tokens`` are dictionary words of ``min_len``+ letters."""
     if min_words > len(tokens):
         raise ValueError(f"min_words={min_words} is more than the {len(tokens)} tokens given")

@@ -8,6 +8,7 @@ from test_injection import hf_reference_logits  # noqa: F401  (same reference co
 from transformer_lens_mm import hook_names
 from transformer_lens_mm.core.lm_loading import default_api
 from transformer_lens_mm.tools.attribution import attribute
+from transformer_lens_mm.tools.decoding import decode_unit_table
 
 
 def hf_plain_autograd_scores(hf, model, batch, target_ids, kind):
@@ -152,7 +153,7 @@ def test_layer_subset_positions_and_logprob(lm_dirs):
     torch.testing.assert_close(allpos.scores[:, :, :16], full.scores)
     lp = attribute(model, batch, [12], metric="logprob")
     assert lp.target_values[0] < 0
-    table = full.top_k(5, model=model)
+    table = decode_unit_table(model, full.top_k(5))
     assert list(table.columns) == [
         "image",
         "rank",

@@ -8,7 +8,9 @@ import pytest
 
 from transformer_lens_mm.core.lm_loading import default_api
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.slow  # each script end to end (the separate CI step)
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def run(script: str, *args: str) -> str:

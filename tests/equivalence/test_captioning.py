@@ -107,7 +107,7 @@ def test_first_cached_step_unembeds_only_the_last_position(lm_dirs, api, kind):
         random_images(2), prompts=["A picture of", "A photo of a big"], padding_side="left"
     )
     with torch.no_grad(), model.inject_images(model.embed_images(batch), batch):
-        logits, _ = model._kv_first_step(batch.tokens, batch.attention_mask)
-        full = model._lm_forward(batch.tokens, attention_mask=batch.attention_mask)
+        logits, _ = model.kv_first_step(batch.tokens, batch.attention_mask)
+        full = model.lm_forward(batch.tokens, attention_mask=batch.attention_mask)
     assert logits.shape == (2, 1, full.shape[-1])
     torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocesses of every example (the separate CI step)
+
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = [
     "01_captions_and_targets",
     "02_attribution",

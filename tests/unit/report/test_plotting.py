@@ -1,17 +1,16 @@
-"""Plots return figures built from the data; the one-call neuron search records failures."""
+"""Plots return figures built from the data they are given."""
 
 import plotly.graph_objects as go
 import pytest
 import torch
-from helpers import WORDS, build_model, random_images
-from transformer_lens_mm.report.html.plotting import (
+from helpers import build_model, random_images
+
+from transformer_lens_mm.report.plotting import (
     plot_ablation_curves,
     plot_logit_lens,
     plot_top_units_per_layer,
     plot_unit_map,
 )
-
-from transformer_lens_mm.pipelines.search import find_multimodal_neurons
 from transformer_lens_mm.tools.ablation import ablation_sweep
 from transformer_lens_mm.tools.attribution import attribute
 from transformer_lens_mm.tools.lens import logit_lens
@@ -55,36 +54,3 @@ def test_plots_return_figures(model):
     assert isinstance(fig, go.Figure) and fig.data[1].z.shape == (32, 32)
     with pytest.raises(ValueError, match="no column"):
         plot_ablation_curves(sweep, value="nope")
-
-
-def test_find_multimodal_neurons_records_failures(model, tmp_path):
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"not an image")
-    images = [*random_images(3), broken]
-    found = find_multimodal_neurons(
-        model, images, targets=["dog", "zebra", 12, "cat"], k=10, batch_size=2, verbose=False
-    )
-    assert set(found.failures) == {1, 3}
-    assert "vocabulary" in found.failures[1] and "unreadable" in found.failures[3]
-    assert sorted(found.targets) == [0, 2]
-    assert found.targets[0].token_id == WORDS.index("dog")
-    assert len(found.units) == 20 and set(found.units.image) == {0, 2}
-    assert {"tokens", "interpretable", "target"} <= set(found.units.columns)
-    # the table equals attributing image 0 alone
-    alone = attribute(model, model.prepare_inputs(random_images(3)[:1]), [WORDS.index("dog")])
-    ref = alone.top_k(10)
-    got = found.units[found.units.image == 0]
-    assert (
-        got[["layer", "unit", "position"]].values.tolist()
-        == ref[["layer", "unit", "position"]].values.tolist()
-    )
-    assert "2 images attributed, 2 failed" in found.summary()
-
-
-def test_find_multimodal_neurons_from_captions(model):
-    found = find_multimodal_neurons(model, random_images(3), k=5, verbose=False, max_new_tokens=6)
-    assert set(found.captions) == {0, 1, 2}
-    for i in range(3):
-        assert (i in found.targets) != (i in found.failures)
-    for i, t in found.targets.items():
-        assert t.word is not None and t.word in found.captions[i]

@@ -5,9 +5,10 @@ import torch
 from helpers import APIS, WORDS, build_planted_model, planted_features
 
 from transformer_lens_mm import from_parts
-from transformer_lens_mm.tools.ablation import ablated, ablation_sweep, random_units_like
+from transformer_lens_mm.tools.ablation import ablated, ablation_sweep
 from transformer_lens_mm.tools.attribution import attribute
 from transformer_lens_mm.tools.decoding import decode_units
+from transformer_lens_mm.tools.units import random_units_like
 
 UNIT = 7
 

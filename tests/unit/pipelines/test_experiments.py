@@ -11,13 +11,12 @@ from transformer_lens_mm.data.scenes import SceneSet
 from transformer_lens_mm.pipelines.experiments import (
     category_selectivity,
     layer_distribution,
-    plot_category_selectivity,
-    plot_iou_by_category,
     score_texts,
     soft_prompt_texts,
     spatial_iou_by_category,
     unit_decoding_texts,
 )
+from transformer_lens_mm.report.plotting import plot_category_selectivity, plot_iou_by_category
 from transformer_lens_mm.tools.spatial import image_mlp_activations, spatial_selectivity
 
 

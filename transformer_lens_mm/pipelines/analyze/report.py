@@ -1,0 +1,153 @@
+"""``report.html`` of a dataset run: summary, items, layers, unit cards, and every experiment.
+
+Example:
+    >>> iou = spatial_iou_by_category(model, data, items, units)  # doctest: +SKIP
+    >>> analysis_report("runs/coco-gptj", data, iou=iou)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from transformer_lens_mm.data.datasets import Item
+from transformer_lens_mm.pipelines.analyze.store import load_results, load_table
+from transformer_lens_mm.pipelines.experiments import (
+    ablation_caption_summary,
+    soft_prompt_summary,
+)
+from transformer_lens_mm.report.cards import unit_cards
+from transformer_lens_mm.report.html import Report
+from transformer_lens_mm.report.plotting import (
+    plot_ablation_curves,
+    plot_category_selectivity,
+    plot_iou_by_category,
+    plot_soft_prompts,
+    plot_top_units_per_layer,
+)
+from transformer_lens_mm.tools.ablation import ablation_curve
+
+__all__ = ["analysis_report"]
+
+
+def _made_table(out: Path, name: str) -> pd.DataFrame | None:
+    """A run's optional table when the run made it and it has rows, else ``None``."""
+    if not (out / f"{name}.parquet").is_file():
+        return None
+    table = load_table(out, name)
+    return table if len(table) else None
+
+
+def analysis_report(
+    out: str | Path,
+    data: Sequence[Item] | None = None,
+    *,
+    iou: pd.DataFrame | None = None,
+    selectivity: pd.DataFrame | None = None,
+    text_scores: dict[str, pd.DataFrame] | None = None,
+    n_cards: int = 12,
+    grid_size: tuple[int, int] | None = None,
+) -> Path:
+    """Write ``out/report.html`` for a finished run: summary, captions and failures, the layer
+    distribution, the most frequent units (cards with their stored patch maps over the images
+    where they score highest, when ``data`` is given), the ablation curves and the soft-prompt
+    comparison when the run made them, and the IoU-by-category, category-selectivity and
+    decodings-vs-captions sections when their tables are given.
+
+    Args:
+        out: The run's folder.
+        data: The run's data set (images for the unit cards).
+        iou: :func:`~transformer_lens_mm.pipelines.experiments.spatial_iou_by_category`'s table.
+        selectivity: :func:`~transformer_lens_mm.pipelines.experiments.category_selectivity`'s
+            table.
+        text_scores: ``{label: score_texts(...) table}``, e.g. best unit decodings, soft
+            prompts and random vectors.
+        n_cards: Unit cards shown.
+        grid_size: Patch grid of the maps (default: square).
+
+    Example:
+        >>> analysis_report("runs/coco-gptj", data)  # doctest: +SKIP
+        PosixPath('runs/coco-gptj/report.html')
+    """
+    out = Path(out)
+    items, units, maps = load_results(out)
+    summary = json.loads((out / "summary.json").read_text())
+    report = Report(f"Multimodal-neuron analysis: {out.name}")
+    report.key_values({k: v for k, v in summary.items() if k != "failures"})
+    report.section("Items", "Caption, target token c (first noun) and failure of every item.")
+    report.table(items, max_rows=100)
+    if len(units):
+        report.section("Top units by layer", "All images' top-k entries pooled.")
+        report.figure(plot_top_units_per_layer(units))
+        share = float(units["interpretable"].mean()) if "interpretable" in units else float("nan")
+        report.key_values({"entries": len(units), "interpretable share": f"{share:.1%}"})
+        freq = (
+            units.assign(tokens=units["tokens"].map(lambda t: " ".join(map(repr, t))))
+            .groupby(["layer", "unit"])
+            .agg(images=("item", "nunique"), score=("score", "sum"), tokens=("tokens", "first"))
+            .reset_index()
+            .sort_values(["images", "score"], ascending=False)
+        )
+        report.table(freq, max_rows=30)
+        by_id = {data[i].id: data[i] for i in range(len(data))} if data is not None else {}
+        report.section("Most frequent units")
+        report.cards(
+            unit_cards(
+                units,
+                maps if maps.ndim == 2 and maps.shape[0] == len(units) else None,
+                image_of=lambda item: by_id[item].image() if item in by_id else None,
+                grid_size=grid_size,
+                n_cards=n_cards,
+            )
+        )
+    sweep = _made_table(out, "ablation")
+    if sweep is not None:
+        report.section(
+            "Ablation",
+            "p(c) kept (over the unablated p(c)) when each image's top-k units are zeroed at "
+            "the image positions, vs k random units of the same layers; 95% intervals over "
+            "images.",
+        )
+        report.figure(plot_ablation_curves(sweep, by="item"))
+        report.table(ablation_curve(sweep, by="item").round(4))
+    caps = _made_table(out, "ablation_captions")
+    if caps is not None:
+        report.section(
+            "Captions under ablation",
+            f"Greedy captions with each image's top-{int(caps['k'].max())} units zeroed at "
+            "the image positions, vs as many random units of the same layers.",
+        )
+        report.table(ablation_caption_summary(caps).round(4))
+        report.table(caps.drop(columns=["index"]), max_rows=30)
+    soft = _made_table(out, "soft_prompts")
+    if soft is not None:
+        report.section(
+            "Soft prompts",
+            "Nearest vocabulary tokens (cosine) of every soft-prompt vector vs as many random "
+            "vectors with the same norms.",
+        )
+        report.figure(plot_soft_prompts(soft))
+        report.table(soft_prompt_summary(soft).round(4))
+    if text_scores:
+        report.section("Decodings vs captions", "BERTScore/CLIPScore vs re-paired captions.")
+        report.table(
+            pd.DataFrame(
+                {
+                    label: table.drop(columns=["item", "text", "caption"]).mean()
+                    for label, table in text_scores.items()
+                }
+            )
+            .T.round(4)
+            .reset_index(names="texts")
+        )
+    if iou is not None and len(iou):
+        report.section("Spatial selectivity by category", "Top units vs random same-layer units.")
+        report.figure(plot_iou_by_category(iou))
+        report.table(iou.groupby(["category", "kind"])["iou"].agg(["mean", "count"]).reset_index())
+    if selectivity is not None and len(selectivity):
+        report.section("Category selectivity")
+        report.figure(plot_category_selectivity(selectivity))
+    return report.write(out / "report.html")

@@ -1,0 +1,173 @@
+"""The demo's headline numbers (``summary.json``) and their printed form.
+
+Example:
+    >>> summary_text(json.load(open("runs/demo/summary.json")))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json  # noqa: F401 (the example)
+from dataclasses import asdict
+from typing import Any
+
+import pandas as pd
+
+from transformer_lens_mm.core.contract import MultimodalModel
+from transformer_lens_mm.pipelines.demo.config import DemoConfig
+from transformer_lens_mm.pipelines.experiments import soft_prompt_summary
+from transformer_lens_mm.tools.stats import mean_ci
+
+__all__ = ["describe_model", "summarise", "summary_text"]
+
+
+def describe_model(model: MultimodalModel) -> dict[str, Any]:
+    """What the demo ran: the LM, the encoder, the token layout (for the summary and report)."""
+    encoder = model.image_encoder
+    return {
+        "api": type(model).__name__,
+        "lm": str(getattr(model.cfg, "model_name", None) or "unnamed language model"),
+        "n_layers": int(model.cfg.n_layers),
+        "d_model": int(model.cfg.d_model),
+        "d_mlp": int(model.cfg.d_mlp),
+        "encoder": None if encoder is None else str(encoder.name),
+        "n_image_tokens": None if encoder is None else int(encoder.n_tokens),
+        "grid": None if encoder is None else list(encoder.grid_size),
+        "prompt": model.prompt,
+    }
+
+
+def summarise(
+    config: DemoConfig,
+    captions: pd.DataFrame,
+    units: pd.DataFrame,
+    target_ranks: pd.DataFrame,
+    soft: pd.DataFrame,
+    lens: pd.DataFrame,
+    spatial: pd.DataFrame,
+    sweep: pd.DataFrame,
+) -> dict[str, Any]:
+    """The headline numbers of a demo run, from its tables."""
+    scenes = captions[captions.truth.notna()]
+    per_image_hit = units[units["rank"] < config.k].groupby("item")["decodes_to_target"].any()
+    scene_hits = per_image_hit[per_image_hit.index.isin(set(scenes["item"]))]
+    ablation: dict[str, dict[str, float]] = {}
+    for kind, group in sweep.groupby("kind"):
+        per_k = group.groupby(["k", "item"])["rel_p"].mean().groupby("k").mean()
+        ablation[str(kind)] = {str(int(k)): round(float(v), 4) for k, v in per_k.items()}
+    iou = {}
+    if len(spatial):
+        for kind, group in spatial.groupby("kind"):
+            per_image = group.groupby("item")["iou"].mean()
+            mean, half = mean_ci(per_image.tolist())
+            iou[str(kind)] = {
+                "mean": round(mean, 4),
+                "ci95": round(half, 4),
+                "n_images": len(per_image),
+            }
+    final = lens[(lens["rank"] == 0) & (lens["layer"] == lens["layer"].max())]
+    first_top1 = (
+        lens[(lens["rank"] == 0) & (lens["target_rank"] == 0)].groupby("item")["layer"].min()
+    )
+    soft_stats = {}
+    for row in soft_prompt_summary(soft).itertuples():
+        soft_stats[f"{row.kind}_top1_cosine"] = round(float(row.top1_cosine), 4)
+        soft_stats[f"{row.kind}_images_with_target_nearby"] = round(
+            float(row.images_with_target_nearby), 4
+        )
+    failures = captions[captions["failure"].notna()]
+    return {
+        "n_images": len(captions),
+        "n_scenes": len(scenes),
+        "failures": dict(zip(failures["item"], failures["failure"])),
+        "captions": {
+            "scenes_colour_and_shape_right": float(
+                (scenes.colour_right.astype(bool) & scenes.shape_right.astype(bool)).mean()
+            )
+            if len(scenes)
+            else None,
+            "scenes_shape_right": float(scenes.shape_right.astype(bool).mean())
+            if len(scenes)
+            else None,
+            "scenes_target_is_the_shape": float(
+                (scenes.noun.fillna("") == scenes.truth.str.split().str[-1]).mean()
+            )
+            if len(scenes)
+            else None,
+        },
+        "top_units": {
+            "k": config.k,
+            "interpretable_share": round(float(units["interpretable"].mean()), 4),
+            "share_of_units_decoding_to_target": round(float(units["decodes_to_target"].mean()), 4),
+            "scenes_with_a_top_unit_decoding_to_target": round(float(scene_hits.mean()), 4)
+            if len(scene_hits)
+            else None,
+            "images_with_a_top_unit_decoding_to_target": round(float(per_image_hit.mean()), 4),
+            "layer_histogram": {
+                str(k): int(v) for k, v in units["layer"].value_counts().sort_index().items()
+            },
+        },
+        "target_in_decoding": {
+            str(kind): {
+                "median_percentile_of_c": round(float(g["target_percentile"].median()), 2),
+                "share_with_c_in_top_1_percent": round(
+                    float((g["target_percentile"] >= 99).mean()), 4
+                ),
+                "n_units": len(g),
+            }
+            for kind, g in target_ranks.groupby("kind")
+        },
+        "soft_prompts": soft_stats,
+        "logit_lens": {
+            "median_final_p_c": round(float(final["target_prob"].median()), 4),
+            "median_first_layer_c_is_top1": float(first_top1.median()) if len(first_top1) else None,
+        },
+        "spatial_iou": iou,
+        "ablation_rel_p": ablation,
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+    }
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    """The short printed summary of a demo run."""
+    cap = summary["captions"]
+    top = summary["top_units"]
+    soft = summary["soft_prompts"]
+    lines = [f"images: {summary['n_images']} ({summary['n_scenes']} scenes)"]
+    if cap["scenes_colour_and_shape_right"] is not None:
+        lines.append(
+            f"captions: colour+shape right {cap['scenes_colour_and_shape_right']:.0%}, "
+            f"shape right {cap['scenes_shape_right']:.0%}"
+        )
+    lines.append(
+        f"top-{top['k']} units: {top['interpretable_share']:.0%} interpretable; "
+        f"scenes with a top unit decoding to c: {top['scenes_with_a_top_unit_decoding_to_target']}"
+    )
+    ranks = summary.get("target_in_decoding", {})
+    if "top" in ranks and "random" in ranks:
+        lines.append(
+            "c in the unit's decoding (median percentile over the vocabulary): top units "
+            f"{ranks['top']['median_percentile_of_c']:.1f} vs random "
+            f"{ranks['random']['median_percentile_of_c']:.1f}"
+        )
+    real = soft.get("image_images_with_target_nearby", 0.0)
+    rand = soft.get("random_images_with_target_nearby", 0.0)
+    lines.append(
+        f"soft prompts: images with c among nearest tokens {real:.0%} vs random {rand:.0%}"
+    )
+    iou = summary["spatial_iou"]
+    if iou:
+        lines.append(
+            f"spatial IoU: top {iou['top']['mean']:.3f} +- {iou['top']['ci95']:.3f} vs random "
+            f"{iou['random']['mean']:.3f} +- {iou['random']['ci95']:.3f}"
+        )
+    abl = summary["ablation_rel_p"]
+    if "top" in abl:
+        ks = [k for k in abl["top"] if k != "0"]
+        lines.append(
+            "p(c) kept after ablating k units (top / random): "
+            + ", ".join(
+                f"k={k}: {abl['top'][k]:.2f}/{abl['random'].get(k, float('nan')):.2f}" for k in ks
+            )
+        )
+    lines.append(f"time: {summary['seconds']['total']:.0f} s")
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""The steps after the search, written once and used by ``tlmm analyze`` and ``tlmm demo``.
+
+Each takes the :class:`~transformer_lens_mm.pipelines.search.BatchSearch` of a batch and
+returns a table in the search's schema (``item``, ``index``, ``target`` in front):
+
+* :func:`ablation_step`: p(c) with each image's top-k units zeroed at the image positions vs
+  as many random units of the same layers, for every k
+  (:func:`~transformer_lens_mm.tools.ablation.ablation_sweep`);
+* :func:`ablation_captions_step`: captions regenerated with each image's top-k units zeroed,
+  and with k random same-layer units;
+* :func:`soft_prompt_step`: the nearest vocabulary tokens of every soft-prompt vector and of
+  as many norm-matched random vectors.
+
+Random draws are seeded by the caller (``tlmm analyze`` by the batch index), so a resumed or
+sharded run draws the same units.
+
+Example:
+    >>> found = search_batch(model, indices=[0, 1], images=images)  # doctest: +SKIP
+    >>> ablation_step(model, found, ks=[0, 25, 100], seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from transformer_lens_mm.core.contract import MultimodalModel
+from transformer_lens_mm.core.paper import SOFT_PROMPT_TOKENS
+from transformer_lens_mm.pipelines.search import BatchSearch, tag_rows
+from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
+from transformer_lens_mm.tools.decoding import soft_prompt_table
+from transformer_lens_mm.tools.units import per_row_masks, random_units_like
+from transformer_lens_mm.tools.words import same_word
+
+__all__ = ["ablation_captions_step", "ablation_step", "soft_prompt_step"]
+
+
+def _require(found: BatchSearch) -> None:
+    if not len(found) or found.attribution is None:
+        raise ValueError("the batch has no usable item (every item failed): nothing to ablate")
+
+
+def ablation_step(
+    model: MultimodalModel,
+    found: BatchSearch,
+    *,
+    ks: Sequence[int],
+    n_random: int = 1,
+    seed: int = 0,
+    chunk_size: int = 32,
+) -> pd.DataFrame:
+    """The ablation sweep of one searched batch (top-k by each unit's best position).
+
+    Args:
+        model: The model the batch was searched on.
+        found: The batch's search (with ``rank_units`` >= ``max(ks)``).
+        ks: Numbers of units zeroed (0 is the unablated reference).
+        n_random: Random same-layer draws per k.
+        seed: Seed of the random draws.
+        chunk_size: Rows (image x condition) per no-grad forward.
+
+    Returns:
+        :func:`~transformer_lens_mm.tools.ablation.ablation_sweep`'s table, tagged.
+    """
+    _require(found)
+    assert found.attribution is not None and found.inputs is not None
+    ranked = found.attribution.ranked_units("max", limit=max(ks))
+    table = ablation_sweep(
+        model,
+        found.inputs,
+        [t.token_id for t in found.targets],
+        ranked,
+        ks=ks,
+        n_random=n_random,
+        seed=seed,
+        chunk_size=chunk_size,
+    )
+    return tag_rows(table, found.rows)
+
+
+def ablation_captions_step(
+    model: MultimodalModel,
+    found: BatchSearch,
+    *,
+    k: int,
+    seeds: Sequence[int],
+    max_new_tokens: int = 20,
+    only: Sequence[int] | None = None,
+) -> pd.DataFrame:
+    """Captions regenerated with each image's top-k units zeroed at the image positions, and
+    with k random units of the same layers (one seed per usable item).
+
+    Args:
+        model: The model the batch was searched on.
+        found: The batch's search (with ``rank_units`` >= ``k``).
+        k: Units zeroed.
+        seeds: Seed of each usable item's random draw.
+        max_new_tokens: Caption length limit.
+        only: Usable items (batch rows) to regenerate (default all).
+
+    Returns:
+        One row per (item, kind): ``kind`` (``none``: the original caption, ``top``,
+        ``random``), ``k``, ``caption``, ``keeps_target`` (the caption still names c).
+    """
+    _require(found)
+    assert found.attribution is not None and found.base is not None
+    if len(seeds) != len(found):
+        raise ValueError(f"got {len(seeds)} seeds for {len(found)} usable items: one each")
+    chosen = list(range(len(found))) if only is None else [int(i) for i in only]
+    top_all = found.attribution.ranked_units("max", limit=k)
+    top = [top_all[i] for i in chosen]
+    rnd = [random_units_like(model, top_all[i], seed=int(seeds[i])) for i in chosen]
+    base = found.base if only is None else found.base.select(chosen)
+    out = [(i, "none", 0, found.captions[i]) for i in chosen]
+    for kind, units in (("top", top), ("random", rnd)):
+        caps = captions_under_ablation(
+            model, None, per_row_masks(model, units), batch=base, max_new_tokens=max_new_tokens
+        )
+        out += [(i, kind, k, text) for i, text in zip(chosen, caps.texts)]
+    table = pd.DataFrame(out, columns=["image", "kind", "k", "caption"])
+    table = tag_rows(table.sort_values(["image"], kind="stable").reset_index(drop=True), found.rows)
+    table["keeps_target"] = [
+        any(same_word(w, t) for w in cap.replace(".", " ").split())
+        for cap, t in zip(table["caption"], table["target"])
+    ]
+    return table
+
+
+def soft_prompt_step(
+    model: MultimodalModel,
+    searches: Sequence[BatchSearch],
+    *,
+    seed: int = 0,
+    k: int = SOFT_PROMPT_TOKENS,
+) -> pd.DataFrame:
+    """Nearest tokens of the usable items' soft prompts and of as many norm-matched random
+    vectors (the paper's soft-prompt decoding and its baseline), over one or more batches.
+
+    Args:
+        model: The model the batches were searched on.
+        searches: Batches whose items are decoded together (their random baseline is drawn
+            from all their soft-prompt norms at once).
+        seed: Seed of the random vectors.
+        k: Nearest tokens per vector (the paper: 5).
+
+    Returns:
+        :func:`~transformer_lens_mm.tools.decoding.soft_prompt_table`'s table, tagged, with
+        ``is_target`` (the token is c).
+    """
+    usable = [s for s in searches if len(s)]
+    if not usable:
+        raise ValueError("no usable item in these batches: nothing to decode")
+    with torch.no_grad():
+        embeds = torch.cat([model.embed_images(s.base).cpu() for s in usable])  # type: ignore[arg-type]
+    rows = [row for s in usable for row in s.rows]
+    targets = [t for s in usable for t in s.targets]
+    table = soft_prompt_table(model, embeds, k=k, seed=seed)
+    table["is_target"] = [
+        same_word(tok, targets[i].token) for tok, i in zip(table["token"], table["image"])
+    ]
+    return tag_rows(table, rows)

@@ -1,0 +1,191 @@
+"""Unit cards: a unit's decoded tokens and its patch maps over the images where it scores best.
+
+:func:`unit_cards` is the one builder: it picks the units most often in the images' top-k
+(those whose decoding contains the image's target first) from a units table and draws each
+card's maps from the per-row patch maps that the search step stores beside it. The demo and
+the dataset report both call it.
+
+Example:
+    >>> import torch
+    >>> png = unit_map_png(torch.rand(3, 8, 8), torch.arange(4.0), (2, 2), size=8)
+    >>> png[:4]
+    b'\\x89PNG'
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from jaxtyping import Float
+from PIL import Image
+from plotly.colors import sample_colorscale
+from torch import Tensor
+
+from transformer_lens_mm.core.images import ImageLike, to_rgb_image
+from transformer_lens_mm.core.paper import REGION_QUANTILE
+from transformer_lens_mm.report.html import img_tag
+from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
+
+__all__ = ["UnitCard", "unit_cards", "unit_map_png"]
+
+
+def _lut(colorscale: str = "Inferno") -> np.ndarray:
+    colours = sample_colorscale(colorscale, [i / 255 for i in range(256)], colortype="tuple")
+    return (np.asarray(colours) * (255 if max(max(c) for c in colours) <= 1 else 1)).astype(
+        np.uint8
+    )
+
+
+def unit_map_png(
+    image: ImageLike,
+    activations: Float[Tensor, " n_image_tokens"],
+    grid_size: tuple[int, int],
+    *,
+    quantile: float | None = REGION_QUANTILE,
+    opacity: float = 0.55,
+    size: int = 224,
+) -> bytes:
+    """PNG bytes of a unit's patch map (upsampled, Inferno colours) blended over the image.
+
+    The region above ``quantile`` is outlined in cyan (the paper's 0.95-quantile mask).
+    """
+    rgb = np.asarray(to_rgb_image(image).resize((size, size)), dtype=np.float32)
+    heat = patch_map(activations, grid_size, (size, size))
+    lo, hi = float(heat.min()), float(heat.max())
+    scaled = ((heat - lo) / (hi - lo if hi > lo else 1.0) * 255).round().long().numpy()
+    colour = _lut()[scaled].astype(np.float32)
+    out = (1 - opacity) * rgb + opacity * colour
+    if quantile is not None:
+        mask = quantile_mask(heat, quantile).numpy()
+        edge = mask & ~(
+            np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1)
+        )
+        out[edge] = (0, 255, 255)
+    buf = io.BytesIO()
+    Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class UnitCard:
+    """One unit: its decoded tokens and its patch maps over some images."""
+
+    layer: int
+    unit: int
+    tokens: Sequence[str]  # decoded tokens (W_U @ W_out), best first
+    maps: Sequence[tuple[bytes, str]] = ()  # (PNG, caption) per image
+    facts: dict[str, str] = field(default_factory=dict)  # extra key -> value lines
+    highlight: Sequence[str] = ()  # tokens to highlight (e.g. the target concept)
+
+    def to_html(self) -> str:
+        marks = {h.strip().lower() for h in self.highlight}
+        toks = "".join(
+            f'<span class="tok{" hit" if t.strip().lower() in marks else ""}">'
+            f"{html.escape(repr(t)[1:-1])}</span>"
+            for t in self.tokens
+        )
+        facts = "".join(
+            f"<div><b>{html.escape(k)}</b>: {html.escape(v)}</div>" for k, v in self.facts.items()
+        )
+        imgs = "".join(img_tag(png, cap) for png, cap in self.maps)
+        return (
+            f'<div class="card"><div><b>L{self.layer} U{self.unit}</b> '
+            f"<code>blocks.{self.layer}.mlp.hook_post[{self.unit}]</code></div>"
+            f"<div>{toks}</div>{facts}<div>{imgs}</div></div>"
+        )
+
+
+def unit_cards(
+    units: pd.DataFrame,
+    maps: Float[Tensor, "rows n_image_tokens"] | None = None,
+    *,
+    image_of: Callable[[Hashable], ImageLike | None] | None = None,
+    grid_size: tuple[int, int] | None = None,
+    caption_of: Callable[[Hashable], str] | None = None,
+    n_cards: int = 12,
+    n_images: int = 3,
+    quantile: float | None = REGION_QUANTILE,
+    highlight: Sequence[str] = (),
+) -> list[UnitCard]:
+    """Cards of the units most often in the images' top-k, with their patch maps.
+
+    Units are ranked by how many images' top-k decode to that image's target through them
+    (``decodes_to_target``, when the table has it), then by the number of images whose top-k
+    they are in, then by their summed score. Each card shows the unit's ``n_images`` best
+    images (by score), each with the unit's patch map ``maps[row]`` of that image.
+
+    Args:
+        units: A units table (``item``, ``layer``, ``unit``, ``score``, ``tokens``, ``target``;
+            optionally ``interpretable`` and ``decodes_to_target``), e.g. a run's
+            ``units.parquet`` or a search's ``units``.
+        maps: ``maps[i]`` = the unit of ``units.iloc[i]`` over the image patches of its item
+            (``None``: cards without maps).
+        image_of: ``item -> image`` (``None``, or returning ``None``: no map for that item).
+        grid_size: The patch grid of the maps (default: square).
+        caption_of: ``item -> text`` under each map (default: ``"item: target"``).
+        n_cards: Cards made.
+        n_images: Maps per card.
+        quantile: Region outlined on each map.
+        highlight: Tokens highlighted on every card besides each card's targets.
+
+    Returns:
+        The cards, best first.
+    """
+    if not len(units) or n_cards < 1:
+        return []
+    table = units.reset_index(drop=True)
+    hits = (
+        table["decodes_to_target"].astype(int)
+        if "decodes_to_target" in table
+        else pd.Series(0, index=table.index)
+    )
+    per_unit = (
+        table.assign(_hits=hits)
+        .groupby(["layer", "unit"])
+        .agg(images=("item", "nunique"), score=("score", "sum"), target_hits=("_hits", "sum"))
+        .reset_index()
+        .sort_values(["target_hits", "images", "score"], ascending=False)
+        .head(n_cards)
+    )
+    if maps is not None and grid_size is None:
+        n_img = int(maps.shape[1]) if maps.ndim == 2 else 0
+        side = round(n_img**0.5)
+        grid_size = (side, side) if n_img and side * side == n_img else None
+    cards = []
+    for row in per_unit.itertuples():
+        rows = table[(table["layer"] == row.layer) & (table["unit"] == row.unit)]
+        best = rows.sort_values("score", ascending=False).drop_duplicates("item").head(n_images)
+        pngs = []
+        if maps is not None and grid_size is not None and image_of is not None:
+            for r in best.itertuples():
+                image = image_of(r.item)
+                if image is None:
+                    continue
+                png = unit_map_png(image, maps[r.Index].float(), grid_size, quantile=quantile)
+                text = caption_of(r.item) if caption_of is not None else str(r.target)
+                pngs.append((png, f"{r.item}: {text}"))
+        targets = sorted({str(t) for t in rows["target"]})
+        facts = {
+            "top-k of": f"{int(row.images)} images (targets: {', '.join(targets)})",
+            "summed attribution": f"{row.score:.3g}",
+        }
+        if "interpretable" in rows:
+            facts["interpretable"] = str(bool(rows["interpretable"].iloc[0]))
+        if "decodes_to_target" in rows:
+            facts["decodes to the target in"] = f"{int(row.target_hits)} images"
+        cards.append(
+            UnitCard(
+                int(row.layer),
+                int(row.unit),
+                list(rows.iloc[0]["tokens"]),
+                pngs,
+                facts,
+                [t.strip() for t in targets] + list(highlight),
+            )
+        )
+    return cards
