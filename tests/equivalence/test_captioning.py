@@ -26,8 +26,8 @@ def manual_greedy(model, images, prompts, n_steps, fwd_hooks=()):
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("kind", ["gptj", "llama"])
-def test_kv_cache_greedy_equals_argmax_without_cache(lm_dirs, api, kind):
-    model = build_model(lm_dirs[kind], api)
+def test_kv_cache_greedy_equals_argmax_without_cache(lm_dirs, api, kind, fused):
+    model = build_model(lm_dirs[kind], api, fused=fused)
     images = random_images(2)
     prompts = ["A picture of", "A photo of a big"]  # different lengths: left padding
     n = 6
@@ -41,8 +41,8 @@ def test_kv_cache_greedy_equals_argmax_without_cache(lm_dirs, api, kind):
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_kv_cache_greedy_under_a_user_hook(lm_dirs, api):
-    model = build_model(lm_dirs["llama"], api)
+def test_kv_cache_greedy_under_a_user_hook(lm_dirs, api, fused):
+    model = build_model(lm_dirs["llama"], api, fused=fused)
     images = random_images(2, seed=3)
     prompts = ["A picture of"] * 2
 
@@ -74,8 +74,8 @@ def test_kv_cache_greedy_under_a_user_hook(lm_dirs, api):
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_sampling_is_seeded_and_stops_at_eos(lm_dirs, api):
-    model = build_model(lm_dirs["gptj"], api)
+def test_sampling_is_seeded_and_stops_at_eos(lm_dirs, api, fused):
+    model = build_model(lm_dirs["gptj"], api, fused=fused)
     images = random_images(3)
     a = generate_captions(model, images, max_new_tokens=8, do_sample=True, seed=7, top_k=5)
     b = generate_captions(model, images, max_new_tokens=8, do_sample=True, seed=7, top_k=5)
@@ -100,9 +100,9 @@ def test_top_p_keeps_the_nucleus():
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("kind", ["gptj", "llama"])
-def test_first_cached_step_unembeds_only_the_last_position(lm_dirs, api, kind):
+def test_first_cached_step_unembeds_only_the_last_position(lm_dirs, api, kind, fused):
     """Like HF's generate: the prompt's other positions skip the unembedding, same logits."""
-    model = build_model(lm_dirs[kind], api)
+    model = build_model(lm_dirs[kind], api, fused=fused)
     batch = model.prepare_inputs(
         random_images(2), prompts=["A picture of", "A photo of a big"], padding_side="left"
     )

@@ -25,8 +25,8 @@ def hf_reference_logits(hf, model, batch: MultimodalInput, image_embeds=None, ed
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_injected_forward_matches_hf_inputs_embeds(lm_dirs, api, kind):
-    model = build_model(lm_dirs[kind], api)
+def test_injected_forward_matches_hf_inputs_embeds(lm_dirs, api, kind, fused):
+    model = build_model(lm_dirs[kind], api, fused=fused)
     hf = load_hf(lm_dirs[kind])
     batch = model.prepare_inputs(random_images(2), prompts="A picture of")
     assert batch.image_positions.tolist() == [list(range(16))] * 2
@@ -41,10 +41,10 @@ def test_injected_forward_matches_hf_inputs_embeds(lm_dirs, api, kind):
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_gpt2_folder_from_recent_transformers(lm_dirs, api):
+def test_gpt2_folder_from_recent_transformers(lm_dirs, api, fused):
     """GPT-2 folders written by recent transformers lack n_ctx; TL 3.9 needs it."""
     assert "n_ctx" not in (lm_dirs["gpt2"] / "config.json").read_text()
-    model = build_model(lm_dirs["gpt2"], api)
+    model = build_model(lm_dirs["gpt2"], api, fused=fused)
     batch = model.prepare_inputs(random_images(2))
     with torch.no_grad():
         logits = model(batch)
@@ -54,8 +54,8 @@ def test_gpt2_folder_from_recent_transformers(lm_dirs, api):
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_per_item_prompts_with_padding(lm_dirs, api, kind):
-    model = build_model(lm_dirs[kind], api, prepend_bos=True)
+def test_per_item_prompts_with_padding(lm_dirs, api, kind, fused):
+    model = build_model(lm_dirs[kind], api, prepend_bos=True, fused=fused)
     hf = load_hf(lm_dirs[kind])
     prompts = ["A picture of", "A photo of a big red"]
     batch = model.prepare_inputs(random_images(2), prompts=prompts)
@@ -73,8 +73,8 @@ def test_per_item_prompts_with_padding(lm_dirs, api, kind):
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_hook_points_in_cache_and_last_input(lm_dirs, api):
-    model = build_model(lm_dirs["llama"], api)
+def test_hook_points_in_cache_and_last_input(lm_dirs, api, fused):
+    model = build_model(lm_dirs["llama"], api, fused=fused)
     images = random_images(3)
     _, cache = model.run_with_cache(images=images)
     assert cache[hook_names.IMAGE_FEATURES].shape == (3, 16, 24)
@@ -94,8 +94,8 @@ def test_hook_points_in_cache_and_last_input(lm_dirs, api):
 
 @pytest.mark.parametrize("api", APIS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_hook_edits_change_logits_as_computed_by_hand(lm_dirs, api, kind):
-    model = build_model(lm_dirs[kind], api)
+def test_hook_edits_change_logits_as_computed_by_hand(lm_dirs, api, kind, fused):
+    model = build_model(lm_dirs[kind], api, fused=fused)
     hf = load_hf(lm_dirs[kind])
     batch = model.prepare_inputs(random_images(2))
     with torch.no_grad():
@@ -132,16 +132,16 @@ def test_hook_edits_change_logits_as_computed_by_hand(lm_dirs, api, kind):
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_plain_text_forward_still_works(lm_dirs, api):
-    model = build_model(lm_dirs["gptj"], api)
+def test_plain_text_forward_still_works(lm_dirs, api, fused):
+    model = build_model(lm_dirs["gptj"], api, fused=fused)
     hf = load_hf(lm_dirs["gptj"])
     tokens = torch.tensor([[3, 5, 7, 8, 12]])
     torch.testing.assert_close(model(tokens), hf(tokens).logits, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_precomputed_features_equal_pixels(lm_dirs, api):
-    model = build_model(lm_dirs["gptj"], api)
+def test_precomputed_features_equal_pixels(lm_dirs, api, fused):
+    model = build_model(lm_dirs["gptj"], api, fused=fused)
     batch = model.prepare_inputs(random_images(2))
     feats = model.image_encoder(batch.pixel_values)
     a = model(batch)
@@ -150,8 +150,8 @@ def test_precomputed_features_equal_pixels(lm_dirs, api):
 
 
 @pytest.mark.parametrize("api", APIS)
-def test_gradients_flow_to_projection(lm_dirs, api):
-    model = build_model(lm_dirs["llama"], api)
+def test_gradients_flow_to_projection(lm_dirs, api, fused):
+    model = build_model(lm_dirs["llama"], api, fused=fused)
     batch = model.prepare_inputs(random_images(1))
     logits = model(batch)
     logits[0, -1, 5].backward()

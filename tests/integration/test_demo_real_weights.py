@@ -39,6 +39,7 @@ def test_reduced_demo_on_real_weights(tmp_path):
     )
     page = (tmp_path / "demo" / "report.html").read_text()
     assert "data:image/png;base64," in page and page.count("plotly.js v") == 1
+    assert "Multimodal neurons in SmolLM2-135M-Instruct" in page and "tf_efficientnet_lite0" in page
     # the shipped projection captions held-out scenes; the photos are analysed too
     assert summary["n_images"] == 8 and summary["n_scenes"] == 4
     assert summary["captions"]["scenes_shape_right"] >= 0.75

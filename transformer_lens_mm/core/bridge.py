@@ -20,7 +20,6 @@ from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
 
 from transformer_lens_mm.core.mixin import MultimodalMixin
-from transformer_lens_mm.fast.fusion import check_fused_flag, set_fused
 from transformer_lens_mm.fast.patches import KV_CACHE_PATCH
 
 __all__ = ["MultimodalTransformerBridge"]
@@ -52,20 +51,10 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
                 own modules, fewer operations; ``False`` for the bridge's own modules bit for
                 bit.
         """
-        fused = check_fused_flag(fused)
-        if isinstance(bridge, cls):
-            set_fused(bridge, fused)
-            return bridge
-        if type(bridge) is not TransformerBridge:
-            raise TypeError(
-                f"can only convert a plain TransformerBridge, got {type(bridge).__name__}"
-            )
-        KV_CACHE_PATCH.apply()
-        bridge.__class__ = cls
-        bridge._add_image_hook_points()  # __setattr__ registers the HookPoints by name
-        if fused:
-            set_fused(bridge, True)
-        return bridge
+        if type(bridge) is TransformerBridge:  # a bridge is about to become multimodal
+            KV_CACHE_PATCH.apply()
+        # the hook points register themselves by name (the bridge's __setattr__)
+        return cls._converted(bridge, TransformerBridge, fused)
 
     def to(self, *args: Any, **kwargs: Any) -> MultimodalTransformerBridge:
         """Move the LM (TransformerBridge.to) and the image encoder and projection with it."""

@@ -26,7 +26,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
@@ -63,6 +63,12 @@ class LanguageModel(Protocol):
 
     def hooks(self, fwd_hooks: Any = ..., bwd_hooks: Any = ..., **kwargs: Any) -> Any: ...
 
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def requires_grad_(self, requires_grad: bool = True) -> Any: ...
+
+    def eval(self) -> Any: ...
+
     def run_with_hooks(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def run_with_cache(self, *args: Any, **kwargs: Any) -> Any: ...
@@ -75,6 +81,7 @@ class MultimodalModel(LanguageModel, Protocol):
     image_encoder: ImageEncoder | None  # frozen encoder (None: pass image_features)
     image_projection: ImageProjection | None  # d_image -> d_model
     prompt: str  # default prompt after the image tokens
+    lm_name: str  # what the language model is called (reports name it)
     last_input: MultimodalInput | None  # the latest multimodal input (interactive use only)
 
     @property
@@ -139,6 +146,10 @@ class MultimodalModel(LanguageModel, Protocol):
         positions: Int[Tensor, " n"],
     ) -> Float[Tensor, "n d_vocab"]:
         """Logits at ``(rows[i], positions[i])`` of a multimodal forward, only where needed."""
+        ...
+
+    def attach_feature_cache(self, root: Any) -> Any:
+        """Keep encoder features on disk under ``root`` (``None``: stop caching)."""
         ...
 
     def fused(self, enabled: bool = True) -> contextlib.AbstractContextManager[Any]:

@@ -97,8 +97,8 @@ class ImageEncoder(nn.Module):
             **kwargs: Passed to ``timm.create_model`` (e.g. ``img_size``).
 
         Example:
-            >>> ImageEncoder.from_timm("resnet10t", num_classes=0).grid_size
-            (7, 7)
+            >>> ImageEncoder.from_timm("resnet10t", num_classes=0).grid_size  # 176 px input
+            (6, 6)
         """
         try:
             model = timm.create_model(name, pretrained=pretrained, **kwargs)

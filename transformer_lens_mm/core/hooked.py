@@ -55,9 +55,12 @@ if HAS_HOOKED_TRANSFORMER:
             fused = check_fused_flag(fused)
             super().__init__(*args, **kwargs)
             self._add_image_hook_points()
-            self.setup()
+            self._register_image_hook_points()
             if fused:
                 set_fused(self, True)
+
+        def _register_image_hook_points(self) -> None:
+            self.setup()  # TL rebuilds hook_dict from the modules (as SAELens does)
 
         @classmethod
         def from_hooked_transformer(
@@ -69,20 +72,7 @@ if HAS_HOOKED_TRANSFORMER:
                 model: A plain ``HookedTransformer``.
                 fused: Turn the speed layer on (see the class).
             """
-            fused = check_fused_flag(fused)
-            if isinstance(model, cls):
-                set_fused(model, fused)
-                return model
-            if type(model) is not HookedTransformer:
-                raise TypeError(
-                    f"can only convert a plain HookedTransformer, got {type(model).__name__}"
-                )
-            model.__class__ = cls
-            model._add_image_hook_points()
-            model.setup()
-            if fused:
-                set_fused(model, True)
-            return model
+            return cls._converted(model, HookedTransformer, fused)
 
         def logits_at(
             self, batch: MultimodalInput, rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]

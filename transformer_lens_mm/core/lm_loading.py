@@ -45,6 +45,7 @@ def load_hooked_transformer(
     dtype: torch.dtype = torch.float32,
     hf_model: Any = None,
     tokenizer: Any = None,
+    **model_kwargs: Any,
 ) -> Any:
     """Load a ``HookedTransformer`` (TL 3.x) from a hub name or a local Hugging Face folder.
 
@@ -55,6 +56,7 @@ def load_hooked_transformer(
         dtype: Weight dtype.
         hf_model: An already loaded Hugging Face model with these weights.
         tokenizer: A tokenizer (default: loaded from ``name_or_dir``).
+        **model_kwargs: For ``cls``'s constructor (e.g. ``fused=False``).
 
     Returns:
         The model, in eval mode, with unprocessed weights.
@@ -87,7 +89,7 @@ def load_hooked_transformer(
         cfg_dict = loading.convert_hf_model_config(str(link))
         cfg = HookedTransformerConfig(**cfg_dict, dtype=dtype, device=str(device or "cpu"))
         state = loading.get_pretrained_state_dict(str(link), cfg, hf_model=hf_model, dtype=dtype)
-    model = cls(cfg, tokenizer, move_to_device=False)
+    model = cls(cfg, tokenizer, move_to_device=False, **model_kwargs)
     model.load_and_process_state_dict(
         state,
         fold_ln=False,

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -50,9 +51,9 @@ def _as_model(
     if api == "hooked":
         require_hooked_transformer("api='hooked'")
         model = load_hooked_transformer(
-            lm, cls=HookedMultimodalTransformer, device=device, dtype=dtype
+            lm, cls=HookedMultimodalTransformer, device=device, dtype=dtype, fused=fused
         )
-        set_fused(model, fused)
+        set_fused(model, fused)  # a hub name: TL's from_pretrained built it with the default
         return model
     return MultimodalTransformerBridge.from_bridge(
         load_bridge(lm, device=device, dtype=dtype), fused=fused
@@ -107,6 +108,8 @@ def from_parts(
     if api not in ("hooked", "bridge"):
         raise ValueError(f"api must be 'hooked' or 'bridge', got {api!r}")
     model = _as_model(lm, api, device, dtype, fused)
+    if isinstance(lm, (str, os.PathLike)):
+        model.lm_name = Path(lm).name if Path(lm).is_dir() else str(lm)
     if isinstance(encoder, str):
         encoder = ImageEncoder.from_timm(
             encoder, pretrained=encoder_pretrained, layer=encoder_layer

@@ -28,7 +28,7 @@ from transformer_lens_mm.core.images import ImageLike
 from transformer_lens_mm.core.layout import MultimodalInput, build_multimodal_input
 from transformer_lens_mm.core.paper import PROMPT
 from transformer_lens_mm.core.projection import ImageProjection, check_projection_shapes
-from transformer_lens_mm.fast.fusion import is_fused, set_fused
+from transformer_lens_mm.fast.fusion import check_fused_flag, is_fused, set_fused
 from transformer_lens_mm.fast.versions import HookPoint
 
 __all__ = ["MultimodalMixin"]
@@ -44,6 +44,7 @@ class MultimodalMixin:
         hook_image_embed: Hook point on the projected soft tokens.
         prompt: Default text prompt after the image tokens.
         prepend_bos: Whether a BOS token precedes the image tokens.
+        lm_name: What the language model is called (reports name it).
         last_input: The :class:`MultimodalInput` of the most recent multimodal call (for
             interactive use; the package's tools pass positions explicitly and never read it).
     """
@@ -56,6 +57,7 @@ class MultimodalMixin:
     hook_image_embed: HookPoint
     prompt: str
     prepend_bos: bool
+    lm_name: str
     last_input: MultimodalInput | None
     feature_cache: Any = None  # a FeatureCache once attach_feature_cache() was called
 
@@ -69,6 +71,27 @@ class MultimodalMixin:
         self.prepend_bos = False
         self.bos_token_id: int | None = None
         self.last_input = None
+        self.lm_name = str(getattr(self.cfg, "model_name", None) or "language model")
+
+    def _register_image_hook_points(self) -> None:
+        """Make the new hook points known to the TL model's hook registry (per TL API)."""
+
+    @classmethod
+    def _converted(cls, model: Any, base: type, fused: bool) -> Any:
+        """``model`` (a plain ``base``) converted in place into ``cls``: its class switched, the
+        image hook points added and registered, the speed layer set (no weight copy)."""
+        fused = check_fused_flag(fused)
+        if isinstance(model, cls):
+            set_fused(model, fused)
+            return model
+        if type(model) is not base:
+            raise TypeError(f"can only convert a plain {base.__name__}, got {type(model).__name__}")
+        model.__class__ = cls
+        model._add_image_hook_points()
+        model._register_image_hook_points()
+        if fused:
+            set_fused(model, True)
+        return model
 
     def attach_feature_cache(self, root: str | os.PathLike | None) -> Any:
         """Keep encoder features on disk under ``root`` (``None``: stop caching).

@@ -7,7 +7,9 @@ COCO). Images are read only when needed, so a bad file fails that item, not the 
 transform) that yields the images it could read together with the failures of the others.
 
 Example:
-    >>> data = CocoDataset("val2017", "captions_val2017.json", "instances_val2017.json")
+    >>> data = CocoDataset(  # doctest: +SKIP
+    ...     "val2017", "captions_val2017.json", "instances_val2017.json"
+    ... )
     >>> item = data[0]  # doctest: +SKIP
     >>> item.captions[0], item.categories  # doctest: +SKIP
     >>> masks = item.masks()  # {category: bool [H, W]}  # doctest: +SKIP

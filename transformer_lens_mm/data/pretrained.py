@@ -254,7 +254,7 @@ def load_demo_model(
     """SmolLM2-135M + EfficientNet-Lite0 + the shipped projection, ready for the analyses."""
     from transformer_lens_mm.core.loading import from_parts
 
-    return from_parts(
+    model = from_parts(
         lm=smollm2_folder(),
         encoder=efficientnet_lite0_encoder(),
         projection=demo_projection_path(),
@@ -262,3 +262,5 @@ def load_demo_model(
         device=device,
         fused=fused,
     )
+    model.lm_name = "SmolLM2-135M-Instruct (4-bit GGUF)"
+    return model

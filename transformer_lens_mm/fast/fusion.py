@@ -12,7 +12,7 @@ Each part runs only on the TransformerLens versions it was verified on
 (``versions.VERIFIED``); elsewhere asking for it warns once and TL's own code runs.
 
 Example:
-    >>> set_fused(torch.nn.Linear(2, 2), "yes")
+    >>> check_fused_flag("yes")
     Traceback (most recent call last):
     ...
     ValueError: fused must be True or False, got 'yes': ...

@@ -11,8 +11,8 @@ applied, the bridge's cached steps notice an empty cache and recompute the full 
 instead (correct, slower, with a warning).
 
 Example:
-    >>> [p.name for p in applied()]  # nothing is patched by importing the package
-    []
+    >>> KV_CACHE_PATCH.attribute, KV_CACHE_PATCH.part  # applied() lists it once applied
+    ('_update_kv_cache', 'kv_cache_patch')
 """
 
 from __future__ import annotations

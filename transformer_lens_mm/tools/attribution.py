@@ -46,7 +46,7 @@ Metric = Literal["logit", "logprob"]
 
 
 @contextlib.contextmanager
-def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+def frozen_parameters(model: LanguageModel) -> Iterator[None]:
     """Temporarily set ``requires_grad=False`` on every parameter (restored afterwards)."""
     modules = [model] + [
         m

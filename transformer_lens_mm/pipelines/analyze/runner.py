@@ -160,7 +160,7 @@ def run_analysis(
     if model.image_encoder is None:
         raise ConfigError("run_analysis reads images: the model needs an image encoder")
     if config.feature_cache:
-        model.attach_feature_cache(config.feature_cache)  # type: ignore[attr-defined]
+        model.attach_feature_cache(config.feature_cache)
     most = config.units_to_rank
     n_layers = len(config.layers) if config.layers is not None else int(model.cfg.n_layers)
     if most > n_layers * int(model.cfg.d_mlp):

@@ -25,7 +25,7 @@ def describe_model(model: MultimodalModel) -> dict[str, Any]:
     encoder = model.image_encoder
     return {
         "api": type(model).__name__,
-        "lm": str(getattr(model.cfg, "model_name", None) or "unnamed language model"),
+        "lm": model.lm_name,
         "n_layers": int(model.cfg.n_layers),
         "d_model": int(model.cfg.d_model),
         "d_mlp": int(model.cfg.d_mlp),
