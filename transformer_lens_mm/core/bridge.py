@@ -15,14 +15,21 @@ import warnings
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.model_bridge import TransformerBridge
+from transformers import modeling_utils as _modeling_utils
 
+from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.mixin import MultimodalMixin
 from transformer_lens_mm.fast.patches import KV_CACHE_PATCH
 
 __all__ = ["MultimodalTransformerBridge"]
+
+# Hugging Face forward -> the names of its parameters (read once per class)
+_PARAMETERS: dict[Any, frozenset[str]] = {}
+# transformers >= 5 slices logits_to_keep=[batch, n] per row (older: one list for every row)
+_PER_ROW_KEEP = hasattr(_modeling_utils, "slice_logits_to_keep")
 
 
 class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
@@ -67,13 +74,37 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
 
     def _hf_accepts(self, name: str) -> bool:
         """Whether the wrapped Hugging Face model's ``forward`` takes the keyword ``name``."""
-        forward = getattr(getattr(self, "original_model", None), "forward", None)
+        forward = getattr(type(getattr(self, "original_model", None)), "forward", None)
         if forward is None:
             return False
-        try:
-            return name in inspect.signature(forward).parameters
-        except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
-            return False
+        if forward not in _PARAMETERS:
+            try:
+                _PARAMETERS[forward] = frozenset(inspect.signature(forward).parameters)
+            except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+                _PARAMETERS[forward] = frozenset()
+        return name in _PARAMETERS[forward]
+
+    def logits_at(
+        self, batch: MultimodalInput, rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]
+    ) -> Float[Tensor, "n d_vocab"]:
+        """Logits at ``(rows[i], positions[i])`` only: Hugging Face's ``logits_to_keep`` slices
+        the final hidden states before the unembedding (one position per row when each row is
+        asked once, else the union of the positions), so the unembedding of every other
+        position is skipped in the forward and in the backward. A full forward where the model
+        does not take ``logits_to_keep``."""
+        if not self._hf_accepts("logits_to_keep"):
+            return self(batch)[rows, positions]
+        n = len(batch)
+        rows, positions = rows.to(batch.tokens.device), positions.to(batch.tokens.device)
+        if (
+            _PER_ROW_KEEP
+            and rows.shape[0] == n
+            and bool((rows == torch.arange(n, device=rows.device)).all())
+        ):
+            return self(batch, logits_to_keep=positions[:, None])[:, 0]
+        keep = torch.unique(positions)  # sorted
+        logits = self(batch, logits_to_keep=keep)
+        return logits[rows, torch.searchsorted(keep, positions)]
 
     def kv_first_step(
         self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]

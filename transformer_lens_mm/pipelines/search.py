@@ -42,7 +42,6 @@ from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.paper import DECODED_TOKENS, MIN_WORDS, TOP_K
 from transformer_lens_mm.tools.attribution import Attribution, attribute
 from transformer_lens_mm.tools.decoding import decode_unit_table
-from transformer_lens_mm.tools.spatial import image_mlp_activations
 from transformer_lens_mm.tools.targets import (
     NounFinder,
     Target,
@@ -76,7 +75,7 @@ class SearchSettings:
     min_words: int = MIN_WORDS  # interpretability filter: dictionary words among them
     max_new_tokens: int = 20  # caption length limit
     noun_finder: NounFinder | None = None  # None: spaCy if installed, else the lexicon
-    maps: bool = True  # each top-k row's patch map (one more forward per batch)
+    maps: bool = True  # each top-k row's patch map (recorded by the attribution forward)
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_tokens < 1 or self.max_new_tokens < 1:
@@ -164,6 +163,7 @@ def search_batch(
     prompts: str | Sequence[str] | None = None,
     unreadable: Sequence[tuple[int, Hashable, str]] = (),
     settings: SearchSettings | None = None,
+    decoded: dict | None = None,
 ) -> BatchSearch:
     """The paper's search on one batch: caption -> first noun -> attribution -> top-k.
 
@@ -179,6 +179,9 @@ def search_batch(
         unreadable: ``(index, id, why)`` of items that could not even be loaded (recorded
             as failure rows after the others).
         settings: What to compute (:class:`SearchSettings`; default the paper's).
+        decoded: A decoding cache shared by the batches of one run (a unit seen in an
+            earlier batch is not decoded again; see
+            :func:`~transformer_lens_mm.tools.decoding.decode_unit_table`).
 
     Returns:
         A :class:`BatchSearch`: the ``items`` and ``units`` tables (schema in the module
@@ -222,8 +225,8 @@ def search_batch(
     if not indices:
         return BatchSearch(items=pd.DataFrame(failure_rows), units=pd.DataFrame())
     assert pixel_values is not None
-    if model.image_encoder is not None:
-        pixel_values = pixel_values.to(model.image_encoder.device)
+    # the encoder runs once per image: every later input of this batch carries its features
+    features = model.encode_pixels(pixel_values)
 
     tokenizer = model.tokenizer
     eos = tokenizer.eos_token_id
@@ -236,7 +239,7 @@ def search_batch(
         if captions is None:
             caps = generate_captions(
                 model,
-                pixel_values=pixel_values,
+                image_features=features,
                 prompts=prompts,
                 max_new_tokens=settings.max_new_tokens,
             )
@@ -260,7 +263,7 @@ def search_batch(
 
     kept: list[Target] = [found[j] for j in keep]  # type: ignore[misc]
     item_prompts = [prompts[j] for j in keep] if isinstance(prompts, (list, tuple)) else prompts
-    base = model.prepare_inputs(pixel_values=pixel_values[keep], prompts=item_prompts)
+    base = model.prepare_inputs(image_features=features[keep], prompts=item_prompts)
     batch = target_inputs(model, base, kept)
     attr = attribute(
         model,
@@ -269,9 +272,11 @@ def search_batch(
         layers=settings.layers,
         top_k=settings.k,
         rank_units=settings.rank_units,
+        keep_maps=settings.maps,
     )
     assert attr.best_scores is not None
-    table = decode_unit_table(model, attr.top_k(attr.best_scores.shape[1]), k=settings.n_tokens)
+    n_rows = attr.best_scores.shape[1]
+    table = decode_unit_table(model, attr.top_k(n_rows), k=settings.n_tokens, cache=decoded)
     table["interpretable"] = [
         is_interpretable(t, min_words=settings.min_words) for t in table["tokens"]
     ]
@@ -279,17 +284,8 @@ def search_batch(
         any(same_word(tok, kept[i].token) for tok in toks)
         for i, toks in zip(table["image"], table["tokens"])
     ]
-    maps = None
-    if settings.maps:
-        layers = sorted(set(table["layer"].tolist()))
-        acts = image_mlp_activations(model, base, layers)  # [n, L, n_img, d_mlp]
-        slot = {layer: s for s, layer in enumerate(layers)}
-        maps = acts[
-            torch.tensor(table["image"].tolist()),
-            torch.tensor([slot[x] for x in table["layer"]]),
-            :,
-            torch.tensor(table["unit"].tolist()),
-        ]
+    # each row's unit over the image patches, recorded by the attribution's own forward
+    maps = attr.top_k_maps(n_rows) if settings.maps else None
     rows: list[Row] = [(ids[j], indices[j], t.token) for j, t in zip(keep, kept)]
     result.units = tag_rows(table, rows)
     result.maps = maps
@@ -378,7 +374,7 @@ def find_multimodal_neurons(
         maps=maps,
     )
     result = NeuronSearch(units=pd.DataFrame())
-    units, items, map_parts = [], [], []
+    units, items, map_parts, decoded = [], [], [], {}
     for start in tqdm(range(0, n, batch_size), disable=not verbose, desc="finding neurons"):
         idx = list(range(start, min(start + batch_size, n)))
         found = search_batch(
@@ -389,6 +385,7 @@ def find_multimodal_neurons(
             targets=None if targets is None else [targets[i] for i in idx],
             prompts=[prompts[i] for i in idx] if isinstance(prompts, (list, tuple)) else prompts,
             settings=settings,
+            decoded=decoded,
         )
         items.append(found.items)
         for row in found.items.itertuples():

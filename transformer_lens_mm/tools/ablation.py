@@ -207,7 +207,8 @@ def ablation_sweep(
 
     Random units are drawn from the same layers in the same numbers as the top-k set (seeded,
     ``n_random`` draws). All conditions are stacked along the batch dimension and run in
-    chunks of ``chunk_size`` rows.
+    chunks of ``chunk_size`` rows; the conditions that ablate nothing (k = 0, for top and
+    every random draw) share one forward per image.
 
     Args:
         model: A multimodal model.
@@ -256,25 +257,41 @@ def ablation_sweep(
                 rnd = random_like(top, n_layers, d_mlp, seed * 1_000_003 + i * 10_007 + k * 31 + d)
                 conditions.append((i, "random", k, d, rnd))
 
+    # every condition that ablates nothing (k = 0, top and each random draw) of an image is
+    # the same forward: run it once
+    runs: list[tuple[int, Tensor]] = []
+    run_of: list[int] = []
+    unablated: dict[int, int] = {}
+    for i, _, _, _, units in conditions:
+        if not len(units) and i in unablated:
+            run_of.append(unablated[i])
+            continue
+        if not len(units):
+            unablated[i] = len(runs)
+        run_of.append(len(runs))
+        runs.append((i, units))
+
     batch = batch.to(model.lm_device)
-    results = []
-    n_chunks = math.ceil(len(conditions) / chunk_size)
+    values: list[list[float]] = []
+    n_chunks = math.ceil(len(runs) / chunk_size)
     for c in tqdm(range(n_chunks), disable=not verbose, desc="ablation sweep"):
-        chunk = conditions[c * chunk_size : (c + 1) * chunk_size]
-        rows = [cond[0] for cond in chunk]
+        chunk = runs[c * chunk_size : (c + 1) * chunk_size]
+        rows = [i for i, _ in chunk]
         stacked = batch.select(rows)
         used = {
             layer: mask.to(stacked.tokens.device)
-            for layer, mask in per_row_masks(model, [cond[4] for cond in chunk]).items()
+            for layer, mask in per_row_masks(model, [units for _, units in chunk]).items()
         }
         hooks = ablation_hooks(model, used, mode=mode, positions=stacked.image_mask, means=means)
         with torch.no_grad():
             logits = last_position_logits(model, stacked, hooks)
             logit_c = logits[torch.arange(len(chunk)), tids[rows].to(logits.device)]
             logp_c = logit_c.float() - logits.float().logsumexp(-1)
-        values = torch.stack([logp_c.exp(), logit_c.float()], 1).cpu().tolist()
-        for r, cond in enumerate(chunk):
-            results.append((cond[0], cond[1], cond[2], cond[3], values[r][0], values[r][1]))
+        values += torch.stack([logp_c.exp(), logit_c.float()], 1).cpu().tolist()
+    results = [
+        (cond[0], cond[1], cond[2], cond[3], *values[run_of[j]])
+        for j, cond in enumerate(conditions)
+    ]
     table = pd.DataFrame(results, columns=["image", "kind", "k", "draw", "p_c", "logit_c"])
     base = table[table.k == 0].groupby("image")[["p_c", "logit_c"]].first()
     if len(base):

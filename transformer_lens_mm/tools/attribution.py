@@ -130,6 +130,7 @@ class Attribution:
     best_scores: Float[Tensor, "batch k"] | None = None  # top-k mode
     best_index: Int[Tensor, "batch k 3"] | None = None  # (layer slot, position slot, unit)
     best_activations: Float[Tensor, "batch k"] | None = None  # top-k mode
+    best_maps: Float[Tensor, "batch k n_pos"] | None = None  # keep_maps: each entry's unit
     best_units: Int[Tensor, "batch r 2"] | None = None  # rank_units: (layer, unit), best first
     best_unit_scores: Float[Tensor, "batch r"] | None = None  # their max score over positions
 
@@ -240,6 +241,27 @@ class Attribution:
             table["activation"] = acts.reshape(-1).numpy()
         return table
 
+    def top_k_maps(self, k: int = TOP_K) -> Float[Tensor, "rows n_pos"]:
+        """The activation ``Z`` of each :meth:`top_k` row's unit at every scored position (with
+        ``positions="image"``: its patch map), row for row with ``top_k(k)``.
+
+        From the attribution's own forward: in top-k mode it needs ``attribute(...,
+        keep_maps=True)``; in full mode the kept activations.
+        """
+        if self.scores is not None:
+            if self.activations is None:
+                raise ValueError(
+                    "top_k_maps needs the activations: attribute(..., keep_activations=True)"
+                )
+            _, index, _ = self._topk_index(k)
+            rows = torch.arange(len(self))[:, None].expand_as(index[..., 0])
+            maps = self.activations[rows, index[..., 0], :, index[..., 2]]  # [batch, k, n_pos]
+            return maps.reshape(-1, maps.shape[-1])
+        if self.best_maps is None:
+            raise ValueError("top_k_maps needs attribute(..., top_k=K, keep_maps=True)")
+        self._topk_index(k)  # checks k
+        return self.best_maps[:, :k].reshape(-1, self.best_maps.shape[-1])
+
     def to_numpy(self) -> dict[str, np.ndarray]:
         """All tensors as numpy arrays (``None`` fields left out)."""
         out = {"layers": np.asarray(self.layers)}
@@ -311,6 +333,7 @@ def attribute(
     top_k: int | None = None,
     rank_units: int | None = None,
     keep_activations: bool = True,
+    keep_maps: bool = False,
     fwd_hooks: HookList = (),
 ) -> Attribution:
     """Score every MLP unit ``k`` at every chosen position ``p``: ``Z_pk * dy_c/dZ_pk``.
@@ -328,6 +351,9 @@ def attribute(
             pairs by their max score over the positions (streamed, exact), for
             :meth:`Attribution.ranked_units` (e.g. the ablation sweep's k up to 6400).
         keep_activations: Also keep ``Z`` at the scored entries.
+        keep_maps: With ``top_k``, also keep each kept entry's unit at every scored position
+            (its patch map with ``positions="image"``: :meth:`Attribution.top_k_maps`), taken
+            from this forward (no second one).
         fwd_hooks: Extra hooks active during the forward (e.g. an ablation).
 
     Returns:
@@ -346,6 +372,11 @@ def attribute(
     rows = torch.arange(n, device=sel.device)[:, None]
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if keep_maps and top_k is None:
+        raise ValueError(
+            "keep_maps is for top_k mode; with the full tensor the maps are in activations "
+            "(Attribution.top_k_maps)"
+        )
     if rank_units is not None and (top_k is None or rank_units < 1):
         raise ValueError(
             f"rank_units={rank_units} needs top_k (with the full tensor use ranked_units()) and "
@@ -386,6 +417,12 @@ def attribute(
         vals, flat = score.reshape(n, -1).topk(k, dim=-1)
         idx = torch.stack([torch.full_like(flat, slot), flat // d_mlp, flat % d_mlp], -1)
         acts = a.reshape(n, -1).gather(1, flat)
+        # each candidate's unit at every scored position: [n, k, n_pos]
+        maps = (
+            a.gather(2, idx[..., 2][:, None, :].expand(-1, n_p, -1)).transpose(1, 2)
+            if keep_maps
+            else None
+        )
         if best:
             vals = torch.cat([best["scores"], vals], 1)
             idx = torch.cat([best["index"], idx], 1)
@@ -393,7 +430,12 @@ def attribute(
             vals, order = vals.topk(min(top_k, vals.shape[1]), dim=-1)
             idx = idx.gather(1, order[..., None].expand(-1, -1, 3))
             acts = acts.gather(1, order)
+            if maps is not None:
+                maps = torch.cat([best["maps"], maps], 1)
+                maps = maps.gather(1, order[..., None].expand(-1, -1, n_p))
         best.update(scores=vals, index=idx, acts=acts)
+        if maps is not None:
+            best["maps"] = maps
 
     def make_leaf(x: Tensor, hook: Any) -> Tensor:
         return x.detach().requires_grad_(True)
@@ -444,6 +486,7 @@ def attribute(
     else:
         attr.best_scores, attr.best_index = best["scores"].cpu(), best["index"].cpu()
         attr.best_activations = best["acts"].cpu() if keep_activations else None
+        attr.best_maps = to_host(best["maps"]) if "maps" in best else None
         if ranked:
             attr.best_units, attr.best_unit_scores = ranked["units"].cpu(), ranked["scores"].cpu()
     return attr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Float, Int
@@ -110,6 +111,7 @@ def decode_units(
             raise IndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
         by_layer.setdefault(resolve_layer(int(layer), int(model.cfg.n_layers)), []).append(i)
     results: dict[int, list[tuple[str, float]]] = {}
+    text: dict[int, str] = {}  # token id -> its string, decoded once
     for layer, idxs in by_layer.items():
         w_out = unit_output_weights(model, layer).detach()
         vecs = w_out[[int(units[i][1]) for i in idxs]].float()
@@ -120,7 +122,7 @@ def decode_units(
         probs, ids = logits.softmax(-1).topk(k, dim=-1)
         for row, i in enumerate(idxs):
             results[i] = [
-                (model.tokenizer.decode([int(t)]), float(p))
+                (text[t] if t in text else text.setdefault(t, model.tokenizer.decode([t])), p)
                 for t, p in zip(ids[row].tolist(), probs[row].tolist())
             ]
     out = [results[i] for i in range(len(units))]
@@ -128,25 +130,33 @@ def decode_units(
 
 
 def decode_unit_table(
-    model: LanguageModel, table: pd.DataFrame, *, k: int = DECODED_TOKENS
+    model: LanguageModel,
+    table: pd.DataFrame,
+    *,
+    k: int = DECODED_TOKENS,
+    cache: dict[tuple[int, int, int], list[str]] | None = None,
 ) -> pd.DataFrame:
     """``table`` with a ``tokens`` column: each row's unit decoded (:func:`decode_units`).
 
-    Each distinct ``(layer, unit)`` is decoded once, however many rows it has.
+    Each distinct ``(layer, unit)`` is decoded once, however many rows it has; with ``cache``
+    (a dict kept across calls, e.g. the batches of one run), once across calls too.
 
     Args:
-        model: The model whose weights decode the units.
+        model: The model whose weights decode the units (the cache assumes they stay the same).
         table: Rows with ``layer`` and ``unit`` (e.g. ``Attribution.top_k``).
         k: Tokens per unit (the paper: 10).
+        cache: ``(layer, unit, k) -> tokens``, filled as units are decoded.
 
     Returns:
         A copy of ``table`` with ``tokens``: the ``k`` decoded token strings, best first.
     """
+    cache = {} if cache is None else cache
     pairs = sorted(set(zip(table["layer"].tolist(), table["unit"].tolist())))
-    decoded = decode_units(model, pairs, k=k) if pairs else []
-    lookup = {pair: [t for t, _ in toks] for pair, toks in zip(pairs, decoded)}
+    todo = [pair for pair in pairs if (*pair, k) not in cache]
+    for pair, toks in zip(todo, decode_units(model, todo, k=k) if todo else []):
+        cache[(*pair, k)] = [t for t, _ in toks]
     out = table.copy()
-    out["tokens"] = [lookup[(layer, unit)] for layer, unit in zip(table["layer"], table["unit"])]
+    out["tokens"] = [cache[(int(la), int(u), k)] for la, u in zip(table["layer"], table["unit"])]
     return out
 
 
@@ -224,13 +234,19 @@ def decode_soft_prompts(
     )
     keep = vocab_mask(model, special_tokens=mask_special).to(sims.device)
     sims[:, ~keep] = float("-inf")
-    vals, ids = sims.topk(k, dim=-1)
-    rows = []
-    for i in range(vecs.shape[0]):
-        for r in range(k):
-            tid = int(ids[i, r])
-            rows.append((i, r, model.tokenizer.decode([tid]), tid, float(vals[i, r])))
-    return pd.DataFrame(rows, columns=["index", "rank", "token", "token_id", "cosine"])
+    vals, ids = (t.cpu() for t in sims.topk(k, dim=-1))
+    flat = ids.reshape(-1).tolist()
+    text = {tid: model.tokenizer.decode([tid]) for tid in set(flat)}  # each token decoded once
+    n = vecs.shape[0]
+    return pd.DataFrame(
+        {
+            "index": np.repeat(np.arange(n), k),
+            "rank": np.tile(np.arange(k), n),
+            "token": [text[tid] for tid in flat],
+            "token_id": flat,
+            "cosine": vals.reshape(-1).double().numpy(),
+        }
+    )
 
 
 def random_soft_prompts(
@@ -277,14 +293,12 @@ def soft_prompt_table(
     """
     embeds = embeds.detach().float()
     n, n_tok = embeds.shape[:2]
-    tables = []
-    for kind, vecs in (
-        ("image", embeds),
-        ("random", random_soft_prompts(embeds, n=n * n_tok, seed=seed)),
-    ):
-        table = decode_soft_prompts(model, vecs, k=k)
-        table.insert(0, "kind", kind)
-        table["image"] = table["index"] // n_tok
-        table["patch"] = table["index"] % n_tok
-        tables.append(table.drop(columns=["index"]))
-    return pd.concat(tables, ignore_index=True)
+    rnd = random_soft_prompts(embeds, n=n * n_tok, seed=seed).to(embeds.device)
+    # one decoding of both sets (W_E normalised once, one product)
+    both = decode_soft_prompts(model, torch.cat([embeds.reshape(-1, embeds.shape[-1]), rnd]), k=k)
+    is_random = both["index"] >= n * n_tok
+    index = both["index"] - np.where(is_random, n * n_tok, 0)
+    both.insert(0, "kind", np.where(is_random, "random", "image"))
+    both["image"] = index // n_tok
+    both["patch"] = index % n_tok
+    return both.drop(columns=["index"])

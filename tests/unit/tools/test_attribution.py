@@ -3,7 +3,6 @@
 import pytest
 import torch
 from helpers import APIS, build_model, load_hf, random_images
-from test_injection import hf_reference_logits  # noqa: F401  (same reference construction)
 
 from transformer_lens_mm import hook_names
 from transformer_lens_mm.core.lm_loading import default_api

@@ -82,6 +82,7 @@ def _analyse_batch(
     loaded: LoadedBatch,
     batch_index: int,
     config: AnalysisConfig,
+    decoded: dict,
 ) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor | None, dict[str, pd.DataFrame]]:
     """The search and the configured steps of one batch (seeded by the batch index)."""
     tables: dict[str, pd.DataFrame] = {}
@@ -100,6 +101,7 @@ def _analyse_batch(
             ),
             unreadable=loaded.failed,
             settings=_settings(config),
+            decoded=decoded,
         )
     if len(found):
         if config.wants("ablation"):
@@ -182,6 +184,7 @@ def run_analysis(
         desc=f"analyze[{rank}/{world}]" if world > 1 else "analyze",
         disable=not verbose,
     )
+    decoded: dict = {}  # unit decodings, shared by every batch of the run
     for s in range(0, len(todo), config.shard_batches):
         group = todo[s : s + config.shard_batches]
         indices = [i for b in group for i in range(b * bs, min((b + 1) * bs, n))]
@@ -195,7 +198,7 @@ def run_analysis(
             num_workers=config.num_workers,
         )
         for b, loaded in zip(group, loader):
-            it, un, mp, tb = _analyse_batch(model, data, loaded, b, config)
+            it, un, mp, tb = _analyse_batch(model, data, loaded, b, config, decoded)
             items.append(it)
             if len(un):
                 units.append(un)

@@ -114,7 +114,7 @@ def _search(
         rank_units=max(max(config.ks, default=0), config.k),
         max_new_tokens=config.max_new_tokens,
     )
-    searches, tables = [], []
+    searches, tables, decoded = [], [], {}
     for start in range(0, len(items), config.batch_size):
         chunk = items[start : start + config.batch_size]
         found = search_batch(
@@ -123,6 +123,7 @@ def _search(
             ids=[it.name for it in chunk],
             images=[it.image for it in chunk],
             settings=settings,
+            decoded=decoded,
         )
         searches.append(found)
         tables.append(found.items)
