@@ -73,3 +73,11 @@ def test_memory_script(api):
     out = run("memory.py", "--shape", "tiny", "--api", api, "--layers", "1", "2", "--repeats", "1")
     assert out.count("peak above weights") == 2, out
     assert "per layer: attribution" in out and "largest batch in 80 GB" in out, out
+
+
+@pytest.mark.parametrize("api", sorted({default_api(), "bridge"}))
+def test_analyze_floor_script(api):
+    out = run("analyze_floor.py", "--model", "tiny", "--api", api, "--repeats", "1")
+    assert "run / floor:" in out, out
+    for part in ("captions", "attribution (+ patch maps)", "ablation sweep", "report", "other"):
+        assert part in out, out

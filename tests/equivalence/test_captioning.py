@@ -111,3 +111,20 @@ def test_first_cached_step_unembeds_only_the_last_position(lm_dirs, api, kind, f
         full = model.lm_forward(batch.tokens, attention_mask=batch.attention_mask)
     assert logits.shape == (2, 1, full.shape[-1])
     torch.testing.assert_close(logits[:, -1], full[:, -1], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gptj", "llama"])
+def test_bridge_captioning_uses_the_cache_argument_transformers_asks_for(lm_dirs, kind):
+    """transformers 5 deprecates ``past_key_values=`` (a FutureWarning at every step)."""
+    import warnings
+
+    model = build_model(lm_dirs[kind], "bridge")
+    images = random_images(2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cached = generate_captions(model, images, max_new_tokens=4, stop_at_eos=False)
+    assert not [w for w in seen if "past_key_values" in str(w.message)]
+    uncached = generate_captions(
+        model, images, max_new_tokens=4, stop_at_eos=False, use_kv_cache=False
+    )
+    assert cached.tokens.tolist() == uncached.tokens.tolist()

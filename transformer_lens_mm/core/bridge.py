@@ -154,11 +154,18 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
             - tokens.shape[1]
             + torch.arange(tokens.shape[1], device=tokens.device)
         )
+        # transformers 5 names the cache argument `cache` (`past_key_values` still works, with
+        # a FutureWarning at every step); TL's bridge hands unknown keywords to HF's forward
+        cache = (
+            {"cache": state, "use_cache": True}
+            if self._hf_accepts("cache")
+            else {"past_key_values": state}
+        )
         logits, past = self.lm_forward(
             tokens,
             attention_mask=attention_mask,
-            past_key_values=state,
             position_ids=positions,
             return_type="logits_and_cache",
+            **cache,
         )
         return logits, past

@@ -158,6 +158,7 @@ def search_batch(
     ids: Sequence[Hashable] | None = None,
     images: Sequence[ImageLike] | None = None,
     pixel_values: Tensor | None = None,
+    image_features: Tensor | None = None,
     captions: Sequence[str] | None = None,
     targets: Sequence[int | str] | None = None,
     prompts: str | Sequence[str] | None = None,
@@ -172,7 +173,8 @@ def search_batch(
         indices: Position of each item in the data set (or input list).
         ids: Id of each item (default: its index).
         images: Raw images (unreadable ones are recorded as failures), or ...
-        pixel_values: ... preprocessed images ``[batch, 3, H, W]``.
+        pixel_values: ... preprocessed images ``[batch, 3, H, W]``, or ...
+        image_features: ... the encoder's output ``[batch, n_image_tokens, d_image]``.
         captions: Given captions (the data set's) instead of greedy ones; c = first noun.
         targets: Explicit targets (token ids or words) instead of caption nouns.
         prompts: One prompt, one per item, or ``None`` for the model's.
@@ -192,8 +194,8 @@ def search_batch(
     ids = list(indices) if ids is None else list(ids)
     if len(ids) != len(indices):
         raise ValueError(f"got {len(ids)} ids for {len(indices)} items: pass one per item")
-    if indices and (images is None) == (pixel_values is None):
-        raise ValueError("pass exactly one of images=... or pixel_values=...")
+    if indices and sum(x is not None for x in (images, pixel_values, image_features)) != 1:
+        raise ValueError("pass exactly one of images=..., pixel_values=... or image_features=...")
     n = len(indices)
     for name, given in (("captions", captions), ("targets", targets)):
         if given is not None and len(given) != n:
@@ -219,14 +221,14 @@ def search_batch(
         if readable:
             encoder = model.image_encoder
             if encoder is None:
-                raise RuntimeError("this model has no image encoder: pass pixel_values=...")
+                raise RuntimeError("this model has no image encoder: pass image_features=...")
             pixel_values = encoder.preprocess(pil)
     failure_rows = [_item_row(i, key, None, None, why) for i, key, why in failed]
     if not indices:
         return BatchSearch(items=pd.DataFrame(failure_rows), units=pd.DataFrame())
-    assert pixel_values is not None
     # the encoder runs once per image: every later input of this batch carries its features
-    features = model.encode_pixels(pixel_values)
+    features = image_features if pixel_values is None else model.encode_pixels(pixel_values)
+    assert features is not None
 
     tokenizer = model.tokenizer
     eos = tokenizer.eos_token_id

@@ -56,3 +56,24 @@ def test_planted_neuron_is_found_decoded_and_causal(planted, api):
     on_act = float(z[:, :8].min())
     _, cache = model.run_with_cache(off)
     assert cache["blocks.0.mlp.hook_post"][:, off.image_positions[0], UNIT].max() < 0.1 * on_act
+
+
+def test_the_search_step_finds_the_planted_neuron_from_features(planted):
+    from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
+
+    folder, proj, f = planted
+    model = from_parts(lm=folder, encoder=None, projection=proj)
+    found = search_batch(
+        model,
+        indices=[0, 1, 2],
+        image_features=planted_features(f, 3, on=True),
+        targets=["dog"] * 3,
+        settings=SearchSettings(k=3, maps=True),
+    )
+    best = found.units[found.units["rank"] == 0]
+    assert best[["layer", "unit"]].values.tolist() == [[0, UNIT]] * 3
+    assert best["tokens"].map(lambda t: t[0].strip()).eq("dog").all()
+    assert best["decodes_to_target"].all()
+    # its patch map: high on the 8 patches that carry the feature, low elsewhere
+    maps = found.maps[best.index.to_numpy()]
+    assert (maps[:, :8].min(1).values > 10 * maps[:, 8:].abs().mean(1)).all()
