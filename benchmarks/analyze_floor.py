@@ -195,7 +195,7 @@ def run_floor(model, hf, data, config: dict, out: Path, parts: dict[str, float])
         last = batch.last_positions[:, None]
         logits = hf(inputs_embeds=e, attention_mask=batch.attention_mask, logits_to_keep=last)
         logits.logits[torch.arange(len(batch)), 0, tids].sum().backward()
-        t = tick("attribution", t)
+        t = tick("attribution (+ patch maps)", t)
         # the sweep's distinct conditions: k = 0 once, then top and random for each other k
         conditions = [i for i in range(len(batch)) for _ in range(1 + 2 * (n_ks - 1))]
         with torch.no_grad():

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 from collections.abc import Callable, Hashable, Sequence
@@ -34,6 +35,7 @@ from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
 __all__ = ["UnitCard", "unit_cards", "unit_map_png"]
 
 
+@functools.lru_cache(maxsize=4)
 def _lut(colorscale: str = "Inferno") -> np.ndarray:
     colours = sample_colorscale(colorscale, [i / 255 for i in range(256)], colortype="tuple")
     return (np.asarray(colours) * (255 if max(max(c) for c in colours) <= 1 else 1)).astype(
@@ -67,7 +69,8 @@ def unit_map_png(
         )
         out[edge] = (0, 255, 255)
     buf = io.BytesIO()
-    Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(buf, format="PNG")
+    # fast zlib level: a map is a few kB either way, and a report draws dozens of them
+    Image.fromarray(out.clip(0, 255).astype(np.uint8)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

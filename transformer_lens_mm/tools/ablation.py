@@ -83,6 +83,18 @@ def _position_mask(
     return mask.to(act.device)
 
 
+def _shared_span(positions: Tensor | None) -> tuple[int, int] | None:
+    """``(start, stop)`` when every row of a position mask is the same contiguous run."""
+    if positions is None or positions.ndim != 2 or not bool(positions.any()):
+        return None
+    first = positions[0]
+    where = first.nonzero().flatten()
+    start, stop = int(where[0]), int(where[-1]) + 1
+    if stop - start != len(where) or not bool((positions == first).all()):
+        return None
+    return start, stop
+
+
 def ablation_hooks(
     model: LanguageModel,
     units: Sequence[Unit] | dict[int, Bool[Tensor, "... d_mlp"]],
@@ -91,6 +103,7 @@ def ablation_hooks(
     positions: Bool[Tensor, "batch pos"] | None = None,
     means: dict[int, Float[Tensor, " d_mlp"]] | None = None,
     source: dict[int, Float[Tensor, "batch pos d_mlp"]] | None = None,
+    in_place: bool = False,
 ) -> list[tuple[str, Any]]:
     """Hooks that ablate ``units`` (for ``run_with_hooks``, ``hooks()``, captioning).
 
@@ -105,6 +118,9 @@ def ablation_hooks(
         means: Per layer, the mean activation of every unit (:func:`unit_means`).
         source: Per layer, activations ``[batch, pos, d_mlp]`` of the resampled input
             (e.g. ``cache[mlp_post(l)]`` of another image).
+        in_place: Zero the activation tensor itself where it needs no gradient (a hook that
+            saved it earlier, e.g. a cache, then sees the ablated values too); the sweep's
+            forwards use it. Default: a new tensor.
 
     Returns:
         A list of ``(hook name, hook function)``.
@@ -129,6 +145,8 @@ def ablation_hooks(
         if mode == "resample" and (source is None or layer not in source):
             raise ValueError(f"mode='resample' needs source[{layer}] activations of another input")
 
+    span = _shared_span(positions) if in_place and mode == "zero" else None
+
     def make(layer: int, unit_mask: Tensor):
         def hook(act: Tensor, hook: Any) -> Tensor:
             pos = _position_mask(model, act, positions)
@@ -136,6 +154,10 @@ def ablation_hooks(
                 return act
             um = unit_mask.to(act.device)
             um = um[:, None, :] if um.ndim == 2 else um[None, None, :]
+            if span is not None and not act.requires_grad and act.shape[1] == pos.shape[1]:
+                # every row ablates the same contiguous positions: one pass over them
+                act[:, span[0] : span[1]].mul_((~um).to(act.dtype))
+                return act
             sel = pos[:, :, None] & um
             if mode == "zero":
                 value = torch.zeros((), dtype=act.dtype, device=act.device)
@@ -282,7 +304,9 @@ def ablation_sweep(
             layer: mask.to(stacked.tokens.device)
             for layer, mask in per_row_masks(model, [units for _, units in chunk]).items()
         }
-        hooks = ablation_hooks(model, used, mode=mode, positions=stacked.image_mask, means=means)
+        hooks = ablation_hooks(
+            model, used, mode=mode, positions=stacked.image_mask, means=means, in_place=True
+        )
         with torch.no_grad():
             logits = last_position_logits(model, stacked, hooks)
             logit_c = logits[torch.arange(len(chunk)), tids[rows].to(logits.device)]

@@ -407,9 +407,17 @@ def attribute(
             pairs = pairs.gather(1, order[..., None].expand(-1, -1, 2))
         ranked.update(scores=vals, units=pairs)
 
+    # the same contiguous positions in every row (image positions of a right-padded batch):
+    # slices instead of gathers
+    contiguous = bool((sel == sel[:1]).all()) and bool((sel[0].diff() == 1).all())
+    span = slice(int(sel[0, 0]), int(sel[0, -1]) + 1) if contiguous and sel.numel() else None
+
+    def pick(x: Tensor) -> Tensor:
+        return x[:, span] if span is not None else x[rows, sel]
+
     def consume(slot: int, act: Tensor, grad: Tensor) -> None:
-        a = act[rows, sel].float()
-        score = a * grad[rows, sel].float()
+        a = pick(act).float()
+        score = a * pick(grad).float()
         if rank_units is not None:
             keep_units(slot, score)
         n_p = sel.shape[1]
@@ -453,12 +461,12 @@ def attribute(
             # Full tensor: Z goes straight into its slot of the result and is multiplied by
             # its gradient there in place, so no copy of the activations waits for the
             # backward besides the result itself (with frozen weights, autograd keeps none).
-            full[:, slot] = act.detach()[rows, sel]
+            full[:, slot] = pick(act.detach())
             if full_acts is not None:
                 full_acts[:, slot] = full[:, slot]
 
             def score(grad: Tensor) -> None:
-                full[:, slot].mul_(grad[rows, sel])
+                full[:, slot].mul_(pick(grad))
                 scored.add(slot)
 
             act.register_hook(score)

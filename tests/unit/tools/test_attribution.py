@@ -212,3 +212,17 @@ def test_a_layer_whose_activations_get_no_gradient_scores_zero(lm_dirs, api):
     torch.testing.assert_close(
         ranked.best_scores[0], attr.scores[:, :last].reshape(-1).sort(descending=True).values
     )
+
+
+def test_scattered_and_per_row_positions_equal_the_all_position_scores(lm_dirs):
+    model = build_model(lm_dirs["llama"], "bridge")
+    batch = model.prepare_inputs(random_images(2), prompts=["A picture of", "A photo of a big"])
+    every = attribute(model, batch, [12, 13], positions="all")
+    picked = torch.tensor([5, 2, 9])  # not contiguous, not sorted
+    some = attribute(model, batch, [12, 13], positions=picked)
+    torch.testing.assert_close(some.scores, every.scores[:, :, picked])
+    per_row = torch.tensor([[0, 1, 2], [3, 4, 6]])
+    rows = attribute(model, batch, [12, 13], positions=per_row, top_k=20)
+    ref = every.scores[torch.arange(2)[:, None], :, per_row].transpose(1, 2)
+    want = ref.reshape(2, -1).topk(20, dim=-1).values
+    torch.testing.assert_close(rows.best_scores, want)
