@@ -128,3 +128,40 @@ def test_bridge_captioning_uses_the_cache_argument_transformers_asks_for(lm_dirs
         model, images, max_new_tokens=4, stop_at_eos=False, use_kv_cache=False
     )
     assert cached.tokens.tolist() == uncached.tokens.tolist()
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_prompt_hooks_run_on_the_first_cached_step_only(lm_dirs, api):
+    model = build_model(lm_dirs["gptj"], api)
+    images = random_images(2)
+    calls = []
+
+    def zero_image_units(act, hook):
+        calls.append(act.shape[1])
+        act = act.clone()
+        act[:, :16, :8] = 0  # the 16 image positions come first
+        return act
+
+    hook = [(hook_names.mlp_post(0), zero_image_units)]
+    on_prompt = generate_captions(
+        model, images, max_new_tokens=5, stop_at_eos=False, prompt_hooks=hook
+    )
+    assert len(calls) == 1  # the prompt step; the 4 cached steps see one new position each
+    calls.clear()
+    throughout = generate_captions(
+        model,
+        images,
+        max_new_tokens=5,
+        stop_at_eos=False,
+        fwd_hooks=[
+            (
+                hook_names.mlp_post(0),
+                lambda a, hook: zero_image_units(a, hook) if a.shape[1] > 1 else a,
+            )
+        ],
+    )
+    assert len(calls) == 1 and on_prompt.tokens.tolist() == throughout.tokens.tolist()
+    uncached = generate_captions(
+        model, images, max_new_tokens=5, stop_at_eos=False, prompt_hooks=hook, use_kv_cache=False
+    )
+    assert uncached.tokens.tolist() == on_prompt.tokens.tolist()  # every step recomputes

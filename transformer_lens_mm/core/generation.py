@@ -13,9 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -106,6 +108,7 @@ def generate_captions(
     eos_token_id: int | None = None,
     use_kv_cache: bool = True,
     fwd_hooks: HookList = (),
+    prompt_hooks: HookList = (),
     verbose: bool = False,
 ) -> Captions:
     """Caption images with a multimodal model (either TransformerLens API).
@@ -128,6 +131,11 @@ def generate_captions(
         use_kv_cache: Use the KV cache (same result as recomputing the full sequence).
         fwd_hooks: ``(name, fn)`` hooks active during the whole generation. With the KV cache,
             steps after the first see only the new position.
+        prompt_hooks: Hooks that act on the prompt only (e.g. an ablation at the image
+            positions): with the KV cache they run on the first step and are removed for the
+            later ones, which see only new positions; without it, on every step (each one
+            recomputes the prompt). Same captions as passing them in ``fwd_hooks``, without the
+            cost of calling them at every later step.
         verbose: Show a progress bar over the generated tokens.
 
     Returns:
@@ -165,15 +173,22 @@ def generate_captions(
     n = len(batch)
     finished = torch.zeros(n, dtype=torch.bool, device=batch.tokens.device)
     new_tokens: list[Tensor] = []
+
+    def on_prompt() -> contextlib.AbstractContextManager[Any]:
+        return (
+            model.hooks(fwd_hooks=list(prompt_hooks)) if prompt_hooks else contextlib.nullcontext()
+        )
+
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        model.last_input = batch
-        image_embeds = model.embed_images(batch)
-        with model.inject_images(image_embeds, batch):
-            if use_kv_cache:
-                logits, state = model.kv_first_step(batch.tokens, batch.attention_mask)
-                use_kv_cache = state is not None  # None: this backend's cache is unusable
-            else:
-                logits = model.lm_forward(batch.tokens, attention_mask=batch.attention_mask)
+        with on_prompt():
+            model.last_input = batch
+            image_embeds = model.embed_images(batch)
+            with model.inject_images(image_embeds, batch):
+                if use_kv_cache:
+                    logits, state = model.kv_first_step(batch.tokens, batch.attention_mask)
+                    use_kv_cache = state is not None  # None: this backend's cache is unusable
+                else:
+                    logits = model.lm_forward(batch.tokens, attention_mask=batch.attention_mask)
         current = batch
         for step in tqdm(range(max_new_tokens), disable=not verbose, desc="captioning"):
             nxt = sample_next_token(
@@ -194,7 +209,7 @@ def generate_captions(
             if use_kv_cache:
                 logits, state = model.kv_next_step(nxt[:, None], current.attention_mask, state)
             else:
-                with model.inject_images(image_embeds, current):
+                with on_prompt(), model.inject_images(image_embeds, current):
                     logits = model.lm_forward(current.tokens, attention_mask=current.attention_mask)
 
     tokens = torch.stack(new_tokens, 1)

@@ -398,5 +398,6 @@ def captions_under_ablation(
             padding_side="left",
         )
     hooks = ablation_hooks(model, units, mode=mode, means=means, positions=batch.image_mask)
-    extra = list(generate_kwargs.pop("fwd_hooks", ()))
-    return generate_captions(model, batch=batch, fwd_hooks=hooks + extra, **generate_kwargs)
+    # the ablation acts at the image positions: with the KV cache, on the first step only
+    extra = list(generate_kwargs.pop("prompt_hooks", ()))
+    return generate_captions(model, batch=batch, prompt_hooks=hooks + extra, **generate_kwargs)

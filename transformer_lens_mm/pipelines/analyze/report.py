@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,12 +94,17 @@ def analysis_report(
         )
         report.table(freq, max_rows=30)
         by_id = {data[i].id: data[i] for i in range(len(data))} if data is not None else {}
+
+        @functools.cache  # an image shown on several cards is read once
+        def image_of(item):
+            return by_id[item].image() if item in by_id else None
+
         report.section("Most frequent units")
         report.cards(
             unit_cards(
                 units,
                 maps if maps.ndim == 2 and maps.shape[0] == len(units) else None,
-                image_of=lambda item: by_id[item].image() if item in by_id else None,
+                image_of=image_of,
                 grid_size=grid_size,
                 n_cards=n_cards,
             )
