@@ -81,3 +81,16 @@ def test_dataset_experiments_example_on_a_cli_run(tmp_path):
     page = (tmp_path / "run" / "report.html").read_text()
     assert "Decodings vs captions" in page and "Spatial selectivity by category" in page
     assert "Captions under ablation" in page
+
+
+def _sae_lens_runs() -> bool:
+    from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
+
+    return HAS_HOOKED_TRANSFORMER and importlib.util.find_spec("sae_lens") is not None
+
+
+@pytest.mark.skipif(not _sae_lens_runs(), reason="SAELens runs on TransformerLens 3.x only")
+def test_sae_features_example(toy, tmp_path):
+    stdout = run("08_sae_features", "--toy", str(toy), "--out", str(tmp_path))
+    assert "image-position activations" in stdout and "strongest features" in stdout
+    assert (tmp_path / "sae_features.pt").is_file()

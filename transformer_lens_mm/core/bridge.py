@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -71,6 +72,29 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
             if module is not None:
                 module.to(*args, **kwargs)
         return self
+
+    def _lm_state_dict(self, keep_vars: bool) -> dict[str, Tensor]:
+        return TransformerBridge.state_dict(self, keep_vars=keep_vars)
+
+    def _load_lm_state_dict(
+        self, state: dict[str, Tensor], assign: bool
+    ) -> tuple[list[str], list[str]]:
+        keys = TransformerBridge.load_state_dict(self, state, strict=False, assign=assign)
+        return list(keys.missing_keys), list(keys.unexpected_keys)
+
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """The language model's parameters (TL: the Hugging Face model's) and the
+        projection's, not the frozen encoder's (as :meth:`state_dict`)."""
+        yield from TransformerBridge.named_parameters(self, prefix, recurse, remove_duplicate)
+        if self.image_projection is not None:
+            name = f"{prefix}.image_projection" if prefix else "image_projection"
+            yield from self.image_projection.named_parameters(name, recurse, remove_duplicate)
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]:
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
 
     def _hf_accepts(self, name: str) -> bool:
         """Whether the wrapped Hugging Face model's ``forward`` takes the keyword ``name``."""

@@ -6,17 +6,29 @@ instead (``MultimodalTransformerBridge``) or what to install (``transformer-lens
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from transformer_lens_mm.core.layout import MultimodalInput
-from transformer_lens_mm.core.mixin import MultimodalMixin
+from transformer_lens_mm.core.mixin import _VISION_PREFIXES, MultimodalMixin
 from transformer_lens_mm.fast.fusion import check_fused_flag, is_fused, set_fused
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
 
-__all__ = ["HookedMultimodalTransformer"]
+__all__ = ["HookedMultimodalTransformer", "is_sae_transformer"]
+
+
+def is_sae_transformer(model: Any) -> bool:
+    """Whether ``model`` is SAELens's ``HookedSAETransformer`` (checked without importing
+    SAELens: it is imported already where one exists)."""
+    return any(
+        c.__name__ == "HookedSAETransformer" and c.__module__.startswith("sae_lens")
+        for c in type(model).__mro__
+    )
+
 
 if HAS_HOOKED_TRANSFORMER:
     from transformer_lens import HookedTransformer
@@ -69,9 +81,17 @@ if HAS_HOOKED_TRANSFORMER:
             """Convert a built ``HookedTransformer`` in place (no weight copy) and return it.
 
             Args:
-                model: A plain ``HookedTransformer``.
+                model: A plain ``HookedTransformer`` (SAELens's ``HookedSAETransformer``:
+                    :class:`~transformer_lens_mm.core.sae.HookedMultimodalSAETransformer`, or
+                    ``from_parts``).
                 fused: Turn the speed layer on (see the class).
             """
+            if cls is HookedMultimodalTransformer and is_sae_transformer(model):
+                raise TypeError(
+                    "this is SAELens's HookedSAETransformer: convert it with "
+                    "transformer_lens_mm.core.sae.HookedMultimodalSAETransformer"
+                    ".from_hooked_transformer(model), or pass it to from_parts(lm=model, ...)"
+                )
             return cls._converted(model, HookedTransformer, fused)
 
         def logits_at(
@@ -100,6 +120,27 @@ if HAS_HOOKED_TRANSFORMER:
             if attention_mask is not None and is_fused(self) and bool(attention_mask.all()):
                 attention_mask = None
             return residual, tokens, shortformer_pos_embed, attention_mask
+
+        def _lm_state_dict(self, keep_vars: bool) -> dict[str, Tensor]:
+            state = HookedTransformer.state_dict(self, keep_vars=keep_vars)
+            return {k: v for k, v in state.items() if not k.startswith(_VISION_PREFIXES)}
+
+        def _load_lm_state_dict(
+            self, state: dict[str, Tensor], assign: bool
+        ) -> tuple[list[str], list[str]]:
+            keys = HookedTransformer.load_state_dict(self, state, strict=False, assign=assign)
+            missing = [k for k in keys.missing_keys if not k.startswith(_VISION_PREFIXES)]
+            return missing, list(keys.unexpected_keys)
+
+        def named_parameters(
+            self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+        ) -> Iterator[tuple[str, torch.nn.Parameter]]:
+            """The language model's parameters and the projection's, not the frozen
+            encoder's (as :meth:`state_dict`; those are ``model.image_encoder.parameters()``)."""
+            skip = f"{prefix}.image_encoder." if prefix else "image_encoder."
+            for name, param in super().named_parameters(prefix, recurse, remove_duplicate):
+                if not name.startswith(skip):
+                    yield name, param
 
         def _unembed_resid(self, resid: Tensor) -> Tensor:
             """``ln_final`` (if any) and the unembedding of a ``[batch, pos, d_model]`` residual."""

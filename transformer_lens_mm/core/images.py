@@ -20,11 +20,12 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["ImageLike", "to_rgb_image", "to_rgb_images"]
 
-#: One image: a PIL image, a path to an image file, a ``uint8`` array ``[H, W]``/``[H, W, C]``,
+#: One image: a PIL image, a path to an image file, a ``uint8`` (or ``uint16``) array
+#: ``[H, W]``/``[H, W, C]``,
 #: or a float tensor/array with values in ``[0, 1]`` shaped ``[C, H, W]`` (tensor) or
 #: ``[H, W, C]`` (array).
 ImageLike = Union[  # noqa: UP007 (a runtime alias on Python 3.10)
@@ -56,15 +57,61 @@ def _from_array(arr: np.ndarray, channels_first: bool) -> Image.Image:
         arr = np.round(arr * 255.0).astype(np.uint8)
     elif arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
+    elif arr.dtype == np.uint16:  # 16-bit images (PNG, TIFF): the full range onto 0..255
+        arr = _rescale(arr, 65535)
     elif arr.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8, bool or float in [0, 1], got {arr.dtype}")
+        raise ValueError(
+            f"image arrays must be uint8, uint16, bool or float in [0, 1], got {arr.dtype}"
+        )
     return Image.fromarray(arr)
+
+
+def _rescale(arr: np.ndarray, full: float | int) -> np.ndarray:
+    """Values in ``[0, full]`` onto ``uint8`` ``[0, 255]`` (rounded)."""
+    return np.round(arr.astype(np.float64) * (255.0 / full)).clip(0, 255).astype(np.uint8)
+
+
+def _to_8_bit(image: Image.Image) -> Image.Image:
+    """A PIL image of a high-bit-depth mode as 8-bit grayscale, rescaled (PIL's own
+    ``convert`` clips: a 16-bit photo would come out white).
+
+    * ``I;16*``: 16-bit unsigned, 0..65535;
+    * ``I`` (32-bit integer, as some readers open 16-bit files): 0..255 as is, up to 65535 as
+      16-bit, else the whole 32-bit range;
+    * ``F`` (32-bit float): [0, 1] or [0, 255]; another range cannot be guessed.
+    """
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return Image.fromarray(_rescale(np.asarray(image, dtype=np.uint16), 65535))
+    arr = np.asarray(image)
+    lo, hi = float(arr.min()), float(arr.max())
+    if mode == "I":
+        if lo < 0:
+            raise ValueError(f"a 32-bit integer image with negative values ({lo:g}): {_HOW}")
+        full = 255 if hi <= 255 else 65535 if hi <= 65535 else 2**32 - 1
+        return Image.fromarray(_rescale(arr, full))
+    if lo < 0 or hi > 255 or not np.isfinite(arr).all():
+        raise ValueError(
+            f"a float image with values in [{lo:.3g}, {hi:.3g}]: scale it to [0, 1] (or pass "
+            "already-normalised tensors as pixel_values=...)"
+        )
+    return Image.fromarray(_rescale(arr, 1.0 if hi <= 1.0 else 255.0))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation applied (phone photos are
+    stored sideways with a tag saying so)."""
+    if image.getexif().get(0x0112, 1) in (0, 1):  # no tag, or already upright
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def to_rgb_image(image: ImageLike) -> Image.Image:
     """Convert one image to an RGB PIL image.
 
-    Grayscale, RGBA (composited on white), palette and other modes are converted.
+    Grayscale, RGBA (composited on white), palette and other modes are converted; 16-bit and
+    32-bit integer and float images are rescaled to 8 bits (not clipped); a file's EXIF
+    orientation is applied.
 
     Args:
         image: See :data:`ImageLike`.
@@ -103,6 +150,9 @@ def to_rgb_image(image: ImageLike) -> Image.Image:
     elif not isinstance(image, Image.Image):
         raise TypeError(f"cannot use an object of type {type(image).__name__} as an image: {_HOW}")
 
+    image = _upright(image)
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _to_8_bit(image)
     if image.mode == "RGB":
         return image
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):

@@ -60,6 +60,57 @@ class MultimodalInput:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    # TransformerLens helpers that take a token tensor read its shape and device
+    # (``transformer_lens.patching``): a MultimodalInput answers them from ``tokens``.
+    @property
+    def shape(self) -> torch.Size:
+        """``tokens.shape``: ``[batch, pos]``."""
+        return self.tokens.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.tokens.ndim
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokens.device
+
+    def size(self, dim: int | None = None) -> Any:
+        """``tokens.size(dim)``."""
+        return self.tokens.size() if dim is None else self.tokens.size(dim)
+
+    def str_tokens(self, tokenizer: Any) -> list[list[str]]:
+        """Readable labels of every position, per item: image positions as ``<img r,c>``
+        (row, column of the patch grid; ``<img i>`` without a grid), the other tokens decoded
+        (the placeholder id at the image positions would read as an end-of-text token).
+
+        Example:
+            >>> tok = type("Tok", (), {"decode": lambda self, ids: f"t{ids[0]}"})()
+            >>> batch = MultimodalInput(
+            ...     tokens=torch.tensor([[0, 0, 0, 0, 7]]),
+            ...     attention_mask=torch.ones(1, 5, dtype=torch.long),
+            ...     image_mask=torch.tensor([[True] * 4 + [False]]),
+            ...     prompts=["x"],
+            ...     grid_size=(2, 2),
+            ... )
+            >>> batch.str_tokens(tok)
+            [['<img 0,0>', '<img 0,1>', '<img 1,0>', '<img 1,1>', 't7']]
+        """
+        out = []
+        width = self.grid_size[1] if self.grid_size is not None else None
+        for row, mask in zip(self.tokens.tolist(), self.image_mask.tolist()):
+            labels, patch = [], 0
+            for tid, is_image in zip(row, mask):
+                if is_image:
+                    labels.append(
+                        f"<img {patch // width},{patch % width}>" if width else f"<img {patch}>"
+                    )
+                    patch += 1
+                else:
+                    labels.append(tokenizer.decode([tid]))
+            out.append(labels)
+        return out
+
     @property
     def n_image_tokens(self) -> int:
         return int(self.image_mask[0].sum()) if len(self) else 0

@@ -20,7 +20,7 @@ from torch import nn
 
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
 from transformer_lens_mm.core.encoders import ImageEncoder
-from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
+from transformer_lens_mm.core.hooked import HookedMultimodalTransformer, is_sae_transformer
 from transformer_lens_mm.core.lm_loading import default_api, load_bridge, load_hooked_transformer
 from transformer_lens_mm.core.projection import ImageProjection, load_projection
 from transformer_lens_mm.fast.fusion import check_fused_flag, set_fused
@@ -39,6 +39,10 @@ def _as_model(
     if HAS_HOOKED_TRANSFORMER:
         from transformer_lens import HookedTransformer
 
+        if isinstance(lm, HookedTransformer) and is_sae_transformer(lm):  # SAELens's class
+            from transformer_lens_mm.core.sae import HookedMultimodalSAETransformer
+
+            return HookedMultimodalSAETransformer.from_hooked_transformer(lm, fused=fused)
         if isinstance(lm, HookedTransformer):
             return HookedMultimodalTransformer.from_hooked_transformer(lm, fused=fused)
     if isinstance(lm, nn.Module):
@@ -79,8 +83,9 @@ def from_parts(
     """Build a multimodal model from a language model, an image encoder and a projection.
 
     Args:
-        lm: A ``HookedTransformer`` or ``TransformerBridge`` (converted in place), or a model
-            name / local Hugging Face folder to load.
+        lm: A ``HookedTransformer`` (SAELens's ``HookedSAETransformer`` too) or a
+            ``TransformerBridge`` (converted in place), or a model name / local Hugging Face
+            folder to load.
         encoder: An :class:`ImageEncoder`, a timm model name, or ``None`` (features only).
         projection: An :class:`ImageProjection`, a LiMBeR ``proj.ckpt``, or our saved folder.
         api: ``"hooked"`` (TL 3.x ``HookedTransformer``) or ``"bridge"`` (``TransformerBridge``)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from torch.nn.modules.module import _IncompatibleKeys
 
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.encoders import ImageEncoder
@@ -32,6 +33,14 @@ from transformer_lens_mm.fast.fusion import check_fused_flag, is_fused, set_fuse
 from transformer_lens_mm.fast.versions import HookPoint
 
 __all__ = ["MultimodalMixin"]
+
+#: the vision modules' attribute names, the projection first (always in the state dict)
+_VISION = ("image_projection", "image_encoder")
+_VISION_PREFIXES = tuple(f"{name}." for name in _VISION)
+
+
+def _has_backward_hooks(point: HookPoint) -> bool:
+    return bool(point._backward_hooks or point._backward_pre_hooks)
 
 
 class MultimodalMixin:
@@ -71,6 +80,7 @@ class MultimodalMixin:
         self.prepend_bos = False
         self.bos_token_id: int | None = None
         self.last_input = None
+        self.injecting: MultimodalInput | None = None  # the batch inject_images is writing
         self.lm_name = str(getattr(self.cfg, "model_name", None) or "language model")
 
     def _register_image_hook_points(self) -> None:
@@ -318,7 +328,12 @@ class MultimodalMixin:
             features = self.encode_pixels(batch.pixel_values)
         else:
             raise ValueError("the input holds neither pixel_values nor image_features")
-        features = self.hook_image_features(features.to(self.lm_device))
+        features = features.to(self.lm_device)
+        if _has_backward_hooks(self.hook_image_features) and torch.is_grad_enabled():
+            # the frozen encoder's output has no gradient of its own: a backward hook there
+            # (or run_with_cache(incl_bwd=True)) asks for one, so track it from here
+            features = features.detach().requires_grad_(True)
+        features = self.hook_image_features(features)
         embeds = self.hook_image_embed(projection(features))
         if embeds.shape[:2] != (len(batch), batch.n_image_tokens):
             raise ValueError(
@@ -334,24 +349,42 @@ class MultimodalMixin:
     ) -> Iterator[None]:
         """Context manager: while active, ``hook_embed`` outputs carry ``image_embeds``.
 
-        The hook only acts on calls whose ``[batch, pos]`` equals ``batch.tokens``'s, so later
-        KV-cache steps (one new position) pass through untouched. It runs before user hooks on
-        ``hook_embed``, which therefore see (and can edit) the injected embeddings.
+        The embeddings are written into the input of the module at ``hook_embed`` (a forward
+        pre-hook, registered first), so every hook on ``hook_embed`` sees (and can edit) the
+        injected embeddings, and so does whatever replaced that hook point (SAELens puts an
+        SAE there). Only calls whose ``[batch, pos]`` equals ``batch.tokens``'s are changed,
+        so later KV-cache steps (one new position) pass through. While active,
+        :attr:`injecting` is ``batch``.
         """
-        hook_point = self.hook_dict[hook_names.EMBED]  # type: ignore[attr-defined]
+        point = self._embed_point()
         rows, cols = batch.image_mask.nonzero(as_tuple=True)
         flat = image_embeds.reshape(-1, image_embeds.shape[-1])
 
-        def inject(_module: torch.nn.Module, _inputs: Any, output: Tensor) -> Tensor | None:
-            if output.shape[:2] != batch.tokens.shape:
+        def inject(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            x = args[0]
+            if x.shape[:2] != batch.tokens.shape:
                 return None
-            return output.index_put((rows, cols), flat.to(output.dtype))
+            return (x.index_put((rows, cols), flat.to(x.dtype)), *args[1:])
 
-        handle = hook_point.register_forward_hook(inject, prepend=True)
+        handle = point.register_forward_pre_hook(inject, prepend=True)
+        before, self.injecting = self.injecting, batch
         try:
             yield
         finally:
             handle.remove()
+            self.injecting = before
+
+    def _embed_point(self) -> torch.nn.Module:
+        """The module at ``hook_embed``: TL's hook point, or what replaced it (an SAE)."""
+        point = self.hook_dict.get(hook_names.EMBED)  # type: ignore[attr-defined]
+        if point is None:
+            point = getattr(self, hook_names.EMBED, None)
+        if not isinstance(point, torch.nn.Module):
+            raise RuntimeError(
+                f"{type(self).__name__} has no module at {hook_names.EMBED!r} to inject the "
+                "image tokens into"
+            )
+        return point
 
     def lm_forward(self, tokens: Int[Tensor, "batch pos"], *args: Any, **kwargs: Any) -> Any:
         """The plain language-model forward of the TL class (no image handling)."""
@@ -430,6 +463,69 @@ class MultimodalMixin:
                 batch.tokens, *args, attention_mask=batch.attention_mask, **kwargs
             )
 
+    # ----------------------------------------------------------------- state dicts
+    # One rule on both TL APIs: the state dict (and parameters()) hold the language model's
+    # tensors and the projection's; the frozen encoder's only when asked for (encoder=True).
+
+    def _lm_state_dict(self, keep_vars: bool) -> dict[str, Tensor]:
+        """The language model's own state dict, as its TL class writes it."""
+        raise NotImplementedError
+
+    def _load_lm_state_dict(
+        self, state: dict[str, Tensor], assign: bool
+    ) -> tuple[list[str], list[str]]:
+        """Load the language model's part; return ``(missing, unexpected)`` keys."""
+        raise NotImplementedError
+
+    def lm_state_dict(self, keep_vars: bool = False) -> dict[str, Tensor]:
+        """The language model's state dict alone (loads into a plain TL model of this kind)."""
+        return self._lm_state_dict(keep_vars)
+
+    def state_dict(self, *args: Any, encoder: bool = False, **kwargs: Any) -> Any:
+        """The language model's tensors and the projection's (``image_projection.*``); with
+        ``encoder=True`` also the frozen encoder's (``image_encoder.*``).
+
+        Inside a parent module (``destination``/``prefix`` given) the usual recursive
+        ``nn.Module`` semantics apply.
+        """
+        if args or kwargs.get("destination") is not None or kwargs.get("prefix"):
+            return super().state_dict(*args, **kwargs)  # type: ignore[misc]
+        keep_vars = bool(kwargs.get("keep_vars", False))
+        state = dict(self._lm_state_dict(keep_vars))
+        for name in _VISION if encoder else _VISION[:1]:
+            module = getattr(self, name)
+            if module is not None:
+                own = module.state_dict(keep_vars=keep_vars)
+                state.update({f"{name}.{k}": v for k, v in own.items()})
+        return state
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a state dict of :meth:`state_dict`'s layout: the language model's keys, the
+        projection's (required when ``strict``) and the encoder's (optional)."""
+        lm = {k: v for k, v in state_dict.items() if not k.startswith(_VISION_PREFIXES)}
+        missing, unexpected = self._load_lm_state_dict(lm, assign)
+        for name in _VISION:
+            module = getattr(self, name)
+            part = {
+                k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(f"{name}.")
+            }
+            if module is None:
+                unexpected += [f"{name}.{k}" for k in part]
+            elif part:
+                keys = module.load_state_dict(part, strict=False, assign=assign)
+                missing += [f"{name}.{k}" for k in keys.missing_keys]
+                unexpected += [f"{name}.{k}" for k in keys.unexpected_keys]
+            elif name == "image_projection":  # the encoder is optional (frozen, from elsewhere)
+                missing += [f"{name}.{k}" for k in module.state_dict()]
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: missing keys "
+                f"{missing}, unexpected keys {unexpected}. A plain language model's state dict "
+                "has no image_projection.*: load it with strict=False, or save the whole "
+                "model's with model.state_dict()."
+            )
+        return _IncompatibleKeys(missing, unexpected)
+
     # ----------------------------------------------------------------- TL entry points
     def run_with_cache(self, input: Any = None, *args: Any, **kwargs: Any) -> Any:
         """TransformerLens ``run_with_cache``; accepts ``images=...`` without a text input."""
@@ -438,6 +534,56 @@ class MultimodalMixin:
     def run_with_hooks(self, input: Any = None, *args: Any, **kwargs: Any) -> Any:
         """TransformerLens ``run_with_hooks``; accepts ``images=...`` without a text input."""
         return super().run_with_hooks(input, *args, **kwargs)  # type: ignore[misc]
+
+    def to_str_tokens(self, input: Any, *args: Any, **kwargs: Any) -> Any:
+        """TransformerLens's ``to_str_tokens``; a :class:`MultimodalInput` gets readable labels
+        for its image positions (``<img r,c>``), e.g. for circuitsvis attention patterns: a
+        list per item, or the one list of a single item."""
+        if isinstance(input, MultimodalInput):
+            labels = input.str_tokens(self.tokenizer)
+            return labels[0] if len(labels) == 1 else labels
+        return super().to_str_tokens(input, *args, **kwargs)  # type: ignore[misc]
+
+    def generate(self, input: Any = None, max_new_tokens: int = 10, **kwargs: Any) -> Any:
+        """TransformerLens's ``generate``; a :class:`MultimodalInput` (or ``images=...``)
+        is captioned with :func:`~transformer_lens_mm.core.generation.generate_captions`.
+
+        TL's keywords are honoured (``do_sample`` (TL's default: ``True``), ``temperature``,
+        ``top_k``, ``top_p``, ``stop_at_eos``, ``eos_token_id``, ``use_past_kv_cache``,
+        ``verbose``, ``return_type``: ``"input"``/``"tensor"`` give the prompt's tokens with
+        the new ones appended, ``"str"`` the captions); the multimodal path refuses what it
+        cannot do (``freq_penalty``, ``repetition_penalty``).
+        """
+        images = kwargs.pop("images", None)
+        if not isinstance(input, MultimodalInput) and images is None:
+            return super().generate(input, max_new_tokens, **kwargs)  # type: ignore[misc]
+        from transformer_lens_mm.core.generation import generate_captions
+
+        for name, neutral in (("freq_penalty", 0.0), ("repetition_penalty", 1.0)):
+            if kwargs.pop(name, neutral) not in (neutral, None):
+                raise ValueError(
+                    f"{name} is not supported for image inputs: call generate_captions "
+                    "(greedy or sampled) or generate on text"
+                )
+        return_type = kwargs.pop("return_type", "input")
+        kwargs.pop("prepend_bos", None)
+        kwargs.pop("padding_side", None)
+        if "use_past_kv_cache" in kwargs:
+            kwargs["use_kv_cache"] = kwargs.pop("use_past_kv_cache")
+        kwargs.setdefault("do_sample", True)  # TL's default
+        kwargs.setdefault("verbose", False)
+        caps = generate_captions(
+            self,  # type: ignore[arg-type]
+            images,
+            batch=input if isinstance(input, MultimodalInput) else None,
+            max_new_tokens=max_new_tokens,
+            **kwargs,
+        )
+        if return_type == "str":
+            return caps.texts
+        if return_type not in ("input", "tensor", "tokens"):
+            raise ValueError(f"return_type must be 'input', 'tensor' or 'str', got {return_type!r}")
+        return torch.cat([caps.input.tokens, caps.tokens.to(caps.input.tokens.device)], 1)
 
     # ----------------------------------------------------------------- convenience
     def generate_captions(self, images: Any = None, **kwargs: Any) -> Any:

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from transformer_lens_mm.core.atomic import atomic_write
-from transformer_lens_mm.core.errors import ProjectionShapeError
+from transformer_lens_mm.core.errors import CorruptWeightsError, ProjectionShapeError
 
 __all__ = [
     "ImageProjection",
@@ -215,6 +215,14 @@ class ImageProjection(nn.Linear):
                 d_model=d_model if d_model is not None else out_f,
                 source=source,
             )
+        for name, tensor in (("weight", weight), ("bias", bias)):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                n_nan, n_inf = int(tensor.isnan().sum()), int(tensor.isinf().sum())
+                raise CorruptWeightsError(
+                    f"{source}: '{name}' holds non-finite values ({n_nan} NaN, {n_inf} inf), "
+                    "which would reach every logit. The checkpoint is corrupt or diverged: "
+                    "re-download it, or resume training from an earlier checkpoint."
+                )
         cfg = config or ProjectionConfig(d_image=in_f, d_model=out_f)
         proj = cls(in_f, out_f, config=cfg, bias=bias is not None)
         proj.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

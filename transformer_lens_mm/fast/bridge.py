@@ -155,8 +155,14 @@ def _plain_dispatch() -> bool:
 
 
 def _unhooked(module: torch.nn.Module) -> bool:
-    """No hook of its own and not compiled: its call is its plain ``forward``."""
-    return not has_hooks(module) and getattr(module, "_compiled_call_impl", None) is None
+    """No hook of its own, not compiled, and its ``forward`` not wrapped on the instance (as
+    nnsight's tracing and other wrapping tools do): its call is its class's plain
+    ``forward``, so skipping the call (or calling what it wraps) changes nothing."""
+    return (
+        not has_hooks(module)
+        and getattr(module, "_compiled_call_impl", None) is None
+        and "forward" not in module.__dict__
+    )
 
 
 def _hook_call(self: Any, *args: Any, **kwargs: Any) -> Any:

@@ -108,3 +108,41 @@ def test_encoder_is_frozen_and_preprocesses_any_input(tmp_path):
     assert pixels.shape == (3, 3, 32, 32)
     with pytest.raises(ValueError, match="timm has no model"):
         ImageEncoder.from_timm("no_such_model_xyz")
+
+
+def test_a_16_bit_png_of_a_real_photo_equals_its_8_bit_version(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    photo = skimage_data.camera()  # a real 8-bit grayscale photograph
+    Image.fromarray(photo.astype(np.uint16) * 257).save(tmp_path / "deep.png")  # mode I;16
+    deep = to_rgb_image(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # a high-bit-depth file
+    plain = np.asarray(to_rgb_image(photo)).astype(int)
+    got = np.asarray(deep).astype(int)
+    assert np.abs(got - plain).max() <= 1 and abs(got.mean() - plain.mean()) < 0.5
+    # the same through a uint16 array and a 32-bit integer image
+    assert (
+        np.abs(np.asarray(to_rgb_image(photo.astype(np.uint16) * 257)).astype(int) - plain).max()
+        <= 1
+    )
+    as_int32 = Image.fromarray(photo.astype(np.int32) * 257)  # mode I
+    assert np.abs(np.asarray(to_rgb_image(as_int32)).astype(int) - plain).max() <= 1
+    floats = Image.fromarray(photo.astype(np.float32) / 255.0)  # mode F
+    assert np.abs(np.asarray(to_rgb_image(floats)).astype(int) - plain).max() <= 1
+    with pytest.raises(ValueError, match="scale it to"):
+        to_rgb_image(Image.fromarray(photo.astype(np.float32) * 4))
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    upright = np.zeros((20, 40, 3), dtype=np.uint8)  # wide, red on the left
+    upright[:, :10] = (255, 0, 0)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as a phone stores it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    seen = np.asarray(to_rgb_image(tmp_path / "phone.jpg"))
+    assert seen.shape == (20, 40, 3)  # upright: wide again
+    assert seen[:, :10, 0].mean() > 200 and seen[:, 30:, 0].mean() < 50  # red on the left

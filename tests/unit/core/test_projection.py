@@ -120,3 +120,22 @@ def test_bos_token_other_than_the_tokenizers_is_kept_in_the_config(lm_dirs, tmp_
     assert again.prepare_inputs(torch.rand(1, 3, 32, 32)).tokens[0, 0].item() == 1
     with pytest.raises(ValueError, match="not a single token"):
         build_model(lm_dirs["gptj"], "bridge", prepend_bos=True, bos_token="red blue")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_the_file(tmp_path, bad):
+    from transformer_lens_mm import CorruptWeightsError
+
+    weight = torch.zeros(4, 3)
+    weight[1, 2] = bad
+    torch.save({"weight": weight, "bias": torch.zeros(4)}, tmp_path / "proj.ckpt")
+    with pytest.raises(CorruptWeightsError, match=r"proj\.ckpt.*'weight' holds non-finite"):
+        load_projection(tmp_path / "proj.ckpt")
+    ImageProjection(3, 4).save(tmp_path / "ours")
+    from safetensors.torch import save_file
+
+    save_file(
+        {"weight": weight, "bias": torch.zeros(4)}, tmp_path / "ours" / "projection.safetensors"
+    )
+    with pytest.raises(CorruptWeightsError, match=r"projection\.safetensors"):
+        load_projection(tmp_path / "ours")
