@@ -77,9 +77,8 @@ def build_hf_lm(folder: Path, kind: str = "gptj", seed: int = 0, **overrides) ->
     folder.mkdir(parents=True, exist_ok=True)
     common = dict(vocab_size=len(WORDS), bos_token_id=0, eos_token_id=0, pad_token_id=1)
     if kind == "gptj":
-        cfg = GPTJConfig(
-            n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64, **{**common, **overrides}
-        )
+        base = dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64)
+        cfg = GPTJConfig(**{**base, **common, **overrides})
         model = GPTJForCausalLM(cfg)
     elif kind == "llama":
         cfg = LlamaConfig(

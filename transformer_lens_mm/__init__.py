@@ -23,6 +23,7 @@ Example:
 import transformer_lens_mm.core.hook_names as hook_names
 import transformer_lens_mm.core.paper as paper
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
+from transformer_lens_mm.core.clip_encoders import CLIPResNetEncoder
 from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
 from transformer_lens_mm.core.encoders import ImageEncoder
 from transformer_lens_mm.core.errors import (
@@ -35,10 +36,12 @@ from transformer_lens_mm.core.errors import (
     TLMMError,
 )
 from transformer_lens_mm.core.generation import Captions, generate_captions
+from transformer_lens_mm.core.hf_encoders import TransformersEncoder
 from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.loading import from_parts
 from transformer_lens_mm.core.projection import ImageProjection, ProjectionConfig, load_projection
+from transformer_lens_mm.core.recipes import RECIPES, Recipe, get_recipe
 from transformer_lens_mm.fast.fusion import is_fused, set_fused
 from transformer_lens_mm.pipelines.search import (
     BatchSearch,
@@ -73,8 +76,10 @@ from transformer_lens_mm.tools.words import is_interpretable
 __version__ = "0.1.0"
 
 __all__ = [
+    "RECIPES",
     "Attribution",
     "BatchSearch",
+    "CLIPResNetEncoder",
     "Captions",
     "ConfigError",
     "CorruptWeightsError",
@@ -91,9 +96,11 @@ __all__ = [
     "OutputExistsError",
     "ProjectionConfig",
     "ProjectionShapeError",
+    "Recipe",
     "SearchSettings",
     "TLMMError",
     "TrainingConfig",
+    "TransformersEncoder",
     "ablated",
     "ablation_curve",
     "ablation_hooks",
@@ -108,6 +115,7 @@ __all__ = [
     "first_noun",
     "from_parts",
     "generate_captions",
+    "get_recipe",
     "hook_names",
     "is_fused",
     "is_interpretable",

@@ -1,9 +1,17 @@
 """Frozen image encoders that return one feature vector per image patch.
 
-:class:`ImageEncoder` wraps any timm model. ViT/BEIT-like models give their final hidden state
-without the CLS/prefix tokens (``[batch, h*w, d_image]``); CNNs give their final feature map
-flattened in row-major order (a 7x7 map gives 49 tokens). ``grid_size`` keeps ``(h, w)`` so that
-later tools can draw per-patch maps over the image.
+:class:`ImageEncoder` is the one encoder interface (``preprocess``, ``forward``, ``transform``,
+``grid_size``, ``n_tokens``, ``d_image``, ``name``, ``layer``) and wraps any timm model.
+ViT/BEIT-like models give their final hidden state without the CLS/prefix tokens
+(``[batch, h*w, d_image]``); CNNs give their final feature map flattened in row-major order (a
+7x7 map gives 49 tokens), or one average-pooled token with ``pool="avg"``. ``grid_size`` keeps
+``(h, w)`` so that later tools can draw per-patch maps over the image.
+
+Other front ends are thin subclasses of it:
+:class:`~transformer_lens_mm.core.hf_encoders.TransformersEncoder` (transformers vision models,
+with their own image processors) and
+:class:`~transformer_lens_mm.core.clip_encoders.CLIPResNetEncoder` (OpenAI CLIP's ResNet towers
+without attention pooling, through open_clip).
 
 Example:
     >>> enc = ImageEncoder.from_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1)
@@ -38,6 +46,8 @@ class ImageEncoder(nn.Module):
         name: A name recorded in saved configs (defaults to timm's architecture name).
         data_config: timm data config (input size, mean, std, interpolation, crop); resolved
             from the model when not given.
+        pool: ``None`` (one token per cell of the feature map) or ``"avg"``: the map averaged
+            into one token (LiMBeR's ``nfrn50`` encoders).
 
     Attributes:
         grid_size: ``(h, w)`` of the patch grid.
@@ -52,8 +62,12 @@ class ImageEncoder(nn.Module):
         layer: int | None = None,
         name: str | None = None,
         data_config: dict[str, Any] | None = None,
+        pool: str | None = None,
     ) -> None:
         super().__init__()
+        if pool not in (None, "avg"):
+            raise ValueError(f"pool must be None or 'avg', got {pool!r}")
+        self.pool = pool
         if not hasattr(model, "forward_features"):
             raise TypeError(
                 f"{type(model).__name__} is not a timm model (no forward_features); build the "
@@ -64,10 +78,7 @@ class ImageEncoder(nn.Module):
                 f"{type(model).__name__} has no forward_intermediates, so layer={layer} cannot "
                 "be read; use layer=None (final features)"
             )
-        self.model = model.eval().requires_grad_(False)
-        self.layer = layer
         pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.name = name or pretrained_cfg.get("architecture") or type(model).__name__
         if data_config is None:
             data_config = dict(timm.data.resolve_model_data_config(model))
             # A ViT built with another img_size keeps its pretrained cfg's input size: follow the
@@ -75,18 +86,52 @@ class ImageEncoder(nn.Module):
             fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
             if fixed is not None and not getattr(model.patch_embed, "dynamic_img_size", False):
                 data_config["input_size"] = (data_config["input_size"][0], *map(int, fixed))
-        self.data_config = dict(data_config)
-        self.transform = timm.data.create_transform(**self.data_config, is_training=False)
+        patch_embed = getattr(model, "patch_embed", None)
+        self._setup(
+            model,
+            layer=layer,
+            name=name or pretrained_cfg.get("architecture") or type(model).__name__,
+            data_config=dict(data_config),
+            transform=timm.data.create_transform(**data_config, is_training=False),
+            fixed_size=getattr(patch_embed, "img_size", None) is not None
+            and not getattr(patch_embed, "dynamic_img_size", False),
+        )
+
+    def _setup(
+        self,
+        model: nn.Module,
+        *,
+        layer: int | None,
+        name: str,
+        data_config: dict[str, Any],
+        transform: Any,
+        fixed_size: bool,
+    ) -> None:
+        """What every front end shares: freeze ``model``, record how pixels are made
+        (``data_config["input_size"]`` is ``(channels, height, width)``), and probe one zero
+        image for ``d_image``, ``n_tokens`` and ``grid_size``."""
+        self.model = model.eval().requires_grad_(False)
+        self.layer = layer
+        self.name = name
+        self.data_config = data_config
+        self.transform = transform
+        self._fixed_size = fixed_size
         with torch.no_grad():
-            size = self.data_config["input_size"]
-            probe = self._features(torch.zeros(1, *size))
+            probe = self._features(torch.zeros(1, *self.data_config["input_size"]))
         self.d_image: int = int(probe.shape[-1])
         self.n_tokens: int = int(probe.shape[1])
         # _features sets self.grid_size
 
     @classmethod
     def from_timm(
-        cls, name: str, *, pretrained: bool = False, layer: int | None = None, **kwargs: Any
+        cls,
+        name: str,
+        *,
+        pretrained: bool = False,
+        layer: int | None = None,
+        pool: str | None = None,
+        data_config: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> ImageEncoder:
         """Create a timm model by name and wrap it.
 
@@ -94,6 +139,8 @@ class ImageEncoder(nn.Module):
             name: timm model name, e.g. ``"beit_large_patch16_224.in22k_ft_in22k"``.
             pretrained: Load timm's pretrained weights (needs the hub or a local cache).
             layer: See :class:`ImageEncoder`.
+            pool: See :class:`ImageEncoder`.
+            data_config: See :class:`ImageEncoder`.
             **kwargs: Passed to ``timm.create_model`` (e.g. ``img_size``).
 
         Example:
@@ -108,7 +155,7 @@ class ImageEncoder(nn.Module):
                     f"timm has no model called {name!r}; list names with timm.list_models()"
                 ) from err
             raise
-        return cls(model, layer=layer, name=name)
+        return cls(model, layer=layer, name=name, pool=pool, data_config=data_config)
 
     @property
     def device(self) -> torch.device:
@@ -128,10 +175,11 @@ class ImageEncoder(nn.Module):
                 pixel_values, indices=[self.layer], intermediates_only=True, output_fmt="NCHW"
             )[-1]
         if feats.ndim == 4:  # [batch, C, h, w] from CNNs and forward_intermediates
-            self.grid_size = (int(feats.shape[2]), int(feats.shape[3]))
-            return feats.flatten(2).transpose(1, 2)
+            return self._flatten_map(feats)
         if feats.ndim != 3:
             raise ValueError(f"unexpected encoder output of shape {tuple(feats.shape)}")
+        if self.pool == "avg":
+            raise ValueError(f"pool='avg' is for feature maps; {self.name} gives tokens")
         n_prefix = int(getattr(self.model, "num_prefix_tokens", 0))
         feats = feats[:, n_prefix:]
         grid = getattr(getattr(self.model, "patch_embed", None), "grid_size", None)
@@ -149,10 +197,21 @@ class ImageEncoder(nn.Module):
             )
         return feats
 
+    def _flatten_map(
+        self, feats: Float[Tensor, "batch channel h w"]
+    ) -> Float[Tensor, "batch n_tokens channel"]:
+        """A feature map as tokens in row-major order (``b d h w -> b (h w) d``), or averaged
+        into one token with ``pool="avg"``."""
+        if getattr(self, "pool", None) == "avg":
+            self.grid_size = (1, 1)
+            return feats.mean((2, 3))[:, None, :]
+        self.grid_size = (int(feats.shape[2]), int(feats.shape[3]))
+        return feats.flatten(2).transpose(1, 2)
+
     def preprocess(
         self, images: ImageLike | Sequence[ImageLike]
     ) -> Float[Tensor, "batch channel height width"]:
-        """Apply the encoder's timm eval transform to raw images.
+        """Apply the encoder's eval transform to raw images.
 
         Args:
             images: One image or a batch (see :data:`transformer_lens_mm.core.images.ImageLike`).
@@ -175,10 +234,8 @@ class ImageEncoder(nn.Module):
         if pixel_values.shape[0] == 0:
             raise ValueError("the batch of images is empty: pass at least one image")
         expected = tuple(self.data_config["input_size"])
-        fixed = getattr(getattr(self.model, "patch_embed", None), "img_size", None)
-        fixed = fixed is not None and not getattr(self.model.patch_embed, "dynamic_img_size", False)
         if pixel_values.shape[1] != expected[0] or (
-            fixed and tuple(pixel_values.shape[1:]) != expected
+            self._fixed_size and tuple(pixel_values.shape[1:]) != expected
         ):
             raise ValueError(
                 f"pixel_values have shape {tuple(pixel_values.shape[1:])} per image but the "

@@ -52,6 +52,8 @@ def encoder_fingerprint(encoder: Any) -> str:
         return cached
     h = hashlib.sha256(f"{getattr(encoder, 'name', type(encoder).__name__)}".encode())
     h.update(f"layer={getattr(encoder, 'layer', None)}".encode())
+    if getattr(encoder, "pool", None) is not None:  # the same weights read another way
+        h.update(f"pool={encoder.pool}".encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         h.update(name.encode())
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)  # 0-d buffers too

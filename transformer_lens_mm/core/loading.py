@@ -3,7 +3,7 @@
 Example:
     >>> model = from_parts(  # doctest: +SKIP
     ...     lm="EleutherAI/gpt-j-6b",
-    ...     encoder="beit_large_patch16_224.in22k_ft_in22k",
+    ...     recipe="limber-beit",  # LiMBeR's encoder, pixels, prompt and layout
     ...     projection="limber_weights/beit_linear/proj.ckpt",
     ...     api="bridge",
     ... )
@@ -23,6 +23,7 @@ from transformer_lens_mm.core.encoders import ImageEncoder
 from transformer_lens_mm.core.hooked import HookedMultimodalTransformer, is_sae_transformer
 from transformer_lens_mm.core.lm_loading import default_api, load_bridge, load_hooked_transformer
 from transformer_lens_mm.core.projection import ImageProjection, load_projection
+from transformer_lens_mm.core.recipes import Recipe, get_recipe
 from transformer_lens_mm.fast.fusion import check_fused_flag, set_fused
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
 
@@ -67,8 +68,9 @@ def _as_model(
 def from_parts(
     *,
     lm: Any,
-    encoder: ImageEncoder | str | None,
+    encoder: ImageEncoder | str | os.PathLike | None = None,
     projection: ImageProjection | str | os.PathLike,
+    recipe: str | Recipe | None = None,
     api: Literal["hooked", "bridge"] | None = None,
     prompt: str | None = None,
     prepend_bos: bool | None = None,
@@ -87,7 +89,13 @@ def from_parts(
             ``TransformerBridge`` (converted in place), or a model name / local Hugging Face
             folder to load.
         encoder: An :class:`ImageEncoder`, a timm model name, or ``None`` (features only).
+            With ``recipe``: ``None`` loads the recipe's encoder from the hub, a path a local
+            copy of it (see :meth:`~transformer_lens_mm.core.recipes.Recipe.build_encoder`).
         projection: An :class:`ImageProjection`, a LiMBeR ``proj.ckpt``, or our saved folder.
+        recipe: A LiMBeR set-up by name (``"limber-beit"``, ``"limber-beit-ft"``,
+            ``"limber-clip"``, ``"limber-nfrn50"``; :mod:`~transformer_lens_mm.core.recipes`):
+            fixes the encoder, its preprocessing, the token count, the prompt and BOS, and
+            checks the projection's width against it before anything is downloaded.
         api: ``"hooked"`` (TL 3.x ``HookedTransformer``) or ``"bridge"`` (``TransformerBridge``)
             when ``lm`` is a name/folder; default: ``"hooked"`` on TL 3.x, ``"bridge"`` on 4.x.
         prompt: Default prompt after the image tokens (default: the projection's, else
@@ -112,9 +120,23 @@ def from_parts(
     api = api or default_api()
     if api not in ("hooked", "bridge"):
         raise ValueError(f"api must be 'hooked' or 'bridge', got {api!r}")
+    if recipe is not None:
+        recipe = get_recipe(recipe)
+        source = "the projection"
+        if not isinstance(projection, ImageProjection):
+            source, projection = str(projection), load_projection(projection)
+        recipe.check_projection(projection.d_image, source=source)
+        if isinstance(encoder, ImageEncoder):
+            recipe.check_encoder(encoder)
+        else:
+            encoder = recipe.build_encoder(encoder, pretrained=encoder_pretrained)
+        prompt = recipe.prompt if prompt is None else prompt
+        prepend_bos = recipe.prepend_bos if prepend_bos is None else prepend_bos
     model = _as_model(lm, api, device, dtype, fused)
     if isinstance(lm, (str, os.PathLike)):
         model.lm_name = Path(lm).name if Path(lm).is_dir() else str(lm)
+    if isinstance(encoder, os.PathLike):
+        raise TypeError("a path as encoder= needs recipe= (which front end reads it)")
     if isinstance(encoder, str):
         encoder = ImageEncoder.from_timm(
             encoder, pretrained=encoder_pretrained, layer=encoder_layer

@@ -30,11 +30,15 @@ def _demo(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from transformer_lens_mm.pipelines.analyze import load_config, run_analysis
+    from transformer_lens_mm.pipelines.analyze import load_config, plan_run, run_analysis
 
     config = load_config(args.config)
     if args.out:
         config = dataclasses.replace(config, out=args.out)
+    if args.dry_run:
+        print("\n".join(plan_run(config)))
+        print("config OK (dry run: nothing loaded, nothing written)")
+        return 0
     run_analysis(config)
     return 0
 
@@ -64,6 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     analyze.add_argument("config", help="TOML or YAML config (see docs/analyze.md)")
     analyze.add_argument("--out", default=None, help="override the config's output folder")
+    analyze.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and print the plan; load no weights, read no data",
+    )
     analyze.set_defaults(run=_analyze)
     args = parser.parse_args(argv)
     try:

@@ -13,6 +13,7 @@ from transformer_lens_mm.pipelines.analyze.config import (
     load_config,
     load_dataset,
     load_model,
+    plan_run,
 )
 from transformer_lens_mm.pipelines.analyze.report import analysis_report
 from transformer_lens_mm.pipelines.analyze.runner import run_analysis
@@ -26,5 +27,6 @@ __all__ = [
     "load_model",
     "load_results",
     "load_table",
+    "plan_run",
     "run_analysis",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "load_config",
     "load_dataset",
     "load_model",
+    "plan_run",
 ]
 
 #: optional per-run tables (besides items/units/maps), each written per shard and merged, and
@@ -149,6 +150,94 @@ def load_dataset(spec: dict[str, Any]) -> Sequence[Item]:
 
         return SceneDataset(SceneSet(int(spec.get("n", 100)), seed=int(spec.get("seed", 0))))
     raise ConfigError(f"data.kind must be coco, folder, classes or scenes, got {kind!r}")
+
+
+#: [data] keys each kind reads, the paths among them
+_DATA_KEYS = {
+    "coco": ({"images", "captions", "instances"}, {"images", "captions", "instances"}),
+    "folder": ({"root", "captions"}, {"root", "captions"}),
+    "classes": ({"root"}, {"root"}),
+    "scenes": ({"n", "seed"}, set()),
+}
+
+
+def plan_run(config: AnalysisConfig) -> list[str]:
+    """Check a config without loading weights or reading data (``tlmm analyze --dry-run``):
+    every ``[model]`` key is a ``from_parts`` argument, the recipe, dtype, api and data kind
+    resolve; returns the plan as lines (files not yet on disk are flagged, not refused).
+
+    Raises:
+        ConfigError: a key or name that does not resolve, with the known ones.
+    """
+    import inspect
+
+    from transformer_lens_mm.core.loading import from_parts
+    from transformer_lens_mm.core.recipes import RECIPES
+
+    lines = [f"out: {config.out}"]
+
+    def path_note(value: Any) -> str:
+        return "" if Path(str(value)).exists() else "  (not on disk yet)"
+
+    data = dict(config.data)
+    kind = data.pop("kind", None)
+    if kind not in _DATA_KEYS:
+        raise ConfigError(f"data.kind must be one of {sorted(_DATA_KEYS)}, got {kind!r}")
+    keys, paths = _DATA_KEYS[kind]
+    if set(data) - keys:
+        raise ConfigError(
+            f"unknown [data] keys {sorted(set(data) - keys)} for kind={kind!r}; "
+            f"known: {sorted(keys)}"
+        )
+    lines.append(f"data: {kind}")
+    lines += [f"  {k} = {v}{path_note(v) if k in paths else ''}" for k, v in sorted(data.items())]
+    model = dict(config.model)
+    if model.pop("demo", False):
+        lines.append(
+            "model: the demo model (SmolLM2-135M + EfficientNet-Lite0 + shipped projection)"
+        )
+        return lines + _run_lines(config)
+    known = set(inspect.signature(from_parts).parameters)
+    if set(model) - known:
+        raise ConfigError(
+            f"unknown [model] keys {sorted(set(model) - known)}; known: {sorted(known)}"
+        )
+    for required in ("lm", "projection"):
+        if required not in model:
+            raise ConfigError(f"[model] needs {required!r} (or demo = true)")
+    if "dtype" in model and not isinstance(getattr(torch, str(model["dtype"]), None), torch.dtype):
+        raise ConfigError(f"[model] dtype {model['dtype']!r} is not a torch dtype (e.g. float16)")
+    if model.get("api") not in (None, "hooked", "bridge"):
+        raise ConfigError(f"[model] api must be 'hooked' or 'bridge', got {model['api']!r}")
+    where = "local folder" if Path(str(model["lm"])).is_dir() else "hub name"
+    lines.append(f"model: lm = {model['lm']} ({where})")
+    recipe = model.get("recipe")
+    if recipe is not None:
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; the recipes are {sorted(RECIPES)}")
+        r = RECIPES[recipe]
+        source = model.get("encoder") or f"{r.encoder} (from the hub)"
+        lines.append(
+            f"  recipe = {r.name}: encoder {source} [{r.kind}], {r.n_tokens} image tokens of "
+            f"{r.d_image} at {r.image_size} px, prompt {model.get('prompt', r.prompt)!r}, "
+            f"BOS {model.get('prepend_bos', r.prepend_bos)}; LiMBeR checkpoint {r.checkpoint}"
+        )
+    else:
+        lines.append(f"  encoder = {model.get('encoder')} (timm)")
+    lines.append(f"  projection = {model['projection']}{path_note(model['projection'])}")
+    for key in ("api", "dtype", "device", "prompt"):
+        if key in model:
+            lines.append(f"  {key} = {model[key]}")
+    return lines + _run_lines(config)
+
+
+def _run_lines(config: AnalysisConfig) -> list[str]:
+    skip = {"out", "data", "model"}
+    return ["run:"] + [
+        f"  {f.name} = {getattr(config, f.name)}"
+        for f in dataclasses.fields(config)
+        if f.name not in skip
+    ]
 
 
 def load_model(spec: dict[str, Any]) -> MultimodalModel:
