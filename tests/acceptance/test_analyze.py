@@ -277,3 +277,56 @@ def test_config_files_and_cli(tmp_path, capsys):
         load_config(bad)
     assert main(["analyze", str(tmp_path / "none.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_direct_scores_are_recorded_beside_the_attribution(lm_dirs, tmp_path):
+    """direct_scores = true: units.direct_score, units_direct and ranking_agreement equal
+    direct calls of the tools on the same inputs."""
+    from transformer_lens_mm.tools.direct import compare_rankings, direct_effect
+
+    model = build_model(lm_dirs["gptj"], default_api())
+    root = write_folder(tmp_path / "data", 4, bad=False)
+    cfg = AnalysisConfig(
+        **{**config(tmp_path / "out", root).__dict__, "batch_size": 4, "direct_scores": True}
+    )
+    run_analysis(cfg, model=model, verbose=False)
+    _, units, _ = load_results(cfg.out)
+    direct_top = load_table(cfg.out, "units_direct")
+    agreement = load_table(cfg.out, "ranking_agreement")
+
+    data = CaptionFolder(root)
+    base = model.prepare_inputs([data[i].image() for i in range(4)])
+    toks = [
+        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False)
+        for i in range(4)
+    ]
+    targets = targets_from_captions(model.tokenizer, toks)
+    batch = target_inputs(model, base, targets)
+    tids = [t.token_id for t in targets]
+    full = direct_effect(model, batch, tids)
+    ref_top = full.top_k(5)
+    assert direct_top["layer"].tolist() == ref_top["layer"].tolist()
+    assert direct_top["unit"].tolist() == ref_top["unit"].tolist()
+    assert direct_top["position"].tolist() == ref_top["position"].tolist()
+    np.testing.assert_allclose(direct_top["direct_score"], ref_top["score"], atol=1e-5)
+    # each attribution row's direct score: the full direct tensor at that entry
+    slot = {layer: i for i, layer in enumerate(full.layers)}
+    pos_slot = [{int(p): j for j, p in enumerate(full.positions[i])} for i in range(len(full))]
+    ref = [
+        float(
+            full.scores[
+                int(r.index),
+                slot[int(r.layer)],
+                pos_slot[int(r.index)][int(r.position)],
+                int(r.unit),
+            ]
+        )
+        for r in units.itertuples()
+    ]
+    np.testing.assert_allclose(units["direct_score"], ref, atol=1e-5)
+    attr = attribute(model, batch, tids, top_k=5)
+    ref_agree = compare_rankings(attr, full, k=5)
+    np.testing.assert_allclose(agreement["overlap"], ref_agree["overlap"])
+    np.testing.assert_allclose(agreement["unit_overlap"], ref_agree["unit_overlap"])
+    assert agreement["spearman_top"].between(-1, 1).all()
+    assert list(agreement["item"]) == list(units.drop_duplicates("item")["item"])

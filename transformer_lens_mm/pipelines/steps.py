@@ -9,7 +9,10 @@ returns a table in the search's schema (``item``, ``index``, ``target`` in front
 * :func:`ablation_captions_step`: captions regenerated with each image's top-k units zeroed,
   and with k random same-layer units;
 * :func:`soft_prompt_step`: the nearest vocabulary tokens of every soft-prompt vector and of
-  as many norm-matched random vectors.
+  as many norm-matched random vectors;
+* :func:`direct_score_step`: the gradient-free (MM_Neurons-style) score next to the paper's:
+  each top unit's direct score, each image's top-k by the direct score, and how the two
+  rankings agree (:mod:`~transformer_lens_mm.tools.direct`).
 
 Random draws are seeded by the caller (``tlmm analyze`` by the batch index), so a resumed or
 sharded run draws the same units.
@@ -31,10 +34,16 @@ from transformer_lens_mm.core.paper import SOFT_PROMPT_TOKENS
 from transformer_lens_mm.pipelines.search import BatchSearch, tag_rows
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
 from transformer_lens_mm.tools.decoding import soft_prompt_table
+from transformer_lens_mm.tools.direct import (
+    compare_rankings,
+    direct_effect,
+    direct_effect_weights,
+    spearman,
+)
 from transformer_lens_mm.tools.units import per_row_masks, random_units_like
 from transformer_lens_mm.tools.words import same_word
 
-__all__ = ["ablation_captions_step", "ablation_step", "soft_prompt_step"]
+__all__ = ["ablation_captions_step", "ablation_step", "direct_score_step", "soft_prompt_step"]
 
 
 def _require(found: BatchSearch) -> None:
@@ -161,3 +170,60 @@ def soft_prompt_step(
         same_word(tok, targets[i].token) for tok, i in zip(table["token"], table["image"])
     ]
     return tag_rows(table, rows)
+
+
+def direct_score_step(
+    model: MultimodalModel, found: BatchSearch
+) -> tuple[pd.Series, pd.DataFrame, pd.DataFrame]:
+    """The gradient-free score next to the paper's attribution, for one searched batch.
+
+    One no-grad forward of the attribution's inputs (the same layers and image positions).
+
+    Args:
+        model: The model the batch was searched on.
+        found: The batch's search (its attribution in top-k mode).
+
+    Returns:
+        ``(direct_score, units_direct, agreement)``: the direct score of each row of
+        ``found.units`` (same order); each image's top-k entries by the direct score (``rank``,
+        ``layer``, ``unit``, ``position``, ``direct_score``, ``activation``); one row per image
+        with ``overlap`` and ``unit_overlap`` of the two top-k sets, ``top_same``, and
+        ``spearman_top``: the rank correlation of the two scores over the attribution's top-k
+        entries.
+    """
+    _require(found)
+    attr = found.attribution
+    assert attr is not None and attr.best_scores is not None and found.inputs is not None
+    k = int(attr.best_scores.shape[1])
+    top = attr.top_k(k)
+    if "activation" not in top or len(top) != len(found.units):
+        raise ValueError("the search kept no activations: run it with the default settings")
+    coef = direct_effect_weights(model, attr.layers, attr.target_ids).cpu()  # [L, n, d_mlp]
+    slot = {layer: i for i, layer in enumerate(attr.layers)}
+    c = coef[
+        torch.tensor([slot[int(x)] for x in top["layer"]]),
+        torch.as_tensor(top["image"].to_numpy()),
+        torch.as_tensor(top["unit"].to_numpy()),
+    ]
+    score = torch.as_tensor(top["activation"].to_numpy()) * c.double()
+    direct_score = pd.Series(score.numpy(), index=found.units.index, name="direct_score")
+    direct = direct_effect(
+        model,
+        found.inputs,
+        attr.target_ids,
+        layers=attr.layers,
+        positions=attr.positions,
+        top_k=k,
+    )
+    units_direct = direct.top_k(k).rename(columns={"score": "direct_score"})
+    agreement = compare_rankings(attr, direct, k=k).drop(columns=["spearman"])
+    agreement["spearman_top"] = [
+        spearman(
+            torch.as_tensor(top["score"].to_numpy()[top["image"].to_numpy() == i]),
+            score[torch.as_tensor(top["image"].to_numpy() == i)],
+        )
+        if k > 1
+        else float("nan")
+        for i in range(len(found))
+    ]
+    return direct_score, tag_rows(units_direct, found.rows), tag_rows(agreement, found.rows)

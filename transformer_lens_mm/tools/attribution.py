@@ -35,9 +35,11 @@ from transformer_lens_mm.fast.host import to_host
 __all__ = [
     "Attribution",
     "attribute",
+    "check_layers",
     "frozen_parameters",
     "last_position_logits",
     "last_position_metric",
+    "select_positions",
     "target_metric",
 ]
 
@@ -301,11 +303,13 @@ class Attribution:
         )
 
 
-def _check_layers(model: LanguageModel, layers: Sequence[int] | None) -> list[int]:
+def check_layers(model: LanguageModel, layers: Sequence[int] | None) -> list[int]:
+    """``layers`` as non-negative indices (``None``: all), checked against the model."""
     return hook_names.resolve_layers(layers, int(model.cfg.n_layers))
 
 
-def _select_positions(batch: MultimodalInput, positions: Positions | Tensor) -> Tensor:
+def select_positions(batch: MultimodalInput, positions: Positions | Tensor) -> Tensor:
+    """The scored positions ``[batch, n_pos]``: ``"image"``, ``"all"`` or explicit indices."""
     if isinstance(positions, Tensor):
         pos = positions.to(batch.tokens.device).long()
         if pos.ndim == 1:
@@ -366,9 +370,9 @@ def attribute(
     d_vocab = int(model.cfg.d_vocab)
     if tids.numel() and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
         raise ValueError(f"target ids must lie in 0..{d_vocab - 1}, got {tids.tolist()}")
-    layer_list = _check_layers(model, layers)
+    layer_list = check_layers(model, layers)
     batch = batch.to(model.lm_device)
-    sel = _select_positions(batch, positions)
+    sel = select_positions(batch, positions)
     rows = torch.arange(n, device=sel.device)[:, None]
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")

@@ -47,6 +47,8 @@ TABLE_SWITCHES = {
     "ablation": "ablation_ks",
     "ablation_captions": "ablation_captions_k",
     "soft_prompts": "soft_prompts",
+    "units_direct": "direct_scores",
+    "ranking_agreement": "direct_scores",
 }
 TABLES = tuple(TABLE_SWITCHES)
 
@@ -74,6 +76,9 @@ class AnalysisConfig:
     ablation_captions_k: int = 0  # >0: captions regenerated with top-k / k random units zeroed
     soft_prompts: bool = False  # decode the soft prompts (and random vectors) per image
     soft_prompt_tokens: int = SOFT_PROMPT_TOKENS  # nearest tokens per vector (the paper: 5)
+    # also the gradient-free (MM_Neurons-style) score: units.direct_score, units_direct and
+    # ranking_agreement tables (one extra no-grad forward per batch)
+    direct_scores: bool = False
 
     @property
     def units_to_rank(self) -> int:

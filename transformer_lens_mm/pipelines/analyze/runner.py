@@ -57,6 +57,7 @@ from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
 from transformer_lens_mm.pipelines.steps import (
     ablation_captions_step,
     ablation_step,
+    direct_score_step,
     soft_prompt_step,
 )
 
@@ -125,6 +126,11 @@ def _analyse_batch(
             tables["soft_prompts"] = soft_prompt_step(
                 model, [found], seed=batch_index, k=config.soft_prompt_tokens
             )
+        if config.direct_scores:
+            direct, tables["units_direct"], tables["ranking_agreement"] = direct_score_step(
+                model, found
+            )
+            found.units["direct_score"] = direct
     items = found.items.copy()
     items.insert(2, "batch", batch_index)
     return items, found.units, found.maps, tables
