@@ -143,19 +143,16 @@ def direct_effect(
 
 
 def spearman(a: Float[Tensor, " n"], b: Float[Tensor, " n"]) -> float:
-    """Spearman's rank correlation of two score vectors (average ranks for ties).
+    """Spearman's rank correlation of two score vectors (average ranks for ties; pandas').
 
     Example:
-        >>> spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0]))
+        >>> round(spearman(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 30.0, 20.0])), 6)
         0.5
     """
     if a.shape != b.shape or a.ndim != 1 or a.numel() < 2:
         raise ValueError(f"need two 1-d vectors of the same length >= 2, got {a.shape}, {b.shape}")
-    ra = torch.as_tensor(pd.Series(a.double().numpy()).rank().to_numpy())
-    rb = torch.as_tensor(pd.Series(b.double().numpy()).rank().to_numpy())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = float(ra.norm() * rb.norm())
-    return float((ra @ rb) / denom) if denom > 0 else float("nan")
+    x = pd.Series(a.detach().double().cpu().numpy())
+    return float(x.corr(pd.Series(b.detach().double().cpu().numpy()), method="spearman"))
 
 
 def compare_rankings(a: Attribution, b: Attribution, *, k: int = TOP_K) -> pd.DataFrame:
