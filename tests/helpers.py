@@ -8,6 +8,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     GPTJConfig,
@@ -92,6 +94,20 @@ def build_hf_lm(folder: Path, kind: str = "gptj", seed: int = 0, **overrides) ->
             **{**common, **overrides},
         )
         model = LlamaForCausalLM(cfg)
+    elif kind == "gemma3":  # scaled embeddings, q/k norms, sandwich norms, sliding windows
+        cfg = Gemma3TextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            max_position_embeddings=64,
+            sliding_window=8,
+            **{**common, **overrides},
+        )
+        model = Gemma3ForCausalLM(cfg)
     elif kind == "gpt2":  # saved without n_ctx by recent transformers (TL 3.9 expects it)
         cfg = GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **{**common, **overrides})
         model = GPT2LMHeadModel(cfg)

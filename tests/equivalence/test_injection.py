@@ -218,3 +218,26 @@ def test_unpadded_mask_is_dropped_with_the_same_numbers(lm_dirs, kind, monkeypat
     assert len(fast_resids) == 4 and [r.shape[1] for r in fast_resids[1:]] == [1, 1, 1]
     for a, b in zip(fast_resids, ref_resids):  # the prompt, then each cached step
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gemma3_injection_matches_hf_inputs_embeds(tmp_path, fused):
+    """Gemma scales token embeddings by sqrt(d_model) inside its embedding module; hook_embed is
+    after the scaling, like Hugging Face's inputs_embeds, so image tokens are placed in the same
+    space as the text embeddings they sit beside (no extra factor)."""
+    from helpers import build_hf_lm
+
+    folder = build_hf_lm(tmp_path / "tiny-gemma3", "gemma3")
+    model = build_model(folder, "bridge", fused=fused)
+    hf = load_hf(folder)
+    batch = model.prepare_inputs(random_images(2), prompts="A picture of")
+    with torch.no_grad():
+        logits = model(batch)
+        _, cache = model.run_with_cache(batch)
+    ref = hf_reference_logits(hf, model, batch)
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=0)
+    # the text positions of hook_embed are the scaled embeddings: W_E row * sqrt(d_model)
+    text = batch.tokens[0, -1]
+    scale = hf.config.hidden_size**0.5
+    torch.testing.assert_close(
+        cache["hook_embed"][0, -1], hf.model.embed_tokens.weight[text] * scale, atol=1e-5, rtol=0
+    )

@@ -73,6 +73,9 @@ def load_hooked_transformer(
         ).eval()
     tokenizer = tokenizer or load_tokenizer(path)
     hf_model = hf_model or _load_hf(str(path), dtype)
+    config = json.loads((path / "config.json").read_text())
+    if config.get("model_type") in ("gemma3_text", "gemma3"):
+        return _hooked_gemma3(cls, config, hf_model, tokenizer, device, dtype)
     # TL 3.9 guesses the architecture from substrings of the *path* ("llama", "gemma") and then
     # skips reading config.json: a neutral folder of symlinks makes it read the real config,
     # with the keys TL 3.9 expects and recent transformers no longer writes (GPT-2's n_ctx).
@@ -99,6 +102,33 @@ def load_hooked_transformer(
         refactor_factored_attn_matrices=False,
     )
     return model.to(cfg.device, print_details=False).eval()
+
+
+#: The Gemma 3 shapes TL 3.9 builds (it has no config reader for Gemma 3, only these names).
+_TL3_GEMMA3 = {(640, 18): "google/gemma-3-270m"}
+
+
+def _hooked_gemma3(
+    cls: type, config: dict, hf_model: Any, tokenizer: Any, device: Any, dtype: torch.dtype
+) -> Any:
+    """TL 3.9 converts Gemma 3 only by official name: map the folder's shape to that name and
+    let TL convert the given weights (no download: ``hf_model`` and its config are passed)."""
+    name = _TL3_GEMMA3.get((config.get("hidden_size"), config.get("num_hidden_layers")))
+    if name is None:
+        raise ValueError(
+            "TransformerLens 3.9 builds Gemma 3 only with the shapes of "
+            f"{sorted(_TL3_GEMMA3.values())}; this folder has hidden_size="
+            f"{config.get('hidden_size')}, num_hidden_layers={config.get('num_hidden_layers')}: "
+            "use api='bridge'"
+        )
+    return cls.from_pretrained_no_processing(
+        name,
+        hf_model=hf_model,
+        tokenizer=tokenizer,
+        hf_config=hf_model.config,
+        device=str(device or "cpu"),
+        dtype=dtype,
+    ).eval()
 
 
 def load_bridge(

