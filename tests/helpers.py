@@ -259,6 +259,99 @@ def build_planted_model(
     return folder, proj, f
 
 
+def build_concept_model(
+    folder: Path,
+    planted: dict[str, int],
+    *,
+    seed: int = 0,
+    write: float = 0.3,
+    word_bias: float = -4.0,
+):
+    """:func:`build_planted_model` with one planted neuron per concept: layer 0 unit
+    ``planted[word]`` reads its own soft-token direction and writes ``word``.
+
+    Returns:
+        ``(folder, projection, {word: feature direction})``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    d, d_image = 32, 24
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = GPTJConfig(
+        n_embd=d,
+        n_layer=2,
+        n_head=4,
+        rotary_dim=4,
+        n_positions=64,
+        vocab_size=len(WORDS),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=1,
+    )
+    model = GPTJForCausalLM(cfg).eval()
+
+    def unit_vec(n):
+        v = torch.randn(n, generator=g)
+        v = v - v.mean()  # LayerNorm keeps zero-mean directions
+        return v / v.norm()
+
+    def orthogonal(v, others):
+        for o in others:
+            v = v - (v @ o) * o
+            v = v - v.mean()
+        return v / v.norm()
+
+    dirs: list[torch.Tensor] = []
+    planted_dirs = {}
+    for word in planted:
+        u = orthogonal(unit_vec(d), dirs)
+        dirs.append(u)
+        e = orthogonal(unit_vec(d), dirs)
+        dirs.append(e)
+        planted_dirs[word] = (u, e)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        for block in model.transformer.h:
+            block.ln_1.weight.fill_(1.0)
+            block.ln_1.bias.zero_()
+        model.transformer.ln_f.weight.fill_(1.0)
+        model.transformer.ln_f.bias.zero_()
+        mlp0 = model.transformer.h[0].mlp
+        attn1 = model.transformer.h[1].attn
+        attn1.q_proj.weight.zero_()
+        attn1.k_proj.weight.zero_()
+        attn1.v_proj.weight.copy_(torch.eye(d))
+        attn1.out_proj.weight.copy_(torch.eye(d))
+        model.transformer.h[1].mlp.fc_out.weight.zero_()
+        model.lm_head.bias.zero_()
+        for word, unit in planted.items():
+            u, e = planted_dirs[word]
+            wid = WORDS.index(word)
+            mlp0.fc_in.weight[unit] = 3.0 * u  # reads u (after ln_1, |x| ~ sqrt(d))
+            mlp0.fc_in.bias[unit] = -6.0  # fires only when the token is mostly u
+            mlp0.fc_out.weight[:, unit] = write * e  # writes e
+            model.lm_head.weight[wid] = 3.0 * e
+            model.lm_head.bias[wid] = word_bias  # the word is unlikely unless e is present
+    model.save_pretrained(folder)
+    build_tokenizer(folder)
+
+    proj = ImageProjection(d_image, d)
+    features = {}
+    with torch.no_grad():
+        proj.weight.copy_(torch.randn(d, d_image, generator=g) * 0.5)
+        fdirs: list[torch.Tensor] = []
+        for word in planted:
+            f = torch.randn(d_image, generator=g)
+            for o in fdirs:
+                f = f - (f @ o) * o
+            f = f / f.norm()
+            fdirs.append(f)
+            features[word] = f
+            proj.weight += 6.0 * torch.outer(planted_dirs[word][0], f)  # f -> u
+        proj.bias.zero_()
+    return folder, proj, features
+
+
 def planted_features(f: torch.Tensor, n: int, *, on: bool, n_tokens: int = 16, seed: int = 0):
     """Encoder-like features; with ``on``, half the patches carry the direction ``f``."""
     g = torch.Generator().manual_seed(seed)

@@ -120,5 +120,10 @@ def test_unit_cards_soft_prompts_ablation_captions_and_intervals_are_written_onc
     assert calls("UnitCard") == ["transformer_lens_mm.report.cards"]
     assert calls("captions_under_ablation") == ["transformer_lens_mm.pipelines.steps"]
     assert calls("soft_prompt_table") == ["transformer_lens_mm.pipelines.steps"]
-    assert calls("ablation_sweep") == ["transformer_lens_mm.pipelines.steps"]
+    # the pipelines run the sweep in one step; a tool may build a new analysis on it (the
+    # cross-concept ablation of tools.specificity evaluates other images under it)
+    assert calls("ablation_sweep") == [
+        "transformer_lens_mm.pipelines.steps",
+        "transformer_lens_mm.tools.specificity",
+    ]
     assert calls("NormalDist") == ["transformer_lens_mm.tools.stats"]
