@@ -140,8 +140,8 @@ def load_config(path: str | os.PathLike) -> AnalysisConfig:
 
 def load_dataset(spec: dict[str, Any]) -> Sequence[Item]:
     """A data set from its config table: ``kind`` = ``coco`` (``images``, ``captions``,
-    ``instances``), ``folder`` (``root``, ``captions``), ``classes`` (``root``) or ``scenes``
-    (``n``, ``seed``)."""
+    ``instances``), ``folder`` (``root``, ``captions``), ``classes`` (``root``), ``scenes``
+    or ``natural`` (natural-object scenes; both ``n``, ``seed``)."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind == "coco":
@@ -154,7 +154,11 @@ def load_dataset(spec: dict[str, Any]) -> Sequence[Item]:
         from transformer_lens_mm.data.scenes import SceneSet
 
         return SceneDataset(SceneSet(int(spec.get("n", 100)), seed=int(spec.get("seed", 0))))
-    raise ConfigError(f"data.kind must be coco, folder, classes or scenes, got {kind!r}")
+    if kind == "natural":
+        from transformer_lens_mm.data.natural_scenes import NaturalSceneSet
+
+        return SceneDataset(NaturalSceneSet(int(spec.get("n", 100)), seed=int(spec.get("seed", 0))))
+    raise ConfigError(f"data.kind must be coco, folder, classes, scenes or natural, got {kind!r}")
 
 
 #: [data] keys each kind reads, the paths among them
@@ -163,6 +167,7 @@ _DATA_KEYS = {
     "folder": ({"root", "captions"}, {"root", "captions"}),
     "classes": ({"root"}, {"root"}),
     "scenes": ({"n", "seed"}, set()),
+    "natural": ({"n", "seed"}, set()),
 }
 
 
