@@ -225,8 +225,10 @@ class ClassFolders(Sequence[Item]):
 
 
 class SceneDataset(Sequence[Item]):
-    """The generated :class:`~transformer_lens_mm.data.scenes.SceneSet` behind the same interface
-    (categories are the objects' shapes, masks are per shape)."""
+    """A generated scene set (:class:`~transformer_lens_mm.data.scenes.SceneSet` or
+    :class:`~transformer_lens_mm.data.natural_scenes.NaturalSceneSet`) behind the same interface
+    (categories are the objects' shapes or nouns; masks per object name, plus the natural
+    scenes' background regions such as ``sky`` or ``water``)."""
 
     def __init__(self, scenes: Sequence[Any]) -> None:
         self.scenes = scenes
@@ -239,7 +241,9 @@ class SceneDataset(Sequence[Item]):
         shapes = [o.shape for o in s.objects]
 
         def masks(s=s) -> dict[str, np.ndarray]:
-            return _union_by_name((o.shape, m) for o, m in zip(s.objects, s.masks))
+            named = _union_by_name((o.shape, m) for o, m in zip(s.objects, s.masks))
+            # natural scenes: background regions (sky, grass, water, wall, floor) as concepts too
+            return {**getattr(s, "regions", {}), **named}
 
         return Item(f"scene-{i:06d}", s.image, [s.caption], sorted(set(shapes)), masks)
 

@@ -81,7 +81,9 @@ def test_same_dataset_interface_as_scene_set():
     assert item.captions == [scene.caption]
     assert item.categories == sorted({o.shape for o in scene.objects})
     masks = item.masks()
-    assert set(masks) == set(item.categories)
+    assert set(masks) == set(item.categories) | set(scene.regions)
+    for name, region in scene.regions.items():  # background concepts for spatial IoU
+        assert np.array_equal(masks[name], region)
 
 
 def test_bad_arguments_are_named():
