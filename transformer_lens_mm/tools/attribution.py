@@ -36,6 +36,7 @@ __all__ = [
     "Attribution",
     "attribute",
     "check_layers",
+    "check_targets",
     "frozen_parameters",
     "last_position_logits",
     "last_position_metric",
@@ -308,6 +309,19 @@ def check_layers(model: LanguageModel, layers: Sequence[int] | None) -> list[int
     return hook_names.resolve_layers(layers, int(model.cfg.n_layers))
 
 
+def check_targets(
+    model: LanguageModel, target_ids: Sequence[int] | Tensor, n: int
+) -> Int[Tensor, " batch"]:
+    """``c`` per image as a long tensor, checked: one per image, inside the vocabulary."""
+    tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
+    if tids.shape[0] != n:
+        raise ValueError(f"got {tids.shape[0]} targets for {n} images: pass one per image")
+    d_vocab = int(model.cfg.d_vocab)
+    if tids.numel() and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
+        raise ValueError(f"target ids must lie in 0..{d_vocab - 1}, got {tids.tolist()}")
+    return tids
+
+
 def select_positions(batch: MultimodalInput, positions: Positions | Tensor) -> Tensor:
     """The scored positions ``[batch, n_pos]``: ``"image"``, ``"all"`` or explicit indices."""
     if isinstance(positions, Tensor):
@@ -364,12 +378,7 @@ def attribute(
         An :class:`Attribution`.
     """
     n = len(batch)
-    tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
-    if tids.shape[0] != n:
-        raise ValueError(f"got {tids.shape[0]} targets for {n} images: pass one per image")
-    d_vocab = int(model.cfg.d_vocab)
-    if tids.numel() and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
-        raise ValueError(f"target ids must lie in 0..{d_vocab - 1}, got {tids.tolist()}")
+    tids = check_targets(model, target_ids, n)
     layer_list = check_layers(model, layers)
     batch = batch.to(model.lm_device)
     sel = select_positions(batch, positions)

@@ -44,6 +44,7 @@ from transformer_lens_mm.tools.attribution import (
     Attribution,
     Positions,
     check_layers,
+    check_targets,
     last_position_logits,
     select_positions,
 )
@@ -90,12 +91,7 @@ def direct_effect(
         ``metric="direct"`` (``target_values``: ``y_c`` of the same forward).
     """
     n = len(batch)
-    tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
-    if tids.shape[0] != n:
-        raise ValueError(f"got {tids.shape[0]} targets for {n} images: pass one per image")
-    d_vocab = int(model.cfg.d_vocab)
-    if tids.numel() and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
-        raise ValueError(f"target ids must lie in 0..{d_vocab - 1}, got {tids.tolist()}")
+    tids = check_targets(model, target_ids, n)
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     layer_list = check_layers(model, layers)
