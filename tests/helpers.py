@@ -266,12 +266,15 @@ def build_concept_model(
     seed: int = 0,
     write: float = 0.3,
     word_bias: float = -4.0,
+    generic: int | None = None,
 ):
     """:func:`build_planted_model` with one planted neuron per concept: layer 0 unit
-    ``planted[word]`` reads its own soft-token direction and writes ``word``.
+    ``planted[word]`` reads its own soft-token direction and writes ``word``. With ``generic``,
+    layer 0 unit ``generic`` reads one more direction (feature ``"generic"``, for every image)
+    and writes all the planted words at once: a generic "image" unit.
 
     Returns:
-        ``(folder, projection, {word: feature direction})``.
+        ``(folder, projection, {word: feature direction})`` (+ ``"generic"``).
     """
     g = torch.Generator().manual_seed(seed)
     d, d_image = 32, 24
@@ -332,6 +335,14 @@ def build_concept_model(
             mlp0.fc_out.weight[:, unit] = write * e  # writes e
             model.lm_head.weight[wid] = 3.0 * e
             model.lm_head.bias[wid] = word_bias  # the word is unlikely unless e is present
+        if generic is not None:  # its own stream: the planted-only model stays as it was
+            g2 = torch.Generator().manual_seed(seed + 1)
+            u_g = torch.randn(d, generator=g2)
+            u_g = orthogonal(u_g - u_g.mean(), dirs)
+            e_all = sum(planted_dirs[w][1] for w in planted)
+            mlp0.fc_in.weight[generic] = 3.0 * u_g
+            mlp0.fc_in.bias[generic] = -6.0
+            mlp0.fc_out.weight[:, generic] = write * e_all / e_all.norm()
     model.save_pretrained(folder)
     build_tokenizer(folder)
 
@@ -348,15 +359,33 @@ def build_concept_model(
             fdirs.append(f)
             features[word] = f
             proj.weight += 6.0 * torch.outer(planted_dirs[word][0], f)  # f -> u
+        if generic is not None:
+            f = torch.randn(d_image, generator=g2)
+            for o in fdirs:
+                f = f - (f @ o) * o
+            features["generic"] = f / f.norm()
+            proj.weight += 6.0 * torch.outer(u_g, features["generic"])
         proj.bias.zero_()
     return folder, proj, features
 
 
-def planted_features(f: torch.Tensor, n: int, *, on: bool, n_tokens: int = 16, seed: int = 0):
-    """Encoder-like features; with ``on``, half the patches carry the direction ``f``."""
+def planted_features(
+    f: torch.Tensor,
+    n: int,
+    *,
+    on: bool,
+    n_tokens: int = 16,
+    seed: int = 0,
+    also: torch.Tensor | None = None,
+):
+    """Encoder-like features; with ``on``, half the patches carry the direction ``f`` (and with
+    ``also``, the other half carry that direction: e.g. the generic unit's)."""
     g = torch.Generator().manual_seed(seed)
     feats = torch.randn(n, n_tokens, f.shape[0], generator=g) * 0.3
     feats = feats - (feats @ f)[..., None] * f  # noise carries no f
+    if also is not None:
+        feats = feats - (feats @ also)[..., None] * also
+        feats[:, n_tokens // 2 :] += 3.0 * also
     if on:
         feats[:, : n_tokens // 2] += 3.0 * f
     return feats

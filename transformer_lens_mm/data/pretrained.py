@@ -30,9 +30,10 @@ import torch
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.encoders import ImageEncoder
-from transformer_lens_mm.core.errors import CorruptWeightsError, MissingWeightsError
+from transformer_lens_mm.core.errors import ConfigError, CorruptWeightsError, MissingWeightsError
 
 __all__ = [
+    "SHIPPED_PROJECTIONS",
     "SMOLLM2_INSTALL",
     "CorruptWeightsError",
     "MissingWeightsError",
@@ -318,30 +319,58 @@ def efficientnet_lite0_encoder(*, layer: int | None = None) -> ImageEncoder:
     )
 
 
-def demo_projection_path() -> Path:
-    """The shipped projection SmolLM2-135M <- EfficientNet-Lite0 (``assets/``), trained by
-    ``examples/train_demo_projection.py`` (its ``training_record.json`` lies beside it)."""
-    path = Path(__file__).resolve().parent / "assets" / "smollm2_effnet_lite0"
+#: The projections this package ships (``assets/``), by (LM, scene set): the folder and how the
+#: demo names the LM. Each was trained by ``examples/train_demo_projection.py``; its
+#: ``training_record.json`` (command, loss curve, held-out caption accuracy) lies beside it.
+SHIPPED_PROJECTIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("smollm2", "shapes"): ("smollm2_effnet_lite0", "SmolLM2-135M-Instruct (4-bit GGUF)"),
+    ("smollm2", "natural"): ("smollm2_effnet_lite0_natural", "SmolLM2-135M-Instruct (4-bit GGUF)"),
+    ("gemma3", "natural"): ("gemma3_effnet_lite0_natural", "Gemma 3 270M base (Q4_K_M GGUF)"),
+}
+
+
+def demo_projection_path(lm: str = "smollm2", scenes: str = "shapes") -> Path:
+    """A shipped projection (``assets/``) into ``lm`` (``"smollm2"``/``"gemma3"``) from
+    EfficientNet-Lite0, trained on ``scenes`` (``"shapes"``/``"natural"``); see
+    :data:`SHIPPED_PROJECTIONS`."""
+    if (lm, scenes) not in SHIPPED_PROJECTIONS:
+        raise ConfigError(
+            f"no shipped projection for lm={lm!r} on scenes={scenes!r}: the shipped ones are "
+            + ", ".join(f"lm={a!r} scenes={b!r}" for a, b in SHIPPED_PROJECTIONS)
+        )
+    path = Path(__file__).resolve().parent / "assets" / SHIPPED_PROJECTIONS[lm, scenes][0]
     if not (path / "projection.safetensors").is_file():
         raise FileNotFoundError(
-            f"no shipped projection in {path}: run python examples/train_demo_projection.py --ship"
+            f"no shipped projection in {path}: run python examples/train_demo_projection.py "
+            f"--lm {lm} --scenes {scenes} --ship"
         )
     return path
 
 
 def load_demo_model(
-    api: str | None = None, *, device: Any = None, fused: bool = True
+    api: str | None = None,
+    *,
+    lm: str = "smollm2",
+    scenes: str = "shapes",
+    device: Any = None,
+    fused: bool = True,
 ) -> MultimodalModel:
-    """SmolLM2-135M + EfficientNet-Lite0 + the shipped projection, ready for the analyses."""
+    """A real LM (``"smollm2"``: SmolLM2-135M, ``"gemma3"``: Gemma 3 270M) + EfficientNet-Lite0 +
+    the shipped projection trained on ``scenes``, ready for the analyses.
+
+    Example:
+        >>> model = load_demo_model(lm="gemma3", scenes="natural")  # doctest: +SKIP
+    """
     from transformer_lens_mm.core.loading import from_parts
 
+    path = demo_projection_path(lm, scenes)  # checks the pair before any conversion
     model = from_parts(
-        lm=smollm2_folder(),
+        lm={"smollm2": smollm2_folder, "gemma3": gemma3_folder}[lm](),
         encoder=efficientnet_lite0_encoder(),
-        projection=demo_projection_path(),
+        projection=path,
         api=api,
         device=device,
         fused=fused,
     )
-    model.lm_name = "SmolLM2-135M-Instruct (4-bit GGUF)"
+    model.lm_name = SHIPPED_PROJECTIONS[lm, scenes][1]
     return model

@@ -1,7 +1,8 @@
 """The ``tlmm`` command line.
 
-tlmm demo --out runs/demo            # the paper's analysis on SmolLM2-135M, ~5 min on CPU
-tlmm demo --out runs/demo --quick    # a few scenes, for a smoke test
+tlmm demo --out runs/demo                 # the paper's analysis + controls, ~10 min on CPU
+tlmm demo --out runs/demo --lm smollm2    # on SmolLM2-135M instead of Gemma 3 270M
+tlmm demo --out runs/demo --quick         # a few scenes, for a smoke test
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ def _demo(args: argparse.Namespace) -> int:
         kwargs["n_scenes"] = args.scenes
     if args.no_photos:
         kwargs["photos"] = False
+    if args.lm is not None:
+        kwargs["lm"] = args.lm
+    if args.scene_set is not None:
+        kwargs["scene_set"] = args.scene_set
     run_demo(args.out, DemoConfig(api=args.api, **kwargs), overwrite=args.overwrite)
     return 0
 
@@ -49,16 +54,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="run the multimodal-neuron analysis on SmolLM2-135M + EfficientNet-Lite0",
+        help="run the multimodal-neuron analysis on a real LM + EfficientNet-Lite0",
         description="Caption held-out scenes and photos, attribute, decode, lens, spatial "
         "selectivity and ablation; writes report.html, summary.json and CSV tables to --out.",
     )
     demo.add_argument("--out", required=True, help="output folder (must not exist)")
     demo.add_argument("--overwrite", action="store_true", help="reuse an existing --out folder")
     demo.add_argument("--api", choices=["hooked", "bridge"], default=None)
-    demo.add_argument("--scenes", type=int, default=None, help="held-out scenes (default 24)")
+    demo.add_argument("--scenes", type=int, default=None, help="held-out scenes (default 40)")
+    demo.add_argument(
+        "--lm", choices=["gemma3", "smollm2"], default=None, help="the LM (default gemma3)"
+    )
+    demo.add_argument(
+        "--scene-set",
+        choices=["natural", "shapes"],
+        default=None,
+        help="natural-object scenes (default) or the shape scenes (SmolLM2 only)",
+    )
     demo.add_argument("--no-photos", action="store_true", help="skip scikit-image's photos")
-    demo.add_argument("--quick", action="store_true", help="6 scenes, short sweep (smoke test)")
+    demo.add_argument("--quick", action="store_true", help="8 scenes, short sweeps (smoke test)")
     demo.set_defaults(run=_demo)
     analyze = sub.add_parser(
         "analyze",

@@ -14,6 +14,9 @@ Each function reads tables in the search's schema (``item``, ``index``, ...; see
   ``by="item"``): p(c) kept per k, top vs random units, with confidence intervals.
 * :func:`ablation_caption_summary`: captions regenerated under top-k vs random-k ablation.
 * :func:`soft_prompt_summary`: soft prompts' nearest tokens vs norm-matched random vectors.
+* :func:`controls_summary`: the controls that tell concept-specific units from generic ones
+  (generic units, same- vs cross-concept ablation, IoU per concept, category selectivity) as
+  numbers (:mod:`transformer_lens_mm.tools.specificity`).
 * :func:`unit_decoding_texts`, :func:`soft_prompt_texts`, :func:`score_texts`: decodings vs
   captions by BERTScore and CLIPScore (the paper's Tables 1 and 2; scorers from
   :mod:`transformer_lens_mm.tools.metrics`), against randomly re-paired captions.
@@ -41,6 +44,7 @@ from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.data.datasets import Item
 from transformer_lens_mm.tools.decoding import unit_token_ranks, vocab_mask
 from transformer_lens_mm.tools.spatial import image_mlp_activations, spatial_selectivity
+from transformer_lens_mm.tools.specificity import specificity_ratio
 from transformer_lens_mm.tools.stats import ci_half_width
 from transformer_lens_mm.tools.units import random_units_like, units_of
 from transformer_lens_mm.tools.words import is_dictionary_word, same_word
@@ -48,6 +52,7 @@ from transformer_lens_mm.tools.words import is_dictionary_word, same_word
 __all__ = [
     "ablation_caption_summary",
     "category_selectivity",
+    "controls_summary",
     "decoding_target_ranks",
     "layer_distribution",
     "score_texts",
@@ -392,3 +397,93 @@ def score_texts(
             clip(images, table["text"].to_numpy()[other].tolist())
         )
     return table
+
+
+def _r(x: Any) -> float | None:
+    return None if x is None or pd.isna(x) else round(float(x), 4)
+
+
+def controls_summary(
+    units: pd.DataFrame,
+    spatial: pd.DataFrame | None = None,
+    generic: pd.DataFrame | None = None,
+    cross: pd.DataFrame | None = None,
+    selectivity: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """The controls that tell concept-specific units from generic ones, as numbers.
+
+    * ``generic``: how many units are generic, the share of top entries they make up, the most
+      widespread ones;
+    * ``specificity_ratio``: per k, the mean drop of p(c) with each image's top-k zeroed on the
+      image itself and on other-concept images, and their ratio (random units too);
+    * ``iou_by_concept``: mean IoU per concept (the object or background region ``c`` names),
+      top units vs random units, and in how many concepts top > random;
+    * ``category_selectivity``: the share of concept units whose peak activation is highest on
+      their own concept's held-out images.
+
+    Example:
+        >>> units = pd.DataFrame({"item": [0, 1, 2], "target": ["dog", "cat", "sun"],
+        ...                       "layer": [0, 0, 0], "unit": [3, 3, 4]})
+        >>> from transformer_lens_mm.tools.specificity import generic_units
+        >>> controls_summary(units, generic=generic_units(units))["generic"]["n_generic_units"]
+        1
+    """
+    out: dict[str, Any] = {}
+    if generic is not None and len(generic):
+        flags = generic.set_index(["layer", "unit"])["generic"]
+        is_generic = [bool(flags.get((a, b), False)) for a, b in zip(units.layer, units.unit)]
+        out["generic"] = {
+            "n_generic_units": int(generic["generic"].sum()),
+            "n_units": len(generic),
+            "share_of_top_entries_generic": _r(sum(is_generic) / max(len(units), 1)),
+            "most_widespread": [
+                f"L{r.layer}.u{r.unit} ({r.n_concepts} concepts, {r.n_items} images)"
+                for r in generic.head(5).itertuples()
+            ],
+        }
+    if cross is not None and len(cross):
+        ratios = specificity_ratio(cross)
+        out["specificity_ratio"] = {
+            str(int(r.k)): {
+                "same_drop": _r(r.same_drop),
+                "cross_drop": _r(r.cross_drop),
+                "ratio": _r(r.ratio),
+                "random_same_drop": _r(r.random_same_drop),
+                "random_cross_drop": _r(r.random_cross_drop),
+                "n_cross_pairs": int(r.n_cross),
+            }
+            for r in ratios.itertuples()
+            if r.k > 0
+        }
+    if spatial is not None and len(spatial) and "category" in spatial:
+        per = (
+            spatial.groupby(["category", "kind", "item"])["iou"]
+            .mean()
+            .groupby(["category", "kind"])
+            .mean()
+            .unstack("kind")
+        )
+        n_img = spatial.groupby("category")["item"].nunique()
+        by_concept = {
+            str(c): {
+                "top": _r(row.get("top")),
+                "random": _r(row.get("random")),
+                "n_images": int(n_img[c]),
+            }
+            for c, row in per.iterrows()
+        }
+        above = [c for c, v in by_concept.items() if (v["top"] or 0) > (v["random"] or 0)]
+        out["iou_by_concept"] = by_concept
+        out["concepts_iou_top_above_random"] = f"{len(above)} of {len(by_concept)}"
+        out["concepts_iou_top_not_above_random"] = sorted(set(by_concept) - set(above))
+    if selectivity is not None and len(selectivity):
+        best = selectivity.loc[
+            selectivity.groupby(["unit_class", "layer", "unit"])["mean_activation"].idxmax()
+        ]
+        own = best["unit_class"].astype(str) == best["image_class"].astype(str)
+        out["category_selectivity"] = {
+            "units": len(best),
+            "share_peaking_on_own_concept": _r(own.mean()),
+            "chance": _r(1 / max(selectivity["image_class"].nunique(), 1)),
+        }
+    return out

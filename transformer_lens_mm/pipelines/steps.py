@@ -10,6 +10,11 @@ returns a table in the search's schema (``item``, ``index``, ``target`` in front
   and with k random same-layer units;
 * :func:`soft_prompt_step`: the nearest vocabulary tokens of every soft-prompt vector and of
   as many norm-matched random vectors;
+* :func:`cross_concept_step`: each image's top-k units zeroed on the image itself and on the
+  batch's images of other concepts (p of *their* ``c``), against random same-layer units
+  (:func:`~transformer_lens_mm.tools.specificity.cross_concept_ablation`);
+* :func:`unit_effect_step`: p(c) with one unit zeroed at the image positions, per (image,
+  unit) pair asked for (a unit card's "ablation effect"), against one random same-layer unit;
 * :func:`direct_score_step`: the gradient-free (MM_Neurons-style) score next to the paper's:
   each top unit's direct score, each image's top-k by the direct score, and how the two
   rankings agree (:mod:`~transformer_lens_mm.tools.direct`).
@@ -24,7 +29,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import pandas as pd
 import torch
@@ -40,10 +45,18 @@ from transformer_lens_mm.tools.direct import (
     direct_effect_weights,
     spearman,
 )
-from transformer_lens_mm.tools.units import per_row_masks, random_units_like
+from transformer_lens_mm.tools.specificity import cross_concept_ablation
+from transformer_lens_mm.tools.units import Unit, per_row_masks, random_units_like
 from transformer_lens_mm.tools.words import same_word
 
-__all__ = ["ablation_captions_step", "ablation_step", "direct_score_step", "soft_prompt_step"]
+__all__ = [
+    "ablation_captions_step",
+    "ablation_step",
+    "cross_concept_step",
+    "direct_score_step",
+    "soft_prompt_step",
+    "unit_effect_step",
+]
 
 
 def _require(found: BatchSearch) -> None:
@@ -87,6 +100,113 @@ def ablation_step(
         chunk_size=chunk_size,
     )
     return tag_rows(table, found.rows)
+
+
+def cross_concept_step(
+    model: MultimodalModel,
+    found: BatchSearch,
+    *,
+    ks: Sequence[int],
+    n_random: int = 1,
+    seed: int = 0,
+    max_others: int | None = None,
+    chunk_size: int = 32,
+) -> pd.DataFrame:
+    """Same-concept vs cross-concept ablation within one searched batch.
+
+    Each usable image's top-k units (by their best position) are zeroed on the image itself
+    and on the batch's images whose concept (the caption's first noun) differs; p of each
+    evaluated image's own ``c`` is read. As many random same-layer units are the control.
+
+    Args:
+        model: The model the batch was searched on.
+        found: The batch's search (with ``rank_units`` >= ``max(ks)``).
+        ks: Numbers of units zeroed (0 is the unablated reference).
+        n_random: Random same-layer draws per k.
+        seed: Seed of the random draws.
+        max_others: At most this many other-concept images per source image.
+        chunk_size: Rows per no-grad forward.
+
+    Returns:
+        :func:`~transformer_lens_mm.tools.specificity.cross_concept_ablation`'s table with the
+        evaluated image tagged (``item``, ``index``, ``target``) and the source image's
+        ``source_item`` and ``source_target``; :func:`~transformer_lens_mm.tools.specificity.
+        specificity_ratio` reads it.
+    """
+    _require(found)
+    assert found.attribution is not None and found.inputs is not None
+    ks = sorted({0, *map(int, ks)})  # k = 0: the reference each rel_p is taken against
+    ranked = found.attribution.ranked_units("max", limit=max(ks))
+    concepts = [(t.word or t.token).strip().lower() for t in found.targets]
+    table = cross_concept_ablation(
+        model,
+        found.inputs,
+        [t.token_id for t in found.targets],
+        concepts,
+        ranked,
+        ks=ks,
+        n_random=n_random,
+        seed=seed,
+        max_others=max_others,
+        chunk_size=chunk_size,
+    )
+    source = table.pop("source").tolist()
+    table = tag_rows(table, found.rows)
+    table.insert(3, "source_item", [found.rows[i][0] for i in source])
+    table.insert(4, "source_target", [found.rows[i][2] for i in source])
+    return table
+
+
+def unit_effect_step(
+    model: MultimodalModel,
+    found: BatchSearch,
+    units: Mapping[Hashable, Sequence[Unit]],
+    *,
+    seed: int = 0,
+    chunk_size: int = 32,
+) -> pd.DataFrame:
+    """The effect of zeroing single units: for each usable image and each unit of
+    ``units[item]``, p of the image's ``c`` with that one unit zeroed at every image position,
+    relative to the unablated p, and the same for one random unit of the same layer.
+
+    Args:
+        model: The model the batch was searched on.
+        found: The batch's search.
+        units: Item -> the units to test on it (items of other batches are ignored).
+        seed: Seed of the random units.
+        chunk_size: Rows per no-grad forward.
+
+    Returns:
+        One row per (image, unit, kind): ``item``, ``index``, ``target``, ``layer``, ``unit``,
+        ``kind`` (``top``: the unit itself, ``random``), ``p_c``, ``rel_p``.
+    """
+    _require(found)
+    assert found.inputs is not None
+    pairs = [
+        (j, (int(layer), int(unit)))
+        for j, (item, _, _) in enumerate(found.rows)
+        for layer, unit in units.get(item, ())
+    ]
+    if not pairs:
+        return pd.DataFrame()
+    rows = [j for j, _ in pairs]
+    table = ablation_sweep(
+        model,
+        found.inputs.select(rows),
+        [found.targets[j].token_id for j in rows],
+        [[u] for _, u in pairs],
+        ks=[0, 1],
+        n_random=1,
+        seed=seed,
+        chunk_size=chunk_size,
+    )
+    table = table[table["k"] == 1]
+    pair = table.pop("image").to_numpy()
+    table.insert(0, "layer", [pairs[i][1][0] for i in pair])
+    table.insert(1, "unit", [pairs[i][1][1] for i in pair])
+    table.insert(0, "image", [pairs[i][0] for i in pair])
+    table = tag_rows(table, found.rows)
+    return table[["item", "index", "target", "layer", "unit", "kind", "p_c", "rel_p"]]
 
 
 def ablation_captions_step(

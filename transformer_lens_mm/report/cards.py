@@ -32,7 +32,7 @@ from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.report.html import img_tag
 from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
 
-__all__ = ["UnitCard", "unit_cards", "unit_map_png"]
+__all__ = ["UnitCard", "card_units", "unit_cards", "unit_map_png"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -84,6 +84,7 @@ class UnitCard:
     maps: Sequence[tuple[bytes, str]] = ()  # (PNG, caption) per image
     facts: dict[str, str] = field(default_factory=dict)  # extra key -> value lines
     highlight: Sequence[str] = ()  # tokens to highlight (e.g. the target concept)
+    badge: str = ""  # a one-word verdict shown beside the name (e.g. "generic", "specific")
 
     def to_html(self) -> str:
         marks = {h.strip().lower() for h in self.highlight}
@@ -96,11 +97,51 @@ class UnitCard:
             f"<div><b>{html.escape(k)}</b>: {html.escape(v)}</div>" for k, v in self.facts.items()
         )
         imgs = "".join(img_tag(png, cap) for png, cap in self.maps)
+        badge = (
+            f' <span class="badge {html.escape(self.badge)}">{html.escape(self.badge)}</span>'
+            if self.badge
+            else ""
+        )
         return (
-            f'<div class="card"><div><b>L{self.layer} U{self.unit}</b> '
+            f'<div class="card"><div><b>L{self.layer} U{self.unit}</b>{badge} '
             f"<code>blocks.{self.layer}.mlp.hook_post[{self.unit}]</code></div>"
             f"<div>{toks}</div>{facts}<div>{imgs}</div></div>"
         )
+
+
+def card_units(units: pd.DataFrame, *, n_cards: int = 12) -> pd.DataFrame:
+    """The units a report shows cards for, best first.
+
+    Units are ranked by how many images' top-k decode to that image's target through them
+    (``decodes_to_target``, when the table has it), then by the number of images whose top-k
+    they are in, then by their summed score.
+
+    Returns:
+        ``layer``, ``unit``, ``images``, ``score``, ``target_hits`` per card unit.
+
+    Example:
+        >>> table = pd.DataFrame({"item": [0, 1, 1], "layer": [2, 2, 0], "unit": [5, 5, 1],
+        ...                       "score": [1.0, 2.0, 9.0]})
+        >>> card_units(table, n_cards=1)[["layer", "unit", "images"]].values.tolist()
+        [[2, 5, 2]]
+    """
+    if not len(units) or n_cards < 1:
+        return pd.DataFrame(columns=["layer", "unit", "images", "score", "target_hits"])
+    table = units.reset_index(drop=True)
+    hits = (
+        table["decodes_to_target"].astype(int)
+        if "decodes_to_target" in table
+        else pd.Series(0, index=table.index)
+    )
+    return (
+        table.assign(_hits=hits)
+        .groupby(["layer", "unit"])
+        .agg(images=("item", "nunique"), score=("score", "sum"), target_hits=("_hits", "sum"))
+        .reset_index()
+        .sort_values(["target_hits", "images", "score"], ascending=False)
+        .head(n_cards)
+        .reset_index(drop=True)
+    )
 
 
 def unit_cards(
@@ -114,17 +155,19 @@ def unit_cards(
     n_images: int = 3,
     quantile: float | None = REGION_QUANTILE,
     highlight: Sequence[str] = (),
+    facts_of: Callable[[int, int], dict[str, str]] | None = None,
 ) -> list[UnitCard]:
-    """Cards of the units most often in the images' top-k, with their patch maps.
+    """Cards of the units most often in the images' top-k (:func:`card_units`), with their
+    patch maps.
 
-    Units are ranked by how many images' top-k decode to that image's target through them
-    (``decodes_to_target``, when the table has it), then by the number of images whose top-k
-    they are in, then by their summed score. Each card shows the unit's ``n_images`` best
-    images (by score), each with the unit's patch map ``maps[row]`` of that image.
+    Each card shows the unit's ``n_images`` best images (by score), each with the unit's patch
+    map ``maps[row]`` of that image. When the table has a ``generic`` column (from
+    :func:`~transformer_lens_mm.tools.specificity.generic_units`) the card says whether the
+    unit is generic or concept-specific.
 
     Args:
         units: A units table (``item``, ``layer``, ``unit``, ``score``, ``tokens``, ``target``;
-            optionally ``interpretable`` and ``decodes_to_target``), e.g. a run's
+            optionally ``interpretable``, ``decodes_to_target`` and ``generic``), e.g. a run's
             ``units.parquet`` or a search's ``units``.
         maps: ``maps[i]`` = the unit of ``units.iloc[i]`` over the image patches of its item
             (``None``: cards without maps).
@@ -135,26 +178,16 @@ def unit_cards(
         n_images: Maps per card.
         quantile: Region outlined on each map.
         highlight: Tokens highlighted on every card besides each card's targets.
+        facts_of: ``(layer, unit) -> {name: text}``: more lines per card (e.g. its ablation
+            effect or specificity).
 
     Returns:
         The cards, best first.
     """
-    if not len(units) or n_cards < 1:
+    per_unit = card_units(units, n_cards=n_cards)
+    if not len(per_unit):
         return []
     table = units.reset_index(drop=True)
-    hits = (
-        table["decodes_to_target"].astype(int)
-        if "decodes_to_target" in table
-        else pd.Series(0, index=table.index)
-    )
-    per_unit = (
-        table.assign(_hits=hits)
-        .groupby(["layer", "unit"])
-        .agg(images=("item", "nunique"), score=("score", "sum"), target_hits=("_hits", "sum"))
-        .reset_index()
-        .sort_values(["target_hits", "images", "score"], ascending=False)
-        .head(n_cards)
-    )
     if maps is not None and grid_size is None:
         n_img = int(maps.shape[1]) if maps.ndim == 2 else 0
         side = round(n_img**0.5)
@@ -173,14 +206,21 @@ def unit_cards(
                 text = caption_of(r.item) if caption_of is not None else str(r.target)
                 pngs.append((png, f"{r.item}: {text}"))
         targets = sorted({str(t) for t in rows["target"]})
+        counts = rows.drop_duplicates("item")["target"].astype(str).str.strip().value_counts()
         facts = {
-            "top-k of": f"{int(row.images)} images (targets: {', '.join(targets)})",
+            "top-k of": f"{int(row.images)} images",
+            "concepts": ", ".join(f"{t} ({n})" for t, n in counts.items()),
             "summed attribution": f"{row.score:.3g}",
         }
         if "interpretable" in rows:
-            facts["interpretable"] = str(bool(rows["interpretable"].iloc[0]))
+            facts["interpretable"] = "yes" if bool(rows["interpretable"].iloc[0]) else "no"
         if "decodes_to_target" in rows:
             facts["decodes to the target in"] = f"{int(row.target_hits)} images"
+        if facts_of is not None:
+            facts |= facts_of(int(row.layer), int(row.unit))
+        badge = ""
+        if "generic" in rows:
+            badge = "generic" if bool(rows["generic"].iloc[0]) else "specific"
         cards.append(
             UnitCard(
                 int(row.layer),
@@ -189,6 +229,7 @@ def unit_cards(
                 pngs,
                 facts,
                 [t.strip() for t in targets] + list(highlight),
+                badge,
             )
         )
     return cards

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -23,7 +24,7 @@ import plotly.graph_objects as go
 
 from transformer_lens_mm.core.atomic import atomic_write
 
-__all__ = ["HtmlBlock", "Report", "img_tag"]
+__all__ = ["HtmlBlock", "Report", "Tile", "img_tag"]
 
 
 @runtime_checkable
@@ -44,7 +45,45 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4
 .tok{display:inline-block;background:#eef;border-radius:3px;padding:0 4px;margin:1px}
 .hit{background:#fd6}.note{color:#666;font-size:13px}
 .kv td:first-child{text-align:left;font-weight:600}
+.tiles{display:grid;grid-template-columns:repeat(auto-fill,minmax(270px,1fr));gap:12px;margin:1em 0}
+.tile{border:1px solid #ccc;border-radius:8px;padding:10px 12px;background:#fafafa}
+.tile .label{font-size:13px;color:#555;font-weight:600}
+.tile .value{font-size:28px;font-weight:700;margin:4px 0}
+.tile .base{font-size:13px;color:#444}.tile .means{font-size:13px;color:#333;margin-top:6px}
+.tile.met{border-left:6px solid #2a2}.tile.unmet{border-left:6px solid #c33}
+.verdict{font-size:12px;font-weight:700;margin-left:6px}.met .verdict{color:#2a2}
+.unmet .verdict{color:#c33}
+.badge{font-size:11px;border-radius:3px;padding:0 5px;margin-left:4px;color:#fff}
+.badge.generic{background:#888}.badge.specific{background:#2a7}
+details{margin:0.6em 0}summary{cursor:pointer;font-weight:600}
 """
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One headline number beside its baseline, with a sentence on what it means.
+
+    ``met``: ``True``/``False`` when the number has a target (shown as met / not met)."""
+
+    label: str
+    value: str
+    baseline: str = ""
+    meaning: str = ""
+    met: bool | None = None
+
+    def to_html(self) -> str:
+        cls = "" if self.met is None else (" met" if self.met else " unmet")
+        verdict = (
+            ""
+            if self.met is None
+            else f'<span class="verdict">{"target met" if self.met else "target not met"}</span>'
+        )
+        base = f'<div class="base">{html.escape(self.baseline)}</div>' if self.baseline else ""
+        means = f'<div class="means">{html.escape(self.meaning)}</div>' if self.meaning else ""
+        return (
+            f'<div class="tile{cls}"><div class="label">{html.escape(self.label)}{verdict}</div>'
+            f'<div class="value">{html.escape(self.value)}</div>{base}{means}</div>'
+        )
 
 
 def img_tag(png: bytes, title: str = "") -> str:
@@ -85,19 +124,30 @@ class Report:
         self._parts.append(fig.to_html(full_html=False, include_plotlyjs=not self._plotly_included))
         self._plotly_included = True
 
-    def table(self, df: pd.DataFrame, *, max_rows: int = 50, float_format: str = "{:.4g}") -> None:
-        """A table (the first ``max_rows`` rows; the count of the rest is noted)."""
+    def tiles(self, tiles: Sequence[Tile]) -> None:
+        """A headline panel: a grid of numbers, each beside its baseline."""
+        self._parts.append('<div class="tiles">' + "".join(t.to_html() for t in tiles) + "</div>")
+
+    def table(
+        self,
+        df: pd.DataFrame,
+        *,
+        max_rows: int = 50,
+        float_format: str = "{:.4g}",
+        collapsed: str | None = None,
+    ) -> None:
+        """A table (the first ``max_rows`` rows; the count of the rest is noted). With
+        ``collapsed``, the table is folded under that title (click to open)."""
         shown = df.head(max_rows)
-        self._parts.append(
-            shown.to_html(
-                index=False,
-                float_format=float_format.format,
-                escape=True,
-                border=0,
-            )
-        )
+        body = shown.to_html(index=False, float_format=float_format.format, escape=True, border=0)
         if len(df) > max_rows:
-            self.text(f"... {len(df) - max_rows} more rows in the CSV file.", note=True)
+            body += f'<p class="note">... {len(df) - max_rows} more rows in the CSV file.</p>'
+        if collapsed is not None:
+            body = (
+                f"<details><summary>{html.escape(collapsed)} ({len(df)} rows)</summary>"
+                f"{body}</details>"
+            )
+        self._parts.append(body)
 
     def images(self, pngs: Sequence[tuple[bytes, str]]) -> None:
         """A row of images with hover captions."""

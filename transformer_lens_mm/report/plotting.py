@@ -18,10 +18,12 @@ from transformer_lens_mm.core.images import ImageLike, to_rgb_image
 from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.tools.ablation import ablation_curve
 from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
+from transformer_lens_mm.tools.specificity import specificity_ratio
 
 __all__ = [
     "plot_ablation_curves",
     "plot_category_selectivity",
+    "plot_cross_concept",
     "plot_iou_by_category",
     "plot_iou_histogram",
     "plot_lens_by_layer",
@@ -253,5 +255,40 @@ def plot_soft_prompts(
         fig.add_trace(go.Histogram(x=values, name=kind, marker_color=colour, opacity=0.6))
     fig.update_layout(
         title=title, barmode="overlay", xaxis_title="top-1 cosine", yaxis_title="vectors"
+    )
+    return fig
+
+
+def plot_cross_concept(
+    table: pd.DataFrame, title: str = "Same-concept vs cross-concept ablation"
+) -> go.Figure:
+    """Mean drop of p(c) per k with each image's top-k units zeroed on the image itself (same
+    concept) and on images of other concepts (cross concept), and the same for random
+    same-layer units (a ``cross_concept_ablation`` table; the ratio is in the hover text)."""
+    if table.empty:
+        raise ValueError("empty table: run cross_concept_ablation first")
+    ratio = specificity_ratio(table)
+    ratio = ratio[ratio["k"] > 0]
+    x = [str(k) for k in ratio["k"]]
+    fig = go.Figure()
+    for column, name, colour, dash in (
+        ("same_drop", "top units, same image", "crimson", "solid"),
+        ("cross_drop", "top units, other-concept images", "darkorange", "solid"),
+        ("random_same_drop", "random units, same image", "grey", "dot"),
+        ("random_cross_drop", "random units, other-concept images", "silver", "dot"),
+    ):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=ratio[column],
+                mode="lines+markers",
+                name=name,
+                line={"color": colour, "dash": dash},
+                customdata=ratio["ratio"],
+                hovertemplate="k=%{x}: drop %{y:.3f} (same/cross ratio %{customdata:.2f})",
+            )
+        )
+    fig.update_layout(
+        title=title, xaxis_title="units ablated (k)", yaxis_title="mean drop of p(c) (1 - rel p)"
     )
     return fig

@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import torch
 
 from transformer_lens_mm.report.cards import UnitCard, unit_cards, unit_map_png
-from transformer_lens_mm.report.html import Report
+from transformer_lens_mm.report.html import Report, Tile
 
 
 def test_report_is_self_contained(tmp_path):
@@ -23,6 +23,23 @@ def test_report_is_self_contained(tmp_path):
     assert "T &lt;script&gt;" in page  # titles are escaped
     assert "data:image/png;base64," in page and 'class="tok hit"' in page
     assert "70 more rows" in page
+
+
+def test_headline_tiles_and_folded_tables(tmp_path):
+    report = Report("T")
+    report.tiles(
+        [
+            Tile("Scenes with a unit that writes c", "40%", "random 2%", "what it means", True),
+            Tile("Ratio", "1.0x", "random 1.0x", met=False),
+            Tile("Plain", "3"),
+        ]
+    )
+    report.table(pd.DataFrame({"k": range(30)}), max_rows=5, collapsed="Long table")
+    page = report.write(tmp_path / "r.html").read_text()
+    assert page.count('<div class="tile ') + page.count('<div class="tile"') == 3
+    assert 'class="tile met"' in page and 'class="tile unmet"' in page
+    assert "target met" in page and "target not met" in page
+    assert "<details><summary>Long table (30 rows)</summary>" in page and "25 more rows" in page
 
 
 def _units() -> pd.DataFrame:
@@ -46,8 +63,14 @@ def test_unit_cards_rank_by_target_hits_then_images_then_score():
     cards = unit_cards(_units(), n_cards=3)
     assert [(c.layer, c.unit) for c in cards] == [(1, 2), (0, 1), (1, 3)]
     assert cards[0].facts["decodes to the target in"] == "2 images"
-    assert cards[1].facts["top-k of"] == "3 images (targets:  cat,  dog)"
+    assert cards[1].facts["top-k of"] == "3 images"
+    assert cards[1].facts["concepts"] == "dog (2), cat (1)"
     assert cards[0].maps == []  # no maps given
+    assert cards[0].badge == ""  # no generic column: no verdict
+    flagged = _units().assign(generic=lambda t: (t.layer == 0) & (t.unit == 1))
+    extra = unit_cards(flagged, n_cards=2, facts_of=lambda la, u: {"effect": f"{la}.{u}"})
+    assert [c.badge for c in extra] == ["specific", "generic"]
+    assert extra[1].facts["effect"] == "0.1" and 'class="badge generic"' in extra[1].to_html()
     without = unit_cards(_units().drop(columns=["decodes_to_target"]), n_cards=1)
     assert (without[0].layer, without[0].unit) == (0, 1)  # most images first
 

@@ -118,3 +118,51 @@ def test_ratio_without_other_concepts_is_reported_not_divided():
     r = specificity_ratio(t).set_index("k")
     assert r.loc[5, "n_cross"] == 0 and pd.isna(r.loc[5, "ratio"])
     assert r.loc[5, "same_drop"] == pytest.approx(0.8)
+
+
+@pytest.fixture(scope="module")
+def with_generic(tmp_path_factory):
+    return build_concept_model(
+        tmp_path_factory.mktemp("generic") / "tiny-gptj", {"dog": 7, "cat": 9}, generic=11
+    )
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_planted_generic_unit_is_flagged_generic_and_is_not_concept_specific(with_generic, api):
+    """Unit 11 reads a direction every image carries and writes both words: it is among the
+    top units of both concepts (flagged generic) and zeroing it lowers p(c) on images of either
+    concept alike (ratio ~1), while each planted concept unit stays specific (ratio >> 1)."""
+    folder, proj, fs = with_generic
+    model = from_parts(lm=folder, encoder=None, projection=proj, api=api)
+    dog, cat = WORDS.index("dog"), WORDS.index("cat")
+    feats = torch.cat(
+        [
+            planted_features(fs["dog"], 2, on=True, seed=1, also=fs["generic"]),
+            planted_features(fs["cat"], 2, on=True, seed=2, also=fs["generic"]),
+        ]
+    )
+    batch = model.prepare_inputs(image_features=feats)
+    targets, concepts = [dog, dog, cat, cat], ["dog", "dog", "cat", "cat"]
+    attr = attribute(model, batch, targets)
+    ranked = attr.ranked_units()
+    assert [set(r[:2]) for r in ranked] == [{(0, 7), (0, 11)}] * 2 + [{(0, 9), (0, 11)}] * 2
+    top = attr.top_k(16)
+    top = top[[(la, u) in {(0, 7), (0, 9), (0, 11)} for la, u in zip(top.layer, top.unit)]]
+    top = top.assign(item=top["image"], target=top["image"].map(dict(enumerate(concepts))))
+    g = generic_units(top).set_index(["layer", "unit"])
+    assert g.loc[(0, 11), "generic"] and g.loc[(0, 11), "n_concepts"] == 2
+    assert not g.loc[(0, 7), "generic"] and not g.loc[(0, 9), "generic"]
+    spec = concept_specificity(top).set_index(["concept", "layer", "unit"])
+    assert spec.loc[("dog", 0, 7), "specificity"] > spec.loc[("dog", 0, 11), "specificity"]
+
+    def ratio_of(units):
+        table = cross_concept_ablation(
+            model, batch, targets, concepts, [units[c] for c in concepts], ks=[0, 1]
+        )
+        return specificity_ratio(table).set_index("k").loc[1]
+
+    generic = ratio_of({"dog": [(0, 11)], "cat": [(0, 11)]})
+    specific = ratio_of({"dog": [(0, 7)], "cat": [(0, 9)]})
+    assert generic["same_drop"] > 0.2 and generic["cross_drop"] > 0.2
+    assert 0.5 < generic["ratio"] < 2.0
+    assert specific["same_drop"] > 0.2 and abs(specific["cross_drop"]) < 0.05

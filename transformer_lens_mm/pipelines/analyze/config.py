@@ -30,8 +30,10 @@ from transformer_lens_mm.data.datasets import (
     Item,
     SceneDataset,
 )
+from transformer_lens_mm.data.pretrained import SHIPPED_PROJECTIONS
 
 __all__ = [
+    "RUN_TABLES",
     "TABLES",
     "TABLE_SWITCHES",
     "AnalysisConfig",
@@ -49,7 +51,10 @@ TABLE_SWITCHES = {
     "soft_prompts": "soft_prompts",
     "units_direct": "direct_scores",
     "ranking_agreement": "direct_scores",
+    "cross_concept": "cross_concept_ks",
 }
+#: tables of the whole run, made from the merged units table after the last batch
+RUN_TABLES = ("generic_units", "concept_specificity")
 TABLES = tuple(TABLE_SWITCHES)
 
 
@@ -79,11 +84,17 @@ class AnalysisConfig:
     # also the gradient-free (MM_Neurons-style) score: units.direct_score, units_direct and
     # ranking_agreement tables (one extra no-grad forward per batch)
     direct_scores: bool = False
+    # same- vs cross-concept ablation within each batch (empty: off): each image's top-k zeroed
+    # on the batch's images of other concepts (tools.specificity; cross_concept table)
+    cross_concept_ks: list[int] = field(default_factory=list)
+    # a unit top for the images of more than this share of the concepts is generic
+    # (generic_units and concept_specificity tables, always made)
+    generic_share: float = 0.5
 
     @property
     def units_to_rank(self) -> int:
         """Units ranked per image for the ablations (0: none)."""
-        return max([*self.ablation_ks, self.ablation_captions_k])
+        return max([*self.ablation_ks, *self.cross_concept_ks, self.ablation_captions_k])
 
     def wants(self, table: str) -> bool:
         """Whether this run makes the optional ``table`` (see ``TABLE_SWITCHES``)."""
@@ -106,6 +117,10 @@ class AnalysisConfig:
                 "ablation_ks, ablation_random and ablation_captions_k must be >= 0, got "
                 f"{self.ablation_ks}, {self.ablation_random}, {self.ablation_captions_k}"
             )
+        if any(int(k) < 1 for k in self.cross_concept_ks):
+            raise ConfigError(f"cross_concept_ks must be >= 1, got {self.cross_concept_ks}")
+        if not 0 < self.generic_share < 1:
+            raise ConfigError(f"generic_share must be in (0, 1), got {self.generic_share}")
 
 
 def load_config(path: str | os.PathLike) -> AnalysisConfig:
@@ -203,8 +218,15 @@ def plan_run(config: AnalysisConfig) -> list[str]:
     lines += [f"  {k} = {v}{path_note(v) if k in paths else ''}" for k, v in sorted(data.items())]
     model = dict(config.model)
     if model.pop("demo", False):
+        pair = (model.get("lm", "smollm2"), model.get("scenes", "shapes"))
+        if pair not in SHIPPED_PROJECTIONS:
+            raise ConfigError(
+                f"[model] demo = true with lm = {pair[0]!r}, scenes = {pair[1]!r}: no such shipped "
+                f"projection; shipped: {sorted(SHIPPED_PROJECTIONS)}"
+            )
         lines.append(
-            "model: the demo model (SmolLM2-135M + EfficientNet-Lite0 + shipped projection)"
+            f"model: {SHIPPED_PROJECTIONS[pair][1]} + EfficientNet-Lite0 + the shipped projection "
+            f"trained on {pair[1]} scenes"
         )
         return lines + _run_lines(config)
     known = set(inspect.signature(from_parts).parameters)
@@ -251,7 +273,9 @@ def _run_lines(config: AnalysisConfig) -> list[str]:
 
 
 def load_model(spec: dict[str, Any]) -> MultimodalModel:
-    """A model from its config table: ``demo = true``, or ``lm``/``encoder``/``projection``
+    """A model from its config table: ``demo = true`` (+ ``lm``, ``scenes``: which shipped
+    projection, see :func:`~transformer_lens_mm.data.pretrained.load_demo_model`), or
+    ``lm``/``encoder``/``projection``
     (+ ``api``, ``device``, ``dtype``, ``prompt``) as for ``from_parts``."""
     spec = dict(spec)
     if str(spec.get("device", "")) == "cuda" and "LOCAL_RANK" in os.environ:
@@ -259,7 +283,12 @@ def load_model(spec: dict[str, Any]) -> MultimodalModel:
     if spec.pop("demo", False):
         from transformer_lens_mm.data.pretrained import load_demo_model
 
-        return load_demo_model(spec.get("api"), device=spec.get("device"))
+        return load_demo_model(
+            spec.get("api"),
+            lm=spec.get("lm", "smollm2"),
+            scenes=spec.get("scenes", "shapes"),
+            device=spec.get("device"),
+        )
     from transformer_lens_mm.core.loading import from_parts
 
     if "dtype" in spec:

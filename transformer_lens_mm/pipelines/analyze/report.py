@@ -25,11 +25,13 @@ from transformer_lens_mm.report.html import Report
 from transformer_lens_mm.report.plotting import (
     plot_ablation_curves,
     plot_category_selectivity,
+    plot_cross_concept,
     plot_iou_by_category,
     plot_soft_prompts,
     plot_top_units_per_layer,
 )
 from transformer_lens_mm.tools.ablation import ablation_curve
+from transformer_lens_mm.tools.specificity import specificity_ratio
 
 __all__ = ["analysis_report"]
 
@@ -77,9 +79,9 @@ def analysis_report(
     items, units, maps = load_results(out)
     summary = json.loads((out / "summary.json").read_text())
     report = Report(f"Multimodal-neuron analysis: {out.name}")
-    report.key_values({k: v for k, v in summary.items() if k != "failures"})
+    report.key_values({k: v for k, v in summary.items() if k not in ("failures", "controls")})
     report.section("Items", "Caption, target token c (first noun) and failure of every item.")
-    report.table(items, max_rows=100)
+    report.table(items, max_rows=100, collapsed="Items")
     if len(units):
         report.section("Top units by layer", "All images' top-k entries pooled.")
         report.figure(plot_top_units_per_layer(units))
@@ -92,7 +94,7 @@ def analysis_report(
             .reset_index()
             .sort_values(["images", "score"], ascending=False)
         )
-        report.table(freq, max_rows=30)
+        report.table(freq, max_rows=30, collapsed="Units by the number of images")
         by_id = {data[i].id: data[i] for i in range(len(data))} if data is not None else {}
 
         @functools.cache  # an image shown on several cards is read once
@@ -109,6 +111,38 @@ def analysis_report(
                 n_cards=n_cards,
             )
         )
+    generic = _made_table(out, "generic_units")
+    cross = _made_table(out, "cross_concept")
+    if generic is not None:
+        report.section(
+            "Generic vs concept-specific units",
+            "A unit among the top units of images of more than the configured share of the "
+            "concepts (the captions' first nouns) is generic; per concept, units ranked by how "
+            "much more often they are top for it than for the other concepts.",
+        )
+        numbers = summary.get("controls", {}).get("generic", {})
+        if numbers:
+            report.key_values(
+                {
+                    "generic units": f"{numbers['n_generic_units']} of {numbers['n_units']}",
+                    "share of top entries from generic units": numbers[
+                        "share_of_top_entries_generic"
+                    ],
+                    "most widespread": ", ".join(numbers["most_widespread"]),
+                }
+            )
+        report.table(generic, max_rows=50, collapsed="Units by spread over concepts")
+        spec = _made_table(out, "concept_specificity")
+        if spec is not None:
+            report.table(spec[spec["rank"] < 3], max_rows=150, collapsed="Most specific units")
+    if cross is not None:
+        report.section(
+            "Same- vs cross-concept ablation",
+            "Each image's top-k units zeroed on the image itself and on the batch's images of "
+            "other concepts (p of their own c), vs random same-layer units.",
+        )
+        report.figure(plot_cross_concept(cross))
+        report.table(specificity_ratio(cross).round(4))
     sweep = _made_table(out, "ablation")
     if sweep is not None:
         report.section(

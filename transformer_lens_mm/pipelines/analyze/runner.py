@@ -50,6 +50,7 @@ from transformer_lens_mm.pipelines.analyze.store import (
     done_batches,
     merge_shards,
     write_config,
+    write_controls,
     write_merged,
     write_shard,
 )
@@ -57,6 +58,7 @@ from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
 from transformer_lens_mm.pipelines.steps import (
     ablation_captions_step,
     ablation_step,
+    cross_concept_step,
     direct_score_step,
     soft_prompt_step,
 )
@@ -125,6 +127,15 @@ def _analyse_batch(
         if config.wants("soft_prompts"):
             tables["soft_prompts"] = soft_prompt_step(
                 model, [found], seed=batch_index, k=config.soft_prompt_tokens
+            )
+        if config.wants("cross_concept"):
+            tables["cross_concept"] = cross_concept_step(
+                model,
+                found,
+                ks=config.cross_concept_ks,
+                n_random=max(config.ablation_random, 1),
+                seed=batch_index,
+                chunk_size=config.ablation_chunk,
             )
         if config.direct_scores:
             direct, tables["units_direct"], tables["ranking_agreement"] = direct_score_step(
@@ -233,6 +244,7 @@ def run_analysis(
     if rank == 0:
         merged = merge_shards(shards)
         write_merged(out, merged)
+        controls = write_controls(out, merged[1], merged[3].get("cross_concept"), config)
         items_all = merged[0]
         failed = items_all[items_all["failure"].notna()] if len(items_all) else items_all
         summary = {
@@ -242,6 +254,7 @@ def run_analysis(
             "skipped_already_done": skipped,
             "seconds": round(time.perf_counter() - t0, 1),
             "failures": dict(zip(failed["item"], failed["failure"])) if len(failed) else {},
+            "controls": controls,
         }
         atomic_write(
             out / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=1))

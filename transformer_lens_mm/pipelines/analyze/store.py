@@ -5,13 +5,15 @@ Per shard (``shards/b<first batch>-<table>``):
 * ``units.parquet``: top-k rows (the search's schema: item, index, target, rank, layer, unit,
   position, score, activation, tokens, interpretable, decodes_to_target),
 * ``maps.safetensors``: ``maps[row]`` = that row's unit over the image patches (fp16),
-* ``ablation.parquet``, ``ablation_captions.parquet``, ``soft_prompts.parquet``: the optional
-  tables the config asks for,
+* ``ablation.parquet``, ``ablation_captions.parquet``, ``soft_prompts.parquet``,
+  ``cross_concept.parquet``, ...: the optional tables the config asks for,
 * ``items.parquet``: one row per item (index, item, batch, caption, target, target_id, noun,
   failure), written last: a shard counts as done only when its items file exists.
 
-The merged run has ``items.parquet``, ``units.parquet``, ``maps.safetensors`` and one parquet
-file per optional table; :func:`load_results` and :func:`load_table` read them.
+The merged run has ``items.parquet``, ``units.parquet``, ``maps.safetensors``, one parquet
+file per optional table, and the run-level controls ``generic_units.parquet`` and
+``concept_specificity.parquet`` (:func:`write_controls`); :func:`load_results` and
+:func:`load_table` read them.
 
 Example:
     >>> items, units, maps = load_results("runs/coco-gptj")  # doctest: +SKIP
@@ -31,7 +33,14 @@ from safetensors.torch import load_file, save_file
 
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.errors import ConfigError
-from transformer_lens_mm.pipelines.analyze.config import TABLE_SWITCHES, TABLES, AnalysisConfig
+from transformer_lens_mm.pipelines.analyze.config import (
+    RUN_TABLES,
+    TABLE_SWITCHES,
+    TABLES,
+    AnalysisConfig,
+)
+from transformer_lens_mm.pipelines.experiments import controls_summary
+from transformer_lens_mm.tools.specificity import concept_specificity, generic_units
 
 __all__ = [
     "check_same_run",
@@ -40,6 +49,7 @@ __all__ = [
     "load_table",
     "merge_shards",
     "write_config",
+    "write_controls",
     "write_merged",
     "write_parquet",
     "write_shard",
@@ -156,6 +166,20 @@ def write_merged(out: Path, merged: tuple) -> None:
     atomic_write(out / "maps.safetensors", lambda t: save_file({"maps": maps.contiguous()}, t))
 
 
+def write_controls(
+    out: Path, units: pd.DataFrame, cross: pd.DataFrame | None, config: AnalysisConfig
+) -> dict:
+    """The run-level controls from the merged units (and cross-concept) tables: write the
+    ``generic_units`` and ``concept_specificity`` tables, return their numbers
+    (:func:`~transformer_lens_mm.pipelines.experiments.controls_summary`)."""
+    if not len(units):
+        return {}
+    generic = generic_units(units, min_share=config.generic_share)
+    write_parquet(out / "generic_units.parquet", generic)
+    write_parquet(out / "concept_specificity.parquet", concept_specificity(units))
+    return controls_summary(units, generic=generic, cross=cross)
+
+
 def load_results(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor]:
     """``(items, units, maps)`` of a finished run (``maps[i]`` belongs to ``units.iloc[i]``)."""
     out = Path(out)
@@ -173,8 +197,8 @@ def load_table(out: str | os.PathLike, name: str) -> pd.DataFrame:
         >>> sweep = load_table("runs/coco-gptj", "ablation")  # doctest: +SKIP
         >>> ablation_curve(sweep)  # doctest: +SKIP
     """
-    if name not in TABLES:
-        raise ConfigError(f"table must be one of {TABLES}, got {name!r}")
+    if name not in TABLES + RUN_TABLES:
+        raise ConfigError(f"table must be one of {TABLES + RUN_TABLES}, got {name!r}")
     path = Path(out) / f"{name}.parquet"
     if not path.is_file():
         raise FileNotFoundError(

@@ -3,6 +3,8 @@
 Example:
     >>> DemoConfig(n_scenes=6, photos=False).k
     100
+    >>> DemoConfig(lm="smollm2", scene_set="shapes").cross_ks
+    (25, 100, 400)
 """
 
 from __future__ import annotations
@@ -29,17 +31,30 @@ FILES = (
     "spatial.csv",
     "ablation.csv",
     "ablation_captions.csv",
+    "generic_units.csv",
+    "concept_specificity.csv",
+    "cross_concept.csv",
+    "category_selectivity.csv",
+    "unit_effects.csv",
 )
+#: the scene sets the demo draws held-out images from (each with a shipped projection)
+SCENE_SETS = ("natural", "shapes")
 
 
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig:
-    """What the demo runs (the defaults take a few minutes on 2 CPU cores)."""
+    """What the demo runs (the defaults take about 10 minutes on 2 CPU cores)."""
 
-    n_scenes: int = 24  # held-out scenes (seen colour/shape pairs, one object each)
+    lm: str = "gemma3"  # "gemma3" (Gemma 3 270M) or "smollm2" (SmolLM2-135M): the shipped LMs
+    scene_set: str = "natural"  # "natural" (22 nouns) or "shapes" (SmolLM2's first projection)
+    n_scenes: int = 40  # held-out scenes (seen combinations: the training record's set)
     photos: bool = True  # also caption and analyse scikit-image's photos
     k: int = TOP_K  # top (layer, unit, position) entries per image (the paper: 100)
     ks: tuple[int, ...] = (0, 25, 50, 100, 200, 400, 800, 1600)  # ablation sweep
+    cross_ks: tuple[int, ...] = (25, 100, 400)  # same- vs cross-concept ablation
+    cross_others: int | None = 4  # other-concept images per source image (within its batch)
+    generic_share: float = 0.5  # a unit top for images of more of the concepts is generic
+    n_selectivity: int = 2  # held-out one-object images per concept (category selectivity)
     n_random: int = 2  # random draws per k (ablation) and per image (IoU)
     n_cards: int = 12  # unit cards in the report
     n_ablation_captions: int = 4  # images re-captioned under ablation
@@ -54,12 +69,24 @@ class DemoConfig:
             raise ValueError("nothing to analyse: n_scenes must be >= 1 or photos True")
         if self.k < 1 or self.batch_size < 1 or self.n_random < 1:
             raise ValueError("k, batch_size and n_random must be >= 1")
-        if any(k < 0 for k in self.ks):
-            raise ValueError(f"ablation ks must be >= 0, got {self.ks}")
+        if any(k < 0 for k in self.ks) or any(k < 1 for k in self.cross_ks):
+            raise ValueError(f"ks must be >= 0 and cross_ks >= 1, got {self.ks}, {self.cross_ks}")
+        if self.scene_set not in SCENE_SETS:
+            raise ValueError(f"scene_set must be one of {SCENE_SETS}, got {self.scene_set!r}")
+        if not 0 < self.generic_share < 1:
+            raise ValueError(f"generic_share must be in (0, 1), got {self.generic_share}")
 
 
 #: ``tlmm demo --quick``: a few scenes and a short sweep (a smoke test, ~1-2 minutes).
-QUICK = {"n_scenes": 6, "photos": False, "ks": (0, 25, 100, 400), "n_cards": 4, "n_random": 1}
+QUICK = {
+    "n_scenes": 8,
+    "photos": False,
+    "ks": (0, 25, 100, 400),
+    "cross_ks": (25, 100),
+    "n_selectivity": 1,
+    "n_cards": 4,
+    "n_random": 1,
+}
 
 
 def prepare_output(out: str | Path, overwrite: bool = False) -> Path:

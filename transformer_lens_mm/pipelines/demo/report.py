@@ -1,4 +1,6 @@
-"""The demo's ``report.html``: what ran, the headline numbers, every table, figure and card.
+"""The demo's ``report.html``, built for reading: a headline panel (each key number beside its
+baseline, one sentence on what it means, the issue's targets marked met or not), the unit cards
+as the main body, the figures, and every long table folded away.
 
 Example:
     >>> write_report("runs/demo/report.html", model, config, summary, tables=...)  # doctest: +SKIP
@@ -6,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -15,20 +16,177 @@ import pandas as pd
 from torch import Tensor
 
 from transformer_lens_mm.core.contract import MultimodalModel
+from transformer_lens_mm.data.natural_scenes import NATURAL_BACKGROUNDS, NOUNS
 from transformer_lens_mm.data.scenes import SHAPES
 from transformer_lens_mm.pipelines.demo.config import DemoConfig
-from transformer_lens_mm.pipelines.demo.summary import summary_text
+from transformer_lens_mm.pipelines.demo.summary import target_checks
 from transformer_lens_mm.report.cards import unit_cards
-from transformer_lens_mm.report.html import Report
+from transformer_lens_mm.report.html import Report, Tile
 from transformer_lens_mm.report.plotting import (
     plot_ablation_curves,
-    plot_iou_histogram,
+    plot_category_selectivity,
+    plot_cross_concept,
+    plot_iou_by_category,
     plot_lens_by_layer,
-    plot_logit_lens,
     plot_top_units_per_layer,
 )
 
-__all__ = ["write_report"]
+__all__ = ["card_groups", "headline_tiles", "write_report"]
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.0%}"
+
+
+def _num(x: Any, fmt: str = "{:.2f}") -> str:
+    return "n/a" if x is None or pd.isna(x) else fmt.format(float(x))
+
+
+def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
+    """The headline panel of a demo summary: each number beside its baseline."""
+    cap, top = summary["captions"], summary["top_units"]
+    controls = summary.get("controls", {})
+    checks = {c["name"]: c for c in target_checks(summary)}
+    names = list(checks)
+    n_classes = len(NOUNS) if config.scene_set == "natural" else len(SHAPES)
+    tiles = [
+        Tile(
+            "Captions name the object",
+            _pct(cap["scenes_shape_right"]),
+            f"chance: 1 in {n_classes} ({1 / n_classes:.0%}); "
+            f"{summary['n_scenes']} held-out scenes",
+            "How often the greedy caption names the first object: the model sees the images.",
+        )
+    ]
+    ranks = summary.get("target_in_decoding", {})
+    share = top.get("scenes_with_an_interpretable_unit_decoding_to_target")
+    tiles.append(
+        Tile(
+            "Scenes with a unit that writes c",
+            _pct(share),
+            "c's median percentile in top units' decodings "
+            f"{_num(ranks.get('top', {}).get('median_percentile_of_c'), '{:.1f}')} vs random "
+            f"units {_num(ranks.get('random', {}).get('median_percentile_of_c'), '{:.1f}')}",
+            f"Share of scenes where one of the top {top['k']} interpretable units has the "
+            "caption's noun c among its 10 decoded tokens (W_U W_out): multimodal neurons.",
+            checks[names[0]]["met"],
+        )
+    )
+    abl = summary.get("ablation_rel_p", {})
+    k = "100" if "100" in abl.get("top", {}) else next(iter(abl.get("top", {"0": 0})), "0")
+    tiles.append(
+        Tile(
+            f"p(c) kept, top {k} units zeroed",
+            _num(abl.get("top", {}).get(k)),
+            f"{k} random same-layer units: {_num(abl.get('random', {}).get(k))}",
+            "The paper's causal test: the units found matter for c far more than random ones.",
+        )
+    )
+    ratio = controls.get("specificity_ratio", {})
+    at = ratio.get("100") or (next(iter(ratio.values())) if ratio else {})
+    tiles.append(
+        Tile(
+            "Same- vs cross-concept drop (k = 100)",
+            f"{_num(at.get('ratio'), '{:.1f}')}x",
+            f"drop of p(c) on the image {_num(at.get('same_drop'))} vs on other-concept images "
+            f"{_num(at.get('cross_drop'))}; random units {_num(at.get('random_same_drop'))} / "
+            f"{_num(at.get('random_cross_drop'))}",
+            "Concept-specific units lower p(c) of their own image, not of other concepts' "
+            "images; generic image machinery lowers both (ratio near 1).",
+            checks[names[2]]["met"],
+        )
+    )
+    iou = summary.get("spatial_iou", {})
+    tiles.append(
+        Tile(
+            "Spatial IoU with the named object",
+            _num(iou.get("top", {}).get("mean"), "{:.3f}"),
+            f"random units {_num(iou.get('random', {}).get('mean'), '{:.3f}')}; top > random in "
+            f"{controls.get('concepts_iou_top_above_random', 'n/a')} concepts",
+            f"Overlap of each top unit's {config.quantile}-quantile patch region with the mask "
+            "of what c names (objects and background regions).",
+            checks[names[1]]["met"],
+        )
+    )
+    generic = controls.get("generic", {})
+    tiles.append(
+        Tile(
+            "Top entries from generic units",
+            _pct(generic.get("share_of_top_entries_generic")),
+            f"{generic.get('n_generic_units', 'n/a')} of {generic.get('n_units', 'n/a')} units "
+            f"are top for more than {config.generic_share:.0%} of the concepts",
+            "Units among the top of most concepts read image tokens in general; they are "
+            "reported apart from concept-specific ones.",
+        )
+    )
+    sel = controls.get("category_selectivity", {})
+    tiles.append(
+        Tile(
+            "Concept units peaking on their concept",
+            _pct(sel.get("share_peaking_on_own_concept")),
+            f"chance {_pct(sel.get('chance'))}; {sel.get('units', 0)} units on held-out "
+            "one-object images",
+            "Each concept's most frequent units: is their peak activation highest on held-out "
+            "images of that concept?",
+        )
+    )
+    soft = summary.get("soft_prompts", {})
+    tiles.append(
+        Tile(
+            "Soft prompts near c",
+            _pct(soft.get("image_images_with_target_nearby")),
+            f"norm-matched random vectors: {_pct(soft.get('random_images_with_target_nearby'))}",
+            "The paper's other reading: the image tokens themselves decode (nearest tokens) to "
+            "c only rarely; the translation happens inside the LM.",
+        )
+    )
+    return tiles
+
+
+def card_groups(units: pd.DataFrame, n_cards: int) -> list[tuple[str, pd.DataFrame, int]]:
+    """The report's two groups of unit cards: (title, their rows of ``units``, how many cards):
+    concept-specific units first (the paper's multimodal-neuron candidates), then a few
+    generic ones (top for the images of most concepts), each ranked by
+    :func:`~transformer_lens_mm.report.cards.card_units`."""
+    generic = units["generic"].astype(bool) if "generic" in units else pd.Series(False, units.index)
+    return [
+        ("Concept-specific units", units[~generic], n_cards),
+        ("Generic units", units[generic], max(1, n_cards // 3)),
+    ]
+
+
+def _effect_facts(effects: pd.DataFrame, specificity: pd.DataFrame) -> Callable:
+    effect = (
+        effects.groupby(["layer", "unit", "kind"])["rel_p"].mean().unstack("kind")
+        if len(effects)
+        else pd.DataFrame()
+    )
+    best = (
+        specificity[specificity["hits_in"] > 0]
+        .sort_values("specificity", ascending=False)
+        .drop_duplicates(["layer", "unit"])
+        .set_index(["layer", "unit"])
+        if len(specificity)
+        else pd.DataFrame()
+    )
+
+    def facts(layer: int, unit: int) -> dict[str, str]:
+        out = {}
+        if (layer, unit) in effect.index:
+            row = effect.loc[(layer, unit)]
+            out["ablation effect"] = (
+                f"p(c) x {_num(row.get('top'))} with this unit zeroed on its images "
+                f"(a random same-layer unit: x {_num(row.get('random'))})"
+            )
+        if (layer, unit) in best.index:
+            row = best.loc[(layer, unit)]
+            out["most specific to"] = (
+                f"{row['concept']}: top in {int(row['hits_in'])}/{int(row['n_in'])} of its images "
+                f"vs {int(row['hits_out'])}/{int(row['n_out'])} of the others"
+            )
+        return out
+
+    return facts
 
 
 def write_report(
@@ -50,88 +208,125 @@ def write_report(
         config: The demo's settings.
         summary: :func:`~transformer_lens_mm.pipelines.demo.summary.summarise`'s numbers.
         tables: The demo's tables by name (``captions``, ``units``, ``soft_prompts``,
-            ``logit_lens``, ``spatial``, ``ablation``, ``ablation_captions``).
+            ``logit_lens``, ``spatial``, ``ablation``, ``ablation_captions``, ``generic_units``,
+            ``concept_specificity``, ``cross_concept``, ``category_selectivity``,
+            ``unit_effects``).
         maps: ``maps[i]``: the patch map of ``tables["units"].iloc[i]``.
         image_of: ``item -> image`` for the unit cards.
         caption_of: ``item -> caption`` under each card's maps.
     """
     about = summary["model"]
     units, lens, spatial = tables["units"], tables["logit_lens"], tables["spatial"]
-    soft, sweep = tables["soft_prompts"], tables["ablation"]
+    sweep, cross = tables["ablation"], tables.get("cross_concept", pd.DataFrame())
+    selectivity = tables.get("category_selectivity", pd.DataFrame())
     grid = about["grid"] or [0, 0]
     report = Report(f"Multimodal neurons in {about['lm']} (tlmm demo)")
     report.text(
         f"A frozen text-only LM ({about['lm']}, {about['n_layers']} layers, "
         f"{about['d_mlp']} MLP units each, {about['api']}) given sight by a frozen image encoder "
         f"({about['encoder']}, {grid[0]}x{grid[1]} = {about['n_image_tokens']} patch tokens) and "
-        f"one linear projection, prompted with {about['prompt']!r}. The analysis follows "
-        "Schwettmann et al. (2023), 'Multimodal Neurons in Pretrained Text-Only Transformers'. "
-        "With the shipped demo model, scenes are held out from the projection's training and "
-        "the photos are out of its training distribution (it only ever saw coloured shapes)."
+        f"one linear projection, prompted with {about['prompt']!r}; "
+        f"{summary['n_scenes']} held-out {config.scene_set} scenes"
+        + (" and scikit-image's photos" if config.photos else "")
+        + ". The analysis follows Schwettmann et al. (2023), 'Multimodal Neurons in Pretrained "
+        "Text-Only Transformers', plus controls that tell concept-specific units from generic "
+        "ones."
     )
-    report.key_values({"summary": summary_text(summary).replace("\n", " | ")})
-    report.section("Captions", "Greedy captions; c is the first token of the first noun.")
-    report.table(tables["captions"], max_rows=60)
+    report.section("Headline")
+    report.tiles(headline_tiles(summary, config))
+    checks = pd.DataFrame(target_checks(summary))
+    checks["met"] = checks["met"].map({True: "met", False: "NOT met"})
+    report.table(checks)
+
     report.section(
-        "Top units",
-        f"Each image's top {config.k} (layer, unit, position) entries by Z * d logit_c / dZ, "
-        "decoded through the unembedding (W_U W_out, top 10 tokens). Interpretable: >= 7 of 10 "
-        "tokens are dictionary words.",
+        "Unit cards",
+        "The units most often among the images' top units (those whose decoding contains the "
+        "image's c first): decoded tokens (c highlighted), the patch map over their best images "
+        "(the 0.95-quantile region outlined), the concepts whose images they are top for, "
+        "generic or specific, and the effect of zeroing the unit alone.",
     )
-    report.key_values(summary["top_units"] | {"layer_histogram": "see figure"})
-    report.figure(plot_top_units_per_layer(units, n_layers=int(model.cfg.n_layers)))
-    shown = units.copy()
-    shown["tokens"] = [" ".join(repr(t) for t in toks) for toks in shown["tokens"]]
-    report.table(shown.sort_values(["index", "rank"]).groupby("item").head(5), max_rows=60)
-    report.text(
-        "Where c ranks in each unit's decoding (percentile over the vocabulary; 100 = c is the "
-        "unit's first token), for each image's top units and for as many random units of the "
-        "same layers:"
-    )
-    report.key_values({k: str(v) for k, v in summary.get("target_in_decoding", {}).items()})
-    report.section("Unit cards", "Units most often in the top-k (those decoding to c first).")
-    report.cards(
-        unit_cards(
-            units,
-            maps,
-            image_of=image_of,
-            grid_size=tuple(about["grid"]) if about["grid"] else None,
-            caption_of=caption_of,
-            n_cards=config.n_cards,
-            quantile=config.quantile,
-            highlight=SHAPES,
+    specificity = tables.get("concept_specificity", pd.DataFrame())
+    effects = tables.get("unit_effects", pd.DataFrame())
+    highlight = list(NOUNS) + list(NATURAL_BACKGROUNDS) + list(SHAPES)
+    for title, rows, n in card_groups(units, config.n_cards):
+        if not len(rows):
+            continue
+        report.text(f"{title}:", note=True)
+        report.cards(
+            unit_cards(
+                rows,
+                maps[rows.index.to_numpy()] if maps is not None else None,
+                image_of=image_of,
+                grid_size=tuple(about["grid"]) if about["grid"] else None,
+                caption_of=caption_of,
+                n_cards=n,
+                quantile=config.quantile,
+                highlight=highlight,
+                facts_of=_effect_facts(effects, specificity),
+            )
         )
-    )
-    report.section(
-        "Soft prompts",
-        f"Nearest vocabulary tokens (cosine with W_E) of the {about['n_image_tokens']} image "
-        "tokens, against random vectors with the same norms.",
-    )
-    report.key_values(summary["soft_prompts"])
-    report.table(soft[(soft.kind == "image") & (soft["rank"] == 0)], max_rows=20)
-    report.section("Logit lens", "p(c) read from the residual stream with the final norm + W_U.")
-    report.figure(plot_lens_by_layer(lens))
-    first = lens["item"].iloc[0]
-    report.figure(plot_logit_lens(lens[lens["item"] == first].assign(image=0)))
-    report.section(
-        "Spatial selectivity",
-        f"IoU of each top unit's {config.quantile}-quantile patch region (upsampled) with the "
-        "object mask, against the same number of random units from the same layers.",
-    )
-    if len(spatial):
-        report.key_values({k: str(v) for k, v in summary["spatial_iou"].items()})
-        report.figure(plot_iou_histogram(spatial, quantile=config.quantile))
+
+    report.section("Where the top units are", "Top entries per layer over every image.")
+    report.figure(plot_top_units_per_layer(units, n_layers=int(model.cfg.n_layers)))
     report.section(
         "Ablation",
         "p(c) relative to the unablated run when each image's top-k units (ranked by their best "
         "position) are zeroed at all image positions, against k random units of the same layers.",
     )
     report.figure(plot_ablation_curves(sweep, by="item"))
-    report.key_values({k: str(v) for k, v in summary["ablation_rel_p"].items()})
-    report.section("Captions under ablation")
-    report.table(tables["ablation_captions"])
+    if len(cross):
+        report.text(
+            "Each image's top-k zeroed on the image itself and on images of other concepts (p of "
+            "their own c): a concept-specific mechanism hurts only its own concept."
+        )
+        report.figure(plot_cross_concept(cross))
+    if len(spatial) and "category" in spatial:
+        report.section(
+            "Spatial selectivity by concept",
+            f"Mean IoU of each top unit's {config.quantile}-quantile region with the mask of the "
+            "object or background region c names, against random same-layer units.",
+        )
+        report.figure(plot_iou_by_category(spatial, title="IoU per concept"))
+    if len(selectivity):
+        report.section(
+            "Category selectivity",
+            "Each concept's most frequent top units (rows) and their mean peak activation on "
+            "held-out one-object images of every concept (columns).",
+        )
+        report.figure(plot_category_selectivity(selectivity))
+    report.section("Logit lens", "p(c) read from the residual stream with the final norm + W_U.")
+    report.figure(plot_lens_by_layer(lens))
+
+    report.section("Tables", "Every table is also a CSV file beside this page.")
+    report.table(tables["captions"], max_rows=100, collapsed="Captions")
+    shown = units.copy()
+    shown["tokens"] = [" ".join(repr(t) for t in toks) for toks in shown["tokens"]]
+    report.table(
+        shown.sort_values(["index", "rank"]).groupby("item").head(5),
+        max_rows=200,
+        collapsed="Top 5 units per image",
+    )
+    report.table(tables.get("generic_units", pd.DataFrame()), collapsed="Units by spread")
+    if len(specificity):
+        report.table(
+            specificity[specificity["rank"] < 3], collapsed="The 3 most specific units per concept"
+        )
+    soft = tables["soft_prompts"]
+    report.table(
+        soft[(soft.kind == "image") & (soft["rank"] == 0)], collapsed="Soft prompts (nearest token)"
+    )
+    report.table(tables["ablation_captions"], collapsed="Captions under ablation")
+    if len(effects):
+        report.table(effects, collapsed="Single-unit ablation of the card units")
     report.section("Run")
-    report.key_values(
-        {"seconds": json.dumps(summary["seconds"]), "model": json.dumps(summary["model"])}
+    seconds = pd.DataFrame(list(summary["seconds"].items()), columns=["step", "seconds"])
+    report.table(seconds, collapsed="Time per step")
+    report.table(
+        pd.DataFrame(list(about.items()), columns=["model", "value"]).astype(str),
+        collapsed="Model",
+    )
+    report.table(
+        pd.DataFrame(list(summary["config"].items()), columns=["setting", "value"]).astype(str),
+        collapsed="Settings",
     )
     return report.write(path)

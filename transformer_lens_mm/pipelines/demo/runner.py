@@ -1,10 +1,13 @@
 """The paper's analysis end to end on real pretrained weights: ``tlmm demo --out DIR``.
 
-SmolLM2-135M (frozen, text-only) sees through EfficientNet-Lite0 (frozen, ImageNet) and the
-shipped projection (:func:`~transformer_lens_mm.data.pretrained.load_demo_model`; any other
-model can be passed). On held-out scenes of :class:`~transformer_lens_mm.data.scenes.SceneSet`
-(and scikit-image's photos, out of the training distribution) the demo runs every step of the
-paper, with the same search step and steps as ``tlmm analyze``:
+A frozen text-only LM (Gemma 3 270M by default, or SmolLM2-135M) sees through EfficientNet-Lite0
+(frozen, ImageNet) and a shipped projection
+(:func:`~transformer_lens_mm.data.pretrained.load_demo_model`; any other model can be passed).
+On held-out natural-object scenes (:class:`~transformer_lens_mm.data.natural_scenes.
+NaturalSceneSet`: the training record's held-out set of seen combinations; or the shape scenes)
+and scikit-image's photos (out of the training distribution), the demo runs every step of the
+paper with the same search step and steps as ``tlmm analyze``, then the controls that tell
+concept-specific units from generic ones:
 
 1. per batch, the search (:func:`~transformer_lens_mm.pipelines.search.search_batch`): greedy
    captions, their first noun ``c``, attribution ``Z * dy_c/dZ`` of every MLP unit at every
@@ -12,49 +15,61 @@ paper, with the same search step and steps as ``tlmm analyze``:
    interpretability filter, and where ``c`` ranks in those decodings (vs random units);
 2. soft prompts decoded to their nearest tokens, against norm-matched random vectors;
 3. the logit lens of ``c`` at the position that predicts it;
-4. spatial selectivity: IoU of each top unit's 0.95-quantile patch region with the object mask,
-   against random units of the same layers;
-5. the ablation sweep (top-k vs random units of the same layers, for every k) and captions
-   regenerated under ablation.
+4. spatial selectivity per concept: IoU of each top unit's 0.95-quantile patch region with the
+   mask of the object (or background region) ``c`` names, against random same-layer units;
+5. category selectivity: each concept's most frequent units, their peak activation on held-out
+   one-object images of every concept;
+6. the ablation sweep (top-k vs random units of the same layers, for every k);
+7. same- vs cross-concept ablation: each image's top-k zeroed on images of other concepts;
+8. generic units (top for the images of most concepts) and per-concept specificity;
+9. single-unit ablation of the report's card units, and captions regenerated under ablation.
 
 Every table is written as CSV the moment it is computed (atomically); ``summary.json`` holds the
-headline numbers and ``report.html`` the figures, tables and a card per unit.
+headline numbers and ``report.html`` a headline panel, the unit cards, figures and tables.
 
 Example:
     >>> summary = run_demo("runs/demo", DemoConfig(n_scenes=8))  # doctest: +SKIP
-    >>> summary["ablation"]["top"]["400"], summary["ablation"]["random"]["400"]  # doctest: +SKIP
+    >>> summary["controls"]["specificity_ratio"]["100"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
+from transformer_lens_mm.data.datasets import Item, SceneDataset
+from transformer_lens_mm.data.natural_scenes import NOUNS, NaturalSceneSet
+from transformer_lens_mm.data.pretrained import demo_projection_path, load_demo_model
 from transformer_lens_mm.data.scenes import SceneSet
 from transformer_lens_mm.pipelines.demo.config import PHOTOS, DemoConfig, prepare_output
-from transformer_lens_mm.pipelines.demo.report import write_report
+from transformer_lens_mm.pipelines.demo.report import card_groups, write_report
 from transformer_lens_mm.pipelines.demo.summary import describe_model, summarise, summary_text
-from transformer_lens_mm.pipelines.experiments import decoding_target_ranks
+from transformer_lens_mm.pipelines.experiments import (
+    category_selectivity,
+    decoding_target_ranks,
+    spatial_iou_by_category,
+)
 from transformer_lens_mm.pipelines.search import BatchSearch, SearchSettings, search_batch, tag_rows
 from transformer_lens_mm.pipelines.steps import (
     ablation_captions_step,
     ablation_step,
+    cross_concept_step,
     soft_prompt_step,
+    unit_effect_step,
 )
+from transformer_lens_mm.report.cards import card_units
 from transformer_lens_mm.tools.lens import logit_lens
-from transformer_lens_mm.tools.spatial import spatial_selectivity
-from transformer_lens_mm.tools.units import units_of
+from transformer_lens_mm.tools.specificity import concept_specificity, generic_units
 
 __all__ = ["run_demo"]
 
@@ -76,42 +91,57 @@ def _photos() -> list[tuple[str, Any]]:
     return [(name, getattr(skimage.data, name)()) for name in PHOTOS]
 
 
-@dataclass
-class _Item:
-    name: str  # "scene-003" or "photo-chelsea"
-    image: Any
-    truth: str | None = None  # the scene's short caption
-    colour: str | None = None
-    shape: str | None = None
-    mask: np.ndarray | None = None  # object mask (scenes)
+def _held_out_split() -> list:
+    """The combinations the natural-scene projections never saw (their training records')."""
+    colour_pairs, noun_pairs = NaturalSceneSet.split(10, 10, seed=0)
+    return colour_pairs + noun_pairs
 
 
-def _load_items(config: DemoConfig) -> list[_Item]:
-    seen, _ = SceneSet.split_pairs(8, seed=0)
-    scenes = SceneSet(config.n_scenes, seed=config.seed, max_objects=1, pairs=seen)
-    items = [
-        _Item(
-            f"scene-{i:03d}",
-            s.image,
-            s.short_caption.strip(" ."),
-            s.objects[0].colour,
-            s.objects[0].shape,
-            s.masks[0],
-        )
-        for i, s in enumerate(scenes)
-    ]
+def _load_items(config: DemoConfig) -> tuple[list[Item], dict[str, tuple[str, str, str]]]:
+    """The held-out scenes and photos as data-set items (scene masks by object name and
+    background region), and each scene's (short caption, colour, noun) of its first object."""
+    if config.scene_set == "natural":
+        scenes: Any = NaturalSceneSet(config.n_scenes, seed=config.seed, exclude=_held_out_split())
+    else:
+        seen, _ = SceneSet.split_pairs(8, seed=0)
+        scenes = SceneSet(config.n_scenes, seed=config.seed, max_objects=1, pairs=seen)
+    data = SceneDataset(scenes)
+    items, truths = [], {}
+    for i in range(len(scenes)):
+        item = dataclasses.replace(data[i], id=f"scene-{i:03d}")
+        first = scenes[i].objects[0]
+        truths[item.id] = (scenes[i].short_caption.strip(" ."), first.colour, first.shape)
+        items.append(item)
     if config.photos:
-        items += [_Item(f"photo-{name}", img) for name, img in _photos()]
-    return items
+        items += [Item(f"photo-{name}", img) for name, img in _photos()]
+    return items, truths
+
+
+def _selectivity_images(config: DemoConfig) -> list[Item]:
+    """Held-out one-object images, ``n_selectivity`` per concept (their one category)."""
+    if config.scene_set == "natural":
+        held = _held_out_split()
+        sets = [
+            NaturalSceneSet(config.n_selectivity, seed=100 + j, nouns=[noun], max_objects=1,
+                            exclude=held)
+            for j, noun in enumerate(NOUNS)
+        ]  # fmt: skip
+        return [item for s in sets for item in SceneDataset(s)]
+    seen, _ = SceneSet.split_pairs(8, seed=0)
+    n = config.n_selectivity * 8
+    return list(SceneDataset(SceneSet(n, seed=100, max_objects=1, pairs=seen)))
 
 
 def _search(
-    model: MultimodalModel, items: list[_Item], config: DemoConfig
+    model: MultimodalModel,
+    items: list[Item],
+    truths: dict[str, tuple[str, str, str]],
+    config: DemoConfig,
 ) -> tuple[list[BatchSearch], pd.DataFrame]:
     """The search step per batch; the captions table (search items + scene truth)."""
     settings = SearchSettings(
         k=config.k,
-        rank_units=max(max(config.ks, default=0), config.k),
+        rank_units=max(max(config.ks, default=0), max(config.cross_ks, default=0), config.k),
         max_new_tokens=config.max_new_tokens,
     )
     searches, tables, decoded = [], [], {}
@@ -120,22 +150,25 @@ def _search(
         found = search_batch(
             model,
             indices=range(start, start + len(chunk)),
-            ids=[it.name for it in chunk],
-            images=[it.image for it in chunk],
+            ids=[it.id for it in chunk],
+            images=[it.image() for it in chunk],
             settings=settings,
             decoded=decoded,
         )
         searches.append(found)
         tables.append(found.items)
     captions = pd.concat(tables, ignore_index=True)
-    by_name = {it.name: it for it in items}
-    captions["truth"] = [by_name[n].truth for n in captions["item"]]
+    truth = [truths.get(n, (None, None, None)) for n in captions["item"]]
+    captions["truth"] = [t[0] for t in truth]
     words = [str(c or "").lower().replace(".", " ").split() for c in captions["caption"]]
-    for column, attr in (("colour_right", "colour"), ("shape_right", "shape")):
-        captions[column] = [
-            None if getattr(by_name[n], attr) is None else getattr(by_name[n], attr) in w
-            for n, w in zip(captions["item"], words)
-        ]
+    # a noun drawn in one colour only is captioned without it (the natural scenes' captions)
+    captions["colour_right"] = [
+        None if c is None else (c in w or len(NOUNS.get(noun, (c, c))) == 1)
+        for (_, c, noun), w in zip(truth, words)
+    ]
+    captions["shape_right"] = [
+        None if noun is None else noun in w for (_, _, noun), w in zip(truth, words)
+    ]
     return searches, captions
 
 
@@ -156,60 +189,46 @@ def _lens(model: MultimodalModel, searches: list[BatchSearch]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def _spatial(
-    model: MultimodalModel, scenes: list[tuple[_Item, int, str]], units: pd.DataFrame, config
+def _per_batch(
+    searches: list[BatchSearch], step: Callable[[BatchSearch, int], pd.DataFrame]
 ) -> pd.DataFrame:
-    """IoU of each scene's top units (and random same-layer units) with its object mask."""
-    tables = []
-    for start in range(0, len(scenes), config.batch_size):
-        chunk = scenes[start : start + config.batch_size]
-        table = spatial_selectivity(
-            model,
-            model.prepare_inputs([it.image for it, _, _ in chunk]),
-            [units_of(units, it.name) for it, _, _ in chunk],
-            [it.mask for it, _, _ in chunk],
-            q=config.quantile,
-            n_random=config.n_random,
-            seed=start,
-        )
-        tables.append(tag_rows(table, [(it.name, index, t) for it, index, t in chunk]))
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-
-
-def _sweep(model: MultimodalModel, searches: list[BatchSearch], config) -> pd.DataFrame:
-    """The ablation sweep per batch (seeded by the batch's first usable item's position)."""
-    total = int(model.cfg.n_layers) * int(model.cfg.d_mlp)
-    ks = [k for k in config.ks if k <= total]
+    """A step over every batch with a usable item, seeded by the batch's first usable item's
+    position among all usable items."""
     tables, offset = [], 0
     for found in searches:
         if len(found):
-            tables.append(
-                ablation_step(
-                    model, found, ks=ks, n_random=config.n_random, seed=offset, chunk_size=16
-                )
-            )
+            tables.append(step(found, offset))
         offset += len(found)
-    return pd.concat(tables, ignore_index=True)
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def _ablation_captions(model: MultimodalModel, searches: list[BatchSearch], config) -> pd.DataFrame:
     """Captions under ablation of the first ``n_ablation_captions`` usable images."""
-    tables, offset = [], 0
-    for found in searches:
+
+    def step(found: BatchSearch, offset: int) -> pd.DataFrame:
         only = [j for j in range(len(found)) if offset + j < config.n_ablation_captions]
-        if only:
-            tables.append(
-                ablation_captions_step(
-                    model,
-                    found,
-                    k=max(config.ks, default=0),
-                    seeds=[offset + j for j in range(len(found))],
-                    max_new_tokens=config.max_new_tokens,
-                    only=only,
-                )
-            )
-        offset += len(found)
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        if not only:
+            return pd.DataFrame()
+        return ablation_captions_step(
+            model,
+            found,
+            k=max(config.ks, default=0),
+            seeds=[offset + j for j in range(len(found))],
+            max_new_tokens=config.max_new_tokens,
+            only=only,
+        )
+
+    return _per_batch(searches, step)
+
+
+def _controls(units: pd.DataFrame, config: DemoConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Generic units (top for the images of most concepts) and per-concept specificity, from
+    the top-k table; the units table gets a ``generic`` column."""
+    generic = generic_units(units, min_share=config.generic_share)
+    flags = generic.set_index(["layer", "unit"])["generic"]
+    units["generic"] = [bool(flags.get((la, u), False)) for la, u in zip(units.layer, units.unit)]
+    return generic, concept_specificity(units)
 
 
 def run_demo(
@@ -226,18 +245,20 @@ def run_demo(
         out: Output folder; must not exist unless ``overwrite``.
         config: What to run (:class:`DemoConfig`).
         overwrite: Replace the demo's files in an existing folder (nothing else is touched).
-        model: A loaded model (default:
-            :func:`~transformer_lens_mm.data.pretrained.load_demo_model`).
+        model: A loaded model (default: ``config.lm`` with the projection shipped for
+            ``config.scene_set``, :func:`~transformer_lens_mm.data.pretrained.load_demo_model`).
         verbose: Progress bars and the printed summary.
 
     Returns:
         The content of ``summary.json``.
     """
     config = config or DemoConfig()
+    if model is None:  # a pair without a shipped projection fails before anything is written
+        demo_projection_path(config.lm, config.scene_set)
     out = prepare_output(out, overwrite)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    steps = tqdm(total=7, desc="tlmm demo", disable=not verbose)
+    steps = tqdm(total=11, desc="tlmm demo", disable=not verbose)
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
         steps.set_postfix_str(name)
@@ -248,20 +269,24 @@ def run_demo(
         return result
 
     if model is None:
-        from transformer_lens_mm.data.pretrained import load_demo_model
-
-        model = step("load", lambda: load_demo_model(config.api))
+        model = step(
+            "load", lambda: load_demo_model(config.api, lm=config.lm, scenes=config.scene_set)
+        )
     else:
         steps.update()
     assert model is not None
-    items = _load_items(config)
-    searches, captions = step("search", lambda: _search(model, items, config))
+    items, truths = _load_items(config)
+    by_id = {it.id: it for it in items}
+    searches, captions = step("search", lambda: _search(model, items, truths, config))
     _write_csv(out, "captions.csv", captions)
     if not any(len(found) for found in searches):
         raise RuntimeError("no image got a caption with a noun: nothing to attribute")
     units = pd.concat([f.units for f in searches if len(f)], ignore_index=True)
     maps = torch.cat([f.maps for f in searches if f.maps is not None])
+    generic, specificity = _controls(units, config)
     _write_csv(out, "units.csv", units)
+    _write_csv(out, "generic_units.csv", generic)
+    _write_csv(out, "concept_specificity.csv", specificity)
     target_ids = {row[0]: t.token_id for f in searches for row, t in zip(f.rows, f.targets)}
     target_ranks = decoding_target_ranks(model, units, target_ids)
     _write_csv(out, "target_ranks.csv", target_ranks)
@@ -269,22 +294,84 @@ def run_demo(
     _write_csv(out, "soft_prompts.csv", soft)
     lens = step("logit lens", lambda: _lens(model, searches))
     _write_csv(out, "logit_lens.csv", lens)
-    by_name = {it.name: it for it in items}
-    scenes = [
-        (by_name[item], index, target)
-        for f in searches
-        for item, index, target in f.rows
-        if by_name[item].mask is not None
-    ]
-    spatial = step("spatial", lambda: _spatial(model, scenes, units, config))
+    spatial = step(
+        "spatial",
+        lambda: spatial_iou_by_category(
+            model,
+            items,
+            captions,
+            units,
+            q=config.quantile,
+            n_random=config.n_random,
+            batch_size=config.batch_size,
+        ),
+    )
     _write_csv(out, "spatial.csv", spatial)
-    sweep = step("ablation", lambda: _sweep(model, searches, config))
+    selectivity = step(
+        "category selectivity",
+        lambda: category_selectivity(
+            model, units, captions, _selectivity_images(config), batch_size=config.batch_size
+        ),
+    )
+    _write_csv(out, "category_selectivity.csv", selectivity)
+    total = int(model.cfg.n_layers) * int(model.cfg.d_mlp)
+    ks = [k for k in config.ks if k <= total]
+    sweep = step(
+        "ablation",
+        lambda: _per_batch(
+            searches,
+            lambda f, seed: ablation_step(
+                model, f, ks=ks, n_random=config.n_random, seed=seed, chunk_size=16
+            ),
+        ),
+    )
     _write_csv(out, "ablation.csv", sweep)
+    cross_ks = [k for k in config.cross_ks if k <= total]
+    cross = step(
+        "cross-concept ablation",
+        lambda: _per_batch(
+            searches,
+            lambda f, seed: cross_concept_step(
+                model, f, ks=cross_ks, seed=seed, max_others=config.cross_others, chunk_size=16
+            ),
+        ),
+    )
+    _write_csv(out, "cross_concept.csv", cross)
+    cards = pd.concat(
+        [card_units(rows, n_cards=n) for _, rows, n in card_groups(units, config.n_cards)]
+    )
+    tested = {(int(a), int(b)) for a, b in zip(cards.layer, cards.unit)}
+    per_item = (
+        units[[(a, b) in tested for a, b in zip(units.layer, units.unit)]]
+        .drop_duplicates(["item", "layer", "unit"])
+        .groupby("item")
+        .apply(lambda g: list(zip(g.layer, g.unit)), include_groups=False)
+        .to_dict()
+    )
+    effects = step(
+        "unit effects",
+        lambda: _per_batch(
+            searches, lambda f, seed: unit_effect_step(model, f, per_item, seed=seed)
+        ),
+    )
+    _write_csv(out, "unit_effects.csv", effects)
     abl_caps = step("ablation captions", lambda: _ablation_captions(model, searches, config))
     _write_csv(out, "ablation_captions.csv", abl_caps)
     steps.close()
 
-    summary = summarise(config, captions, units, target_ranks, soft, lens, spatial, sweep)
+    summary = summarise(
+        config,
+        captions,
+        units,
+        target_ranks,
+        soft,
+        lens,
+        spatial,
+        sweep,
+        generic=generic,
+        cross=cross,
+        selectivity=selectivity,
+    )
     summary["seconds"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
     summary["model"] = describe_model(model)
     _write_json(out / "summary.json", summary)
@@ -302,9 +389,14 @@ def run_demo(
             "spatial": spatial,
             "ablation": sweep,
             "ablation_captions": abl_caps,
+            "generic_units": generic,
+            "concept_specificity": specificity,
+            "cross_concept": cross,
+            "category_selectivity": selectivity,
+            "unit_effects": effects,
         },
         maps=maps,
-        image_of=lambda name: by_name[name].image,
+        image_of=lambda name: by_id[name].image(),
         caption_of=lambda name: str(captions_by_item.get(name, "")),
     )
     if verbose:

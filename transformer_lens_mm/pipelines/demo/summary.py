@@ -14,10 +14,16 @@ import pandas as pd
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.pipelines.demo.config import DemoConfig
-from transformer_lens_mm.pipelines.experiments import soft_prompt_summary
+from transformer_lens_mm.pipelines.experiments import controls_summary, soft_prompt_summary
 from transformer_lens_mm.tools.stats import mean_ci
 
-__all__ = ["describe_model", "summarise", "summary_text"]
+__all__ = ["describe_model", "summarise", "summary_text", "target_checks"]
+
+#: the issue's targets for a run that shows concept-specific multimodal neurons (never moved)
+TARGETS = {
+    "images_with_concept_decoding_unit": 0.5,  # share of held-out scenes
+    "specificity_ratio_at_100": 3.0,  # same-concept drop / cross-concept drop at k = 100
+}
 
 
 def describe_model(model: MultimodalModel) -> dict[str, Any]:
@@ -45,11 +51,23 @@ def summarise(
     lens: pd.DataFrame,
     spatial: pd.DataFrame,
     sweep: pd.DataFrame,
+    *,
+    generic: pd.DataFrame | None = None,
+    cross: pd.DataFrame | None = None,
+    selectivity: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """The headline numbers of a demo run, from its tables."""
+    """The headline numbers of a demo run, from its tables (the controls' with ``generic``,
+    ``cross`` and ``selectivity``: see :func:`controls_summary`)."""
     scenes = captions[captions.truth.notna()]
-    per_image_hit = units[units["rank"] < config.k].groupby("item")["decodes_to_target"].any()
+    top = units[units["rank"] < config.k]
+    per_image_hit = top.groupby("item")["decodes_to_target"].any()
     scene_hits = per_image_hit[per_image_hit.index.isin(set(scenes["item"]))]
+    interpretable_hit = (
+        top.assign(_hit=top["decodes_to_target"] & top["interpretable"])
+        .groupby("item")["_hit"]
+        .any()
+    )
+    scene_interpretable = interpretable_hit[interpretable_hit.index.isin(set(scenes["item"]))]
     ablation: dict[str, dict[str, float]] = {}
     for kind, group in sweep.groupby("kind"):
         per_k = group.groupby(["k", "item"])["rel_p"].mean().groupby("k").mean()
@@ -102,6 +120,12 @@ def summarise(
             if len(scene_hits)
             else None,
             "images_with_a_top_unit_decoding_to_target": round(float(per_image_hit.mean()), 4),
+            # the issue's measure: an *interpretable* top unit whose top-10 decoding holds c
+            "scenes_with_an_interpretable_unit_decoding_to_target": round(
+                float(scene_interpretable.mean()), 4
+            )
+            if len(scene_interpretable)
+            else None,
             "layer_histogram": {
                 str(k): int(v) for k, v in units["layer"].value_counts().sort_index().items()
             },
@@ -123,8 +147,39 @@ def summarise(
         },
         "spatial_iou": iou,
         "ablation_rel_p": ablation,
+        "controls": controls_summary(units, spatial, generic, cross, selectivity),
         "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
     }
+
+
+def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's three targets against a run's summary: name, value, target, met."""
+    top = summary["top_units"]
+    controls = summary.get("controls", {})
+    share = top.get("scenes_with_an_interpretable_unit_decoding_to_target")
+    ratio = controls.get("specificity_ratio", {}).get("100", {}).get("ratio")
+    iou = controls.get("iou_by_concept", {})
+    below = controls.get("concepts_iou_top_not_above_random", [])
+    return [
+        {
+            "name": "held-out scenes with an interpretable top-100 unit decoding to c",
+            "value": share,
+            "target": f">= {TARGETS['images_with_concept_decoding_unit']:.0%}",
+            "met": share is not None and share >= TARGETS["images_with_concept_decoding_unit"],
+        },
+        {
+            "name": "concepts where spatial IoU of top units > random units",
+            "value": controls.get("concepts_iou_top_above_random"),
+            "target": "every concept",
+            "met": bool(iou) and not below,
+        },
+        {
+            "name": "same-concept / cross-concept drop of p(c) at k = 100",
+            "value": ratio,
+            "target": f">= {TARGETS['specificity_ratio_at_100']:g}x",
+            "met": ratio is not None and ratio >= TARGETS["specificity_ratio_at_100"],
+        },
+    ]
 
 
 def summary_text(summary: dict[str, Any]) -> str:
@@ -168,6 +223,20 @@ def summary_text(summary: dict[str, Any]) -> str:
             + ", ".join(
                 f"k={k}: {abl['top'][k]:.2f}/{abl['random'].get(k, float('nan')):.2f}" for k in ks
             )
+        )
+    ratios = summary.get("controls", {}).get("specificity_ratio", {})
+    if ratios:
+        lines.append(
+            "same- / cross-concept drop of p(c): "
+            + ", ".join(
+                f"k={k}: {v['same_drop']:.2f}/{v['cross_drop']:.2f} (ratio {v['ratio']})"
+                for k, v in ratios.items()
+            )
+        )
+    for check in target_checks(summary):
+        lines.append(
+            f"target {'met' if check['met'] else 'NOT met'}: {check['name']} = {check['value']} "
+            f"({check['target']})"
         )
     lines.append(f"time: {summary['seconds']['total']:.0f} s")
     return "\n".join(lines)
