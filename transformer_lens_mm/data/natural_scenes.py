@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 
 from transformer_lens_mm.data.scenes import Scene, SceneObject
 
-__all__ = ["NATURAL_BACKGROUNDS", "NOUNS", "NaturalScene", "NaturalSceneSet"]
+__all__ = ["BACKGROUND_REGIONS", "NATURAL_BACKGROUNDS", "NOUNS", "NaturalScene", "NaturalSceneSet"]
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (210, 35, 35),
@@ -78,6 +78,8 @@ _DEFINITE = {"sun", "moon"}
 #: where an object may stand: "sky" objects high up, the rest lower
 _SKY = {"sun", "moon", "cloud", "bird", "kite", "balloon"}
 NATURAL_BACKGROUNDS = ("sky", "grass", "water", "indoor", "plain")
+#: the background regions a scene has masks for (``NaturalScene.regions``)
+BACKGROUND_REGIONS = ("sky", "grass", "water", "wall", "floor")
 _REGIONS = {
     "sky": ("sky",),
     "grass": ("sky", "grass"),

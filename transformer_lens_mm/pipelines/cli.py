@@ -1,7 +1,7 @@
 """The ``tlmm`` command line.
 
 tlmm demo --out runs/demo                 # the paper's analysis + controls, ~10 min on CPU
-tlmm demo --out runs/demo --lm smollm2    # on SmolLM2-135M instead of Gemma 3 270M
+tlmm demo --out runs/demo --lm gemma3     # on Gemma 3 270M instead of SmolLM2-135M
 tlmm demo --out runs/demo --quick         # a few scenes, for a smoke test
 """
 
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--api", choices=["hooked", "bridge"], default=None)
     demo.add_argument("--scenes", type=int, default=None, help="held-out scenes (default 40)")
     demo.add_argument(
-        "--lm", choices=["gemma3", "smollm2"], default=None, help="the LM (default gemma3)"
+        "--lm", choices=["gemma3", "smollm2"], default=None, help="the LM (default smollm2)"
     )
     demo.add_argument(
         "--scene-set",

@@ -161,9 +161,9 @@ def unit_cards(
     patch maps.
 
     Each card shows the unit's ``n_images`` best images (by score), each with the unit's patch
-    map ``maps[row]`` of that image. When the table has a ``generic`` column (from
-    :func:`~transformer_lens_mm.tools.specificity.generic_units`) the card says whether the
-    unit is generic or concept-specific.
+    map ``maps[row]`` of that image. When the table has a ``breadth`` (or ``generic``) column
+    (from :func:`~transformer_lens_mm.tools.specificity.generic_units`) the card says whether
+    the unit is generic, concept-specific or broad.
 
     Args:
         units: A units table (``item``, ``layer``, ``unit``, ``score``, ``tokens``, ``target``;
@@ -207,9 +207,12 @@ def unit_cards(
                 pngs.append((png, f"{r.item}: {text}"))
         targets = sorted({str(t) for t in rows["target"]})
         counts = rows.drop_duplicates("item")["target"].astype(str).str.strip().value_counts()
+        named = ", ".join(f"{t} ({n})" for t, n in counts.head(6).items())
+        if len(counts) > 6:
+            named += f" and {len(counts) - 6} more"
         facts = {
             "top-k of": f"{int(row.images)} images",
-            "concepts": ", ".join(f"{t} ({n})" for t, n in counts.items()),
+            "concepts": named,
             "summed attribution": f"{row.score:.3g}",
         }
         if "interpretable" in rows:
@@ -219,8 +222,10 @@ def unit_cards(
         if facts_of is not None:
             facts |= facts_of(int(row.layer), int(row.unit))
         badge = ""
-        if "generic" in rows:
-            badge = "generic" if bool(rows["generic"].iloc[0]) else "specific"
+        if "breadth" in rows:
+            badge = str(rows["breadth"].iloc[0])
+        elif "generic" in rows:
+            badge = "generic" if bool(rows["generic"].iloc[0]) else "not generic"
         cards.append(
             UnitCard(
                 int(row.layer),

@@ -54,7 +54,7 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}th{background:#f4f4
 .verdict{font-size:12px;font-weight:700;margin-left:6px}.met .verdict{color:#2a2}
 .unmet .verdict{color:#c33}
 .badge{font-size:11px;border-radius:3px;padding:0 5px;margin-left:4px;color:#fff}
-.badge.generic{background:#888}.badge.specific{background:#2a7}
+.badge.generic{background:#888}.badge.specific{background:#2a7}.badge.broad{background:#a83}
 details{margin:0.6em 0}summary{cursor:pointer;font-weight:600}
 """
 

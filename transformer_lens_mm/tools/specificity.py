@@ -85,7 +85,10 @@ def generic_units(
 
     Returns:
         One row per ``(layer, unit)``: ``n_items`` (images it is top for), ``n_concepts``,
-        ``share`` (of all concepts), ``generic``; most widespread first.
+        ``share`` (of all concepts), ``generic``, ``top_concept_share`` (the share of its images
+        that show its most frequent concept) and ``breadth``: ``"generic"``, ``"specific"`` (top
+        for at least two images, more than half of them of one concept), ``"broad"`` (the rest of
+        the units top for several images) or ``"single image"``; most widespread first.
     """
     if not 0 < min_share < 1:
         raise ValueError(f"min_share must be in (0, 1), got {min_share}")
@@ -99,6 +102,25 @@ def generic_units(
     )
     per_unit["share"] = per_unit["n_concepts"] / max(n_concepts, 1)
     per_unit["generic"] = (per_unit["share"] > min_share) & (per_unit["n_concepts"] >= 2)
+    most = (
+        table.drop_duplicates([item_col, "layer", "unit"])
+        .groupby(["layer", "unit", "concept"])[item_col]
+        .nunique()
+        .groupby(["layer", "unit"])
+        .max()
+        .rename("_most")
+    )
+    per_unit = per_unit.join(most, on=["layer", "unit"])
+    per_unit["top_concept_share"] = per_unit.pop("_most") / per_unit["n_items"]
+    per_unit["breadth"] = np.select(
+        [
+            per_unit["generic"],
+            (per_unit["n_items"] >= 2) & (per_unit["top_concept_share"] > 0.5),
+            per_unit["n_items"] >= 2,
+        ],
+        ["generic", "specific", "broad"],
+        default="single image",
+    )
     return per_unit.sort_values(
         ["n_concepts", "n_items", "layer", "unit"], ascending=[False, False, True, True]
     ).reset_index(drop=True)

@@ -69,7 +69,7 @@ def test_unit_cards_rank_by_target_hits_then_images_then_score():
     assert cards[0].badge == ""  # no generic column: no verdict
     flagged = _units().assign(generic=lambda t: (t.layer == 0) & (t.unit == 1))
     extra = unit_cards(flagged, n_cards=2, facts_of=lambda la, u: {"effect": f"{la}.{u}"})
-    assert [c.badge for c in extra] == ["specific", "generic"]
+    assert [c.badge for c in extra] == ["not generic", "generic"]
     assert extra[1].facts["effect"] == "0.1" and 'class="badge generic"' in extra[1].to_html()
     without = unit_cards(_units().drop(columns=["decodes_to_target"]), n_cards=1)
     assert (without[0].layer, without[0].unit) == (0, 1)  # most images first

@@ -34,6 +34,10 @@ def test_generic_units_known_answer():
     g2 = generic_units(table(), min_share=0.7).set_index(["layer", "unit"])
     assert g2.loc[(0, 3), "generic"] and not g2.loc[(1, 9), "generic"]
     assert not g.loc[(0, 7), "generic"] and g.loc[(0, 7), "n_items"] == 2
+    # breadth: (0, 7) is top for two dog images only; (1, 9) for one dog and one cat
+    assert g.loc[(0, 7), "breadth"] == "specific" and g.loc[(0, 7), "top_concept_share"] == 1.0
+    assert g.loc[(0, 3), "breadth"] == "generic"
+    assert g2.loc[(1, 9), "breadth"] == "broad" and g2.loc[(1, 9), "top_concept_share"] == 0.5
 
 
 def test_concept_specificity_known_answer():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import Tensor
 
 from transformer_lens_mm.core.contract import MultimodalModel
@@ -144,14 +145,16 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
 
 
 def card_groups(units: pd.DataFrame, n_cards: int) -> list[tuple[str, pd.DataFrame, int]]:
-    """The report's two groups of unit cards: (title, their rows of ``units``, how many cards):
-    concept-specific units first (the paper's multimodal-neuron candidates), then a few
-    generic ones (top for the images of most concepts), each ranked by
+    """The report's groups of unit cards: (title, their rows of ``units``, how many cards):
+    concept-specific units first (the paper's multimodal-neuron candidates: top for two or more
+    images, more than half of them of one concept), then units top across several concepts, then
+    a few generic ones (top for the images of most concepts), each ranked by
     :func:`~transformer_lens_mm.report.cards.card_units`."""
-    generic = units["generic"].astype(bool) if "generic" in units else pd.Series(False, units.index)
+    breadth = units["breadth"] if "breadth" in units else pd.Series("broad", units.index)
     return [
-        ("Concept-specific units", units[~generic], n_cards),
-        ("Generic units", units[generic], max(1, n_cards // 3)),
+        ("Concept-specific units", units[breadth == "specific"], n_cards),
+        ("Units top across several concepts", units[breadth == "broad"], max(1, n_cards // 3)),
+        ("Generic units", units[breadth == "generic"], max(1, n_cards // 3)),
     ]
 
 
@@ -249,13 +252,14 @@ def write_report(
     effects = tables.get("unit_effects", pd.DataFrame())
     highlight = list(NOUNS) + list(NATURAL_BACKGROUNDS) + list(SHAPES)
     for title, rows, n in card_groups(units, config.n_cards):
-        if not len(rows):
-            continue
         report.text(f"{title}:", note=True)
+        if not len(rows):
+            report.text("none in this run.", note=True)
+            continue
         report.cards(
             unit_cards(
                 rows,
-                maps[rows.index.to_numpy()] if maps is not None else None,
+                maps[torch.as_tensor(rows.index.to_numpy().copy())] if maps is not None else None,
                 image_of=image_of,
                 grid_size=tuple(about["grid"]) if about["grid"] else None,
                 caption_of=caption_of,

@@ -1,6 +1,6 @@
 """The paper's analysis end to end on real pretrained weights: ``tlmm demo --out DIR``.
 
-A frozen text-only LM (Gemma 3 270M by default, or SmolLM2-135M) sees through EfficientNet-Lite0
+A frozen text-only LM (SmolLM2-135M by default, or Gemma 3 270M) sees through EfficientNet-Lite0
 (frozen, ImageNet) and a shipped projection
 (:func:`~transformer_lens_mm.data.pretrained.load_demo_model`; any other model can be passed).
 On held-out natural-object scenes (:class:`~transformer_lens_mm.data.natural_scenes.
@@ -16,7 +16,8 @@ concept-specific units from generic ones:
 2. soft prompts decoded to their nearest tokens, against norm-matched random vectors;
 3. the logit lens of ``c`` at the position that predicts it;
 4. spatial selectivity per concept: IoU of each top unit's 0.95-quantile patch region with the
-   mask of the object (or background region) ``c`` names, against random same-layer units;
+   mask of the object ``c`` names, against random same-layer units; and the same for background
+   concepts (each scene's largest region, sky/grass/water/wall/floor, as the explicit ``c``);
 5. category selectivity: each concept's most frequent units, their peak activation on held-out
    one-object images of every concept;
 6. the ablation sweep (top-k vs random units of the same layers, for every k);
@@ -48,7 +49,7 @@ from tqdm.auto import tqdm
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.data.datasets import Item, SceneDataset
-from transformer_lens_mm.data.natural_scenes import NOUNS, NaturalSceneSet
+from transformer_lens_mm.data.natural_scenes import BACKGROUND_REGIONS, NOUNS, NaturalSceneSet
 from transformer_lens_mm.data.pretrained import demo_projection_path, load_demo_model
 from transformer_lens_mm.data.scenes import SceneSet
 from transformer_lens_mm.pipelines.demo.config import PHOTOS, DemoConfig, prepare_output
@@ -189,6 +190,47 @@ def _lens(model: MultimodalModel, searches: list[BatchSearch]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
+def _background_spatial(
+    model: MultimodalModel, items: list[Item], config: DemoConfig
+) -> pd.DataFrame:
+    """Spatial selectivity for background concepts: each natural scene's largest background
+    region (sky, grass, water, wall, floor) is given as the explicit target c (captions name
+    objects, never the background), its top units are found by the same search step, and their
+    IoU with the region's mask is measured against random same-layer units."""
+    chosen = []
+    for it in items:
+        regions = {k: m for k, m in it.masks().items() if k in BACKGROUND_REGIONS and m.any()}
+        if regions:
+            chosen.append((it, max(regions, key=lambda k: int(regions[k].sum()))))
+    if not chosen:
+        return pd.DataFrame()
+    settings = SearchSettings(k=config.k, maps=False)
+    tables, rows = [], []
+    for start in range(0, len(chosen), config.batch_size):
+        chunk = chosen[start : start + config.batch_size]
+        found = search_batch(
+            model,
+            indices=range(start, start + len(chunk)),
+            ids=[it.id for it, _ in chunk],
+            images=[it.image() for it, _ in chunk],
+            targets=[region for _, region in chunk],
+            settings=settings,
+        )
+        tables.append(found.units)
+        rows.append(found.items.assign(noun=[region for _, region in chunk]))
+    spatial = spatial_iou_by_category(
+        model,
+        [it for it, _ in chosen],
+        pd.concat(rows, ignore_index=True),
+        pd.concat(tables, ignore_index=True),
+        q=config.quantile,
+        n_random=config.n_random,
+        batch_size=config.batch_size,
+        seed=10_000,
+    )
+    return spatial
+
+
 def _per_batch(
     searches: list[BatchSearch], step: Callable[[BatchSearch, int], pd.DataFrame]
 ) -> pd.DataFrame:
@@ -224,10 +266,12 @@ def _ablation_captions(model: MultimodalModel, searches: list[BatchSearch], conf
 
 def _controls(units: pd.DataFrame, config: DemoConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Generic units (top for the images of most concepts) and per-concept specificity, from
-    the top-k table; the units table gets a ``generic`` column."""
+    the top-k table; the units table gets ``generic`` and ``breadth`` columns."""
     generic = generic_units(units, min_share=config.generic_share)
-    flags = generic.set_index(["layer", "unit"])["generic"]
-    units["generic"] = [bool(flags.get((la, u), False)) for la, u in zip(units.layer, units.unit)]
+    per_unit = generic.set_index(["layer", "unit"])
+    key = list(zip(units.layer, units.unit))
+    units["generic"] = per_unit["generic"].reindex(key).to_numpy(dtype=bool)
+    units["breadth"] = per_unit["breadth"].reindex(key).to_numpy()
     return generic, concept_specificity(units)
 
 
@@ -258,7 +302,7 @@ def run_demo(
     out = prepare_output(out, overwrite)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    steps = tqdm(total=11, desc="tlmm demo", disable=not verbose)
+    steps = tqdm(total=12, desc="tlmm demo", disable=not verbose)
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
         steps.set_postfix_str(name)
@@ -306,6 +350,14 @@ def run_demo(
             batch_size=config.batch_size,
         ),
     )
+    if config.scene_set == "natural":
+        background = step("background IoU", lambda: _background_spatial(model, items, config))
+        spatial = pd.concat(
+            [spatial.assign(target_from="caption"), background.assign(target_from="background")],
+            ignore_index=True,
+        )
+    else:
+        steps.update()
     _write_csv(out, "spatial.csv", spatial)
     selectivity = step(
         "category selectivity",

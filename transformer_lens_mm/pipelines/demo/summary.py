@@ -73,8 +73,11 @@ def summarise(
         per_k = group.groupby(["k", "item"])["rel_p"].mean().groupby("k").mean()
         ablation[str(kind)] = {str(int(k)): round(float(v), 4) for k, v in per_k.items()}
     iou = {}
-    if len(spatial):
-        for kind, group in spatial.groupby("kind"):
+    from_caption = (
+        spatial[spatial["target_from"] == "caption"] if "target_from" in spatial else spatial
+    )  # the overall IoU is the paper's: c from the caption; backgrounds count per concept
+    if len(from_caption):
+        for kind, group in from_caption.groupby("kind"):
             per_image = group.groupby("item")["iou"].mean()
             mean, half = mean_ci(per_image.tolist())
             iou[str(kind)] = {
