@@ -60,6 +60,18 @@ def write_folder(root: Path, n: int, bad: bool = True) -> Path:
     return root
 
 
+def by_hand(model, data, n):
+    """The first ``n`` items' [image][prompt] input, caption targets and input + caption prefix,
+    built with the tools directly (what one batch of a run with caption_source="data" sees)."""
+    base = model.prepare_inputs([data[i].image() for i in range(n)])
+    toks = [
+        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False)
+        for i in range(n)
+    ]
+    targets = targets_from_captions(model.tokenizer, toks)
+    return base, targets, target_inputs(model, base, targets)
+
+
 def config(out, data_root, **kw) -> AnalysisConfig:
     return AnalysisConfig(
         out=str(out),
@@ -132,13 +144,7 @@ def test_ablation_and_soft_prompt_tables_equal_direct_calls(lm_dirs, tmp_path):
     sweep, soft = load_table(cfg.out, "ablation"), load_table(cfg.out, "soft_prompts")
 
     data = CaptionFolder(root)
-    base = model.prepare_inputs([data[i].image() for i in range(4)])
-    toks = [
-        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False)
-        for i in range(4)
-    ]
-    targets = targets_from_captions(model.tokenizer, toks)
-    batch = target_inputs(model, base, targets)
+    base, targets, batch = by_hand(model, data, 4)
     full = attribute(model, batch, [t.token_id for t in targets])  # full tensor: exact ranking
     ref = ablation_sweep(
         model,
@@ -304,13 +310,7 @@ def test_direct_scores_are_recorded_beside_the_attribution(lm_dirs, tmp_path):
     agreement = load_table(cfg.out, "ranking_agreement")
 
     data = CaptionFolder(root)
-    base = model.prepare_inputs([data[i].image() for i in range(4)])
-    toks = [
-        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False)
-        for i in range(4)
-    ]
-    targets = targets_from_captions(model.tokenizer, toks)
-    batch = target_inputs(model, base, targets)
+    _, targets, batch = by_hand(model, data, 4)
     tids = [t.token_id for t in targets]
     full = direct_effect(model, batch, tids)
     ref_top = full.top_k(5)
@@ -353,13 +353,7 @@ def test_controls_equal_direct_calls(lm_dirs, tmp_path):
     _, units, _ = load_results(cfg.out)
 
     data = CaptionFolder(root)
-    base = model.prepare_inputs([data[i].image() for i in range(4)])
-    toks = [
-        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False)
-        for i in range(4)
-    ]
-    targets = targets_from_captions(model.tokenizer, toks)
-    batch = target_inputs(model, base, targets)
+    _, targets, batch = by_hand(model, data, 4)
     full = attribute(model, batch, [t.token_id for t in targets])
     ref = cross_concept_ablation(
         model,

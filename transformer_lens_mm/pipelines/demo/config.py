@@ -46,8 +46,8 @@ class DemoConfig:
     """What the demo runs (the defaults take about 10 minutes on 2 CPU cores)."""
 
     # "smollm2" (SmolLM2-135M) or "gemma3" (Gemma 3 270M): the shipped LMs. SmolLM2 by default:
-    # on the same held-out natural scenes it captions better and does as well or better on
-    # every control (docs/demo.md has both runs)
+    # on the same held-out natural scenes it captions better and comes closer on each of the
+    # three targets (docs/demo.md has both runs)
     lm: str = "smollm2"
     scene_set: str = "natural"  # "natural" (22 nouns) or "shapes" (SmolLM2's first projection)
     n_scenes: int = 40  # held-out scenes (seen combinations: the training record's set)
