@@ -40,6 +40,7 @@ from transformer_lens_mm.core.hf_encoders import TransformersEncoder
 from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.loading import from_parts
+from transformer_lens_mm.core.native import NativeVLMBridge
 from transformer_lens_mm.core.projection import ImageProjection, ProjectionConfig, load_projection
 from transformer_lens_mm.core.recipes import RECIPES, Recipe, get_recipe
 from transformer_lens_mm.fast.fusion import is_fused, set_fused
@@ -92,6 +93,7 @@ __all__ = [
     "MultimodalInput",
     "MultimodalModel",
     "MultimodalTransformerBridge",
+    "NativeVLMBridge",
     "NeuronSearch",
     "OutputExistsError",
     "ProjectionConfig",

@@ -384,3 +384,87 @@ def test_controls_equal_direct_calls(lm_dirs, tmp_path):
     )
     page = (Path(cfg.out) / "report.html").read_text()
     assert "Same- vs cross-concept ablation" in page and "Generic vs concept-specific" in page
+
+
+NATIVE_TOML = """
+out = {out!r}
+caption_source = "data"
+k = 5
+batch_size = 2
+shard_batches = 1
+ablation_ks = [0, 2, 8]
+soft_prompts = true
+soft_prompt_tokens = 2
+cross_concept_ks = [2]
+[data]
+kind = "folder"
+root = {root!r}
+[model]
+native = {vlm!r}
+"""
+
+
+def _native_config(tmp_path, name, root, vlm) -> Path:
+    path = tmp_path / f"{name}.toml"
+    out = str(tmp_path / name)
+    path.write_text(NATIVE_TOML.format(out=out, root=str(root), vlm=str(vlm)))
+    return path
+
+
+def test_tlmm_analyze_on_a_native_vlm_equals_the_direct_computation(tmp_path):
+    from helpers import build_native_vlm
+
+    from transformer_lens_mm.core.native import NativeVLMBridge
+
+    vlm = build_native_vlm(tmp_path / "llava", "llava")
+    root = write_folder(tmp_path / "data", 6)
+    assert main(["analyze", str(_native_config(tmp_path, "out", root, vlm))]) == 0
+    out = tmp_path / "out"
+    items, units, maps = load_results(out)
+    assert len(items) == 9 and items["failure"].notna().sum() == 3  # per-item failures recorded
+    assert len(units) == 6 * 5 and maps.shape == (30, 16)
+    for name in ("ablation", "soft_prompts", "cross_concept", "generic_units"):
+        assert len(load_table(out, name))
+
+    model = NativeVLMBridge.from_pretrained(vlm)
+    data = CaptionFolder(root)
+    good = [i for i in range(len(data)) if data[i].id in set(units["item"])]
+    base = model.prepare_inputs([data[i].image() for i in good])
+    toks = [
+        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False) for i in good
+    ]
+    targets = targets_from_captions(model.tokenizer, toks)
+    ref = attribute(
+        model, target_inputs(model, base, targets), [t.token_id for t in targets], top_k=5
+    ).top_k(5)
+    assert np.allclose(units["score"].to_numpy(), ref["score"].to_numpy(), atol=1e-5)
+    assert (units["position"].isin(base.image_positions[0].tolist())).all()
+    assert (
+        units[["layer", "unit", "position"]].to_numpy()
+        == ref[["layer", "unit", "position"]].to_numpy()
+    ).all()
+
+
+@pytest.mark.slow
+def test_tlmm_analyze_on_a_native_vlm_resumes_after_sigkill(tmp_path):
+    from helpers import build_native_vlm
+
+    vlm = build_native_vlm(tmp_path / "llava", "llava")
+    root = write_folder(tmp_path / "data", 40, bad=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "transformer_lens_mm", "analyze"]
+    full = _native_config(tmp_path, "full", root, vlm)
+    subprocess.run([*cli, str(full)], check=True, env=env)
+    killed = _native_config(tmp_path, "killed", root, vlm)
+    proc = subprocess.Popen([*cli, str(killed)], env=env)
+    shards = tmp_path / "killed" / "shards"
+    deadline = time.time() + 180
+    while time.time() < deadline and len(list(shards.glob("*-items.parquet"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    n_done = len(list(shards.glob("*-items.parquet")))
+    assert 3 <= n_done < 20, "the run was not interrupted mid-way"
+    subprocess.run([*cli, str(killed)], check=True, env=env)
+    assert len(list(shards.glob("*-items.parquet"))) == 20
+    _same(tmp_path / "full", tmp_path / "killed")

@@ -13,9 +13,11 @@ Two protocols, checked structurally (``isinstance`` works on both):
   :class:`~transformer_lens_mm.core.layout.MultimodalInput`; ``last_input`` is kept for
   interactive use, and no tool reads it.
 
-Both model classes (:class:`~transformer_lens_mm.core.hooked.HookedMultimodalTransformer`,
-:class:`~transformer_lens_mm.core.bridge.MultimodalTransformerBridge`) implement it; a new
-front end implements it and every tool works on it unchanged.
+The two LiMBeR classes (:class:`~transformer_lens_mm.core.hooked.HookedMultimodalTransformer`,
+:class:`~transformer_lens_mm.core.bridge.MultimodalTransformerBridge`) and the native-VLM class
+(:class:`~transformer_lens_mm.core.native.NativeVLMBridge`, whose ``image_projection`` is
+``None``: the model's own projector makes ``hook_image_embed``) implement it; a new front end
+implements it and every tool works on it unchanged.
 
 Example:
     >>> from transformer_lens_mm.core.projection import ImageProjection

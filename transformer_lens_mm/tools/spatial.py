@@ -148,7 +148,8 @@ def spatial_selectivity(
         q: Quantile of the region (the paper: 0.95).
         n_random: Random draws per image.
         seed: Seed of the random draws.
-        grid_size: Patch grid ``(h, w)`` (default: ``model.image_encoder.grid_size``).
+        grid_size: Patch grid ``(h, w)`` (default: ``batch.grid_size``, the grid of the image
+            positions, else ``model.image_encoder.grid_size``).
 
     Returns:
         One row per (image, kind, draw, rank): ``layer``, ``unit``, ``iou``, ``region`` (share
@@ -164,6 +165,8 @@ def spatial_selectivity(
             f"need one unit list and one mask per image: {n} images, {len(units)} unit lists, "
             f"{len(masks)} masks"
         )
+    if grid_size is None and batch.grid_size is not None:
+        grid_size = tuple(batch.grid_size)  # the grid of the image positions
     if grid_size is None:
         encoder = getattr(model, "image_encoder", None)
         if encoder is None:

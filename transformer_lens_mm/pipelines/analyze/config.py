@@ -229,6 +229,8 @@ def plan_run(config: AnalysisConfig) -> list[str]:
             f"trained on {pair[1]} scenes"
         )
         return lines + _run_lines(config)
+    if "native" in model:
+        return lines + _native_lines(model) + _run_lines(config)
     known = set(inspect.signature(from_parts).parameters)
     if set(model) - known:
         raise ConfigError(
@@ -263,6 +265,36 @@ def plan_run(config: AnalysisConfig) -> list[str]:
     return lines + _run_lines(config)
 
 
+#: ``[model]`` keys of a native vision-language model (``NativeVLMBridge.from_pretrained``)
+_NATIVE_KEYS = {"native", "device", "dtype", "prompt", "chat_template"}
+
+
+def _native_lines(model: dict[str, Any]) -> list[str]:
+    """Plan lines of ``[model] native = ...``; the architecture is checked where the config
+    can be read without loading weights."""
+    if set(model) - _NATIVE_KEYS:
+        raise ConfigError(
+            f"unknown [model] keys {sorted(set(model) - _NATIVE_KEYS)} for a native VLM; "
+            f"known: {sorted(_NATIVE_KEYS)}"
+        )
+    if "dtype" in model and not isinstance(getattr(torch, str(model["dtype"]), None), torch.dtype):
+        raise ConfigError(f"[model] dtype {model['dtype']!r} is not a torch dtype (e.g. float16)")
+    where = str(model["native"])
+    kind = "local folder" if Path(where).is_dir() else "hub name"
+    lines = [f"model: native VLM {where} ({kind})"]
+    if Path(where, "config.json").is_file():
+        from transformers import AutoConfig
+
+        from transformer_lens_mm.core.native import check_architecture
+
+        name = check_architecture(AutoConfig.from_pretrained(where), where)
+        lines.append(f"  architecture = {name}")
+    for key in ("device", "dtype", "prompt", "chat_template"):
+        if key in model:
+            lines.append(f"  {key} = {model[key]}")
+    return lines
+
+
 def _run_lines(config: AnalysisConfig) -> list[str]:
     skip = {"out", "data", "model"}
     return ["run:"] + [
@@ -274,7 +306,9 @@ def _run_lines(config: AnalysisConfig) -> list[str]:
 
 def load_model(spec: dict[str, Any]) -> MultimodalModel:
     """A model from its config table: ``demo = true`` (+ ``lm``, ``scenes``: which shipped
-    projection, see :func:`~transformer_lens_mm.data.pretrained.load_demo_model`), or
+    projection, see :func:`~transformer_lens_mm.data.pretrained.load_demo_model`), ``native``
+    (a vision-language model's hub name or folder, + ``device``, ``dtype``, ``prompt``,
+    ``chat_template``: :class:`~transformer_lens_mm.core.native.NativeVLMBridge`), or
     ``lm``/``encoder``/``projection``
     (+ ``api``, ``device``, ``dtype``, ``prompt``) as for ``from_parts``."""
     spec = dict(spec)
@@ -293,4 +327,8 @@ def load_model(spec: dict[str, Any]) -> MultimodalModel:
 
     if "dtype" in spec:
         spec["dtype"] = getattr(torch, spec["dtype"])
+    if "native" in spec:
+        from transformer_lens_mm.core.native import NativeVLMBridge
+
+        return NativeVLMBridge.from_pretrained(spec.pop("native"), **spec)
     return from_parts(**spec)
