@@ -401,6 +401,7 @@ kind = "folder"
 root = {root!r}
 [model]
 native = {vlm!r}
+image_size = 32
 """
 
 
@@ -411,12 +412,13 @@ def _native_config(tmp_path, name, root, vlm) -> Path:
     return path
 
 
-def test_tlmm_analyze_on_a_native_vlm_equals_the_direct_computation(tmp_path):
+@pytest.mark.parametrize("kind", ["llava", "gemma3", "qwen2_5_vl"])
+def test_tlmm_analyze_on_a_native_vlm_equals_the_direct_computation(tmp_path, kind):
     from helpers import build_native_vlm
 
     from transformer_lens_mm.core.native import NativeVLMBridge
 
-    vlm = build_native_vlm(tmp_path / "llava", "llava")
+    vlm = build_native_vlm(tmp_path / kind, kind)
     root = write_folder(tmp_path / "data", 6)
     assert main(["analyze", str(_native_config(tmp_path, "out", root, vlm))]) == 0
     out = tmp_path / "out"
@@ -426,7 +428,7 @@ def test_tlmm_analyze_on_a_native_vlm_equals_the_direct_computation(tmp_path):
     for name in ("ablation", "soft_prompts", "cross_concept", "generic_units"):
         assert len(load_table(out, name))
 
-    model = NativeVLMBridge.from_pretrained(vlm)
+    model = NativeVLMBridge.from_pretrained(vlm, image_size=32)
     data = CaptionFolder(root)
     good = [i for i in range(len(data)) if data[i].id in set(units["item"])]
     base = model.prepare_inputs([data[i].image() for i in good])

@@ -110,3 +110,11 @@ def test_specific_below_generic_example():
     assert result["images"] >= 6 and set(result["ratio"]) == {"as ranked", "generic removed"}
     for ranking in result["ratio"].values():
         assert 0 <= ranking["5"]["same_drop"] <= 1
+
+
+@pytest.mark.parametrize("kind", ["llava", "gemma3", "qwen2_5_vl"])
+def test_native_vlm_example_on_a_tiny_model(tmp_path, kind):
+    stdout = run("10_native_vlm", "--tiny", kind, "--out", str(tmp_path), "--k", "20")
+    assert "16 image tokens per image on a (4, 4) grid" in stdout
+    assert "p(c) kept" in stdout and (tmp_path / "ablation.html").is_file()
+    assert (tmp_path / "top_unit_map.html").is_file()

@@ -5,6 +5,7 @@ greedy captions and zero-ablation."""
 import pytest
 import torch
 from helpers import build_native_vlm, random_images
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from transformer_lens_mm import generate_captions, hook_names
@@ -13,7 +14,8 @@ from transformer_lens_mm.core.native import NativeVLMBridge
 from transformer_lens_mm.tools.ablation import ablated
 from transformer_lens_mm.tools.attribution import attribute
 
-KINDS = ["llava", "gemma3"]
+KINDS = ["llava", "gemma3", "qwen2_5_vl"]
+SIZE = 32  # Qwen2.5-VL's images are pinned to this size (the tiny model's 8x8 patches)
 PROMPTS = ["a picture of", "the big dog on the left and a"]  # different lengths
 
 
@@ -26,7 +28,7 @@ def vlm_dirs(tmp_path_factory):
 @pytest.fixture(scope="module", params=KINDS)
 def case(request, vlm_dirs):
     folder = vlm_dirs[request.param]
-    model = NativeVLMBridge.from_pretrained(folder)
+    model = NativeVLMBridge.from_pretrained(folder, image_size=SIZE)
     hf = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="eager").eval()
     return request.param, model, hf, AutoProcessor.from_pretrained(folder)
 
@@ -41,17 +43,21 @@ def processor_inputs(processor, images, prompts, padding_side="right"):
         )
         for p in prompts
     ]
+    pil = to_rgb_images(images)
+    if "Qwen" in type(processor).__name__:  # a fixed size, so that every image has 16 tokens
+        pil = [im.resize((SIZE, SIZE), Image.Resampling.BICUBIC) for im in pil]
     processor.tokenizer.padding_side = padding_side
-    out = processor(
-        text=texts, images=[[im] for im in to_rgb_images(images)], return_tensors="pt", padding=True
-    )
+    out = processor(text=texts, images=[[im] for im in pil], return_tensors="pt", padding=True)
     processor.tokenizer.padding_side = "right"
     return dict(out)
 
 
 def hf_kwargs(kind, inputs):
     keep = ["input_ids", "attention_mask", "pixel_values"]
-    keep += ["token_type_ids"] if kind == "gemma3" else []
+    keep += {
+        "gemma3": ["token_type_ids"],
+        "qwen2_5_vl": ["image_grid_thw", "mm_token_type_ids"],
+    }.get(kind, [])
     return {k: inputs[k] for k in keep}
 
 
@@ -80,7 +86,8 @@ def test_logits_equal_the_hugging_face_model(case):
     images = random_images(2, seed=1)
     batch = model.prepare_inputs(images, prompts=PROMPTS)
     ref_inputs = processor_inputs(processor, images, PROMPTS)
-    torch.testing.assert_close(batch.pixel_values, ref_inputs["pixel_values"])
+    pixels = batch.pixel_values.flatten(0, 1) if kind == "qwen2_5_vl" else batch.pixel_values
+    torch.testing.assert_close(pixels, ref_inputs["pixel_values"])
     with torch.no_grad():
         ours = model(batch)
         ref = hf(**hf_kwargs(kind, ref_inputs)).logits
@@ -91,13 +98,19 @@ def test_logits_equal_the_hugging_face_model(case):
         with torch.no_grad():
             causal = hf(**hf_kwargs("llava", ref_inputs)).logits
         assert (causal - ref)[real].abs().max() > 1e-3
+    if kind == "qwen2_5_vl":  # so are the 3-D positions: 1-D ones give other logits
+        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            flat = model(batch, position_ids=positions[None].expand(3, -1, -1))
+        assert (flat - ref)[real].abs().max() > 1e-3
 
 
 def test_cache_holds_both_image_hook_points(case):
     kind, model, _, _ = case
     batch = model.prepare_inputs(random_images(2))
     _, cache = model.run_with_cache(batch)
-    n_features = 16 if kind == "llava" else 64  # Gemma 3 pools 8x8 patches into 4x4 tokens
+    # Gemma 3 pools 8x8 patches into 4x4 tokens, Qwen2.5-VL merges 2x2 blocks of them
+    n_features = 16 if kind == "llava" else 64
     assert cache[hook_names.IMAGE_FEATURES].shape == (2, n_features, 32)
     assert cache[hook_names.IMAGE_EMBED].shape == (2, 16, 32)
     embeds = cache[hook_names.EMBED]  # the image tokens sit at the image positions
@@ -150,7 +163,10 @@ def hf_greedy(kind, hf, inputs, n_steps):
     for i in range(inputs["input_ids"].shape[0]):
         keep = inputs["attention_mask"][i].bool()
         item = {k: v[i : i + 1] for k, v in hf_kwargs(kind, inputs).items()}
-        for k in ("input_ids", "attention_mask", "token_type_ids"):
+        if kind == "qwen2_5_vl":  # flattened patches of every image: this image's rows
+            n = int(inputs["image_grid_thw"][i].prod())
+            item["pixel_values"] = inputs["pixel_values"][i * n : (i + 1) * n]
+        for k in ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"):
             if k in item:
                 item[k] = item[k][:, keep]
         tokens = []
@@ -158,7 +174,8 @@ def hf_greedy(kind, hf, inputs, n_steps):
             with torch.no_grad():
                 nxt = int(hf(**item).logits[0, -1].argmax())
             tokens.append(nxt)
-            for k, v in (("input_ids", nxt), ("attention_mask", 1), ("token_type_ids", 0)):
+            new = (("input_ids", nxt), ("attention_mask", 1), ("token_type_ids", 0))
+            for k, v in (*new, ("mm_token_type_ids", 0)):
                 if k in item:
                     item[k] = torch.cat([item[k], torch.tensor([[v]])], 1)
         out.append(tokens)

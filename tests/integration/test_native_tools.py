@@ -20,10 +20,10 @@ from transformer_lens_mm.tools.patching import logit_metric, patch_by_position, 
 from transformer_lens_mm.tools.spatial import image_mlp_activations, spatial_selectivity
 
 
-@pytest.fixture(scope="module", params=["llava", "gemma3"])
+@pytest.fixture(scope="module", params=["llava", "gemma3", "qwen2_5_vl"])
 def model(request, tmp_path_factory):
     folder = build_native_vlm(tmp_path_factory.mktemp("vlm") / request.param, request.param)
-    return NativeVLMBridge.from_pretrained(folder)
+    return NativeVLMBridge.from_pretrained(folder, image_size=32)
 
 
 def test_it_is_a_multimodal_model(model):
@@ -136,6 +136,20 @@ def test_bad_inputs_name_the_model_and_the_fix(model, tmp_path):
         model.prepare_inputs(random_images(1), prompts=f"{model.image_placeholder} what is it")
     with pytest.raises(ValueError, match="pixel_values must be"):
         model.prepare_inputs(pixel_values=torch.zeros(1, 3, 8, 8))
+
+    def refuse(*args, **kwargs):  # what a processor says of an image it cannot take
+        raise ValueError("Unsupported number of image dimensions")
+
+    processor = model.processor.image_processor
+    processor.__dict__["__call__"] = refuse  # instance-level, undone below
+    try:
+        cls = type(processor)
+        original, cls.__call__ = cls.__call__, lambda self, *a, **k: refuse()
+        with pytest.raises(ValueError, match=f"{model.lm_name} rejected the images"):
+            model.prepare_inputs(random_images(1))
+    finally:
+        cls.__call__ = original
+        del processor.__dict__["__call__"]
     with pytest.raises(ValueError, match="context"):
         model.prepare_inputs(random_images(1), prompts=" ".join(["dog"] * 200))
     with pytest.raises(ValueError, match="exactly one"):
@@ -143,19 +157,27 @@ def test_bad_inputs_name_the_model_and_the_fix(model, tmp_path):
 
 
 def test_loading_refuses_what_it_cannot_run(tmp_path, lm_dirs):
-    from transformers import Qwen2_5_VLConfig
+    from transformers import LlavaNextConfig
 
     from transformer_lens_mm.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"not a vision-language model.*from_parts"):
         NativeVLMBridge.from_pretrained(lm_dirs["llama"])
-    qwen = tmp_path / "qwen"
-    Qwen2_5_VLConfig(architectures=["Qwen2_5_VLForConditionalGeneration"]).save_pretrained(qwen)
-    with pytest.raises(ConfigError, match=r"does not run yet.*M-RoPE.*Supported"):
-        NativeVLMBridge.from_pretrained(qwen)
+    tiled = tmp_path / "llava-next"
+    LlavaNextConfig(architectures=["LlavaNextForConditionalGeneration"]).save_pretrained(tiled)
+    with pytest.raises(ConfigError, match=r"does not run yet.*tiles.*Supported"):
+        NativeVLMBridge.from_pretrained(tiled)
     no_processor = build_native_vlm(tmp_path / "bare", "llava")
     for f in no_processor.glob("*"):
         if "processor" in f.name or "preprocessor" in f.name or "chat_template" in f.name:
             f.unlink()
     with pytest.raises(ConfigError, match="processor"):
         NativeVLMBridge.from_pretrained(no_processor)
+
+
+def test_tl_vision_hooks_fire_where_the_bridged_tower_is_used(model):
+    from transformer_lens_mm.core.native import _vision_module
+
+    bridged = model.image_encoder.model is _vision_module(model.original_model)
+    _, cache = model.run_with_cache(model.prepare_inputs(random_images(1)))
+    assert any(name.startswith("vision_encoder.") for name in cache.keys()) == bridged

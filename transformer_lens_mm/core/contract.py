@@ -97,7 +97,7 @@ class MultimodalModel(LanguageModel, Protocol):
         *,
         prompts: str | Sequence[str] | None = None,
         captions: Sequence[str] | None = None,
-        pixel_values: Float[Tensor, "batch channel height width"] | None = None,
+        pixel_values: Float[Tensor, "batch ..."] | None = None,
         image_features: Float[Tensor, "batch n_image_tokens d_image"] | None = None,
         padding_side: Literal["left", "right"] = "right",
         append_eos: bool = False,
@@ -106,7 +106,7 @@ class MultimodalModel(LanguageModel, Protocol):
         ...
 
     def encode_pixels(
-        self, pixel_values: Float[Tensor, "batch channel height width"]
+        self, pixel_values: Float[Tensor, "batch ..."]
     ) -> Float[Tensor, "batch n_image_tokens d_image"]:
         """Encoder features of preprocessed images (through the feature cache, if any)."""
         ...

@@ -91,7 +91,7 @@ class FeatureCache:
 
     @torch.no_grad()
     def features(
-        self, pixel_values: Float[Tensor, "batch channel height width"]
+        self, pixel_values: Float[Tensor, "batch ..."]
     ) -> Float[Tensor, "batch n_tokens d_image"]:
         """Features of every image: loaded where cached, encoded (one batch) and stored where not.
 

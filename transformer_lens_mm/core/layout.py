@@ -41,7 +41,8 @@ class MultimodalInput:
     prompts: list[str]  # the text prompt of each item
     captions: list[str] | None = None  # text appended after the prompt (training targets)
     target_mask: Bool[Tensor, "batch pos"] | None = None  # True at caption tokens to predict
-    pixel_values: Float[Tensor, "batch channel height width"] | None = None  # encoder input
+    # encoder input: [batch, 3, H, W] (Qwen2.5-VL: [batch, n_patches, patch_dim])
+    pixel_values: Float[Tensor, "batch ..."] | None = None
     image_features: Float[Tensor, "batch n_image_tokens d_image"] | None = None  # precomputed
     grid_size: tuple[int, int] | None = None  # encoder patch grid (h, w)
     padding_side: Literal["left", "right"] = "right"  # where padding was put

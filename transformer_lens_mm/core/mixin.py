@@ -124,7 +124,7 @@ class MultimodalMixin:
         return self.feature_cache
 
     def encode_pixels(
-        self, pixel_values: Float[Tensor, "batch channel height width"]
+        self, pixel_values: Float[Tensor, "batch ..."]
     ) -> Float[Tensor, "batch n_image_tokens d_image"]:
         """The encoder's features of preprocessed images (through the feature cache if any)."""
         if self.image_encoder is None:
@@ -231,7 +231,7 @@ class MultimodalMixin:
         *,
         prompts: str | Sequence[str] | None = None,
         captions: Sequence[str] | None = None,
-        pixel_values: Float[Tensor, "batch channel height width"] | None = None,
+        pixel_values: Float[Tensor, "batch ..."] | None = None,
         image_features: Float[Tensor, "batch n_image_tokens d_image"] | None = None,
         padding_side: Literal["left", "right"] = "right",
         append_eos: bool = False,

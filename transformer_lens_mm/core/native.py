@@ -37,8 +37,10 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -49,10 +51,12 @@ from PIL import Image
 from torch import Tensor
 
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
+from transformer_lens_mm.core.encoders import ImageEncoder
 from transformer_lens_mm.core.errors import ConfigError
 from transformer_lens_mm.core.hf_encoders import TransformersEncoder
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.core.mixin import _has_backward_hooks
 
 __all__ = ["NATIVE_ARCHITECTURES", "NativeArchitecture", "NativeVLMBridge", "check_architecture"]
 
@@ -64,25 +68,29 @@ DEFAULT_QUESTION = "What is in this picture? Answer in a few words."
 class NativeArchitecture:
     """How one Hugging Face VLM class places its image tokens."""
 
-    family: str  # "llava" | "gemma3"
+    family: str  # "llava" | "gemma3" | "qwen2_5_vl"
     image_token: str  # config attribute holding the image token id
-    token_type_ids: bool  # the LM reads token_type_ids (bidirectional attention on images)
+    token_type_ids: bool = False  # the LM reads token_type_ids (two-way attention on images)
+    mrope: bool = False  # the LM's positions are 3-D (M-RoPE), computed from the image grid
 
 
 #: The Hugging Face classes this class runs, by name.
 NATIVE_ARCHITECTURES: dict[str, NativeArchitecture] = {
-    "LlavaForConditionalGeneration": NativeArchitecture("llava", "image_token_index", False),
-    "Gemma3ForConditionalGeneration": NativeArchitecture("gemma3", "image_token_id", True),
+    "LlavaForConditionalGeneration": NativeArchitecture("llava", "image_token_index"),
+    "Gemma3ForConditionalGeneration": NativeArchitecture(
+        "gemma3", "image_token_id", token_type_ids=True
+    ),
+    "Qwen2_5_VLForConditionalGeneration": NativeArchitecture(
+        "qwen2_5_vl", "image_token_id", mrope=True
+    ),
 }
 
 #: Bridged by TransformerLens but not (yet) here, and why.
 _NOT_YET = {
     "LlavaNextForConditionalGeneration": "it tiles each image into a varying number of tokens",
     "LlavaOnevisionForConditionalGeneration": "it tiles each image into a varying number of tokens",
-    "Qwen2_5_VLForConditionalGeneration": "its image token count varies with the resolution and "
-    "its LM uses 3-D (M-RoPE) positions computed from the image grid",
-    "Qwen3VLForConditionalGeneration": "its image token count varies with the resolution and "
-    "its LM uses 3-D (M-RoPE) positions computed from the image grid",
+    "Qwen3VLForConditionalGeneration": "its vision tower also writes (DeepStack) features into "
+    "several language-model layers, which the two image hook points do not cover",
 }
 
 
@@ -120,6 +128,136 @@ def _architecture(config: Any, where: str) -> NativeArchitecture:
     return NATIVE_ARCHITECTURES[check_architecture(config, where)]
 
 
+def _vision_module(hf: Any) -> torch.nn.Module:
+    """The vision tower of a Hugging Face VLM (``vision_tower``; Qwen2.5-VL: ``visual``)."""
+    inner = hf.model
+    return inner.visual if hasattr(inner, "visual") else inner.vision_tower
+
+
+def _vision_output(module: torch.nn.Module, probe: Any, device: torch.device) -> Tensor:
+    """What a vision tower makes of one processed probe image (its last hidden state)."""
+    pixels = probe["pixel_values"].to(device)
+    if "image_grid_thw" in probe:
+        out = module(pixels, grid_thw=probe["image_grid_thw"].to(device))
+    else:
+        out = module(pixel_values=pixels)
+    return out.last_hidden_state
+
+
+class FixedSizeTransform:
+    """One PIL image -> the processor's pixels at a fixed ``size x size`` (Qwen2.5-VL's
+    variable resolution pinned, so that every image has the same number of tokens);
+    picklable, as ``encoder.transform`` for data-loader workers."""
+
+    def __init__(self, processor: Any, size: int) -> None:
+        self.processor, self.size = processor, int(size)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.many([image])[0]
+
+    def many(self, images: Sequence[Image.Image]) -> Tensor:
+        resized = [im.resize((self.size, self.size), Image.Resampling.BICUBIC) for im in images]
+        out = self.processor(images=resized, return_tensors="pt")
+        return out["pixel_values"].view(len(images), -1, out["pixel_values"].shape[-1])
+
+
+class QwenVisionEncoder(ImageEncoder):
+    """Qwen2.5-VL's vision tower up to its patch merger: ``[batch, n_patches, d_vision]`` in the
+    image's row-major order of merge groups (each ``merge x merge`` patch block, the four
+    vectors one image token is made of, consecutive), window attention undone.
+
+    Pixels are the processor's flattened patches per image, ``[batch, n_patches, patch_dim]``
+    at a fixed ``size x size`` (:class:`FixedSizeTransform`).
+    """
+
+    def __init__(
+        self, visual: torch.nn.Module, config: Any, processor: Any, size: int, name: str
+    ) -> None:
+        torch.nn.Module.__init__(self)
+        self.pool = None
+        self.patch_size = int(config.patch_size)
+        self.merge = int(config.spatial_merge_size)
+        self.window_size = int(config.window_size)
+        factor = self.patch_size * self.merge
+        if size % factor:
+            raise ConfigError(
+                f"image_size={size} is not a multiple of {factor} (patch {self.patch_size} x "
+                f"merge {self.merge}): use e.g. {max(factor, size // factor * factor)}"
+            )
+        self.side = size // self.patch_size
+        transform = FixedSizeTransform(processor, size)
+        probe = transform(Image.new("RGB", (size, size)))
+        self._setup(
+            visual,
+            layer=None,
+            name=name,
+            data_config={"input_size": tuple(int(x) for x in probe.shape), "size": size},
+            transform=transform,
+            fixed_size=True,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _features(self, pixel_values: Tensor) -> Tensor:
+        from transformers.vision_utils import get_vision_window_index
+
+        n, n_patches, dim = pixel_values.shape
+        grid = torch.tensor([[1, self.side, self.side]] * n, device=pixel_values.device)
+        out = self.model(pixel_values.reshape(n * n_patches, dim), grid_thw=grid)
+        hidden = out.last_hidden_state  # merge groups in window-attention order
+        window_index, _ = get_vision_window_index(
+            grid, self.merge, self.window_size, self.patch_size
+        )
+        unit = self.merge * self.merge
+        order = torch.argsort(window_index.to(hidden.device))
+        self.grid_size = (self.side, self.side)
+        return hidden.view(-1, unit, hidden.shape[-1])[order].view(n, n_patches, -1)
+
+    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
+        """Raw images -> ``[batch, n_patches, patch_dim]`` at the fixed size."""
+        return self.transform.many(to_rgb_images(images)).to(self.device)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """Encode preprocessed images (no gradient: the tower is frozen)."""
+        expected = tuple(self.data_config["input_size"])
+        if pixel_values.ndim != 3 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values must be [batch, {expected[0]}, {expected[1]}] (flattened patches "
+                f"of {self.data_config['size']} px images), got {tuple(pixel_values.shape)}: "
+                "pass raw images as images=..."
+            )
+        with torch.no_grad():
+            param = next(self.model.parameters())
+            return self._features(pixel_values.to(device=param.device, dtype=param.dtype))
+
+
+class QwenMerger(torch.nn.Module):
+    """Qwen2.5-VL's patch merger as a per-image projector: ``[batch, n_patches, d_vision]`` ->
+    ``[batch, n_patches / merge^2, d_model]``."""
+
+    def __init__(self, merger: torch.nn.Module, unit: int) -> None:
+        super().__init__()
+        self.merger, self.unit = merger, unit
+
+    def forward(self, features: Tensor) -> Tensor:
+        n = features.shape[0]
+        return self.merger(features.reshape(-1, features.shape[-1])).view(n, -1, self.merger_out)
+
+    @property
+    def merger_out(self) -> int:
+        return int(self.merger.mlp[-1].out_features)
+
+
+@dataclass
+class _RopeState:
+    """A KV cache with each row's M-RoPE offset (next position = token count + ``delta``)."""
+
+    past: Any
+    delta: Tensor
+
+
 class NativeVLMBridge(MultimodalTransformerBridge):
     """A TransformerLens ``TransformerBridge`` over a native vision-language model.
 
@@ -153,6 +291,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         dtype: torch.dtype = torch.float32,
         prompt: str | None = None,
         chat_template: bool = True,
+        image_size: int = 448,
     ) -> NativeVLMBridge:
         """Load a native VLM and its processor by hub name or local folder.
 
@@ -163,6 +302,9 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             dtype: Weight dtype (``torch.float16`` for a 7B model on one GPU).
             prompt: The default question (:data:`DEFAULT_QUESTION` when ``None``).
             chat_template: Use the processor's chat template where it has one.
+            image_size: Qwen2.5-VL only: every image is resized to ``image_size`` square
+                (a multiple of 28; 448 px -> 16 x 16 = 256 image tokens), so that all items of a
+                batch have the same number of image tokens. Ignored by fixed-size models.
 
         Raises:
             ConfigError: not a vision-language model, or an architecture not supported here.
@@ -195,16 +337,26 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         hf = AutoModelForImageTextToText.from_pretrained(
             where, dtype=dtype, attn_implementation="eager"
         ).eval()
+        # TransformerLens rewrites the vision tower's modules in place when it boots; a copy
+        # made before is the reference the bridged tower is checked against (and used instead
+        # where they differ: seen with TL 3.9's SigLIP attention, see _vision_tower)
+        pristine = copy.deepcopy(_vision_module(hf))
         bridge = load_bridge(
             where, device=device, dtype=dtype, hf_model=hf, tokenizer=processor.tokenizer
         )
         model = cls.from_bridge(bridge, fused=False)
-        model._attach_native(processor, where, prompt, chat_template)
+        model._attach_native(processor, where, prompt, chat_template, image_size, pristine)
         return model
 
     # ----------------------------------------------------------------- set-up
     def _attach_native(
-        self, processor: Any, where: str, prompt: str | None, chat_template: bool
+        self,
+        processor: Any,
+        where: str,
+        prompt: str | None,
+        chat_template: bool,
+        image_size: int = 448,
+        pristine: torch.nn.Module | None = None,
     ) -> None:
         hf = self.original_model
         config = hf.config
@@ -215,7 +367,60 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         self.prompt = DEFAULT_QUESTION if prompt is None else prompt
         self.lm_name = os.path.basename(where.rstrip("/")) or where
         inner = hf.model
-        self.projector = inner.multi_modal_projector
+        self._rope_delta: Tensor | None = None  # M-RoPE offsets of the latest prefill
+        self._step_delta: Tensor | None = None  # ... of the cached decoding step running
+        tower = self._vision_tower(processor, pristine, image_size)
+        encoder: ImageEncoder
+        if self.architecture.family == "qwen2_5_vl":
+            encoder = QwenVisionEncoder(
+                tower,
+                config.vision_config,
+                processor.image_processor,
+                image_size,
+                f"{where}:vision",
+            )
+            self.projector = QwenMerger(inner.visual.merger, encoder.merge**2)
+        else:
+            self.projector = inner.multi_modal_projector
+            encoder = self._tower(tower, processor, where)
+        self.image_encoder = encoder
+        self._finish_layout(encoder)
+
+    def _vision_tower(
+        self, processor: Any, pristine: torch.nn.Module | None, size: int
+    ) -> torch.nn.Module:
+        """The bridged vision tower, or ``pristine`` (the Hugging Face module as loaded) where
+        the bridged one computes something else on a probe image (a TransformerLens bug; a
+        warning names it, and TL's ``vision_encoder.*`` hooks then do not fire in this path)."""
+        bridged = _vision_module(self.original_model)
+        if pristine is None:
+            return bridged
+        pristine = pristine.to(self.lm_device)
+        rng = torch.Generator().manual_seed(0)
+        noise = (torch.rand(size, size, 3, generator=rng) * 255).to(torch.uint8).numpy()
+        probe = processor.image_processor(images=[Image.fromarray(noise)], return_tensors="pt")
+        with torch.no_grad():
+            a = _vision_output(bridged, probe, self.lm_device)
+            b = _vision_output(pristine, probe, self.lm_device)
+        gap = float((a - b).abs().max())
+        if gap <= 1e-4 * max(1.0, float(b.abs().max())):
+            return bridged
+        from importlib.metadata import version as installed
+
+        version = installed("transformer-lens")
+        warnings.warn(
+            f"TransformerLens {version}'s bridge of {type(pristine).__name__} differs from "
+            f"Hugging Face's by {gap:.3g} on a probe image; the image features are computed by "
+            "Hugging Face's own module instead (exact; TL's vision_encoder.* hooks do not fire "
+            "in this path)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return pristine
+
+    def _tower(self, tower: torch.nn.Module, processor: Any, where: str) -> TransformersEncoder:
+        """The vision tower of a LLaVA or Gemma 3 model, read where the model reads it."""
+        config = self.original_model.config
         layer = None
         if self.architecture.family == "llava":
             layer = config.vision_feature_layer
@@ -229,10 +434,12 @@ class NativeVLMBridge(MultimodalTransformerBridge):
                     f"{where} keeps the CLS token (vision_feature_select_strategy="
                     f"{config.vision_feature_select_strategy!r}); only 'default' is supported"
                 )
-        encoder = TransformersEncoder(
-            inner.vision_tower, processor.image_processor, layer=layer, name=f"{where}:vision"
+        return TransformersEncoder(
+            tower, processor.image_processor, layer=layer, name=f"{where}:vision"
         )
-        self.image_encoder = encoder
+
+    def _finish_layout(self, encoder: ImageEncoder) -> None:
+        """Image tokens per image and their grid, probed once with a blank image."""
         with torch.no_grad():
             size = encoder.data_config["input_size"]
             probe = self.projector(encoder(torch.zeros(1, *size, device=self.lm_device)))
@@ -245,7 +452,12 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             if side * side == self._n_image_tokens
             else (1, self._n_image_tokens)
         )
-        self._blank = Image.new("RGB", (int(size[2]), int(size[1])))
+        side = encoder.data_config.get("size")
+        self._blank = (
+            Image.new("RGB", (int(side), int(side)))
+            if side is not None
+            else Image.new("RGB", (int(size[2]), int(size[1])))
+        )
 
     @property
     def n_image_tokens(self) -> int:
@@ -265,6 +477,8 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         """One item's text with exactly one image placeholder, before the processor expands it."""
         placeholder = self.image_placeholder
         image_token = getattr(self.processor, "image_token", None) or placeholder
+        if self.architecture.family == "qwen2_5_vl":  # the vision_start/end pair goes around it
+            placeholder = f"<|vision_start|>{image_token}<|vision_end|>"
         if placeholder in prompt or image_token in prompt:
             raise ValueError(
                 f"the prompt {prompt!r} already holds the image placeholder {placeholder!r}; "
@@ -299,7 +513,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         *,
         prompts: str | Sequence[str] | None = None,
         captions: Sequence[str] | None = None,
-        pixel_values: Float[Tensor, "batch channel height width"] | None = None,
+        pixel_values: Float[Tensor, "batch ..."] | None = None,
         image_features: Float[Tensor, "batch n_features d_image"] | None = None,
         padding_side: Literal["left", "right"] = "right",
         append_eos: bool = False,
@@ -427,7 +641,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             features = self.encode_pixels(batch.pixel_values).to(self.lm_device)
         else:
             raise ValueError("the input holds neither pixel_values nor image_features")
-        if self.hook_image_features._backward_hooks and torch.is_grad_enabled():
+        if _has_backward_hooks(self.hook_image_features) and torch.is_grad_enabled():
             features = features.detach().requires_grad_(True)
         features = self.hook_image_features(features)
         embeds = self.hook_image_embed(self.projector(features))
@@ -442,14 +656,59 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         """The language model on token ids; while images are injected into a batch of this
         shape, with the model's own attention rule for them (Gemma 3: ``token_type_ids``)."""
         batch = self.injecting
-        if (
-            self.architecture.token_type_ids
-            and batch is not None
-            and tokens.shape == batch.tokens.shape
-            and "token_type_ids" not in kwargs
-        ):
+        prefill = batch is not None and tokens.shape == batch.tokens.shape
+        if self.architecture.token_type_ids and prefill and "token_type_ids" not in kwargs:
             kwargs["token_type_ids"] = batch.image_mask.long().to(tokens.device)
+        given = kwargs.get("position_ids")
+        if self.architecture.mrope and prefill and (given is None or given.ndim == 2):
+            # 1-D positions (none, or the bridge's cached first step) -> the model's 3-D ones
+            kwargs["position_ids"], self._rope_delta = self.rope_positions(batch)
+        elif self.architecture.mrope and self._step_delta is not None:
+            step = kwargs["position_ids"] + self._step_delta.to(tokens.device)
+            kwargs["position_ids"] = step[None].expand(3, -1, -1)
         return super().lm_forward(tokens, *args, **kwargs)
+
+    def rope_positions(
+        self, batch: MultimodalInput
+    ) -> tuple[Int[Tensor, "3 batch pos"], Int[Tensor, "batch 1"]]:
+        """Qwen2.5-VL's 3-D positions of a batch (temporal, row, column of each image token;
+        text tokens count on from the image's largest), by the model's own ``get_rope_index``,
+        and each row's offset for later decoding steps."""
+        n = len(batch)
+        side = self.image_encoder.side  # type: ignore[union-attr]
+        grid = torch.tensor([[1, side, side]] * n, device=batch.tokens.device)
+        return self.original_model.model.get_rope_index(
+            batch.tokens,
+            mm_token_type_ids=batch.image_mask.int(),
+            image_grid_thw=grid,
+            attention_mask=batch.attention_mask,
+        )
+
+    def kv_first_step(
+        self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
+    ) -> tuple[Tensor, Any]:
+        """As the bridge's; for M-RoPE models the state also keeps each row's offset."""
+        logits, past = super().kv_first_step(tokens, attention_mask)
+        if not self.architecture.mrope or past is None:
+            return logits, past
+        assert self._rope_delta is not None, "the prompt step ran without the image batch"
+        return logits, _RopeState(past, self._rope_delta)
+
+    def kv_next_step(
+        self,
+        tokens: Int[Tensor, "batch new"],
+        attention_mask: Int[Tensor, "batch pos"],
+        state: Any,
+    ) -> tuple[Tensor, Any]:
+        """As the bridge's; M-RoPE positions continue from each row's offset."""
+        if not isinstance(state, _RopeState):
+            return super().kv_next_step(tokens, attention_mask, state)
+        self._step_delta = state.delta
+        try:
+            logits, past = super().kv_next_step(tokens, attention_mask, state.past)
+        finally:
+            self._step_delta = None
+        return logits, _RopeState(past, state.delta)
 
     def hf_inputs(self, batch: MultimodalInput) -> dict[str, Tensor]:
         """The same batch as the Hugging Face model's own keyword arguments (``input_ids``,
@@ -464,4 +723,9 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         }
         if self.architecture.token_type_ids:
             out["token_type_ids"] = batch.image_mask.long()
+        if self.architecture.mrope:
+            side = self.image_encoder.side  # type: ignore[union-attr]
+            out["pixel_values"] = batch.pixel_values.reshape(-1, batch.pixel_values.shape[-1])
+            out["image_grid_thw"] = torch.tensor([[1, side, side]] * len(batch))
+            out["mm_token_type_ids"] = batch.image_mask.int()
         return out

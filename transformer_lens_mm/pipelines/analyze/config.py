@@ -266,7 +266,7 @@ def plan_run(config: AnalysisConfig) -> list[str]:
 
 
 #: ``[model]`` keys of a native vision-language model (``NativeVLMBridge.from_pretrained``)
-_NATIVE_KEYS = {"native", "device", "dtype", "prompt", "chat_template"}
+_NATIVE_KEYS = {"native", "device", "dtype", "prompt", "chat_template", "image_size"}
 
 
 def _native_lines(model: dict[str, Any]) -> list[str]:
@@ -289,7 +289,7 @@ def _native_lines(model: dict[str, Any]) -> list[str]:
 
         name = check_architecture(AutoConfig.from_pretrained(where), where)
         lines.append(f"  architecture = {name}")
-    for key in ("device", "dtype", "prompt", "chat_template"):
+    for key in ("device", "dtype", "prompt", "chat_template", "image_size"):
         if key in model:
             lines.append(f"  {key} = {model[key]}")
     return lines
