@@ -72,6 +72,26 @@ def by_hand(model, data, n):
     return base, targets, target_inputs(model, base, targets)
 
 
+def same_top_k_as_direct(model, data, units, k=5):
+    """Assert a run's top-k rows equal the attribution computed directly on the items it did
+    (their data-set captions' first nouns); return those items' indices and input."""
+    good = [i for i in range(len(data)) if data[i].id in set(units["item"])]
+    batch = model.prepare_inputs([data[i].image() for i in good])
+    toks = [
+        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False) for i in good
+    ]
+    targets = targets_from_captions(model.tokenizer, toks)
+    ref = attribute(
+        model, target_inputs(model, batch, targets), [t.token_id for t in targets], top_k=k
+    ).top_k(k)
+    assert np.allclose(units["score"].to_numpy(), ref["score"].to_numpy(), atol=1e-5)
+    assert (
+        units[["layer", "unit", "position"]].to_numpy()
+        == ref[["layer", "unit", "position"]].to_numpy()
+    ).all()
+    return good, batch
+
+
 def config(out, data_root, **kw) -> AnalysisConfig:
     return AnalysisConfig(
         out=str(out),
@@ -96,20 +116,7 @@ def test_results_equal_the_direct_computation(lm_dirs, tmp_path):
     assert len(units) == 6 * 5 and maps.shape == (30, 16)
 
     data = CaptionFolder(root)
-    good = [i for i in range(len(data)) if data[i].id in set(units["item"])]
-    batch = model.prepare_inputs([data[i].image() for i in good])
-    toks = [
-        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False) for i in good
-    ]
-    targets = targets_from_captions(model.tokenizer, toks)
-    ref = attribute(
-        model, target_inputs(model, batch, targets), [t.token_id for t in targets], top_k=5
-    ).top_k(5)
-    assert np.allclose(units["score"].to_numpy(), ref["score"].to_numpy(), atol=1e-5)
-    assert (
-        units[["layer", "unit", "position"]].to_numpy()
-        == ref[["layer", "unit", "position"]].to_numpy()
-    ).all()
+    good, batch = same_top_k_as_direct(model, data, units)
     acts = image_mlp_activations(model, batch)
     row = units.iloc[7]
     j = good.index(int(row["index"]))
@@ -429,22 +436,8 @@ def test_tlmm_analyze_on_a_native_vlm_equals_the_direct_computation(tmp_path, ki
         assert len(load_table(out, name))
 
     model = NativeVLMBridge.from_pretrained(vlm, image_size=32)
-    data = CaptionFolder(root)
-    good = [i for i in range(len(data)) if data[i].id in set(units["item"])]
-    base = model.prepare_inputs([data[i].image() for i in good])
-    toks = [
-        model.tokenizer.encode(" " + data[i].captions[0], add_special_tokens=False) for i in good
-    ]
-    targets = targets_from_captions(model.tokenizer, toks)
-    ref = attribute(
-        model, target_inputs(model, base, targets), [t.token_id for t in targets], top_k=5
-    ).top_k(5)
-    assert np.allclose(units["score"].to_numpy(), ref["score"].to_numpy(), atol=1e-5)
+    _, base = same_top_k_as_direct(model, CaptionFolder(root), units)
     assert (units["position"].isin(base.image_positions[0].tolist())).all()
-    assert (
-        units[["layer", "unit", "position"]].to_numpy()
-        == ref[["layer", "unit", "position"]].to_numpy()
-    ).all()
 
 
 @pytest.mark.slow
