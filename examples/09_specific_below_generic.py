@@ -26,6 +26,7 @@ from transformer_lens_mm.data.natural_scenes import NaturalSceneSet
 from transformer_lens_mm.data.pretrained import load_demo_model
 from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
 from transformer_lens_mm.tools.specificity import (
+    concept_of,
     cross_concept_ablation,
     generic_units,
     specificity_ratio,
@@ -80,7 +81,7 @@ def main() -> None:
         if not len(found):
             continue
         ranked = found.attribution.ranked_units("max", limit=deepest)
-        concepts = [(t.word or t.token).strip().lower() for t in found.targets]
+        concepts = [concept_of(t) for t in found.targets]
         for name, lists in (
             ("as ranked", ranked),
             ("generic removed", [[u for u in r if u not in generic] for r in ranked]),

@@ -45,7 +45,7 @@ from transformer_lens_mm.tools.direct import (
     direct_effect_weights,
     spearman,
 )
-from transformer_lens_mm.tools.specificity import cross_concept_ablation
+from transformer_lens_mm.tools.specificity import concept_of, cross_concept_ablation
 from transformer_lens_mm.tools.units import Unit, per_row_masks, random_units_like
 from transformer_lens_mm.tools.words import same_word
 
@@ -137,7 +137,7 @@ def cross_concept_step(
     assert found.attribution is not None and found.inputs is not None
     ks = sorted({0, *map(int, ks)})  # k = 0: the reference each rel_p is taken against
     ranked = found.attribution.ranked_units("max", limit=max(ks))
-    concepts = [(t.word or t.token).strip().lower() for t in found.targets]
+    concepts = [concept_of(t) for t in found.targets]
     table = cross_concept_ablation(
         model,
         found.inputs,

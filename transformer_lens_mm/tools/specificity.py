@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -44,11 +45,23 @@ from transformer_lens_mm.tools.ablation import ablation_sweep
 from transformer_lens_mm.tools.units import Unit
 
 __all__ = [
+    "concept_of",
     "concept_specificity",
     "cross_concept_ablation",
     "generic_units",
     "specificity_ratio",
 ]
+
+
+def concept_of(target: Any) -> str:
+    """An item's concept: its target's word (else its token), stripped and lower-cased.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> concept_of(SimpleNamespace(word=None, token=" Dog"))
+        'dog'
+    """
+    return str(target.word or target.token).strip().lower()
 
 
 def _with_concepts(
