@@ -1,32 +1,22 @@
-"""``NativeVLMBridge``: a vision-language model that already has sight (LLaVA, Gemma 3), with
-the same model contract as the two LiMBeR classes.
+"""``NativeVLMBridge``: a vision-language model that already has sight (LLaVA, Gemma 3,
+Qwen2.5-VL), with the same model contract as the two LiMBeR classes.
 
-TransformerLens bridges several Hugging Face vision-language models
-(``LlavaForConditionalGeneration``, ``Gemma3ForConditionalGeneration``, ...): hooks on the
-language model, the vision tower and the projector. What it does not know is where the image
-tokens are. This class records them: the model's own processor and chat template lay out each
-item (one image placeholder, expanded by the processor into the model's image tokens), and the
-positions holding the image token id become the :class:`~transformer_lens_mm.core.layout.
-MultimodalInput`'s ``image_mask``, so every tool of the package (attribution, decoding, lens,
-ablation, patching, spatial maps, ``tlmm analyze``) runs on it unchanged.
+TransformerLens bridges several Hugging Face vision-language models: hooks on the language
+model, the vision tower and the projector. What it does not know is where the image tokens are.
+This class records them: the model's own processor and chat template lay out each item (one
+image placeholder, expanded by the processor into the model's image tokens), and the positions
+holding the image token id become the :class:`~transformer_lens_mm.core.layout.MultimodalInput`'s
+``image_mask``, so every tool of the package (attribution, decoding, lens, ablation, patching,
+spatial maps, ``tlmm analyze``) runs on it unchanged.
 
 The forward is the model's own computation, split at the two hook points the LiMBeR classes
 have: the vision tower (with the model's feature layer and CLS rule) gives
-``hook_image_features``, the model's projector gives ``hook_image_embed``, and those embeddings
-are written at the image-token positions of ``hook_embed`` (what Hugging Face's
-``masked_scatter`` does), then the language model runs with the model's own attention rules
-(Gemma 3: image tokens attend to each other both ways, through ``token_type_ids``).
-
-=====================  ===============================================  ==========================
-this package           LLaVA (``LlavaForConditionalGeneration``)        Gemma 3 (``Gemma3For...``)
-=====================  ===============================================  ==========================
-hook_image_features    ``vision_tower`` hidden state at                 ``vision_tower`` last
-                       ``vision_feature_layer``, CLS dropped             hidden state (all patches)
-                       (``"default"``)
-hook_image_embed       ``multi_modal_projector`` output                 ``multi_modal_projector``
-                                                                        output (pooled tokens)
-image positions        ``input_ids == image_token_index``               ``== image_token_id``
-=====================  ===============================================  ==========================
+``hook_image_features``, the model's projector gives ``hook_image_embed``, those embeddings are
+written at the image-token positions of ``hook_embed`` (what Hugging Face's ``masked_scatter``
+does), and the language model runs with the model's own rules for image tokens (Gemma 3: they
+attend to each other both ways, through ``token_type_ids``; Qwen2.5-VL: 3-D M-RoPE positions
+from the image grid, also in cached decoding). Where each hook point sits per architecture:
+``docs/native_vlms.md``.
 
 Example:
     >>> model = NativeVLMBridge.from_pretrained("llava-hf/llava-1.5-7b-hf")  # doctest: +SKIP
@@ -57,6 +47,7 @@ from transformer_lens_mm.core.hf_encoders import TransformersEncoder
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.mixin import _has_backward_hooks
+from transformer_lens_mm.core.qwen_encoders import QwenMerger, QwenVisionEncoder
 
 __all__ = ["NATIVE_ARCHITECTURES", "NativeArchitecture", "NativeVLMBridge", "check_architecture"]
 
@@ -142,112 +133,6 @@ def _vision_output(module: torch.nn.Module, probe: Any, device: torch.device) ->
     else:
         out = module(pixel_values=pixels)
     return out.last_hidden_state
-
-
-class FixedSizeTransform:
-    """One PIL image -> the processor's pixels at a fixed ``size x size`` (Qwen2.5-VL's
-    variable resolution pinned, so that every image has the same number of tokens);
-    picklable, as ``encoder.transform`` for data-loader workers."""
-
-    def __init__(self, processor: Any, size: int) -> None:
-        self.processor, self.size = processor, int(size)
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        return self.many([image])[0]
-
-    def many(self, images: Sequence[Image.Image]) -> Tensor:
-        resized = [im.resize((self.size, self.size), Image.Resampling.BICUBIC) for im in images]
-        out = self.processor(images=resized, return_tensors="pt")
-        return out["pixel_values"].view(len(images), -1, out["pixel_values"].shape[-1])
-
-
-class QwenVisionEncoder(ImageEncoder):
-    """Qwen2.5-VL's vision tower up to its patch merger: ``[batch, n_patches, d_vision]`` in the
-    image's row-major order of merge groups (each ``merge x merge`` patch block, the four
-    vectors one image token is made of, consecutive), window attention undone.
-
-    Pixels are the processor's flattened patches per image, ``[batch, n_patches, patch_dim]``
-    at a fixed ``size x size`` (:class:`FixedSizeTransform`).
-    """
-
-    def __init__(
-        self, visual: torch.nn.Module, config: Any, processor: Any, size: int, name: str
-    ) -> None:
-        torch.nn.Module.__init__(self)
-        self.pool = None
-        self.patch_size = int(config.patch_size)
-        self.merge = int(config.spatial_merge_size)
-        self.window_size = int(config.window_size)
-        factor = self.patch_size * self.merge
-        if size % factor:
-            raise ConfigError(
-                f"image_size={size} is not a multiple of {factor} (patch {self.patch_size} x "
-                f"merge {self.merge}): use e.g. {max(factor, size // factor * factor)}"
-            )
-        self.side = size // self.patch_size
-        transform = FixedSizeTransform(processor, size)
-        probe = transform(Image.new("RGB", (size, size)))
-        self._setup(
-            visual,
-            layer=None,
-            name=name,
-            data_config={"input_size": tuple(int(x) for x in probe.shape), "size": size},
-            transform=transform,
-            fixed_size=True,
-        )
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def _features(self, pixel_values: Tensor) -> Tensor:
-        from transformers.vision_utils import get_vision_window_index
-
-        n, n_patches, dim = pixel_values.shape
-        grid = torch.tensor([[1, self.side, self.side]] * n, device=pixel_values.device)
-        out = self.model(pixel_values.reshape(n * n_patches, dim), grid_thw=grid)
-        hidden = out.last_hidden_state  # merge groups in window-attention order
-        window_index, _ = get_vision_window_index(
-            grid, self.merge, self.window_size, self.patch_size
-        )
-        unit = self.merge * self.merge
-        order = torch.argsort(window_index.to(hidden.device))
-        self.grid_size = (self.side, self.side)
-        return hidden.view(-1, unit, hidden.shape[-1])[order].view(n, n_patches, -1)
-
-    def preprocess(self, images: ImageLike | Sequence[ImageLike]) -> Tensor:
-        """Raw images -> ``[batch, n_patches, patch_dim]`` at the fixed size."""
-        return self.transform.many(to_rgb_images(images)).to(self.device)
-
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        """Encode preprocessed images (no gradient: the tower is frozen)."""
-        expected = tuple(self.data_config["input_size"])
-        if pixel_values.ndim != 3 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
-                f"pixel_values must be [batch, {expected[0]}, {expected[1]}] (flattened patches "
-                f"of {self.data_config['size']} px images), got {tuple(pixel_values.shape)}: "
-                "pass raw images as images=..."
-            )
-        with torch.no_grad():
-            param = next(self.model.parameters())
-            return self._features(pixel_values.to(device=param.device, dtype=param.dtype))
-
-
-class QwenMerger(torch.nn.Module):
-    """Qwen2.5-VL's patch merger as a per-image projector: ``[batch, n_patches, d_vision]`` ->
-    ``[batch, n_patches / merge^2, d_model]``."""
-
-    def __init__(self, merger: torch.nn.Module, unit: int) -> None:
-        super().__init__()
-        self.merger, self.unit = merger, unit
-
-    def forward(self, features: Tensor) -> Tensor:
-        n = features.shape[0]
-        return self.merger(features.reshape(-1, features.shape[-1])).view(n, -1, self.merger_out)
-
-    @property
-    def merger_out(self) -> int:
-        return int(self.merger.mlp[-1].out_features)
 
 
 @dataclass
