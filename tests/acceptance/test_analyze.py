@@ -420,13 +420,15 @@ def _native_config(tmp_path, name, root, vlm) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["llava", "gemma3", "qwen2_5_vl"])
-def test_tlmm_analyze_on_a_native_vlm_equals_the_direct_computation(tmp_path, kind):
+def test_tlmm_analyze_on_a_native_vlm_equals_the_direct_computation(tmp_path, kind, capsys):
     from helpers import build_native_vlm
 
     from transformer_lens_mm.core.native import NativeVLMBridge
 
     vlm = build_native_vlm(tmp_path / kind, kind)
     root = write_folder(tmp_path / "data", 6)
+    assert main(["analyze", str(_native_config(tmp_path, "out", root, vlm)), "--dry-run"]) == 0
+    assert "architecture = " in capsys.readouterr().out
     assert main(["analyze", str(_native_config(tmp_path, "out", root, vlm))]) == 0
     out = tmp_path / "out"
     items, units, maps = load_results(out)
@@ -463,3 +465,10 @@ def test_tlmm_analyze_on_a_native_vlm_resumes_after_sigkill(tmp_path):
     subprocess.run([*cli, str(killed)], check=True, env=env)
     assert len(list(shards.glob("*-items.parquet"))) == 20
     _same(tmp_path / "full", tmp_path / "killed")
+
+
+def test_tlmm_analyze_refuses_a_text_only_model_named_native(lm_dirs, tmp_path, capsys):
+    cfg = _native_config(tmp_path, "out", tmp_path, lm_dirs["llama"])
+    assert main(["analyze", str(cfg), "--dry-run"]) == 2
+    assert "not a vision-language model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
