@@ -29,6 +29,7 @@ def model(request, tmp_path_factory):
 def test_it_is_a_multimodal_model(model):
     assert isinstance(model, MultimodalModel)
     assert model.image_projection is None and model.n_image_tokens == 16
+    assert not any(name.startswith("projector.") for name in model.hook_dict)  # listed once
     batch = model.prepare_inputs(random_images(1))
     labels = model.to_str_tokens(batch)
     assert labels.count("<img 0,0>") == 1 and "<img 3,3>" in labels

@@ -264,10 +264,13 @@ class NativeVLMBridge(MultimodalTransformerBridge):
                 image_size,
                 f"{where}:vision",
             )
-            self.projector = QwenMerger(inner.visual.merger, encoder.merge**2)
+            projector: torch.nn.Module = QwenMerger(inner.visual.merger, encoder.merge**2)
         else:
-            self.projector = inner.multi_modal_projector
+            projector = inner.multi_modal_projector
             encoder = self._tower(tower, processor, where)
+        # a plain attribute, not a second registration of a module the Hugging Face model
+        # already holds (the bridge would list its hook points twice, as projector.*)
+        object.__setattr__(self, "projector", projector)
         self.image_encoder = encoder
         self._finish_layout(encoder)
 
