@@ -182,3 +182,12 @@ def test_tl_vision_hooks_fire_where_the_bridged_tower_is_used(model):
     bridged = model.image_encoder.model is _vision_module(model.original_model)
     _, cache = model.run_with_cache(model.prepare_inputs(random_images(1)))
     assert any(name.startswith("vision_encoder.") for name in cache.keys()) == bridged
+
+
+def test_tl_projector_hooks_see_the_same_tensors_as_ours(model):
+    _, cache = model.run_with_cache(model.prepare_inputs(random_images(2)))
+    for tl_name, ours in (
+        ("vision_projector.hook_vision_proj_in", hook_names.IMAGE_FEATURES),
+        ("vision_projector.hook_vision_proj_out", hook_names.IMAGE_EMBED),
+    ):  # Qwen2.5-VL's merger sees every image's patches flattened into one sequence
+        assert torch.equal(cache[tl_name].reshape(cache[ours].shape), cache[ours])
