@@ -23,7 +23,14 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-__all__ = ["DEFAULT_PROMPT", "MultimodalInput", "build_multimodal_input"]
+__all__ = [
+    "DEFAULT_PROMPT",
+    "MultimodalInput",
+    "build_multimodal_input",
+    "encode_text",
+    "pad_rows",
+    "per_item",
+]
 
 DEFAULT_PROMPT = "A picture of"
 
@@ -153,9 +160,11 @@ class MultimodalInput:
         return dataclasses.replace(self, **moved)
 
 
-def _as_list(
+def per_item(
     value: str | Sequence[str] | None, default: str, batch_size: int, what: str
 ) -> list[str]:
+    """One string per item: ``None`` -> ``default`` for all, one string for all, or exactly
+    one per item (else a ValueError naming ``what`` and the fix)."""
     if value is None:
         return [default] * batch_size
     if isinstance(value, str):
@@ -172,10 +181,48 @@ def _as_list(
     return value
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """``text``'s token ids without special tokens (none for an empty text)."""
     if not text:
         return []
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int]],
+    image_rows: Sequence[Sequence[bool]],
+    target_rows: Sequence[Sequence[bool]],
+    *,
+    filler: int,
+    padding_side: Literal["left", "right"] = "right",
+) -> tuple[
+    Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Bool[Tensor, "batch pos"],
+    Bool[Tensor, "batch pos"],
+]:  # fmt: skip
+    """Items of different lengths as one padded batch: ``(tokens, attention_mask, image_mask,
+    target_mask)``, each row's image and target flags beside its ids.
+
+    Example:
+        >>> tokens, attn, image, target = pad_rows(
+        ...     [[5, 6, 7], [8]], [[True, False, False], [True]], [[False] * 3, [False]],
+        ...     filler=0, padding_side="left")
+        >>> tokens.tolist(), attn.tolist()
+        ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
+        >>> image.tolist()
+        [[True, False, False], [False, False, True]]
+    """
+    n, width = len(rows), max(len(r) for r in rows)
+    tokens = torch.full((n, width), filler, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    image_mask = torch.zeros((n, width), dtype=torch.bool)
+    target_mask = torch.zeros((n, width), dtype=torch.bool)
+    for i, ids in enumerate(rows):
+        sl = slice(0, len(ids)) if padding_side == "right" else slice(width - len(ids), width)
+        tokens[i, sl] = torch.tensor(list(ids), dtype=torch.long)
+        attention[i, sl] = 1
+        image_mask[i, sl] = torch.tensor(list(image_rows[i]), dtype=torch.bool)
+        target_mask[i, sl] = torch.tensor(list(target_rows[i]), dtype=torch.bool)
+    return tokens, attention, image_mask, target_mask
 
 
 def build_multimodal_input(
@@ -216,8 +263,8 @@ def build_multimodal_input(
         raise ValueError("the batch of images is empty: pass at least one image")
     if n_image_tokens <= 0:
         raise ValueError(f"n_image_tokens must be positive, got {n_image_tokens}")
-    prompt_list = _as_list(prompts, default_prompt, batch_size, "prompts")
-    caption_list = None if captions is None else _as_list(captions, "", batch_size, "captions")
+    prompt_list = per_item(prompts, default_prompt, batch_size, "prompts")
+    caption_list = None if captions is None else per_item(captions, "", batch_size, "captions")
 
     bos = bos_token_id if bos_token_id is not None else getattr(tokenizer, "bos_token_id", None)
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -236,10 +283,10 @@ def build_multimodal_input(
     for i, prompt in enumerate(prompt_list):
         head = ([bos] if prepend_bos else []) + [filler] * n_image_tokens
         is_image = [False] * int(prepend_bos) + [True] * n_image_tokens
-        body = _encode(tokenizer, prompt)
+        body = encode_text(tokenizer, prompt)
         tail: list[int] = []
         if caption_list is not None:
-            tail = _encode(tokenizer, caption_list[i]) + ([eos] if append_eos else [])
+            tail = encode_text(tokenizer, caption_list[i]) + ([eos] if append_eos else [])
         ids = head + body + tail
         if n_ctx is not None and len(ids) > n_ctx:
             raise ValueError(
@@ -251,18 +298,9 @@ def build_multimodal_input(
         image_rows.append(is_image + [False] * (len(body) + len(tail)))
         target_rows.append([False] * (len(head) + len(body)) + [True] * len(tail))
 
-    width = max(len(r) for r in rows)
-    tokens = torch.full((batch_size, width), filler, dtype=torch.long)
-    attention = torch.zeros((batch_size, width), dtype=torch.long)
-    image_mask = torch.zeros((batch_size, width), dtype=torch.bool)
-    target_mask = torch.zeros((batch_size, width), dtype=torch.bool)
-    for i, ids in enumerate(rows):
-        n = len(ids)
-        sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
-        tokens[i, sl] = torch.tensor(ids, dtype=torch.long)
-        attention[i, sl] = 1
-        image_mask[i, sl] = torch.tensor(image_rows[i])
-        target_mask[i, sl] = torch.tensor(target_rows[i])
+    tokens, attention, image_mask, target_mask = pad_rows(
+        rows, image_rows, target_rows, filler=filler, padding_side=padding_side
+    )
     return MultimodalInput(
         tokens=tokens,
         attention_mask=attention,

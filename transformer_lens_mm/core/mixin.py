@@ -219,6 +219,11 @@ class MultimodalMixin:
             )
         return self.image_projection
 
+    def _projector(self) -> torch.nn.Module:
+        """What maps encoder features to the image tokens: the attached projection (a native
+        VLM's class returns the model's own projector)."""
+        return self._require_vision()
+
     @property
     def n_image_tokens(self) -> int | None:
         """Image tokens per image produced by the attached encoder (``None`` without one)."""
@@ -319,7 +324,7 @@ class MultimodalMixin:
         Returns:
             The soft-prompt tokens, as edited by any hooks on the two hook points.
         """
-        projection = self._require_vision()
+        projection = self._projector()
         if batch.image_features is not None:
             features = batch.image_features
         elif batch.pixel_values is not None:

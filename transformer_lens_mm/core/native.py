@@ -45,8 +45,7 @@ from transformer_lens_mm.core.encoders import ImageEncoder
 from transformer_lens_mm.core.errors import ConfigError
 from transformer_lens_mm.core.hf_encoders import TransformersEncoder
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
-from transformer_lens_mm.core.layout import MultimodalInput
-from transformer_lens_mm.core.mixin import _has_backward_hooks
+from transformer_lens_mm.core.layout import MultimodalInput, encode_text, pad_rows, per_item
 from transformer_lens_mm.core.qwen_encoders import QwenMerger, QwenVisionEncoder
 
 __all__ = ["NATIVE_ARCHITECTURES", "NativeArchitecture", "NativeVLMBridge", "check_architecture"]
@@ -252,6 +251,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         self.prompt = DEFAULT_QUESTION if prompt is None else prompt
         self.lm_name = os.path.basename(where.rstrip("/")) or where
         inner = hf.model
+        self._layouts: dict[str, list[int]] = {}  # laid-out text -> its ids (_prompt_ids)
         self._rope_delta: Tensor | None = None  # M-RoPE offsets of the latest prefill
         self._step_delta: Tensor | None = None  # ... of the cached decoding step running
         tower = self._vision_tower(processor, pristine, image_size)
@@ -382,18 +382,26 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         return f"{placeholder}\n{prompt}"
 
     def _prompt_ids(self, prompts: list[str]) -> list[list[int]]:
-        """Token ids of each item's laid-out prompt, the image placeholder expanded."""
+        """Token ids of each item's laid-out prompt, the image placeholder expanded by the
+        processor (with a blank image: the expansion depends on the size only, which is fixed),
+        once per distinct text."""
         texts = [self._text(p) for p in prompts]
-        try:
-            out = self.processor(
-                text=texts, images=[[self._blank] for _ in texts], return_tensors="pt", padding=True
-            )
-        except (ValueError, TypeError) as err:
-            raise ValueError(
-                f"{type(self.processor).__name__} rejected the prompts {prompts!r}: {err}"
-            ) from err
-        ids, mask = out["input_ids"], out["attention_mask"]
-        return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+        todo = sorted(set(texts) - self._layouts.keys())
+        if todo:
+            try:
+                out = self.processor(
+                    text=todo,
+                    images=[[self._blank] for _ in todo],
+                    return_tensors="pt",
+                    padding=True,
+                )
+            except (ValueError, TypeError) as err:
+                raise ValueError(
+                    f"{type(self.processor).__name__} rejected the prompts {prompts!r}: {err}"
+                ) from err
+            for text, row, m in zip(todo, out["input_ids"], out["attention_mask"]):
+                self._layouts[text] = row[m.bool()].tolist()
+        return [list(self._layouts[t]) for t in texts]
 
     def prepare_inputs(
         self,
@@ -462,18 +470,12 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             n = int(image_features.shape[0])
         if n == 0:
             raise ValueError("the batch of images is empty: pass at least one image")
-        prompt_list = [prompts] * n if isinstance(prompts, str) else prompts
-        prompt_list = [self.prompt] * n if prompt_list is None else list(prompt_list)
-        if len(prompt_list) != n:
-            raise ValueError(f"got {len(prompt_list)} prompts for {n} images: one, or one each")
+        prompt_list = per_item(prompts, self.prompt, n, "prompts")
+        caption_list = None if captions is None else per_item(captions, "", n, "captions")
         tok = self.tokenizer
         heads = self._prompt_ids(prompt_list)
-        tails: list[list[int]] = [[] for _ in range(n)]
-        if captions is not None:
-            if len(captions) != n:
-                raise ValueError(f"got {len(captions)} captions for {n} images: one per image")
-            eos = [tok.eos_token_id] if append_eos else []
-            tails = [list(tok(c, add_special_tokens=False)["input_ids"]) + eos for c in captions]
+        eos = [tok.eos_token_id] if append_eos else []
+        tails = [encode_text(tok, c) + eos for c in caption_list] if caption_list else [[]] * n
         rows = [h + t for h, t in zip(heads, tails)]
         n_ctx = int(self.cfg.n_ctx)
         for i, row in enumerate(rows):
@@ -482,17 +484,14 @@ class NativeVLMBridge(MultimodalTransformerBridge):
                     f"item {i} needs {len(row)} positions ({self.n_image_tokens} image tokens) "
                     f"but {self.lm_name}'s context is {n_ctx}: shorten the prompt or caption"
                 )
-        width = max(len(r) for r in rows)
         pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-        tokens = torch.full((n, width), int(pad), dtype=torch.long)
-        attention = torch.zeros((n, width), dtype=torch.long)
-        target = torch.zeros((n, width), dtype=torch.bool)
-        for i, (head, row) in enumerate(zip(heads, rows)):
-            start = 0 if padding_side == "right" else width - len(row)
-            tokens[i, start : start + len(row)] = torch.tensor(row)
-            attention[i, start : start + len(row)] = 1
-            target[i, start + len(head) : start + len(row)] = True
-        image_mask = (tokens == self.image_token_id) & attention.bool()
+        tokens, attention, image_mask, target = pad_rows(
+            rows,
+            [[t == self.image_token_id for t in row] for row in rows],
+            [[False] * len(h) + [True] * len(t) for h, t in zip(heads, tails)],
+            filler=int(pad),
+            padding_side=padding_side,
+        )
         counts = image_mask.sum(-1)
         if bool((counts != self.n_image_tokens).any()):
             raise ValueError(
@@ -505,8 +504,8 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             attention_mask=attention,
             image_mask=image_mask,
             prompts=prompt_list,
-            captions=None if captions is None else list(captions),
-            target_mask=target if captions is not None else None,
+            captions=caption_list,
+            target_mask=target if caption_list is not None else None,
             pixel_values=pixel_values,
             image_features=image_features,
             grid_size=self.image_grid,
@@ -514,31 +513,10 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         ).to(self.lm_device)
 
     # ----------------------------------------------------------------- core
-    def embed_images(self, batch: MultimodalInput) -> Float[Tensor, "batch n_image_tokens d_model"]:
-        """Vision tower -> ``hook_image_features`` -> the model's projector -> ``hook_image_embed``.
-
-        Args:
-            batch: A prepared input holding ``pixel_values`` or ``image_features``.
-
-        Returns:
-            The image tokens as the language model reads them.
-        """
-        if batch.image_features is not None:
-            features = batch.image_features.to(self.lm_device)
-        elif batch.pixel_values is not None:
-            features = self.encode_pixels(batch.pixel_values).to(self.lm_device)
-        else:
-            raise ValueError("the input holds neither pixel_values nor image_features")
-        if _has_backward_hooks(self.hook_image_features) and torch.is_grad_enabled():
-            features = features.detach().requires_grad_(True)
-        features = self.hook_image_features(features)
-        embeds = self.hook_image_embed(self.projector(features))
-        if embeds.shape[:2] != (len(batch), batch.n_image_tokens):
-            raise ValueError(
-                f"the projector made {embeds.shape[1]} tokens per image but the input has "
-                f"{batch.n_image_tokens} image positions: prepare inputs with model.prepare_inputs"
-            )
-        return embeds
+    def _projector(self) -> torch.nn.Module:
+        """The model's own projector (``embed_images`` is the mixin's: vision tower ->
+        ``hook_image_features`` -> this -> ``hook_image_embed``)."""
+        return self.projector
 
     def lm_forward(self, tokens: Int[Tensor, "batch pos"], *args: Any, **kwargs: Any) -> Any:
         """The language model on token ids; while images are injected into a batch of this
@@ -562,9 +540,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         """Qwen2.5-VL's 3-D positions of a batch (temporal, row, column of each image token;
         text tokens count on from the image's largest), by the model's own ``get_rope_index``,
         and each row's offset for later decoding steps."""
-        n = len(batch)
-        side = self.image_encoder.side  # type: ignore[union-attr]
-        grid = torch.tensor([[1, side, side]] * n, device=batch.tokens.device)
+        grid = self.image_encoder.grid_thw(len(batch), batch.tokens.device)  # type: ignore[union-attr]
         return self.original_model.model.get_rope_index(
             batch.tokens,
             mm_token_type_ids=batch.image_mask.int(),
@@ -612,8 +588,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         if self.architecture.token_type_ids:
             out["token_type_ids"] = batch.image_mask.long()
         if self.architecture.mrope:
-            side = self.image_encoder.side  # type: ignore[union-attr]
             out["pixel_values"] = batch.pixel_values.reshape(-1, batch.pixel_values.shape[-1])
-            out["image_grid_thw"] = torch.tensor([[1, side, side]] * len(batch))
+            out["image_grid_thw"] = self.image_encoder.grid_thw(len(batch))  # type: ignore[union-attr]
             out["mm_token_type_ids"] = batch.image_mask.int()
         return out

@@ -86,11 +86,15 @@ class QwenVisionEncoder(ImageEncoder):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def grid_thw(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """Qwen's ``image_grid_thw`` of ``n`` images at the pinned size (one frame each)."""
+        return torch.tensor([[1, self.side, self.side]] * n, device=device)
+
     def _features(self, pixel_values: Tensor) -> Tensor:
         from transformers.vision_utils import get_vision_window_index
 
         n, n_patches, dim = pixel_values.shape
-        grid = torch.tensor([[1, self.side, self.side]] * n, device=pixel_values.device)
+        grid = self.grid_thw(n, pixel_values.device)
         out = self.model(pixel_values.reshape(n * n_patches, dim), grid_thw=grid)
         hidden = out.last_hidden_state  # merge groups in window-attention order
         window_index, _ = get_vision_window_index(

@@ -239,8 +239,7 @@ def plan_run(config: AnalysisConfig) -> list[str]:
     for required in ("lm", "projection"):
         if required not in model:
             raise ConfigError(f"[model] needs {required!r} (or demo = true)")
-    if "dtype" in model and not isinstance(getattr(torch, str(model["dtype"]), None), torch.dtype):
-        raise ConfigError(f"[model] dtype {model['dtype']!r} is not a torch dtype (e.g. float16)")
+    _check_dtype(model)
     if model.get("api") not in (None, "hooked", "bridge"):
         raise ConfigError(f"[model] api must be 'hooked' or 'bridge', got {model['api']!r}")
     where = "local folder" if Path(str(model["lm"])).is_dir() else "hub name"
@@ -265,6 +264,11 @@ def plan_run(config: AnalysisConfig) -> list[str]:
     return lines + _run_lines(config)
 
 
+def _check_dtype(model: dict[str, Any]) -> None:
+    if "dtype" in model and not isinstance(getattr(torch, str(model["dtype"]), None), torch.dtype):
+        raise ConfigError(f"[model] dtype {model['dtype']!r} is not a torch dtype (e.g. float16)")
+
+
 #: ``[model]`` keys of a native vision-language model (``NativeVLMBridge.from_pretrained``)
 _NATIVE_KEYS = {"native", "device", "dtype", "prompt", "chat_template", "image_size"}
 
@@ -277,8 +281,7 @@ def _native_lines(model: dict[str, Any]) -> list[str]:
             f"unknown [model] keys {sorted(set(model) - _NATIVE_KEYS)} for a native VLM; "
             f"known: {sorted(_NATIVE_KEYS)}"
         )
-    if "dtype" in model and not isinstance(getattr(torch, str(model["dtype"]), None), torch.dtype):
-        raise ConfigError(f"[model] dtype {model['dtype']!r} is not a torch dtype (e.g. float16)")
+    _check_dtype(model)
     where = str(model["native"])
     kind = "local folder" if Path(where).is_dir() else "hub name"
     lines = [f"model: native VLM {where} ({kind})"]
