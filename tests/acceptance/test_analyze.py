@@ -238,15 +238,14 @@ def _same(a: Path, b: Path) -> None:
         pd.testing.assert_frame_equal(ta, tb)
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_result(lm_dirs, tmp_path):
-    root = write_folder(tmp_path / "data", 40, bad=False)
-    script = _script(tmp_path, lm_dirs, root)
+def _killed_run_resumes(tmp_path: Path, full: list[str], killed: list[str], wait_s=120) -> None:
+    """Run ``full`` (writing tmp_path/full) to the end; start ``killed`` (tmp_path/killed),
+    SIGKILL it once 3 of its 20 shards are written, run it again: the tables must be equal."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "full")], check=True, env=env)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "killed")], env=env)
+    subprocess.run(full, check=True, env=env)
+    proc = subprocess.Popen(killed, env=env)
     shards = tmp_path / "killed" / "shards"
-    deadline = time.time() + 120
+    deadline = time.time() + wait_s
     while time.time() < deadline and len(list(shards.glob("*-items.parquet"))) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
@@ -254,9 +253,17 @@ def test_killed_run_resumes_to_the_same_result(lm_dirs, tmp_path):
     n_done = len(list(shards.glob("*-items.parquet")))
     assert 3 <= n_done < 20, "the run was not interrupted mid-way"
     assert not (tmp_path / "killed" / "items.parquet").exists()
-    subprocess.run([sys.executable, str(script), str(tmp_path / "killed")], check=True, env=env)
+    subprocess.run(killed, check=True, env=env)
     assert len(list(shards.glob("*-items.parquet"))) == 20
     _same(tmp_path / "full", tmp_path / "killed")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(lm_dirs, tmp_path):
+    root = write_folder(tmp_path / "data", 40, bad=False)
+    script = _script(tmp_path, lm_dirs, root)
+    run = [sys.executable, str(script)]
+    _killed_run_resumes(tmp_path, [*run, str(tmp_path / "full")], [*run, str(tmp_path / "killed")])
 
 
 @pytest.mark.slow
@@ -448,23 +455,9 @@ def test_tlmm_analyze_on_a_native_vlm_resumes_after_sigkill(tmp_path):
 
     vlm = build_native_vlm(tmp_path / "llava", "llava")
     root = write_folder(tmp_path / "data", 40, bad=False)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "transformer_lens_mm", "analyze"]
-    full = _native_config(tmp_path, "full", root, vlm)
-    subprocess.run([*cli, str(full)], check=True, env=env)
-    killed = _native_config(tmp_path, "killed", root, vlm)
-    proc = subprocess.Popen([*cli, str(killed)], env=env)
-    shards = tmp_path / "killed" / "shards"
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list(shards.glob("*-items.parquet"))) < 3:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL
-    n_done = len(list(shards.glob("*-items.parquet")))
-    assert 3 <= n_done < 20, "the run was not interrupted mid-way"
-    subprocess.run([*cli, str(killed)], check=True, env=env)
-    assert len(list(shards.glob("*-items.parquet"))) == 20
-    _same(tmp_path / "full", tmp_path / "killed")
+    full, killed = (_native_config(tmp_path, name, root, vlm) for name in ("full", "killed"))
+    _killed_run_resumes(tmp_path, [*cli, str(full)], [*cli, str(killed)], wait_s=180)
 
 
 def test_tlmm_analyze_refuses_a_text_only_model_named_native(lm_dirs, tmp_path, capsys):
