@@ -33,7 +33,9 @@ from transformer_lens_mm.core.errors import (
     MissingWeightsError,
     OutputExistsError,
     ProjectionShapeError,
+    ReadoutError,
     TLMMError,
+    UnitIndexError,
 )
 from transformer_lens_mm.core.generation import Captions, generate_captions
 from transformer_lens_mm.core.hf_encoders import TransformersEncoder
@@ -98,11 +100,13 @@ __all__ = [
     "OutputExistsError",
     "ProjectionConfig",
     "ProjectionShapeError",
+    "ReadoutError",
     "Recipe",
     "SearchSettings",
     "TLMMError",
     "TrainingConfig",
     "TransformersEncoder",
+    "UnitIndexError",
     "ablated",
     "ablation_curve",
     "ablation_hooks",

@@ -1,6 +1,7 @@
 """`run_analysis`: results equal the direct computation, bad items are recorded, a run killed
 with SIGKILL resumes to the same result, and a 2-process torchrun equals a 1-process run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import torch
 from helpers import build_model
 from PIL import Image
 
+from transformer_lens_mm.core.errors import ConfigError
 from transformer_lens_mm.core.lm_loading import default_api
 from transformer_lens_mm.data.datasets import CaptionFolder
 from transformer_lens_mm.pipelines.analyze import (
@@ -197,6 +199,15 @@ def test_ablation_and_soft_prompt_tables_equal_direct_calls(lm_dirs, tmp_path):
     changed = AnalysisConfig(**{**cfg.__dict__, "ablation_ks": [0, 4]})
     with pytest.raises(ValueError, match="ablation_ks differ"):
         run_analysis(changed, model=model, verbose=False)
+    # a run written before the sign-aware readout (no readout fields in its config.json) is
+    # not mixed with new shards; it resumes as it began with the old readout asked for
+    written = json.loads((Path(cfg.out) / "config.json").read_text())
+    old = {k: v for k, v in written.items() if not k.startswith("readout_")}
+    (Path(cfg.out) / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ConfigError, match="before the sign-aware readout"):
+        run_analysis(cfg, model=model, verbose=False)
+    as_before = {"readout_sign": "weights", "readout_final_norm": False}
+    run_analysis(AnalysisConfig(**{**cfg.__dict__, **as_before}), model=model, verbose=False)
     huge = AnalysisConfig(**{**cfg.__dict__, "ablation_ks": [0, 10**9], "out": str(tmp_path / "h")})
     with pytest.raises(ValueError, match="use smaller ks"):
         run_analysis(huge, model=model, verbose=False)

@@ -11,6 +11,7 @@ from transformer_lens_mm import (
     generate_captions,
     hook_names,
 )
+from transformer_lens_mm.core.errors import ReadoutError
 from transformer_lens_mm.core.native import NativeVLMBridge
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
 from transformer_lens_mm.tools.attribution import attribute
@@ -114,8 +115,13 @@ def test_the_search_and_unit_decoding(model):
     found = find_multimodal_neurons(model, random_images(3, seed=3), k=5, max_new_tokens=4)
     assert len(found.items) == 3
     assert len(found.units) == 5 * len(found.targets)
-    table = decode_unit_table(model, found.units[["layer", "unit"]].head(3), k=4)
+    table = decode_unit_table(model, found.units[["layer", "unit", "activation"]].head(3), k=4)
     assert table.tokens.map(len).tolist() == [4, 4, 4]
+    # the LMs are gated: each entry is read with the sign of its activation, as the search did
+    assert table["sign"].tolist() == found.units["sign"].head(3).tolist()
+    assert [t[:4] for t in found.units["tokens"].head(3)] == table.tokens.tolist()
+    with pytest.raises(ReadoutError, match="gated"):
+        decode_unit_table(model, found.units[["layer", "unit"]].head(3), k=4)
 
 
 def test_greedy_captions_under_a_hook_on_the_image_embeddings(model):

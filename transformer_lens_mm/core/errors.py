@@ -18,7 +18,9 @@ __all__ = [
     "MissingWeightsError",
     "OutputExistsError",
     "ProjectionShapeError",
+    "ReadoutError",
     "TLMMError",
+    "UnitIndexError",
 ]
 
 
@@ -48,3 +50,13 @@ class OutputExistsError(TLMMError, FileExistsError):
 
 class MetricModelError(TLMMError, RuntimeError):
     """A BERTScore/CLIPScore model cannot be loaded; the message says how to provide one."""
+
+
+class ReadoutError(TLMMError, ValueError):
+    """A unit's write cannot be read out as asked: the model has no MLP output weights, a norm
+    between the unit and the unembedding is one the readout does not know, or a gated MLP's
+    unit was given without the sign of its activation."""
+
+
+class UnitIndexError(TLMMError, IndexError):
+    """A ``(layer, unit)`` lies outside the model (layer index or ``d_mlp``)."""

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from transformer_lens_mm.core.errors import UnitIndexError
+
 __all__ = [
     "EMBED",
     "IMAGE_EMBED",
@@ -49,7 +51,7 @@ def resolve_layer(layer: int, n_layers: int) -> int:
         11
     """
     if not -n_layers <= layer < n_layers:
-        raise IndexError(
+        raise UnitIndexError(
             f"layer {layer} is out of range for a model with {n_layers} layers; "
             f"use 0..{n_layers - 1} (or -{n_layers}..-1)."
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = [
     "ABLATION_KS",
+    "CATEGORY_UNITS",
     "DECODED_TOKENS",
     "MIN_WORDS",
     "MIN_WORD_LETTERS",
@@ -41,3 +42,6 @@ RANDOM_SOFT_PROMPTS = 1000
 REGION_QUANTILE = 0.95
 #: Numbers of units zeroed in the ablation experiment, 0 being the unablated reference.
 ABLATION_KS = (0, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+#: Units per class in the category-selectivity test: the interpretable units that appear in the
+#: most images of the class (supplement S.4).
+CATEGORY_UNITS = 20

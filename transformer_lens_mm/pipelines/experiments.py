@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -40,11 +41,12 @@ import pandas as pd
 import torch
 
 from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
-from transformer_lens_mm.core.paper import REGION_QUANTILE
+from transformer_lens_mm.core.paper import CATEGORY_UNITS, REGION_QUANTILE
 from transformer_lens_mm.data.datasets import Item
 from transformer_lens_mm.tools.decoding import unit_token_ranks, vocab_mask
+from transformer_lens_mm.tools.readout import readout_for
 from transformer_lens_mm.tools.spatial import image_mlp_activations, spatial_selectivity
-from transformer_lens_mm.tools.specificity import specificity_ratio
+from transformer_lens_mm.tools.specificity import selectivity_by_class, specificity_ratio
 from transformer_lens_mm.tools.stats import ci_half_width
 from transformer_lens_mm.tools.units import random_units_like, units_of
 from transformer_lens_mm.tools.words import is_dictionary_word, same_word
@@ -56,15 +58,32 @@ __all__ = [
     "decoding_target_ranks",
     "layer_distribution",
     "score_texts",
+    "selectivity_by_class",
+    "soft_prompt_ks",
+    "soft_prompt_scores",
     "soft_prompt_summary",
     "soft_prompt_texts",
     "spatial_iou_by_category",
+    "unit_decoding_scores",
     "unit_decoding_texts",
 ]
 
 
 def layer_distribution(units: pd.DataFrame, n_layers: int | None = None) -> pd.DataFrame:
-    """Count and share of top-k entries per layer (all images pooled)."""
+    """Where the top units sit, per layer (all images pooled).
+
+    Counts both ways: ``count``/``share`` count top-k *entries* (a unit in 40 images' top-k
+    counts 40 times), ``unique_units`` counts distinct units, as the paper's Figure S.4 does
+    (S.6: "unique multimodal neurons per layer"); ``unique_interpretable`` the distinct units
+    that pass the interpretability filter (when the table has ``interpretable``).
+
+    Example:
+        >>> t = pd.DataFrame({"layer": [0, 0, 2], "unit": [5, 5, 1],
+        ...                   "interpretable": [True, True, False]})
+        >>> cols = ["count", "unique_units", "unique_interpretable"]
+        >>> layer_distribution(t, 3)[cols].values.tolist()
+        [[2, 1, 1], [0, 0, 0], [1, 1, 0]]
+    """
     if "layer" not in units:
         raise ValueError("units needs a 'layer' column (a run's units.parquet)")
     counts = units["layer"].value_counts().sort_index()
@@ -72,6 +91,13 @@ def layer_distribution(units: pd.DataFrame, n_layers: int | None = None) -> pd.D
     table = pd.DataFrame({"layer": list(layers)})
     table["count"] = [int(counts.get(layer, 0)) for layer in table["layer"]]
     table["share"] = table["count"] / max(int(table["count"].sum()), 1)
+    if "unit" in units:
+        distinct = units.drop_duplicates(["layer", "unit"])["layer"].value_counts()
+        table["unique_units"] = [int(distinct.get(layer, 0)) for layer in table["layer"]]
+        if "interpretable" in units:
+            rows = units[units["interpretable"].astype(bool)]
+            good = rows.drop_duplicates(["layer", "unit"])["layer"].value_counts()
+            table["unique_interpretable"] = [int(good.get(layer, 0)) for layer in table["layer"]]
     return table
 
 
@@ -86,26 +112,45 @@ def decoding_target_ranks(
     random units of the same layers (the control).
 
     A model whose vocabulary is far larger than its top-10 decodings can show a unit that
-    favours ``c`` (a high percentile) without ``c`` reaching its top 10.
+    favours ``c`` (a high percentile) without ``c`` reaching its top 10. Each top entry is read
+    with its ``sign`` (the table's; :mod:`~transformer_lens_mm.tools.readout`). A random unit
+    has no entry: on a gated MLP, where its sign is not defined, both its orientations are
+    ranked (two rows, ``sign`` +1 and -1; their pooled distribution is the control), on an
+    ungated one its ``+W_out`` as in the paper.
 
     Args:
         model: The model whose weights decode the units.
-        units: A units table (``item``, ``rank``, ``layer``, ``unit``).
+        units: A units table (``item``, ``rank``, ``layer``, ``unit``, and ``sign`` from the
+            search; without it every entry reads ``+W_out``, which a gated MLP refuses).
         targets: ``item -> c``'s token id, for the items to rank (in this order).
         seed: Seed of the random units (item ``i`` in ``targets``'s order draws ``seed + i``).
 
     Returns:
-        One row per (item, kind, unit): ``kind`` (``top``/``random``), ``layer``, ``unit``,
-        ``target_rank`` (0: c is the first decoded token) and ``target_percentile`` (100: c
-        first, over the decodable vocabulary).
+        One row per (item, kind, unit, sign): ``kind`` (``top``/``random``), ``layer``, ``unit``,
+        ``sign``, ``target_rank`` (0: c is the first decoded token) and ``target_percentile``
+        (100: c first, over the decodable vocabulary).
     """
+    readout = readout_for(model)
     rows = []
     for i, (item, tid) in enumerate(targets.items()):
-        top = units_of(units, item)
-        for kind, us in (("top", top), ("random", random_units_like(model, top, seed=seed + i))):
-            ranks = unit_token_ranks(model, us, [tid] * len(us)) if us else torch.zeros(0)
-            rows += [(item, kind, la, u, int(r)) for (la, u), r in zip(us, ranks.tolist())]
-    table = pd.DataFrame(rows, columns=["item", "kind", "layer", "unit", "target_rank"])
+        top = units_of(units, item, signed=True)
+        pairs = list(dict.fromkeys((la, u) for la, u, _ in top))
+        rnd = random_units_like(model, pairs, seed=seed + i)
+        orientations = (1, -1) if readout.signed else (1,)
+        todo = [("top", la, u, sg) for la, u, sg in top]
+        todo += [("random", la, u, sg) for la, u in rnd for sg in orientations]
+        if not todo:
+            continue
+        ranks = unit_token_ranks(
+            model,
+            [(la, u) for _, la, u, _ in todo],
+            [tid] * len(todo),
+            signs=[sg for *_, sg in todo],
+            sign="activation" if readout.signed else "weights",
+            final_norm=readout.final_norm,
+        )
+        rows += [(item, *entry, int(r)) for entry, r in zip(todo, ranks.tolist())]
+    table = pd.DataFrame(rows, columns=["item", "kind", "layer", "unit", "sign", "target_rank"])
     n_vocab = int(vocab_mask(model).sum())
     table["target_percentile"] = 100.0 * (1 - table["target_rank"] / n_vocab)
     return table
@@ -131,10 +176,14 @@ def spatial_iou_by_category(
     batch_size: int = 8,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """IoU of each image's top units with the mask of the category its caption's noun names.
+    """IoU of each image's top units with the mask of the category its caption's noun names
+    (the paper's Figure 5, sec. 3.2).
 
     Images whose noun matches none of their annotated categories are left out (counted in the
-    ``attrs["unmatched"]`` of the result). Random units: as many, from the same layers.
+    ``attrs["unmatched"]`` of the result). Random units: as many, from the same layers. Each top
+    entry's map is its signed activation ``sign * Z`` (the table's ``sign``), each random
+    unit's is oriented by its strongest activation on the image
+    (:func:`~transformer_lens_mm.tools.spatial.spatial_selectivity`).
 
     Returns:
         :func:`~transformer_lens_mm.tools.spatial.spatial_selectivity`'s columns + ``item`` and
@@ -150,7 +199,7 @@ def spatial_iou_by_category(
         if cat is None:
             unmatched += 1
             continue
-        todo.append((item, cat, masks[cat], units_of(units, row.item)))
+        todo.append((item, cat, masks[cat], units_of(units, row.item, signed=True)))
     tables = []
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
@@ -172,43 +221,77 @@ def spatial_iou_by_category(
     return out
 
 
+def _unit_key(row: Any) -> tuple[int, int, int]:
+    return int(row.layer), int(row.unit), int(getattr(row, "sign", 1))
+
+
 def category_selectivity(
     model: MultimodalModel,
     units: pd.DataFrame,
     items: pd.DataFrame,
     held_out: Sequence[Item],
     *,
-    n_units: int = 5,
+    n_units: int = CATEGORY_UNITS,
+    interpretable_only: bool = True,
     category_of: str = "noun",
     batch_size: int = 8,
 ) -> pd.DataFrame:
-    """Mean activation of each class's most frequent top units on held-out images of each class.
+    """The paper's category selectivity (supplement S.4, Figure S.2): per class, the
+    ``n_units`` interpretable units that appear in the top-k of the most images of that class,
+    and their mean activation over all patches of held-out images of every class.
+
+    Activations are read as each unit's signed activation ``sign * Z`` with the sign of its
+    entries (the table's ``sign``; a unit whose entries in a class have both signs is two
+    units, one per sign), so a unit reads the same whichever sign the weights give it
+    (:mod:`~transformer_lens_mm.tools.readout`). :func:`selectivity_by_class` turns the result
+    into the paper's class x class matrix normalised by each row's maximum.
 
     Args:
         model: The analysed model.
-        units: A run's top-k table (``item``, ``layer``, ``unit``).
+        units: A run's top-k table (``item``, ``layer``, ``unit``; ``sign``, ``interpretable``).
         items: A run's items table (maps an item to its class via ``category_of``).
         held_out: Images not in the run, with ``categories`` (their first one is the class).
-        n_units: Units per class (the most frequent in that class's top-k lists).
+        n_units: Units per class (the paper: 20), the most frequent in that class's top-k lists
+            (ties: larger summed score first).
+        interpretable_only: Only units that pass the interpretability filter (the paper).
         category_of: Column of ``items`` naming the class (``noun`` or ``target``).
         batch_size: Images per forward.
 
     Returns:
-        One row per (unit class, unit, image class): ``mean_activation``, ``n_images``; a unit
-        is selective when its own class's row is the largest.
+        One row per (unit class, unit, sign, image class): ``n_train_images`` (images of its
+        class whose top-k it is in), ``mean_activation`` (mean of ``sign * Z`` over the patches
+        and held-out images of ``image_class``), ``n_images``; a unit is selective when its own
+        class's row is the largest.
     """
+    columns = ["unit_class", "layer", "unit", "sign", "n_train_images", "image_class"]
+    columns += ["mean_activation", "n_images"]
     classes = items.set_index("item")[category_of].dropna()
     tagged = units[units["item"].isin(classes.index)].copy()
+    if interpretable_only and "interpretable" in tagged:
+        tagged = tagged[tagged["interpretable"].astype(bool)]
+    if "sign" not in tagged:
+        tagged["sign"] = 1
     tagged["class"] = tagged["item"].map(classes)
-    chosen: dict[str, list[tuple[int, int]]] = {}
+    chosen: dict[str, list[tuple[int, int, int, int]]] = {}
     for cls, group in tagged.groupby("class"):
-        freq = group.groupby(["layer", "unit"])["item"].nunique().sort_values(ascending=False)
-        chosen[str(cls)] = [(int(a), int(b)) for a, b in freq.index[:n_units]]
-    pairs = sorted({u for us in chosen.values() for u in us})
-    if not pairs:
-        return pd.DataFrame()
-    layers = sorted({layer for layer, _ in pairs})
+        freq = (
+            group.groupby(["layer", "unit", "sign"])
+            .agg(n=("item", "nunique"), score=("score", "sum"))
+            .reset_index()
+            .sort_values(["n", "score", "layer", "unit"], ascending=[False, False, True, True])
+            .head(n_units)
+        )
+        chosen[str(cls)] = [
+            (int(r.layer), int(r.unit), int(r.sign), int(r.n)) for r in freq.itertuples()
+        ]
+    keys = sorted({u[:3] for us in chosen.values() for u in us})
+    if not keys:
+        return pd.DataFrame(columns=columns)
+    layers = sorted({layer for layer, _, _ in keys})
     slot = {layer: s for s, layer in enumerate(layers)}
+    idx_l = torch.tensor([slot[layer] for layer, _, _ in keys])
+    idx_u = torch.tensor([u for _, u, _ in keys])
+    signs = torch.tensor([float(sg) for _, _, sg in keys])
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     usable = [it for it in held_out if it.categories]
@@ -216,32 +299,20 @@ def category_selectivity(
         chunk = usable[start : start + batch_size]
         batch = model.prepare_inputs([it.image() for it in chunk])
         acts = image_mlp_activations(model, batch, layers)  # [n, L, n_img, d_mlp]
-        idx_l = torch.tensor([slot[layer] for layer, _ in pairs])
-        idx_u = torch.tensor([u for _, u in pairs])
-        # advanced indices split by a slice: the pair dimension comes first
-        peak = acts[:, idx_l, :, idx_u].amax(-1).T  # [n, n_pairs]
+        # advanced indices split by a slice: the unit dimension comes first
+        mean = acts[:, idx_l, :, idx_u].mean(-1).T * signs  # [n, n_keys]
         for j, it in enumerate(chunk):
             cls = it.categories[0]
-            sums[cls] = sums.get(cls, torch.zeros(len(pairs))) + peak[j]
+            sums[cls] = sums.get(cls, torch.zeros(len(keys))) + mean[j]
             counts[cls] = counts.get(cls, 0) + 1
-    rows = []
-    for unit_cls, us in chosen.items():
-        for u in us:
-            p = pairs.index(u)
-            for img_cls, total in sums.items():
-                rows.append(
-                    (
-                        unit_cls,
-                        u[0],
-                        u[1],
-                        img_cls,
-                        float(total[p] / counts[img_cls]),
-                        counts[img_cls],
-                    )
-                )
-    return pd.DataFrame(
-        rows, columns=["unit_class", "layer", "unit", "image_class", "mean_activation", "n_images"]
-    )
+    position = {key: p for p, key in enumerate(keys)}
+    rows = [
+        (unit_cls, *u, img_cls, float(total[position[u[:3]]] / counts[img_cls]), counts[img_cls])
+        for unit_cls, us in chosen.items()
+        for u in us
+        for img_cls, total in sums.items()
+    ]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def ablation_caption_summary(captions: pd.DataFrame, *, bert: Any = None) -> pd.DataFrame:
@@ -399,6 +470,201 @@ def score_texts(
     return table
 
 
+def _references(item: Item, items: pd.DataFrame | None) -> list[str]:
+    refs = [c for c in item.captions if c]
+    if not refs and items is not None:
+        cap = items.set_index("item")["caption"].get(item.id)
+        refs = [cap] if isinstance(cap, str) and cap else []
+    return refs
+
+
+def _derangement(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    other = np.empty(n, dtype=int)
+    other[perm] = np.roll(perm, 1)  # nobody keeps its own partner
+    return other
+
+
+def unit_decoding_scores(
+    units: pd.DataFrame,
+    data: Sequence[Item],
+    *,
+    bert: Any = None,
+    clip: Any = None,
+    interpretable_only: bool = True,
+    items: pd.DataFrame | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The paper's Table 1 protocol (sec. 2.2): every top unit's decoding scored against its
+    image, and per image the max over its units.
+
+    Each distinct ``(layer, unit, sign)`` of an image's top-k (interpretable only, by default)
+    is one text (its decoded tokens joined). Its BERTScore is the mean F1 over the image's
+    reference captions (COCO's five human captions; ``Item.captions``), its CLIPScore that of
+    the text against the image; each image keeps the max over its units. The baseline
+    re-pairs images and decoded units at random (a derangement): the units of another image
+    against this image's captions and image, max over those units.
+
+    Args:
+        units: A run's units table (``item``, ``layer``, ``unit``, ``tokens``; ``sign``,
+            ``interpretable``).
+        data: The run's data set (reference captions, images for CLIPScore).
+        bert: ``score(preds, refs) -> Tensor`` (:func:`~transformer_lens_mm.tools.metrics.
+            bert_scorer`).
+        clip: ``score(images, texts) -> Tensor`` (:func:`~transformer_lens_mm.tools.metrics.
+            clip_scorer`).
+        interpretable_only: Units passing the interpretability filter only (the paper).
+        items: A run's items table: its ``caption`` is the reference of items without
+            captions of their own.
+        seed: Seed of the random pairing.
+
+    Returns:
+        One row per image with units and references: ``n_units``, and per scorer given
+        ``bertscore`` / ``bertscore_random_pair`` and ``clipscore`` / ``clipscore_random_pair``.
+    """
+    rows = units[units["interpretable"].astype(bool)] if interpretable_only else units
+    if "sign" not in rows:
+        rows = rows.assign(sign=1)
+    rows = rows.drop_duplicates(["item", "layer", "unit", "sign"])
+    by_id = {d.id: d for d in data}
+    texts: dict[Hashable, list[str]] = {}
+    for item, group in rows.groupby("item", sort=False):
+        found = [_text_of(t) for t in group["tokens"]]
+        found = [t for t in found if t]
+        if item in by_id and found:
+            texts[item] = list(dict.fromkeys(found))
+    keys = [k for k in texts if bert is None or _references(by_id[k], items)]
+    if len(keys) < 2:
+        raise ValueError(
+            f"need at least 2 images with decoded units and references, got {len(keys)}"
+        )
+    other = _derangement(len(keys), seed)
+    table = pd.DataFrame({"item": keys, "n_units": [len(texts[k]) for k in keys]})
+
+    def best_bert(unit_texts: list[str], refs: list[str]) -> float:
+        preds = [t for t in unit_texts for _ in refs]
+        scores = np.asarray(bert(preds, refs * len(unit_texts)), dtype=float)
+        return float(scores.reshape(len(unit_texts), len(refs)).mean(1).max())
+
+    if bert is not None:
+        refs = [_references(by_id[k], items) for k in keys]
+        table["bertscore"] = [best_bert(texts[k], r) for k, r in zip(keys, refs)]
+        table["bertscore_random_pair"] = [
+            best_bert(texts[keys[other[j]]], refs[j]) for j in range(len(keys))
+        ]
+    if clip is not None:
+        images = [by_id[k].image() for k in keys]
+
+        def best_clip(unit_texts: list[str], image: Any) -> float:
+            return float(np.asarray(clip([image] * len(unit_texts), unit_texts)).max())
+
+        table["clipscore"] = [best_clip(texts[k], im) for k, im in zip(keys, images)]
+        table["clipscore_random_pair"] = [
+            best_clip(texts[keys[other[j]]], images[j]) for j in range(len(keys))
+        ]
+    return table
+
+
+def soft_prompt_scores(
+    soft: pd.DataFrame,
+    data: Sequence[Item],
+    *,
+    bert: Any = None,
+    clip: Any = None,
+    items: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """The paper's Table 2 / Figure 3 protocol (sec. 3.1, S.3): each soft-prompt vector's nearest
+    tokens (5 in the paper) as one text, scored against its image (CLIPScore) and the image's
+    reference captions (BERTScore: mean over them), for the image's vectors and for the random
+    vectors the table pairs with it.
+
+    Args:
+        soft: A run's ``soft_prompts`` table (``item``, ``kind``, ``patch``, ``rank``,
+            ``token``).
+        data: The run's data set.
+        bert: ``score(preds, refs) -> Tensor``.
+        clip: ``score(images, texts) -> Tensor``.
+        items: A run's items table (references for items without captions).
+
+    Returns:
+        One row per (item, kind, patch): ``text`` and the scores asked for; compare the kinds
+        with :func:`soft_prompt_ks`.
+    """
+    need = {"item", "kind", "patch", "rank", "token"}
+    if not need <= set(soft.columns):
+        raise ValueError(f"soft needs columns {sorted(need)} (a run's soft_prompts table)")
+    by_id = {d.id: d for d in data}
+    ordered = soft.sort_values(["item", "kind", "patch", "rank"], kind="stable")
+    table = (
+        ordered.groupby(["item", "kind", "patch"], sort=False)["token"]
+        .agg(lambda t: _text_of(t.tolist()))
+        .rename("text")
+        .reset_index()
+    )
+    table = table[table["item"].isin(by_id.keys())].reset_index(drop=True)
+    if bert is not None:
+        refs = {k: _references(by_id[k], items) for k in table["item"].unique()}
+        table = table[[bool(refs[k]) for k in table["item"]]].reset_index(drop=True)
+        preds = [t for t, k in zip(table["text"], table["item"]) for _ in refs[k]]
+        flat = [r for k in table["item"] for r in refs[k]]
+        scores = np.asarray(bert(preds, flat), dtype=float)
+        sizes = [len(refs[k]) for k in table["item"]]
+        bounds = np.cumsum([0, *sizes])
+        table["bertscore"] = [scores[a:b].mean() for a, b in itertools.pairwise(bounds)]
+    if clip is not None:
+        images = {k: by_id[k].image() for k in table["item"].unique()}
+        table["clipscore"] = np.asarray(
+            clip([images[k] for k in table["item"]], table["text"].tolist()), dtype=float
+        )
+    return table
+
+
+def soft_prompt_ks(
+    scores: pd.DataFrame, metric: str = "clipscore", *, reduce: str | None = None
+) -> dict[str, float]:
+    """The paper's Kolmogorov-Smirnov test (sec. 3.1) between the score distributions of the
+    images' soft prompts and of the random vectors (:func:`soft_prompt_scores`).
+
+    Args:
+        scores: :func:`soft_prompt_scores`' table.
+        metric: ``"clipscore"`` (the paper's) or ``"bertscore"``.
+        reduce: ``None``: every vector is a sample; ``"mean"`` / ``"max"``: one sample per image
+            (Figure 3 shows the mean over patches and the per-image max).
+
+    Returns:
+        ``statistic`` (D), ``pvalue``, ``mean_image``, ``mean_random``, ``n_image``,
+        ``n_random``.
+
+    Example:
+        >>> t = pd.DataFrame({"item": [0, 0, 1, 1], "kind": ["image", "random"] * 2,
+        ...                   "clipscore": [20.0, 20.5, 19.0, 19.5]})
+        >>> soft_prompt_ks(t)["statistic"]
+        0.5
+    """
+    from scipy.stats import ks_2samp
+
+    if metric not in scores:
+        raise ValueError(f"no {metric!r} column: run soft_prompt_scores with that scorer")
+    values = {}
+    for kind in ("image", "random"):
+        rows = scores[scores["kind"] == kind]
+        if reduce is not None:
+            rows = rows.groupby("item")[metric].agg(reduce).reset_index()
+        values[kind] = rows[metric].to_numpy(dtype=float)
+    if min(len(v) for v in values.values()) < 1:
+        raise ValueError("need scores of both kinds ('image' and 'random')")
+    test = ks_2samp(values["image"], values["random"])
+    return {
+        "statistic": float(test.statistic),
+        "pvalue": float(test.pvalue),
+        "mean_image": float(values["image"].mean()),
+        "mean_random": float(values["random"].mean()),
+        "n_image": len(values["image"]),
+        "n_random": len(values["random"]),
+    }
+
+
 def _r(x: Any) -> float | None:
     return None if x is None or pd.isna(x) else round(float(x), 4)
 
@@ -418,8 +684,9 @@ def controls_summary(
       image itself and on other-concept images, and their ratio (random units too);
     * ``iou_by_concept``: mean IoU per concept (the object or background region ``c`` names),
       top units vs random units, and in how many concepts top > random;
-    * ``category_selectivity``: the share of concept units whose peak activation is highest on
-      their own concept's held-out images.
+    * ``category_selectivity``: the share of concept units whose mean (signed) activation is
+      highest on their own concept's held-out images, and of concepts whose units, taken
+      together, are (the paper's S.4 reading).
 
     Example:
         >>> units = pd.DataFrame({"item": [0, 1, 2], "target": ["dog", "cat", "sun"],
@@ -477,13 +744,19 @@ def controls_summary(
         out["concepts_iou_top_above_random"] = f"{len(above)} of {len(by_concept)}"
         out["concepts_iou_top_not_above_random"] = sorted(set(by_concept) - set(above))
     if selectivity is not None and len(selectivity):
-        best = selectivity.loc[
-            selectivity.groupby(["unit_class", "layer", "unit"])["mean_activation"].idxmax()
-        ]
+        key = ["unit_class", "layer", "unit"] + (["sign"] if "sign" in selectivity else [])
+        best = selectivity.loc[selectivity.groupby(key)["mean_activation"].idxmax()]
         own = best["unit_class"].astype(str) == best["image_class"].astype(str)
+        grid = selectivity_by_class(selectivity)
+        own_class = [
+            bool(c in grid.columns and grid.loc[c].notna().any() and grid.loc[c].idxmax() == c)
+            for c in grid.index
+        ]
         out["category_selectivity"] = {
             "units": len(best),
-            "share_peaking_on_own_concept": _r(own.mean()),
+            "share_of_units_most_active_on_own_class": _r(own.mean()),
+            "classes_whose_units_peak_on_own_class": f"{sum(own_class)} of {len(own_class)}",
+            "share_of_classes_peaking_on_own_class": _r(np.mean(own_class) if own_class else None),
             "chance": _r(1 / max(selectivity["image_class"].nunique(), 1)),
         }
     return out

@@ -12,8 +12,12 @@ Its two tables have the one schema every pipeline writes and every experiment re
 * ``items``: one row per item: ``index`` (position in the data set or input list), ``item``
   (its id), ``caption``, ``target`` (c as a string), ``target_id``, ``noun``, ``failure``;
 * ``units``: the top-k rows: ``item``, ``index``, ``target``, ``rank``, ``layer``, ``unit``,
-  ``position``, ``score``, ``activation``, ``tokens`` (decoded), ``interpretable``,
-  ``decodes_to_target`` (c is among the decoded tokens).
+  ``position``, ``score``, ``activation`` (``Z``), ``sign`` (the orientation of the row's
+  readout: ``sign(Z)`` on gated MLPs, ``+1`` on ungated ones; :mod:`~transformer_lens_mm.tools.
+  readout`), ``tokens`` (the row's write decoded), ``interpretable``, ``decodes_to_target``
+  (c is among the decoded tokens).
+
+The patch ``maps`` are each row's signed activation ``sign * Z`` over the image positions.
 
 :func:`find_multimodal_neurons` loops it over a list of images; ``tlmm analyze``
 (:mod:`transformer_lens_mm.pipelines.analyze`) and ``tlmm demo`` call it per batch, and the
@@ -42,6 +46,7 @@ from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.paper import DECODED_TOKENS, MIN_WORDS, TOP_K
 from transformer_lens_mm.tools.attribution import Attribution, attribute
 from transformer_lens_mm.tools.decoding import decode_unit_table
+from transformer_lens_mm.tools.readout import SignRule, readout_for
 from transformer_lens_mm.tools.targets import (
     NounFinder,
     Target,
@@ -76,6 +81,8 @@ class SearchSettings:
     max_new_tokens: int = 20  # caption length limit
     noun_finder: NounFinder | None = None  # None: spaCy if installed, else the lexicon
     maps: bool = True  # each top-k row's patch map (recorded by the attribution forward)
+    sign: SignRule = "auto"  # how entries are oriented (tools.readout: sign(Z) on gated MLPs)
+    final_norm: bool | None = None  # decode through the final norm's scale (None: gated only)
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_tokens < 1 or self.max_new_tokens < 1:
@@ -85,6 +92,8 @@ class SearchSettings:
             )
         if self.rank_units is not None and self.rank_units < 1:
             raise ValueError(f"rank_units must be >= 1 or None, got {self.rank_units}")
+        if self.sign not in ("auto", "activation", "weights"):
+            raise ValueError(f"sign must be 'auto', 'activation' or 'weights', got {self.sign!r}")
 
 
 @dataclass
@@ -278,7 +287,10 @@ def search_batch(
     )
     assert attr.best_scores is not None
     n_rows = attr.best_scores.shape[1]
-    table = decode_unit_table(model, attr.top_k(n_rows), k=settings.n_tokens, cache=decoded)
+    readout = readout_for(model, sign=settings.sign, final_norm=settings.final_norm)
+    table = decode_unit_table(
+        model, attr.top_k(n_rows), k=settings.n_tokens, cache=decoded, readout=readout
+    )
     table["interpretable"] = [
         is_interpretable(t, min_words=settings.min_words) for t in table["tokens"]
     ]
@@ -286,8 +298,11 @@ def search_batch(
         any(same_word(tok, kept[i].token) for tok in toks)
         for i, toks in zip(table["image"], table["tokens"])
     ]
-    # each row's unit over the image patches, recorded by the attribution's own forward
+    # each row's unit over the image patches, recorded by the attribution's own forward, as
+    # the row's signed activation sign * Z (the same map whichever sign the weights give k)
     maps = attr.top_k_maps(n_rows) if settings.maps else None
+    if maps is not None:
+        maps = maps * torch.tensor(table["sign"].tolist(), dtype=maps.dtype)[:, None]
     rows: list[Row] = [(ids[j], indices[j], t.token) for j, t in zip(keep, kept)]
     result.units = tag_rows(table, rows)
     result.maps = maps
@@ -336,6 +351,8 @@ def find_multimodal_neurons(
     n_tokens: int = DECODED_TOKENS,
     min_words: int = MIN_WORDS,
     maps: bool = False,
+    sign: SignRule = "auto",
+    final_norm: bool | None = None,
     verbose: bool = True,
 ) -> NeuronSearch:
     """Find each image's top-``k`` MLP units for its caption's first noun.
@@ -353,7 +370,10 @@ def find_multimodal_neurons(
         noun_finder: Noun finder for captions (default: spaCy if installed, else lexicon).
         n_tokens: Decoded tokens per unit (the paper: 10).
         min_words: Interpretability filter: dictionary words needed among ``n_tokens``.
-        maps: Also keep each row's patch map (one more forward per batch).
+        maps: Also keep each row's patch map (``sign * Z``, from the attribution's forward).
+        sign: How entries are oriented for decoding and maps (``"auto"``: ``sign(Z)`` on gated
+            MLPs, ``+W_out`` on ungated ones; :mod:`~transformer_lens_mm.tools.readout`).
+        final_norm: Decode through the final norm's scale (``None``: on gated MLPs only).
         verbose: Progress bar.
 
     Example:
@@ -374,6 +394,8 @@ def find_multimodal_neurons(
         max_new_tokens=max_new_tokens,
         noun_finder=noun_finder,
         maps=maps,
+        sign=sign,
+        final_norm=final_norm,
     )
     result = NeuronSearch(units=pd.DataFrame())
     units, items, map_parts, decoded = [], [], [], {}

@@ -117,7 +117,8 @@ def card_units(units: pd.DataFrame, *, n_cards: int = 12) -> pd.DataFrame:
     they are in, then by their summed score.
 
     Returns:
-        ``layer``, ``unit``, ``images``, ``score``, ``target_hits`` per card unit.
+        ``layer``, ``unit``, ``sign``, ``images``, ``score``, ``target_hits`` per card (a unit
+        read with both signs, :mod:`~transformer_lens_mm.tools.readout`, has one per sign).
 
     Example:
         >>> table = pd.DataFrame({"item": [0, 1, 1], "layer": [2, 2, 0], "unit": [5, 5, 1],
@@ -126,19 +127,22 @@ def card_units(units: pd.DataFrame, *, n_cards: int = 12) -> pd.DataFrame:
         [[2, 5, 2]]
     """
     if not len(units) or n_cards < 1:
-        return pd.DataFrame(columns=["layer", "unit", "images", "score", "target_hits"])
+        return pd.DataFrame(columns=["layer", "unit", "sign", "images", "score", "target_hits"])
     table = units.reset_index(drop=True)
+    if "sign" not in table:
+        table = table.assign(sign=1)
     hits = (
         table["decodes_to_target"].astype(int)
         if "decodes_to_target" in table
         else pd.Series(0, index=table.index)
     )
+    # a gated unit that writes with both signs gets a card per sign (one decoding each)
     return (
         table.assign(_hits=hits)
-        .groupby(["layer", "unit"])
+        .groupby(["layer", "unit", "sign"])
         .agg(images=("item", "nunique"), score=("score", "sum"), target_hits=("_hits", "sum"))
         .reset_index()
-        .sort_values(["target_hits", "images", "score"], ascending=False)
+        .sort_values(["target_hits", "images", "score"], ascending=False, kind="stable")
         .head(n_cards)
         .reset_index(drop=True)
     )
@@ -188,13 +192,17 @@ def unit_cards(
     if not len(per_unit):
         return []
     table = units.reset_index(drop=True)
+    if "sign" not in table:
+        table = table.assign(sign=1)
     if maps is not None and grid_size is None:
         n_img = int(maps.shape[1]) if maps.ndim == 2 else 0
         side = round(n_img**0.5)
         grid_size = (side, side) if n_img and side * side == n_img else None
     cards = []
     for row in per_unit.itertuples():
-        rows = table[(table["layer"] == row.layer) & (table["unit"] == row.unit)]
+        same_unit = table[(table["layer"] == row.layer) & (table["unit"] == row.unit)]
+        rows = same_unit[same_unit["sign"] == row.sign]
+        other_sign = same_unit[same_unit["sign"] != row.sign]["item"].nunique()
         best = rows.sort_values("score", ascending=False).drop_duplicates("item").head(n_images)
         pngs = []
         if maps is not None and grid_size is not None and image_of is not None:
@@ -219,6 +227,10 @@ def unit_cards(
             facts["interpretable"] = "yes" if bool(rows["interpretable"].iloc[0]) else "no"
         if "decodes_to_target" in rows:
             facts["decodes to the target in"] = f"{int(row.target_hits)} images"
+        if other_sign:
+            facts["writes with the opposite sign"] = (
+                f"in {other_sign} images (its other card decodes that direction)"
+            )
         if facts_of is not None:
             facts |= facts_of(int(row.layer), int(row.unit))
         badge = ""

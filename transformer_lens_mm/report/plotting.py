@@ -18,7 +18,7 @@ from transformer_lens_mm.core.images import ImageLike, to_rgb_image
 from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.tools.ablation import ablation_curve
 from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
-from transformer_lens_mm.tools.specificity import specificity_ratio
+from transformer_lens_mm.tools.specificity import selectivity_by_class, specificity_ratio
 
 __all__ = [
     "plot_ablation_curves",
@@ -207,22 +207,52 @@ def plot_iou_histogram(
 
 
 def plot_category_selectivity(
-    table: pd.DataFrame, title: str = "Category selectivity"
+    table: pd.DataFrame, title: str = "Category selectivity (supplement S.4)"
 ) -> go.Figure:
-    """Heat map: units (grouped by their class) x image classes, mean activation (a
-    ``category_selectivity`` table)."""
+    """The paper's Figure S.2(a): unit classes (rows) x held-out image classes (columns), the
+    mean signed activation of each class's units normalised by the row's maximum
+    (:func:`~transformer_lens_mm.pipelines.experiments.selectivity_by_class` of a
+    ``category_selectivity`` table). One row per class, every row labelled, however many units;
+    a box marks each row's own class."""
     if table.empty:
         raise ValueError("empty table: run category_selectivity on a run with classes first")
-    table = table.assign(
-        unit_label=lambda t: t.unit_class + " L" + t.layer.astype(str) + "U" + t.unit.astype(str)
-    )
-    grid = table.pivot_table(index="unit_label", columns="image_class", values="mean_activation")
+    grid = selectivity_by_class(table)
+    order = [c for c in grid.index if c in grid.columns] + [
+        c for c in grid.index if c not in grid.columns
+    ]
+    cols = [c for c in order if c in grid.columns] + [c for c in grid.columns if c not in order]
+    grid = grid.loc[order, cols]
+    n_units = table.drop_duplicates(["unit_class", "layer", "unit", "sign"]).groupby("unit_class")
+    counts = n_units.size() if "sign" in table else table.groupby("unit_class").size()
+    labels = [f"{c} ({int(counts.get(c, 0))} units)" for c in grid.index]
     fig = go.Figure(
         go.Heatmap(
-            z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), colorscale="Viridis"
+            z=grid.to_numpy(),
+            x=list(grid.columns),
+            y=labels,
+            colorscale="Viridis",
+            zmin=0,
+            zmax=1,
+            colorbar={"title": "activation / row max"},
+            hovertemplate="units of %{y}<br>images of %{x}<br>%{z:.2f} of the row max"
+            "<extra></extra>",
         )
     )
-    fig.update_layout(title=title, xaxis_title="held-out images of class", yaxis_title="unit")
+    for i, cls in enumerate(grid.index):
+        if cls in grid.columns:
+            j = list(grid.columns).index(cls)
+            fig.add_shape(
+                type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                line={"color": "white", "width": 2},
+            )  # fmt: skip
+    fig.update_layout(
+        title=title,
+        xaxis_title="held-out images of class",
+        yaxis_title="units chosen on images of class",
+        height=max(320, 22 * len(grid.index) + 160),
+        yaxis={"autorange": "reversed", "dtick": 1},
+        xaxis={"dtick": 1},
+    )
     return fig
 
 

@@ -1,8 +1,10 @@
 """Reading units and soft prompts as words.
 
-* :func:`decode_units`: a unit's output weights through the unembedding,
-  ``softmax(W_U^T W_out[layer, unit])``, top-k tokens (the paper's unit decoding);
-  :func:`decode_unit_table` adds them to a table of units (e.g. ``Attribution.top_k``).
+* :func:`decode_units`: a unit's write through the unembedding, top-k tokens (the paper's unit
+  decoding ``softmax(W_U W_out[k])``; on gated MLPs the direction the unit actually writes at
+  the entry, ``sign(Z) * W_out[k]``, through the norms it passes:
+  :mod:`transformer_lens_mm.tools.readout`); :func:`decode_unit_table` adds them to a table of
+  units (e.g. ``Attribution.top_k``), one decoding per sign a unit writes with.
 * :func:`unit_token_ranks`: where a given token (e.g. the target ``c``) ranks in a unit's
   decoding, for models whose vocabulary is too large for ``c`` to reach any unit's top 10.
 * :func:`decode_soft_prompts`: each image token's nearest vocabulary embeddings by cosine
@@ -10,13 +12,14 @@
   :func:`random_soft_prompts` as the baseline of random vectors of the same norms.
 
 Example:
-    >>> decode_units(model, [(5, 9058)], k=3)  # doctest: +SKIP
+    >>> decode_units(model, [(12, 9058)], k=3)  # doctest: +SKIP
     [[(' water', 0.031), (' fish', 0.027), (' swimming', 0.019)]]
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,8 +28,18 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from transformer_lens_mm.core.contract import LanguageModel
+from transformer_lens_mm.core.errors import ReadoutError, UnitIndexError
 from transformer_lens_mm.core.hook_names import resolve_layer
 from transformer_lens_mm.core.paper import DECODED_TOKENS, RANDOM_SOFT_PROMPTS, SOFT_PROMPT_TOKENS
+from transformer_lens_mm.tools.readout import (
+    Readout,
+    SignRule,
+    entry_signs,
+    final_norm_scale,
+    readout_for,
+    unit_output_weights,
+    unit_write_vectors,
+)
 
 __all__ = [
     "decode_soft_prompts",
@@ -36,30 +49,17 @@ __all__ = [
     "final_norm_weight",
     "random_soft_prompts",
     "soft_prompt_table",
+    "unit_logits",
     "unit_output_weights",
     "unit_token_ranks",
     "vocab_mask",
 ]
 
 
-def unit_output_weights(model: LanguageModel, layer: int) -> Float[Tensor, "d_mlp d_model"]:
-    """``W_out`` of one layer's MLP (rows are units), on either TL API."""
-    layer = resolve_layer(layer, int(model.cfg.n_layers))
-    mlp = model.blocks[layer].mlp
-    w = getattr(mlp, "W_out", None)
-    if w is None:
-        raise ValueError(f"layer {layer} has no MLP output weights (attention-only model?)")
-    return w
-
-
 def final_norm_weight(model: LanguageModel) -> Tensor | None:
-    """The final norm's elementwise scale (``None`` when the model has none)."""
-    ln = getattr(model, "ln_final", None)
-    for name in ("w", "weight"):
-        w = getattr(ln, name, None) if ln is not None else None
-        if isinstance(w, Tensor):
-            return w
-    return None
+    """The final norm's *effective* per-channel scale (``1 + w`` for Hugging Face's Gemma
+    RMSNorm), or ``None``: :func:`~transformer_lens_mm.tools.readout.final_norm_scale`."""
+    return final_norm_scale(model)
 
 
 def vocab_mask(model: LanguageModel, *, special_tokens: bool = True) -> Tensor:
@@ -78,56 +78,130 @@ def vocab_mask(model: LanguageModel, *, special_tokens: bool = True) -> Tensor:
     return keep
 
 
+def _by_layer(model: LanguageModel, units: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """Entry indices per (resolved, checked) layer."""
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    by_layer: dict[int, list[int]] = {}
+    for i, (layer, unit) in enumerate(units):
+        if not 0 <= int(unit) < d_mlp:
+            raise UnitIndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
+        by_layer.setdefault(resolve_layer(int(layer), n_layers), []).append(i)
+    return by_layer
+
+
+def _signs_of(signs: Any, n: int) -> list[float] | None:
+    if signs is None:
+        return None
+    values = [float(x) for x in (signs.tolist() if isinstance(signs, Tensor) else signs)]
+    if len(values) != n:
+        raise ReadoutError(f"got {len(values)} signs for {n} units: pass one per unit")
+    return values
+
+
+#: Entries unembedded at once (a chunk of logits is ``chunk x d_vocab`` fp32: 256 MB for
+#: Gemma 3's 262k tokens).
+_CHUNK = 256
+
+
+def _unit_logit_chunks(
+    model: LanguageModel,
+    units: Sequence[tuple[int, int]],
+    signs: Any,
+    readout: Readout,
+    keep: Tensor,
+) -> Iterator[tuple[list[int], Tensor]]:
+    """``(entry indices, their logits)`` in chunks of one layer (undecodable tokens ``-inf``)."""
+    values = _signs_of(signs, len(units))
+    w_u = model.W_U.detach().float()
+    drop = ~keep.to(w_u.device)
+    for layer, idxs in _by_layer(model, units).items():
+        for start in range(0, len(idxs), _CHUNK):
+            part = idxs[start : start + _CHUNK]
+            vecs = unit_write_vectors(
+                model,
+                layer,
+                [int(units[i][1]) for i in part],
+                None if values is None else [values[i] for i in part],
+                readout=readout,
+            )
+            logits = vecs.to(w_u.device) @ w_u
+            logits[:, drop] = float("-inf")
+            yield part, logits
+
+
+@torch.no_grad()
+def unit_logits(
+    model: LanguageModel,
+    units: Sequence[tuple[int, int]],
+    *,
+    signs: Any = None,
+    readout: Readout | None = None,
+    mask_special: bool = True,
+) -> Float[Tensor, "n_units d_vocab"]:
+    """Each entry's write through the unembedding (:func:`~transformer_lens_mm.tools.readout.
+    unit_write_vectors` ``@ W_U``), fp32, with undecodable tokens at ``-inf``.
+
+    Example:
+        >>> unit_logits(model, [(3, 7)], signs=[-0.4]).shape  # doctest: +SKIP
+        torch.Size([1, 49152])
+    """
+    readout = readout or readout_for(model)
+    keep = vocab_mask(model, special_tokens=mask_special)
+    out = torch.empty(len(units), int(keep.shape[0]))
+    for part, logits in _unit_logit_chunks(model, units, signs, readout, keep):
+        out[part] = logits.cpu()
+    return out
+
+
 @torch.no_grad()
 def decode_units(
     model: LanguageModel,
     units: Sequence[tuple[int, int]],
     *,
+    signs: Any = None,
     k: int = DECODED_TOKENS,
-    final_norm: bool = False,
+    sign: SignRule = "auto",
+    final_norm: bool | None = None,
     mask_special: bool = True,
 ) -> list[list[tuple[str, float]]]:
-    """Top-``k`` tokens of ``softmax(W_out[layer, unit] @ W_U)`` for each ``(layer, unit)``.
+    """Top-``k`` tokens of each unit's write through the unembedding (the paper's decoding).
+
+    On an ungated MLP (GPT-J, GPT-2) this is the paper's ``softmax(W_U W_out[k])``. On a gated
+    MLP a unit has no sign of its own: pass ``signs`` (its activation ``Z`` at the entry, or
+    ``+1``/``-1``) and the direction it actually writes, ``sign(Z) * W_out[k]``, is decoded,
+    through the norms it passes (:mod:`transformer_lens_mm.tools.readout`).
 
     Args:
         model: A multimodal model (either TL API).
         units: ``(layer, unit)`` pairs.
+        signs: Per pair, ``Z`` at the entry (only its sign is used). Required on gated MLPs.
         k: Tokens per unit.
-        final_norm: Multiply by the final norm's scale before unembedding.
+        sign: ``"auto"``, ``"activation"`` or ``"weights"`` (:data:`~transformer_lens_mm.tools.
+            readout.SignRule`).
+        final_norm: Apply the final norm's effective scale (``None``: on gated MLPs only).
         mask_special: Never decode special tokens (and always skip unused vocabulary rows).
 
     Returns:
         For each unit, ``k`` pairs ``(token string, probability)``.
+
+    Raises:
+        ReadoutError: a gated MLP without ``signs``, a model without ``W_out``, an unknown norm.
+        UnitIndexError: a layer or unit outside the model.
     """
-    d_mlp = int(model.cfg.d_mlp)
     keep = vocab_mask(model, special_tokens=mask_special)
     if k < 1 or k > int(keep.sum()):
         raise ValueError(f"k={k} must be between 1 and the {int(keep.sum())} decodable tokens")
-    w_u = model.W_U.detach()
-    scale = final_norm_weight(model) if final_norm else None
-    out: list[list[tuple[str, float]]] = []
-    by_layer: dict[int, list[int]] = {}
-    for i, (layer, unit) in enumerate(units):
-        if not 0 <= int(unit) < d_mlp:
-            raise IndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
-        by_layer.setdefault(resolve_layer(int(layer), int(model.cfg.n_layers)), []).append(i)
+    readout = readout_for(model, sign=sign, final_norm=final_norm)
     results: dict[int, list[tuple[str, float]]] = {}
     text: dict[int, str] = {}  # token id -> its string, decoded once
-    for layer, idxs in by_layer.items():
-        w_out = unit_output_weights(model, layer).detach()
-        vecs = w_out[[int(units[i][1]) for i in idxs]].float()
-        if scale is not None:
-            vecs = vecs * scale.detach().float()
-        logits = vecs @ w_u.float()
-        logits[:, ~keep.to(logits.device)] = float("-inf")
-        probs, ids = logits.softmax(-1).topk(k, dim=-1)
-        for row, i in enumerate(idxs):
+    for part, logits in _unit_logit_chunks(model, units, signs, readout, keep):
+        probs, ids = (t.cpu() for t in logits.softmax(-1).topk(k, dim=-1))
+        for i, row_ids, row_probs in zip(part, ids.tolist(), probs.tolist()):
             results[i] = [
                 (text[t] if t in text else text.setdefault(t, model.tokenizer.decode([t])), p)
-                for t, p in zip(ids[row].tolist(), probs[row].tolist())
+                for t, p in zip(row_ids, row_probs)
             ]
-    out = [results[i] for i in range(len(units))]
-    return out
+    return [results[i] for i in range(len(units))]
 
 
 def decode_unit_table(
@@ -135,29 +209,57 @@ def decode_unit_table(
     table: pd.DataFrame,
     *,
     k: int = DECODED_TOKENS,
-    cache: dict[tuple[int, int, int], list[str]] | None = None,
+    cache: dict[tuple, list[str]] | None = None,
+    readout: Readout | None = None,
 ) -> pd.DataFrame:
-    """``table`` with a ``tokens`` column: each row's unit decoded (:func:`decode_units`).
+    """``table`` with ``sign`` and ``tokens`` columns: each row's write decoded
+    (:func:`decode_units`).
 
-    Each distinct ``(layer, unit)`` is decoded once, however many rows it has; with ``cache``
-    (a dict kept across calls, e.g. the batches of one run), once across calls too.
+    Under a signed readout (gated MLPs) each row's ``sign`` is that of its ``activation``, and a
+    unit that writes with both signs across rows gets a decoding per sign; otherwise ``sign`` is
+    ``+1``. Each distinct ``(layer, unit, sign)`` is decoded once, however many rows it has;
+    with ``cache`` (a dict kept across calls, e.g. the batches of one run), once across calls.
 
     Args:
         model: The model whose weights decode the units (the cache assumes they stay the same).
-        table: Rows with ``layer`` and ``unit`` (e.g. ``Attribution.top_k``).
+        table: Rows with ``layer``, ``unit`` and, on gated MLPs, ``activation`` (e.g.
+            ``Attribution.top_k``).
         k: Tokens per unit (the paper: 10).
-        cache: ``(layer, unit, k) -> tokens``, filled as units are decoded.
+        cache: ``(layer, unit, sign, k, readout) -> tokens``, filled as units are decoded.
+        readout: The readout (default :func:`~transformer_lens_mm.tools.readout.readout_for`).
 
     Returns:
-        A copy of ``table`` with ``tokens``: the ``k`` decoded token strings, best first.
+        A copy of ``table`` with ``sign`` (+1/-1) and ``tokens`` (the ``k`` decoded token
+        strings, best first).
     """
+    readout = readout or readout_for(model)
+    if readout.signed and len(table) and "activation" not in table:
+        raise ReadoutError(
+            "this model's MLP is gated: each row's readout needs the sign of its activation, and "
+            "the table has no 'activation' column (attribute(..., keep_activations=True))"
+        )
     cache = {} if cache is None else cache
-    pairs = sorted(set(zip(table["layer"].tolist(), table["unit"].tolist())))
-    todo = [pair for pair in pairs if (*pair, k) not in cache]
-    for pair, toks in zip(todo, decode_units(model, todo, k=k) if todo else []):
-        cache[(*pair, k)] = [t for t, _ in toks]
+    signs = (
+        entry_signs(readout, table["activation"].to_numpy())
+        if len(table) and "activation" in table
+        else torch.ones(len(table), dtype=torch.long)
+    )
+    keys = list(zip(table["layer"].astype(int), table["unit"].astype(int), signs.tolist()))
+    todo = sorted({key for key in keys if (*key, k, readout) not in cache})
+    if todo:
+        decoded = decode_units(
+            model,
+            [(la, u) for la, u, _ in todo],
+            signs=[s for *_, s in todo] if readout.signed else None,
+            k=k,
+            sign="activation" if readout.signed else "weights",
+            final_norm=readout.final_norm,
+        )
+        for key, toks in zip(todo, decoded):
+            cache[(*key, k, readout)] = [t for t, _ in toks]
     out = table.copy()
-    out["tokens"] = [cache[(int(la), int(u), k)] for la, u in zip(table["layer"], table["unit"])]
+    out["sign"] = np.asarray(signs.tolist(), dtype=np.int8)
+    out["tokens"] = [cache[(*key, k, readout)] for key in keys]
     return out
 
 
@@ -167,17 +269,20 @@ def unit_token_ranks(
     units: Sequence[tuple[int, int]],
     token_ids: Sequence[int],
     *,
-    final_norm: bool = False,
+    signs: Any = None,
+    sign: SignRule = "auto",
+    final_norm: bool | None = None,
     mask_special: bool = True,
 ) -> Int[Tensor, " n_units"]:
-    """Rank (0 = first) of ``token_ids[i]`` in the decoding of ``units[i]`` (``W_out @ W_U``).
+    """Rank (0 = first) of ``token_ids[i]`` in the decoding of ``units[i]``'s write (with its
+    sign ``signs[i]`` on gated MLPs; see :func:`decode_units`).
 
     Only decodable tokens are ranked (special tokens and unused rows are skipped, as in
     :func:`decode_units`), so rank 0 means ``decode_units(...)[i][0]`` is that token.
 
     Example:
         >>> water = model.to_single_token(" water")  # doctest: +SKIP
-        >>> unit_token_ranks(model, [(5, 9058)], [water])  # doctest: +SKIP
+        >>> unit_token_ranks(model, [(5, 9058)], [water], signs=[2.1])  # doctest: +SKIP
         tensor([0])
     """
     if len(units) != len(token_ids):
@@ -189,22 +294,13 @@ def unit_token_ranks(
         raise ValueError(f"token ids must lie in 0..{d_vocab - 1}")
     if len(tids) and not bool(keep[tids].all()):
         raise ValueError("a token id is a special or unused token that decodings never rank")
-    w_u = model.W_U.detach().float()
-    scale = final_norm_weight(model) if final_norm else None
+    if not len(units):
+        return torch.zeros(0, dtype=torch.long)
+    readout = readout_for(model, sign=sign, final_norm=final_norm)
     ranks = torch.zeros(len(units), dtype=torch.long)
-    by_layer: dict[int, list[int]] = {}
-    for i, (layer, unit) in enumerate(units):
-        if not 0 <= int(unit) < int(model.cfg.d_mlp):
-            raise IndexError(f"unit {unit} is out of range: layers have d_mlp={model.cfg.d_mlp}")
-        by_layer.setdefault(resolve_layer(int(layer), int(model.cfg.n_layers)), []).append(i)
-    for layer, idxs in by_layer.items():
-        vecs = unit_output_weights(model, layer).detach()[[int(units[i][1]) for i in idxs]].float()
-        if scale is not None:
-            vecs = vecs * scale.detach().float()
-        logits = vecs @ w_u.to(vecs.device)
-        logits[:, ~keep.to(logits.device)] = float("-inf")
-        own = logits.gather(1, tids[idxs, None].to(logits.device))
-        ranks[idxs] = (logits > own).sum(1).cpu()
+    for part, logits in _unit_logit_chunks(model, units, signs, readout, keep):
+        own = logits.gather(1, tids[part, None].to(logits.device))
+        ranks[part] = (logits > own).sum(1).cpu()
     return ranks
 
 

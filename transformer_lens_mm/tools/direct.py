@@ -11,9 +11,12 @@ an :class:`~transformer_lens_mm.tools.attribution.Attribution`, so ``top_k``,
 
 The two differ where later layers matter: the direct path ignores what attention moves from the
 unit's position to the position that predicts ``c``, what later MLPs make of the unit's output,
-and the final norm; the gradient includes all of that (to first order). A unit that writes
-``c``'s direction at an image position nobody reads scores high directly and near zero by
-attribution; a layer-0 unit that later layers turn into ``c`` scores the other way round.
+and the final norm's ``1/rms``; the gradient includes all of that (to first order). The norm
+scales the write passes (Gemma's post-feedforward norm; the final norm's per-channel scale on
+gated MLPs) are applied, as in the unit decodings (:mod:`~transformer_lens_mm.tools.readout`).
+A unit that writes ``c``'s direction at an image position nobody reads scores high directly
+and near zero by attribution; a layer-0 unit that later layers turn into ``c`` scores the
+other way round.
 
 Differences from MM_Neurons' code, on purpose: MM_Neurons reads the activation at the position
 that generates the noun (the last position), not at image positions, and on SwiGLU models it
@@ -48,7 +51,7 @@ from transformer_lens_mm.tools.attribution import (
     last_position_logits,
     select_positions,
 )
-from transformer_lens_mm.tools.decoding import unit_output_weights
+from transformer_lens_mm.tools.readout import Readout, readout_for, unit_write_vectors
 
 __all__ = ["compare_rankings", "direct_effect", "direct_effect_weights", "spearman"]
 
@@ -56,10 +59,22 @@ __all__ = ["compare_rankings", "direct_effect", "direct_effect_weights", "spearm
 def direct_effect_weights(
     model: LanguageModel, layers: Sequence[int], target_ids: Int[Tensor, " batch"]
 ) -> Float[Tensor, "n_layer batch d_mlp"]:
-    """``W_out[l] @ W_U[:, c]``: what one unit of activation 1 adds to ``c``'s logit directly."""
+    """``W_out[l] @ W_U[:, c]``: what one unit of activation 1 adds to ``c``'s logit directly,
+    through the norm scales the write passes (a post-MLP norm; the final norm where the
+    model's readout includes it: :mod:`~transformer_lens_mm.tools.readout`). ``Z`` times this
+    is unchanged when a gated unit's sign is flipped."""
+    readout = readout_for(model)
+    unsigned = Readout(signed=False, final_norm=readout.final_norm)  # Z carries the sign
     w_u = model.W_U.detach()[:, target_ids.to(model.W_U.device)].float()  # [d_model, batch]
+    d_mlp = int(model.cfg.d_mlp)
     return torch.stack(
-        [(unit_output_weights(model, layer).detach().float() @ w_u).T for layer in layers]
+        [
+            (
+                unit_write_vectors(model, layer, range(d_mlp), readout=unsigned).to(w_u.device)
+                @ w_u
+            ).T
+            for layer in layers
+        ]
     )
 
 

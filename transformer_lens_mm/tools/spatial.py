@@ -3,7 +3,9 @@
 The paper's spatial-selectivity check turns a unit's activations at the image positions into a
 ``h x w`` map (14x14 for BEIT), upsamples it bilinearly to the image size, thresholds it at its
 0.95 quantile and compares that region with the object's segmentation mask by IoU, against
-random units drawn from the same layers (:func:`spatial_selectivity`).
+random units drawn from the same layers (:func:`spatial_selectivity`). On gated MLPs the maps
+are signed activations ``sign * Z`` (:mod:`~transformer_lens_mm.tools.readout`).
+:func:`spatial_ceiling` says how high the IoU can go on given masks and grid.
 
 Example:
     >>> m = patch_map(torch.arange(4.0), grid_size=(2, 2), size=(4, 4))
@@ -29,13 +31,15 @@ from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.fast.host import to_host
-from transformer_lens_mm.tools.units import Unit, random_units_like
+from transformer_lens_mm.tools.readout import SignRule, dominant_signs, readout_for
+from transformer_lens_mm.tools.units import random_units_like
 
 __all__ = [
     "image_mlp_activations",
     "mask_iou",
     "patch_map",
     "quantile_mask",
+    "spatial_ceiling",
     "spatial_selectivity",
 ]
 
@@ -122,43 +126,66 @@ def image_mlp_activations(
     return to_host(torch.stack([store[layer] for layer in layer_list], 1))
 
 
+def _as_entries(units: Sequence[Any]) -> list[tuple[int, int, int]]:
+    """``(layer, unit)`` or ``(layer, unit, sign)`` items as ``(layer, unit, sign)``; a missing
+    or zero sign is 0 (oriented later by the unit's dominant sign on the image)."""
+    out = []
+    for entry in units:
+        if len(entry) not in (2, 3):
+            raise ValueError(f"a unit is (layer, unit) or (layer, unit, sign), got {entry!r}")
+        sign = int(np.sign(float(entry[2]))) if len(entry) == 3 else 0
+        out.append((int(entry[0]), int(entry[1]), sign))
+    return out
+
+
 def spatial_selectivity(
     model: MultimodalModel,
     batch: MultimodalInput,
-    units: Sequence[Sequence[Unit]],
+    units: Sequence[Sequence[Any]],
     masks: Sequence[np.ndarray | Tensor],
     *,
     q: float = REGION_QUANTILE,
     n_random: int = 1,
     seed: int = 0,
     grid_size: tuple[int, int] | None = None,
+    sign: SignRule = "auto",
 ) -> pd.DataFrame:
     """IoU of each unit's ``q``-quantile patch region with the object mask, vs random units.
 
     For image ``i``, every unit of ``units[i]`` and ``n_random`` draws of as many random units
     from the same layers (:func:`~transformer_lens_mm.tools.units.random_units_like`) get a map
-    (activations at the image positions, upsampled bilinearly to the mask's size), a
-    ``q``-quantile region and its IoU with ``masks[i]``.
+    (signed activations ``sign * Z`` at the image positions, upsampled bilinearly to the mask's
+    size), a ``q``-quantile region and its IoU with ``masks[i]``.
+
+    On a gated MLP a unit has no sign of its own (:mod:`~transformer_lens_mm.tools.readout`), so
+    its map is read as ``sign * Z``: with the sign of its entry when ``units[i]`` gives one
+    (``(layer, unit, sign)``, e.g. the search table's ``sign``), else (and for the random
+    units, which have no entry) the sign of its strongest activation on that image. Either way
+    the map is unchanged when the weights flip the unit's sign. On ungated MLPs the map is ``Z``
+    (the paper's).
 
     Args:
         model: A multimodal model with an image encoder (or pass ``grid_size``).
         batch: The images' input (``model.prepare_inputs(images)``).
-        units: Per image, the ``(layer, unit)`` pairs to test (e.g. its top units).
+        units: Per image, the ``(layer, unit)`` or ``(layer, unit, sign)`` entries to test.
         masks: Per image, a boolean object mask ``[height, width]`` in the image's pixels.
         q: Quantile of the region (the paper: 0.95).
         n_random: Random draws per image.
         seed: Seed of the random draws.
         grid_size: Patch grid ``(h, w)`` (default: ``batch.grid_size``, the grid of the image
             positions, else ``model.image_encoder.grid_size``).
+        sign: :data:`~transformer_lens_mm.tools.readout.SignRule` (``"weights"``: raw ``Z``).
 
     Returns:
-        One row per (image, kind, draw, rank): ``layer``, ``unit``, ``iou``, ``region`` (share
-        of pixels in the unit's region) and ``object`` (share of pixels in the mask).
+        One row per (image, kind, draw, rank): ``layer``, ``unit``, ``sign`` (the map's
+        orientation), ``iou``, ``region`` (share of pixels in the unit's region) and ``object``
+        (share of pixels in the mask).
 
     Example:
         >>> table = spatial_selectivity(model, batch, top_units, masks)  # doctest: +SKIP
         >>> table.groupby("kind").iou.mean()  # doctest: +SKIP
     """
+    columns = ["image", "kind", "draw", "rank", "layer", "unit", "sign", "iou", "region", "object"]
     n = len(batch)
     if len(units) != n or len(masks) != n:
         raise ValueError(
@@ -172,19 +199,19 @@ def spatial_selectivity(
         if encoder is None:
             raise ValueError("the model has no image encoder: pass grid_size=(h, w)")
         grid_size = tuple(encoder.grid_size)
-    kinds: list[list[tuple[str, int, list[Unit]]]] = []
+    readout = readout_for(model, sign=sign)
+    kinds: list[list[tuple[str, int, list[tuple[int, int, int]]]]] = []
     for i in range(n):
-        todo = [("top", 0, [(int(a), int(b)) for a, b in units[i]])]
+        top = _as_entries(units[i])
+        todo = [("top", 0, top)]
+        pairs = [(la, u) for la, u, _ in top]
         for d in range(n_random):
-            todo.append(
-                ("random", d, random_units_like(model, todo[0][2], seed=seed + 7919 * i + d))
-            )
+            rnd = random_units_like(model, pairs, seed=seed + 7919 * i + d)
+            todo.append(("random", d, [(la, u, 0) for la, u in rnd]))
         kinds.append(todo)
-    layers = sorted({layer for todo in kinds for _, _, us in todo for layer, _ in us})
+    layers = sorted({layer for todo in kinds for _, _, us in todo for layer, _, _ in us})
     if not layers:
-        return pd.DataFrame(
-            columns=["image", "kind", "draw", "rank", "layer", "unit", "iou", "region", "object"]
-        )
+        return pd.DataFrame(columns=columns)
     slot = {layer: j for j, layer in enumerate(layers)}
     acts = image_mlp_activations(model, batch, layers)  # [batch, n_layer, n_img, d_mlp]
     rows = []
@@ -196,11 +223,18 @@ def spatial_selectivity(
         for kind, draw, us in todo:
             if not us:
                 continue
-            idx = torch.tensor(us)
+            idx = torch.tensor([(la, u) for la, u, _ in us])
             values = acts[i, [slot[layer] for layer in idx[:, 0].tolist()], :, idx[:, 1]]
+            given = torch.tensor([s for *_, s in us])
+            signs = (
+                torch.where(given != 0, given, dominant_signs(readout, values))
+                if readout.signed
+                else torch.ones(len(us), dtype=torch.long)
+            )
+            values = values * signs[:, None].to(values.dtype)
             regions = quantile_mask(patch_map(values, grid_size, size), q)
             ious = mask_iou(regions, mask)
-            for r, (layer, unit) in enumerate(us):
+            for r, (layer, unit, _) in enumerate(us):
                 rows.append(
                     (
                         i,
@@ -209,11 +243,56 @@ def spatial_selectivity(
                         r,
                         layer,
                         unit,
+                        int(signs[r]),
                         float(ious[r]),
                         float(regions[r].float().mean()),
                         float(mask.float().mean()),
                     )
                 )
-    return pd.DataFrame(
-        rows, columns=["image", "kind", "draw", "rank", "layer", "unit", "iou", "region", "object"]
-    )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def spatial_ceiling(
+    masks: Sequence[np.ndarray | Tensor],
+    grid_size: tuple[int, int],
+    *,
+    q: float = REGION_QUANTILE,
+) -> pd.DataFrame:
+    """How high the spatial test's IoU can go on these masks with a ``grid_size`` patch map.
+
+    Two ceilings per mask, to read measured IoUs against:
+
+    * ``map_ceiling``: the IoU reached by the best-informed map there is, the mask itself
+      averaged over each patch (what a unit firing exactly on the object would show), put
+      through the same upsampling and ``q``-quantile region;
+    * ``size_ceiling``: the bound a region of exactly ``1 - q`` of the pixels has whatever its
+      shape, ``min(r, o) / max(r, o)`` with ``r = 1 - q`` and ``o`` the object's share of the
+      pixels (a 5% region cannot match a 30% object better than 1/6). A map with a plateau at
+      its top (ties, like the mask's own averages) gets a larger region and can exceed it.
+
+    Args:
+        masks: Boolean masks ``[height, width]`` (each image's object or region).
+        grid_size: ``(h, w)`` of the patch grid (7x7 for EfficientNet-Lite0, 14x14 for BEIT).
+        q: The region's quantile (the paper: 0.95).
+
+    Returns:
+        One row per mask: ``object`` (its share of pixels), ``map_ceiling``, ``size_ceiling``.
+
+    Example:
+        >>> m = torch.zeros(28, 28, dtype=torch.bool)
+        >>> m[:14, :14] = True
+        >>> spatial_ceiling([m], (2, 2), q=0.75).round(3).values.tolist()
+        [[0.25, 0.867, 1.0]]
+    """
+    rows = []
+    for i, mask in enumerate(masks):
+        m = torch.as_tensor(np.asarray(mask)).bool()
+        if m.ndim != 2:
+            raise ValueError(f"mask {i} must be 2-D [height, width], got shape {tuple(m.shape)}")
+        coarse = torch.nn.functional.adaptive_avg_pool2d(m.float()[None, None], grid_size)[0, 0]
+        region = quantile_mask(patch_map(coarse.reshape(-1), grid_size, tuple(m.shape)), q)
+        share = float(m.float().mean())
+        r = 1.0 - q
+        size = min(r, share) / max(r, share) if max(r, share) > 0 else 0.0
+        rows.append((share, float(mask_iou(region, m)), size))
+    return pd.DataFrame(rows, columns=["object", "map_ceiling", "size_ceiling"])

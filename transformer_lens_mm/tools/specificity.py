@@ -49,6 +49,7 @@ __all__ = [
     "concept_specificity",
     "cross_concept_ablation",
     "generic_units",
+    "selectivity_by_class",
     "specificity_ratio",
 ]
 
@@ -278,3 +279,23 @@ def specificity_ratio(table: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out)
+
+
+def selectivity_by_class(selectivity: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Figure S.2(a) matrix: per unit class (rows) the mean activation of its units
+    on each image class (columns), divided by the row's maximum (1 = the class its units are
+    most active on; a row whose maximum is not positive is left undefined, NaN).
+
+    Example:
+        >>> t = pd.DataFrame({"unit_class": ["a", "a", "b", "b"], "image_class": ["a", "b"] * 2,
+        ...                   "mean_activation": [2.0, 1.0, 0.5, 1.0]})
+        >>> selectivity_by_class(t).values.tolist()
+        [[1.0, 0.5], [0.5, 1.0]]
+    """
+    if selectivity.empty:
+        return pd.DataFrame()
+    table = selectivity.pivot_table(
+        index="unit_class", columns="image_class", values="mean_activation", aggfunc="mean"
+    )
+    peak = table.max(axis=1)
+    return table.div(peak.where(peak > 0), axis=0)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.contract import LanguageModel
+from transformer_lens_mm.core.errors import UnitIndexError
 
 __all__ = [
     "Unit",
@@ -41,9 +43,9 @@ def as_unit_tensor(model: LanguageModel, units: Sequence[Unit]) -> Int[Tensor, "
     t = torch.as_tensor(list(units), dtype=torch.long).reshape(-1, 2)
     if len(t):
         if int(t[:, 0].min()) < -n_layers or int(t[:, 0].max()) >= n_layers:
-            raise IndexError(f"a layer is out of range for a model with {n_layers} layers")
+            raise UnitIndexError(f"a layer is out of range for a model with {n_layers} layers")
         if int(t[:, 1].min()) < 0 or int(t[:, 1].max()) >= d_mlp:
-            raise IndexError(f"a unit is out of range: layers have d_mlp={d_mlp} units")
+            raise UnitIndexError(f"a unit is out of range: layers have d_mlp={d_mlp} units")
         t[:, 0] = t[:, 0] % n_layers
     return t
 
@@ -55,7 +57,7 @@ def group_by_layer(model: LanguageModel, units: Sequence[Unit]) -> dict[int, Ten
     for layer, unit in units:
         layer = hook_names.resolve_layer(int(layer), n_layers)
         if not 0 <= int(unit) < d_mlp:
-            raise IndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
+            raise UnitIndexError(f"unit {unit} is out of range: layers have d_mlp={d_mlp} units")
         groups.setdefault(layer, []).append(int(unit))
     return {layer: torch.tensor(sorted(set(us)), dtype=torch.long) for layer, us in groups.items()}
 
@@ -106,7 +108,9 @@ def per_row_masks(
     return {layer: masks[layer] for layer in used}
 
 
-def units_of(units: pd.DataFrame, item: Hashable, *, column: str = "item") -> list[Unit]:
+def units_of(
+    units: pd.DataFrame, item: Hashable, *, column: str = "item", signed: bool = False
+) -> list[Any]:
     """An item's distinct ``(layer, unit)`` pairs from a top-k table, best rank first (a unit
     scored at several positions appears once, at its best).
 
@@ -115,8 +119,19 @@ def units_of(units: pd.DataFrame, item: Hashable, *, column: str = "item") -> li
         item: The item's key.
         column: The key column: ``"item"`` in search and run tables, ``"image"`` (the batch
             row) in a table straight from ``Attribution.top_k``.
+        signed: Distinct ``(layer, unit, sign)`` triples instead (the table's ``sign``, ``+1``
+            where it has none): a unit that writes with both signs is listed once per sign.
+
+    Example:
+        >>> t = pd.DataFrame({"item": ["a"] * 3, "rank": [0, 1, 2], "layer": [1] * 3,
+        ...                   "unit": [5, 5, 5], "sign": [1, -1, 1]})
+        >>> units_of(t, "a"), units_of(t, "a", signed=True)
+        ([(1, 5)], [(1, 5, 1), (1, 5, -1)])
     """
     if column not in units:
         raise KeyError(f"the units table has no {column!r} column: {list(units.columns)}")
     rows = units[units[column] == item].sort_values("rank")
-    return list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist())))
+    if not signed:
+        return list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist())))
+    signs = rows["sign"].astype(int).tolist() if "sign" in rows else [1] * len(rows)
+    return list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist(), signs)))

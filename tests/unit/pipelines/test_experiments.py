@@ -12,6 +12,7 @@ from transformer_lens_mm.pipelines.experiments import (
     category_selectivity,
     layer_distribution,
     score_texts,
+    selectivity_by_class,
     soft_prompt_texts,
     spatial_iou_by_category,
     unit_decoding_texts,
@@ -41,6 +42,8 @@ def _run_tables(data):
             "rank": [0, 1, 0, 0, 1],
             "layer": [1, 0, 1, 0, 1],
             "unit": [5, 3, 2, 7, 7],
+            "score": [0.5, 0.4, 0.3, 0.2, 0.1],
+            "sign": [1, 1, 1, 1, 1],
         }
     )
     return items, units
@@ -73,14 +76,29 @@ def test_category_selectivity_means(lm_dirs):
     data = SceneDataset(SceneSet(6, seed=4, size=40))
     items, units = _run_tables(data)
     held = [data[i] for i in range(4, 6)]
-    table = category_selectivity(model, units, items, held, n_units=2)
+    units.loc[1, "sign"] = -1  # read as -Z (a gated unit's entry with Z < 0)
+    table = category_selectivity(model, units, items, held, n_units=2, interpretable_only=False)
     assert set(table["unit_class"]) == set(items["noun"].dropna())
     acts = image_mlp_activations(model, model.prepare_inputs([it.image() for it in held]))
     for row in table.itertuples():
         imgs = [j for j, it in enumerate(held) if it.categories[0] == row.image_class]
-        want = acts[imgs, row.layer, :, row.unit].amax(-1).mean()
+        # supplement S.4: the mean over all patches (and images) of the signed activation
+        want = row.sign * acts[imgs, row.layer, :, row.unit].mean()
         assert row.mean_activation == pytest.approx(float(want), abs=1e-5)
         assert row.n_images == len(imgs)
+    assert (table["sign"] == -1).any()
+    # the class x class matrix: each row divided by its maximum
+    grid = selectivity_by_class(table)
+    per = table.groupby(["unit_class", "image_class"])["mean_activation"].mean().unstack()
+    for cls in grid.index:
+        if per.loc[cls].max() > 0:
+            assert grid.loc[cls].tolist() == pytest.approx(
+                (per.loc[cls] / per.loc[cls].max()).tolist()
+            )
+    # interpretable only (the paper's): none of the tiny model's units is, so nothing is chosen
+    assert category_selectivity(
+        model, units.assign(interpretable=False), items, held, n_units=2
+    ).empty
     assert plot_category_selectivity(table).data
     with pytest.raises(ValueError, match="empty table"):
         plot_category_selectivity(pd.DataFrame())

@@ -161,8 +161,10 @@ def test_layer_subset_positions_and_logprob(lm_dirs):
         "position",
         "score",
         "activation",
+        "sign",
         "tokens",
     ]
+    assert (table["sign"] == 1).all()  # GPT-J's GELU MLP: the paper's +W_out readout
     assert len(table) == 5 and all(len(t) == 10 for t in table["tokens"])
     assert (table["score"].diff().dropna() <= 0).all()
 

@@ -5,6 +5,7 @@ import torch
 from helpers import WORDS, build_model, random_images
 
 from transformer_lens_mm import generate_captions
+from transformer_lens_mm.core.errors import ReadoutError
 from transformer_lens_mm.tools.attribution import attribute
 from transformer_lens_mm.tools.decoding import (
     decode_soft_prompts,
@@ -113,14 +114,20 @@ def test_decode_units_is_w_u_times_w_out(lm_dirs):
 
 def test_unit_token_ranks_agree_with_the_decoding(lm_dirs):
     model = build_model(lm_dirs["llama"], "bridge")
-    units = [(1, 5), (0, 3), (1, 9)]
-    decoded = decode_units(model, units, k=len(WORDS) - 3)  # every decodable token, in order
+    units, signs = [(1, 5), (0, 3), (1, 9)], [0.7, -1.2, 2.0]
+    # every decodable token, in order
+    decoded = decode_units(model, units, signs=signs, k=len(WORDS) - 3)
     for j, rank in enumerate([0, 4, 17]):
         token = decoded[j][rank][0]
         tid = WORDS.index(token.strip())
-        assert unit_token_ranks(model, [units[j]], [tid]).tolist() == [rank]
+        assert unit_token_ranks(model, [units[j]], [tid], signs=[signs[j]]).tolist() == [rank]
     tids = [WORDS.index(decoded[j][2][0].strip()) for j in range(3)]
-    assert unit_token_ranks(model, units, tids).tolist() == [2, 2, 2]
+    assert unit_token_ranks(model, units, tids, signs=signs).tolist() == [2, 2, 2]
+    # a gated unit has no sign of its own: without one the readout refuses to guess
+    with pytest.raises(ReadoutError, match="gated"):
+        decode_units(model, units)
+    with pytest.raises(ReadoutError, match="gated"):
+        unit_token_ranks(model, units, tids)
     with pytest.raises(ValueError, match="special or unused"):
         unit_token_ranks(model, [(0, 1)], [model.tokenizer.pad_token_id])
     with pytest.raises(ValueError, match="one per unit"):

@@ -90,6 +90,11 @@ class AnalysisConfig:
     # a unit top for the images of more than this share of the concepts is generic
     # (generic_units and concept_specificity tables, always made)
     generic_share: float = 0.5
+    # how a unit's write is read (tools.readout): "auto" orients each entry by sign(Z) on gated
+    # MLPs and reads +W_out on ungated ones (the paper's GPT-J); "activation" / "weights"
+    readout_sign: str = "auto"
+    # decode through the final norm's per-channel scale (None: on gated MLPs only)
+    readout_final_norm: bool | None = None
 
     @property
     def units_to_rank(self) -> int:
@@ -121,6 +126,10 @@ class AnalysisConfig:
             raise ConfigError(f"cross_concept_ks must be >= 1, got {self.cross_concept_ks}")
         if not 0 < self.generic_share < 1:
             raise ConfigError(f"generic_share must be in (0, 1), got {self.generic_share}")
+        if self.readout_sign not in ("auto", "activation", "weights"):
+            raise ConfigError(
+                f"readout_sign must be 'auto', 'activation' or 'weights', got {self.readout_sign!r}"
+            )
 
 
 def load_config(path: str | os.PathLike) -> AnalysisConfig:

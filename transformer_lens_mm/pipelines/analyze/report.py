@@ -87,12 +87,16 @@ def analysis_report(
         report.figure(plot_top_units_per_layer(units))
         share = float(units["interpretable"].mean()) if "interpretable" in units else float("nan")
         report.key_values({"entries": len(units), "interpretable share": f"{share:.1%}"})
+        # a gated unit that writes with both signs is two rows (one decoding per sign); the
+        # sign itself depends on the weights' orientation and is not shown
+        key = ["layer", "unit"] + (["sign"] if "sign" in units else [])
         freq = (
             units.assign(tokens=units["tokens"].map(lambda t: " ".join(map(repr, t))))
-            .groupby(["layer", "unit"])
+            .groupby(key)
             .agg(images=("item", "nunique"), score=("score", "sum"), tokens=("tokens", "first"))
             .reset_index()
-            .sort_values(["images", "score"], ascending=False)
+            .sort_values(["images", "score", "tokens"], ascending=[False, False, True])
+            .drop(columns=["sign"], errors="ignore")
         )
         report.table(freq, max_rows=30, collapsed="Units by the number of images")
         by_id = {data[i].id: data[i] for i in range(len(data))} if data is not None else {}

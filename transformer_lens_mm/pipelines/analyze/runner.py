@@ -76,6 +76,8 @@ def _settings(config: AnalysisConfig) -> SearchSettings:
         layers=config.layers,
         rank_units=config.units_to_rank or None,
         max_new_tokens=config.max_new_tokens,
+        sign=config.readout_sign,  # type: ignore[arg-type]
+        final_norm=config.readout_final_norm,
     )
 
 

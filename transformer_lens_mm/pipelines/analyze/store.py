@@ -57,6 +57,9 @@ __all__ = [
 
 #: config fields that do not change the results (may differ when a run is resumed)
 _FREE_FIELDS = {"out", "num_workers", "feature_cache", "shard_batches", "ablation_chunk"}
+#: what a field missing from an older run's config.json meant then, where that differs from
+#: today's default: runs written before the sign-aware readout read every unit as +W_out
+_LEGACY = {"readout_sign": "weights", "readout_final_norm": False}
 
 
 def check_same_run(out: Path, config: AnalysisConfig) -> None:
@@ -70,16 +73,24 @@ def check_same_run(out: Path, config: AnalysisConfig) -> None:
         for f in dataclasses.fields(AnalysisConfig)
         if f.name != "out"
     }
-    before = {**json.loads(json.dumps(defaults)), **json.loads(path.read_text())}
+    before = {**json.loads(json.dumps(defaults)), **_LEGACY, **json.loads(path.read_text())}
     now = json.loads(json.dumps(dataclasses.asdict(config)))
     changed = sorted(
         k for k in set(before) | set(now) if k not in _FREE_FIELDS and before.get(k) != now.get(k)
     )
     if changed:
+        legacy = ""
+        if "readout_sign" in changed and "readout_sign" not in json.loads(path.read_text()):
+            legacy = (
+                " It was written before the sign-aware readout (every unit decoded as +W_out, "
+                'raw-Z maps): to finish it as it began set readout_sign = "weights" and '
+                "readout_final_norm = false in [run] (the same as today's readout on ungated "
+                "MLPs such as GPT-J's), else start a new run for gated MLPs."
+            )
         raise ConfigError(
             f"{out} holds a run made with other settings ({', '.join(changed)} differ): its "
             "finished shards would be mixed with new ones. Choose another `out`, or delete "
-            f"{out} to start again."
+            f"{out} to start again.{legacy}"
         )
 
 

@@ -31,6 +31,7 @@ from transformer_lens_mm.report.plotting import (
     plot_lens_by_layer,
     plot_top_units_per_layer,
 )
+from transformer_lens_mm.tools.readout import signed_view
 
 __all__ = ["card_groups", "headline_tiles", "write_report"]
 
@@ -123,12 +124,13 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
     sel = controls.get("category_selectivity", {})
     tiles.append(
         Tile(
-            "Concept units peaking on their concept",
-            _pct(sel.get("share_peaking_on_own_concept")),
+            "Concept units most active on their concept",
+            _pct(sel.get("share_of_units_most_active_on_own_class")),
             f"chance {_pct(sel.get('chance'))}; {sel.get('units', 0)} units on held-out "
-            "one-object images",
-            "Each concept's most frequent units: is their peak activation highest on held-out "
-            "images of that concept?",
+            "one-object images; concepts whose units peak on their own: "
+            f"{sel.get('classes_whose_units_peak_on_own_class', 'n/a')}",
+            "Each concept's 20 most frequent interpretable units (supplement S.4): is their mean "
+            "activation over the patches highest on held-out images of that concept?",
         )
     )
     soft = summary.get("soft_prompts", {})
@@ -294,8 +296,10 @@ def write_report(
     if len(selectivity):
         report.section(
             "Category selectivity",
-            "Each concept's most frequent top units (rows) and their mean peak activation on "
-            "held-out one-object images of every concept (columns).",
+            "Supplement S.4: each concept's 20 most frequent interpretable top units (rows) and "
+            "their mean signed activation over all patches of held-out one-object images of "
+            "every concept (columns), divided by the row's maximum; the row's own concept is "
+            "boxed.",
         )
         report.figure(plot_category_selectivity(selectivity))
     report.section("Logit lens", "p(c) read from the residual stream with the final norm + W_U.")
@@ -303,7 +307,7 @@ def write_report(
 
     report.section("Tables", "Every table is also a CSV file beside this page.")
     report.table(tables["captions"], max_rows=100, collapsed="Captions")
-    shown = units.copy()
+    shown = signed_view(units)
     shown["tokens"] = [" ".join(repr(t) for t in toks) for toks in shown["tokens"]]
     report.table(
         shown.sort_values(["index", "rank"]).groupby("item").head(5),
