@@ -202,11 +202,11 @@ def test_ablation_and_soft_prompt_tables_equal_direct_calls(lm_dirs, tmp_path):
     # a run written before the sign-aware readout (no readout fields in its config.json) is
     # not mixed with new shards; it resumes as it began with the old readout asked for
     written = json.loads((Path(cfg.out) / "config.json").read_text())
-    old = {k: v for k, v in written.items() if not k.startswith("readout_")}
+    old = {k: v for k, v in written.items() if not k.startswith("readout_") and k != "dictionary"}
     (Path(cfg.out) / "config.json").write_text(json.dumps(old))
     with pytest.raises(ConfigError, match="before the sign-aware readout"):
         run_analysis(cfg, model=model, verbose=False)
-    as_before = {"readout_sign": "weights", "readout_final_norm": False}
+    as_before = {"readout_sign": "weights", "readout_final_norm": False, "dictionary": "web2"}
     run_analysis(AnalysisConfig(**{**cfg.__dict__, **as_before}), model=model, verbose=False)
     huge = AnalysisConfig(**{**cfg.__dict__, "ablation_ks": [0, 10**9], "out": str(tmp_path / "h")})
     with pytest.raises(ValueError, match="use smaller ks"):

@@ -78,6 +78,7 @@ class SearchSettings:
     rank_units: int | None = None  # also rank each image's best (layer, unit) pairs (ablations)
     n_tokens: int = DECODED_TOKENS  # decoded tokens per unit
     min_words: int = MIN_WORDS  # interpretability filter: dictionary words among them
+    dictionary: str = "scowl"  # the filter's word list: "scowl" (the paper's) or "web2"
     max_new_tokens: int = 20  # caption length limit
     noun_finder: NounFinder | None = None  # None: spaCy if installed, else the lexicon
     maps: bool = True  # each top-k row's patch map (recorded by the attribution forward)
@@ -92,6 +93,8 @@ class SearchSettings:
             )
         if self.rank_units is not None and self.rank_units < 1:
             raise ValueError(f"rank_units must be >= 1 or None, got {self.rank_units}")
+        if self.dictionary not in ("scowl", "web2"):
+            raise ValueError(f"dictionary must be 'scowl' or 'web2', got {self.dictionary!r}")
         if self.sign not in ("auto", "activation", "weights"):
             raise ValueError(f"sign must be 'auto', 'activation' or 'weights', got {self.sign!r}")
 
@@ -292,7 +295,8 @@ def search_batch(
         model, attr.top_k(n_rows), k=settings.n_tokens, cache=decoded, readout=readout
     )
     table["interpretable"] = [
-        is_interpretable(t, min_words=settings.min_words) for t in table["tokens"]
+        is_interpretable(t, min_words=settings.min_words, dictionary=settings.dictionary)
+        for t in table["tokens"]
     ]
     table["decodes_to_target"] = [
         any(same_word(tok, kept[i].token) for tok in toks)
@@ -353,6 +357,7 @@ def find_multimodal_neurons(
     maps: bool = False,
     sign: SignRule = "auto",
     final_norm: bool | None = None,
+    dictionary: str = "scowl",
     verbose: bool = True,
 ) -> NeuronSearch:
     """Find each image's top-``k`` MLP units for its caption's first noun.
@@ -374,6 +379,7 @@ def find_multimodal_neurons(
         sign: How entries are oriented for decoding and maps (``"auto"``: ``sign(Z)`` on gated
             MLPs, ``+W_out`` on ungated ones; :mod:`~transformer_lens_mm.tools.readout`).
         final_norm: Decode through the final norm's scale (``None``: on gated MLPs only).
+        dictionary: The filter's word list: ``"scowl"`` (the paper's, S.2) or ``"web2"``.
         verbose: Progress bar.
 
     Example:
@@ -396,6 +402,7 @@ def find_multimodal_neurons(
         maps=maps,
         sign=sign,
         final_norm=final_norm,
+        dictionary=dictionary,
     )
     result = NeuronSearch(units=pd.DataFrame())
     units, items, map_parts, decoded = [], [], [], {}

@@ -185,3 +185,47 @@ def test_embedding_scale_is_sqrt_d_model_for_gemma_and_one_for_llama(tmp_path):
     llama = build_model(build_hf_lm(tmp_path / "tiny-llama", "llama"), "bridge")
     assert embedding_scale(gemma) == pytest.approx(32**0.5, rel=1e-5)
     assert embedding_scale(llama) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_the_filter_uses_the_papers_scowl_list():
+    """SCOWL en-US + en-GB at size 60 (supplement S.2), shipped with the package; Webster's
+    web2 (the earlier choice) stays available."""
+    import gzip
+    import hashlib
+    from importlib.resources import files
+
+    from transformer_lens_mm.tools.words import SCOWL_LIST, dictionary_words
+
+    raw = (files("transformer_lens_mm") / SCOWL_LIST).read_bytes()
+    assert hashlib.md5(raw).hexdigest() == "75b5162ccd6f36d1461a2a6f75b52071"
+    words = dictionary_words("scowl")
+    assert len(words) == len(gzip.decompress(raw).split()) == 85025
+    assert {"colour", "color", "realise", "realize", "fishes", "swimming"} <= words  # US + GB
+    assert all(len(w) >= 3 and w.isalpha() and w.islower() for w in list(words)[:5000])
+    # inflections are SCOWL's own entries: no lemma step; web2 needs one for "fishes"
+    assert is_dictionary_word(" fishes") and is_dictionary_word(" fishes", dictionary="web2")
+    web2_only = [
+        w for w in (" xenium", " zythum", " abaca") if is_dictionary_word(w, dictionary="web2")
+    ]
+    assert web2_only and not any(is_dictionary_word(w) for w in web2_only)
+    assert is_interpretable([" zythum"] * 7 + ["."] * 3, dictionary="web2")
+    assert not is_interpretable([" zythum"] * 7 + ["."] * 3)
+    with pytest.raises(ValueError, match="dictionary must be one of"):
+        dictionary_words("oed")
+
+
+def test_the_shipped_scowl_list_is_made_reproducibly(tmp_path):
+    """scripts/make_scowl_list.py on Debian's scowl package gives the shipped bytes."""
+    import subprocess
+    import sys
+    from importlib.resources import files
+    from pathlib import Path
+
+    from transformer_lens_mm.tools.words import SCOWL_LIST
+
+    if not Path("/usr/share/dict/scowl").is_dir():
+        pytest.skip("Debian's scowl package is not installed (apt-get install scowl)")
+    script = Path(__file__).resolve().parents[3] / "scripts" / "make_scowl_list.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True)
+    made = (tmp_path / "scowl-60-en-us-gb.txt.gz").read_bytes()
+    assert made == (files("transformer_lens_mm") / SCOWL_LIST).read_bytes()

@@ -95,6 +95,8 @@ class AnalysisConfig:
     readout_sign: str = "auto"
     # decode through the final norm's per-channel scale (None: on gated MLPs only)
     readout_final_norm: bool | None = None
+    # the interpretability filter's word list: "scowl" (the paper's, S.2) or "web2"
+    dictionary: str = "scowl"
 
     @property
     def units_to_rank(self) -> int:
@@ -126,6 +128,8 @@ class AnalysisConfig:
             raise ConfigError(f"cross_concept_ks must be >= 1, got {self.cross_concept_ks}")
         if not 0 < self.generic_share < 1:
             raise ConfigError(f"generic_share must be in (0, 1), got {self.generic_share}")
+        if self.dictionary not in ("scowl", "web2"):
+            raise ConfigError(f"dictionary must be 'scowl' or 'web2', got {self.dictionary!r}")
         if self.readout_sign not in ("auto", "activation", "weights"):
             raise ConfigError(
                 f"readout_sign must be 'auto', 'activation' or 'weights', got {self.readout_sign!r}"

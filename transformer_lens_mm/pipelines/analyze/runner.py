@@ -78,6 +78,7 @@ def _settings(config: AnalysisConfig) -> SearchSettings:
         max_new_tokens=config.max_new_tokens,
         sign=config.readout_sign,  # type: ignore[arg-type]
         final_norm=config.readout_final_norm,
+        dictionary=config.dictionary,
     )
 
 

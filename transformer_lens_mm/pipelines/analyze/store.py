@@ -59,7 +59,7 @@ __all__ = [
 _FREE_FIELDS = {"out", "num_workers", "feature_cache", "shard_batches", "ablation_chunk"}
 #: what a field missing from an older run's config.json meant then, where that differs from
 #: today's default: runs written before the sign-aware readout read every unit as +W_out
-_LEGACY = {"readout_sign": "weights", "readout_final_norm": False}
+_LEGACY = {"readout_sign": "weights", "readout_final_norm": False, "dictionary": "web2"}
 
 
 def check_same_run(out: Path, config: AnalysisConfig) -> None:
