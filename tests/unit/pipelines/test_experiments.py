@@ -1,6 +1,7 @@
 """Dataset experiments: layer distribution, IoU by category, category selectivity, texts vs
 captions."""
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -149,3 +150,83 @@ def test_texts_scored_against_own_and_re_paired_captions():
     assert soft_prompt_texts(soft).to_dict() == {"a": "one two", "b": "x"}
     with pytest.raises(ValueError, match="kind 'random'"):
         soft_prompt_texts(soft, "random")
+
+
+def test_table_1_protocol_max_over_units_and_mean_over_references():
+    """Sec. 2.2 / Table 1: each unit's BERTScore is the mean over the image's captions, the
+    image keeps its best unit; the baseline pairs units and captions of different images."""
+    from transformer_lens_mm.data.datasets import Item
+    from transformer_lens_mm.pipelines.experiments import unit_decoding_scores
+
+    pixels = np.zeros((4, 4, 3), dtype=np.uint8)
+    data = [
+        Item("a", pixels, captions=["a dog", "dog on grass"]),
+        Item("b", pixels, captions=["a cat"]),
+        Item("c", pixels, captions=["red ball"]),
+    ]
+    units = pd.DataFrame(
+        {
+            "item": ["a", "a", "a", "b", "c", "c"],
+            "layer": [0, 1, 1, 0, 2, 2],
+            "unit": [1, 2, 2, 3, 4, 4],
+            "sign": [1, 1, -1, 1, 1, 1],
+            "interpretable": [True, True, True, False, True, True],
+            "tokens": [[" dog"], [" grass", " dog"], [" cat"], [" cat"], [" ball"], [" ball"]],
+        }
+    )
+    table = unit_decoding_scores(units, data, bert=_overlap, interpretable_only=False, seed=0)
+    by_item = table.set_index("item")
+    # a: "dog" -> (1/2 + 1/3) / 2; "grass dog" -> (1/3 + 2/3) / 2 = 0.5 (the max); "cat" -> 0
+    assert by_item.loc["a", "bertscore"] == pytest.approx(0.5)
+    assert by_item.loc["a", "n_units"] == 3  # the unit read with both signs counts twice
+    assert by_item.loc["b", "bertscore"] == pytest.approx(1 / 2)
+    assert by_item.loc["c", "bertscore"] == pytest.approx(1 / 2)
+    # the baseline: each image's captions meet another image's units (best of them), by hand
+    texts = {"a": ["dog", "grass dog", "cat"], "b": ["cat"], "c": ["ball"]}
+    refs = {d.id: d.captions for d in data}
+
+    def best(i, j):  # image j's units against image i's captions
+        return max(float(_overlap([t] * len(refs[i]), refs[i]).mean()) for t in texts[j])
+
+    for i, got in zip(table["item"], table["bertscore_random_pair"]):
+        assert any(got == pytest.approx(best(i, j)) for j in texts if j != i)
+    only = unit_decoding_scores(units, data, bert=_overlap)  # the paper: interpretable only
+    assert "b" not in set(only["item"])
+    clip = lambda images, texts: torch.tensor([float(len(t)) for t in texts])  # noqa: E731
+    with_clip = unit_decoding_scores(units, data, clip=clip, interpretable_only=False)
+    assert with_clip.set_index("item").loc["a", "clipscore"] == len("grass dog")
+
+
+def test_table_2_protocol_and_the_ks_test():
+    """Sec. 3.1: each soft-prompt vector's nearest tokens as a text, scored per vector; the KS
+    test compares the image vectors' scores with the random vectors'."""
+    from scipy.stats import ks_2samp
+
+    from transformer_lens_mm.data.datasets import Item
+    from transformer_lens_mm.pipelines.experiments import soft_prompt_ks, soft_prompt_scores
+
+    data = [Item("a", None, captions=["a dog"]), Item("b", None, captions=["a cat", "cat"])]
+    soft = pd.DataFrame(
+        {
+            "item": ["a"] * 4 + ["b"] * 4,
+            "kind": ["image", "image", "random", "random"] * 2,
+            "patch": [0, 0, 0, 0] * 2,
+            "rank": [0, 1, 0, 1] * 2,
+            "token": [" dog", " a", " x", " y", " cat", " z", " cat", " q"],
+        }
+    )
+    scores = soft_prompt_scores(soft, data, bert=_overlap).set_index(["item", "kind"])
+    assert scores.loc[("a", "image"), "text"] == "dog a"
+    assert scores.loc[("a", "image"), "bertscore"] == pytest.approx(1.0)
+    assert scores.loc[("b", "image"), "bertscore"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert scores.loc[("a", "random"), "bertscore"] == 0.0
+    table = soft_prompt_scores(soft, data, bert=_overlap)
+    ks = soft_prompt_ks(table, "bertscore")
+    want = ks_2samp(
+        table[table.kind == "image"]["bertscore"], table[table.kind == "random"]["bertscore"]
+    )
+    assert ks["statistic"] == pytest.approx(want.statistic)
+    assert ks["pvalue"] == pytest.approx(want.pvalue)
+    assert ks["n_image"] == ks["n_random"] == 2
+    with pytest.raises(ValueError, match="no 'clipscore' column"):
+        soft_prompt_ks(table)
