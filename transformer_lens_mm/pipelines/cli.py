@@ -3,6 +3,7 @@
 tlmm demo --out runs/demo                 # the paper's analysis + controls, ~10 min on CPU
 tlmm demo --out runs/demo --lm gemma3     # on Gemma 3 270M instead of SmolLM2-135M
 tlmm demo --out runs/demo --quick         # a few scenes, for a smoke test
+tlmm power --out runs/power               # planted multimodal neurons: the tests' power
 """
 
 from __future__ import annotations
@@ -48,6 +49,21 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _power(args: argparse.Namespace) -> int:
+    from transformer_lens_mm.data.pretrained import load_demo_model
+    from transformer_lens_mm.pipelines.demo.config import prepare_output
+    from transformer_lens_mm.pipelines.power import QUICK_POWER, PowerConfig, power_check
+
+    out = prepare_output(args.out, args.overwrite)
+    config = PowerConfig(**(QUICK_POWER if args.quick else {}))
+    model = load_demo_model(args.api, lm=args.lm, scenes="natural")
+    result = power_check(model, config)
+    result.write(out)
+    print(result.recovery.round(3).to_string(index=False))
+    print(f"tables and summary.json: {out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tlmm`` console script."""
     parser = argparse.ArgumentParser(prog="tlmm", description=__doc__.splitlines()[0])
@@ -88,6 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="check the config and print the plan; load no weights, read no data",
     )
     analyze.set_defaults(run=_analyze)
+    power = sub.add_parser(
+        "power",
+        help="plant known multimodal neurons and measure how often the tests find them",
+        description="Plant units that read a concept in the image tokens and write c into the "
+        "demo LM, run the unchanged pipeline with and without them on held-out scenes, and "
+        "write each test's recovery rate (and its rate on the unplanted slots) to --out.",
+    )
+    power.add_argument("--out", required=True, help="output folder (must not exist)")
+    power.add_argument("--overwrite", action="store_true", help="reuse an existing --out folder")
+    power.add_argument("--lm", choices=["gemma3", "smollm2"], default="smollm2")
+    power.add_argument("--api", choices=["hooked", "bridge"], default=None)
+    power.add_argument("--quick", action="store_true", help="2 concepts, few scenes (smoke test)")
+    power.set_defaults(run=_power)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
