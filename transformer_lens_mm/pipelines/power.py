@@ -137,6 +137,7 @@ class PowerResult:
     per_image: pd.DataFrame  # per (run, planted unit, evaluation image): the tests' outcomes
     base_rates: pd.DataFrame  # per run: images where any unit passes (the demo's measure)
     ablation: pd.DataFrame  # per (run, planted unit, image): rel p(c) with the unit zeroed
+    selectivity: pd.DataFrame = field(default_factory=pd.DataFrame)  # category_selectivity, per run
     config: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -152,7 +153,8 @@ class PowerResult:
         """Write every table (CSV) and ``summary.json`` into ``out``, each file atomically."""
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("plants", "recovery", "per_unit", "per_image", "base_rates", "ablation"):
+        names = ("plants", "recovery", "per_unit", "per_image", "base_rates", "ablation")
+        for name in (*names, "selectivity"):
             table = getattr(self, name)
             atomic_write(out / f"{name}.csv", lambda tmp, t=table: t.to_csv(tmp, index=False))
         text = json.dumps(self.summary(), indent=1, default=float)
@@ -318,7 +320,7 @@ def _evaluate(
     truth: dict[str, str],
     run: str,
     verbose: bool,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, ...]:
     """The unchanged pipeline on the evaluation scenes; the tests' outcomes per plant."""
     settings = SearchSettings(
         k=config.k, max_new_tokens=config.max_new_tokens, maps=False, sign=config.sign
@@ -463,7 +465,13 @@ def _evaluate(
             ("other concepts", [i.id for i in evaluation if truth[i.id] not in planted_concepts]),
         )
     ]
-    return per_image, pd.DataFrame(unit_rows), ablation, pd.DataFrame(base)
+    return (
+        per_image,
+        pd.DataFrame(unit_rows),
+        ablation,
+        pd.DataFrame(base),
+        selectivity.assign(run=run),
+    )
 
 
 def _recovery(per_image: pd.DataFrame, per_unit: pd.DataFrame) -> pd.DataFrame:
@@ -543,6 +551,7 @@ def power_check(
     per_unit = pd.concat([p[1] for p in parts.values()], ignore_index=True)
     ablation = pd.concat([p[2] for p in parts.values()], ignore_index=True)
     base = pd.concat([p[3] for p in parts.values()], ignore_index=True)
+    selectivity = pd.concat([p[4] for p in parts.values()], ignore_index=True)
     plant_table = pd.DataFrame(
         [
             {
@@ -574,6 +583,7 @@ def power_check(
         per_image=per_image,
         base_rates=base,
         ablation=ablation,
+        selectivity=selectivity,
         config={
             **dataclasses.asdict(config),
             "layers": layers,

@@ -12,7 +12,7 @@ of random units drawn from the same layers, for every k, by stacking all conditi
 batch dimension (one forward per chunk of conditions, not one per condition).
 
 Example:
-    >>> with ablated(model, [(5, 9058), (7, 12)]):  # doctest: +SKIP
+    >>> with ablated(model, [(12, 9058), (7, 12)]):  # doctest: +SKIP
     ...     logits = model(batch)
 """
 
@@ -387,7 +387,7 @@ def captions_under_ablation(
             (``max_new_tokens``, ``fwd_hooks``, ...).
 
     Example:
-        >>> caps = captions_under_ablation(model, images, [(5, 9058)])  # doctest: +SKIP
+        >>> caps = captions_under_ablation(model, images, [(12, 9058)])  # doctest: +SKIP
     """
     if batch is None:
         batch = model.prepare_inputs(

@@ -10,7 +10,7 @@ Example:
     >>> attr = attribute(model, batch, target_ids)  # doctest: +SKIP
     >>> decode_unit_table(model, attr.top_k(100))  # doctest: +SKIP
        image  rank  layer  unit  position     score  activation            tokens
-    0      0     0      5  9058        17  0.412...    1.93...  [ water, fish, ...]
+    0      0     0     12  9058        17  0.412...    1.93...  [ water, fish, ...]
 """
 
 from __future__ import annotations

@@ -282,7 +282,7 @@ def unit_token_ranks(
 
     Example:
         >>> water = model.to_single_token(" water")  # doctest: +SKIP
-        >>> unit_token_ranks(model, [(5, 9058)], [water], signs=[2.1])  # doctest: +SKIP
+        >>> unit_token_ranks(model, [(12, 9058)], [water], signs=[2.1])  # doctest: +SKIP
         tensor([0])
     """
     if len(units) != len(token_ids):

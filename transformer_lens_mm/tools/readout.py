@@ -29,7 +29,7 @@ LayerNorm's centring) are left out: they do not change which tokens a direction 
 Example:
     >>> readout_for(smollm2_model)  # doctest: +SKIP
     Readout(signed=True, final_norm=True)
-    >>> vecs = unit_write_vectors(model, 5, [9058], signs=[-1.3])  # doctest: +SKIP
+    >>> vecs = unit_write_vectors(model, 12, [9058], signs=[-1.3])  # doctest: +SKIP
     >>> vecs.shape  # doctest: +SKIP
     torch.Size([1, 576])
 """
