@@ -15,9 +15,13 @@ args = parse_args(__doc__)
 model = load_toy_model(args.api, cache=args.toy)
 images, _, _ = make_dataset(4, seed=1)
 
-for (layer, unit), tokens in zip([(0, 3), (1, 7)], decode_units(model, [(0, 3), (1, 7)], k=10)):
-    words = [t for t, _ in tokens]
-    print(f"L{layer}.u{unit}: {words} interpretable={is_interpretable(words)}")
+# The toy LM is a Llama: its gated MLP gives a unit no sign of its own, so a decoding is of the
+# direction the unit writes at an entry, sign(Z) * W_out[k] (docs/readout.md). A search takes
+# the sign of Z at each entry; here both directions of two units are read explicitly.
+for layer, unit in [(0, 3), (1, 7)]:
+    for sign, tokens in zip((1, -1), decode_units(model, [(layer, unit)] * 2, signs=[1, -1])):
+        words = [t for t, _ in tokens]
+        print(f"L{layer}.u{unit} ({sign:+d}): {words} interpretable={is_interpretable(words)}")
 
 _, cache = model.run_with_cache(images=images)
 soft = cache[hook_names.IMAGE_EMBED]

@@ -30,9 +30,12 @@ from transformer_lens_mm.pipelines.experiments import (
     ablation_caption_summary,
     layer_distribution,
     score_texts,
+    soft_prompt_ks,
+    soft_prompt_scores,
     soft_prompt_summary,
     soft_prompt_texts,
     spatial_iou_by_category,
+    unit_decoding_scores,
     unit_decoding_texts,
 )
 from transformer_lens_mm.tools.ablation import ablation_curve
@@ -45,6 +48,9 @@ def main() -> None:
     parser.add_argument("--bert", help="BERTScore model folder or hub name")
     parser.add_argument("--clip", help="CLIP model folder or hub name for CLIPScore")
     parser.add_argument("--iou-images", type=int, default=100, help="images for the IoU step")
+    parser.add_argument(
+        "--table2-images", type=int, default=8, help="images whose soft prompts are scored"
+    )
     args = parser.parse_args()
     out = Path(args.run)
     config = json.loads((out / "config.json").read_text())
@@ -106,6 +112,24 @@ def main() -> None:
             k: v.drop(columns=["item", "text", "caption"]).mean() for k, v in text_scores.items()
         }
         print(pd.DataFrame(means).T.round(4).to_string())
+        print("== Table 1 protocol: per image the max over its interpretable units (sec. 2.2)")
+        try:
+            table1 = unit_decoding_scores(units, data, bert=bert, clip=clip, items=items)
+            print(table1.drop(columns=["item"]).mean().round(4).to_string())
+        except ValueError as err:
+            print(f"(skipped: {err})")
+        if soft is not None:
+            first = set(items["item"].head(args.table2_images))
+            scores = soft_prompt_scores(
+                soft[soft["item"].isin(first)], data, bert=bert, clip=clip, items=items
+            )
+            metric = "clipscore" if clip is not None else "bertscore"
+            print(f"== Table 2 protocol: soft prompts vs random vectors, {metric}, KS test")
+            for reduce in (None, "mean", "max"):
+                ks = soft_prompt_ks(scores, metric, reduce=reduce)
+                print(
+                    f"per {reduce or 'vector'}: " + ", ".join(f"{k} {v:.4g}" for k, v in ks.items())
+                )
 
     page = analysis_report(out, data, iou=iou, text_scores=text_scores or None)
     print(f"report: {page}")

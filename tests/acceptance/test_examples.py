@@ -76,6 +76,9 @@ def test_dataset_experiments_example_on_a_cli_run(tmp_path):
         "soft prompts vs random",
         "spatial selectivity",
         "bertscore",
+        "Table 1 protocol",
+        "Table 2 protocol",
+        "statistic",
     ):
         assert heading in stdout, stdout[-2000:]
     page = (tmp_path / "run" / "report.html").read_text()
