@@ -141,3 +141,31 @@ def test_shipped_gemma_projection_names_natural_objects(gemma_dir):
     caps = generate_captions(model, [s.image for s in scenes], max_new_tokens=8)
     named = sum(s.objects[0].shape in c for s, c in zip(scenes, caps.texts))
     assert named / len(scenes) >= 0.5, list(zip(caps.texts, [s.short_caption for s in scenes]))
+
+
+@pytest.mark.slow
+@needs_gemma
+@pytest.mark.parametrize("api", APIS)
+def test_the_readout_uses_gemmas_effective_norm_scales(hf, api):
+    """The unit readout through Gemma 3's post-feedforward norm and final norm: HF multiplies by
+    (1 + weight); TL 3.9's converted HookedTransformer stores 1 + weight. Both APIs give the
+    write computed by hand from the Hugging Face weights."""
+    from transformer_lens_mm.tools.decoding import decode_units
+    from transformer_lens_mm.tools.readout import final_norm_scale, unit_write_vectors
+
+    model_hf, _ = hf
+    tl = pretrained.load_gemma3(api)
+    final = 1 + model_hf.model.norm.weight.detach().float()
+    torch.testing.assert_close(final_norm_scale(tl), final)
+    layer = model_hf.model.layers[9]
+    post = 1 + layer.post_feedforward_layernorm.weight.detach().float()
+    w_out = layer.mlp.down_proj.weight.detach().float().T  # [d_mlp, d_model]
+    got = unit_write_vectors(tl, 9, [11, 700], signs=[-0.3, 1.2])
+    want = torch.stack([-w_out[11], w_out[700]]) * post * final
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    # Gemma's final-norm scales are far from 1: reading the raw weight decodes other tokens
+    assert (final - 1).abs().max() > 1
+    decoded = decode_units(tl, [(9, 700)], signs=[1.2], k=5)[0]
+    logits = want[1] @ tl.W_U.detach().float()
+    logits[tl.tokenizer.all_special_ids] = float("-inf")
+    assert [t for t, _ in decoded] == [tl.tokenizer.decode([i]) for i in logits.topk(5).indices]

@@ -45,7 +45,11 @@ from transformer_lens_mm.core.paper import CATEGORY_UNITS, REGION_QUANTILE
 from transformer_lens_mm.data.datasets import Item
 from transformer_lens_mm.tools.decoding import unit_token_ranks, vocab_mask
 from transformer_lens_mm.tools.readout import readout_for
-from transformer_lens_mm.tools.spatial import image_mlp_activations, spatial_selectivity
+from transformer_lens_mm.tools.spatial import (
+    image_mlp_activations,
+    spatial_ceiling,
+    spatial_selectivity,
+)
 from transformer_lens_mm.tools.specificity import selectivity_by_class, specificity_ratio
 from transformer_lens_mm.tools.stats import ci_half_width
 from transformer_lens_mm.tools.units import random_units_like, units_of
@@ -53,6 +57,7 @@ from transformer_lens_mm.tools.words import is_dictionary_word, same_word
 
 __all__ = [
     "ablation_caption_summary",
+    "add_spatial_ceiling",
     "category_selectivity",
     "controls_summary",
     "decoding_target_ranks",
@@ -219,6 +224,31 @@ def spatial_iou_by_category(
     out = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     out.attrs["unmatched"] = unmatched
     return out
+
+
+def add_spatial_ceiling(
+    spatial: pd.DataFrame,
+    data: Sequence[Item],
+    grid_size: tuple[int, int],
+    *,
+    q: float = REGION_QUANTILE,
+) -> pd.DataFrame:
+    """``spatial`` (a :func:`spatial_iou_by_category` table) with each image's ceilings: the
+    best IoU a patch map on ``grid_size`` reaches on its mask (``map_ceiling``) and the bound of
+    a ``1 - q`` region (``size_ceiling``; :func:`~transformer_lens_mm.tools.spatial.
+    spatial_ceiling`), to read the measured IoUs against.
+    """
+    if spatial.empty:
+        return spatial
+    by_id = {d.id: d for d in data}
+    pairs = spatial[["item", "category"]].drop_duplicates().reset_index(drop=True)
+    masks = [by_id[i].masks()[c] for i, c in zip(pairs["item"], pairs["category"])]
+    ceilings = spatial_ceiling(masks, grid_size, q=q)[["map_ceiling", "size_ceiling"]]
+    pairs = pd.concat([pairs, ceilings], axis=1)
+    out = spatial.drop(columns=["map_ceiling", "size_ceiling"], errors="ignore")
+    merged = out.merge(pairs, on=["item", "category"], how="left")
+    merged.attrs = spatial.attrs
+    return merged
 
 
 def _unit_key(row: Any) -> tuple[int, int, int]:
@@ -731,11 +761,17 @@ def controls_summary(
             .unstack("kind")
         )
         n_img = spatial.groupby("category")["item"].nunique()
+        ceiling = (
+            spatial.drop_duplicates(["item", "category"]).groupby("category")["map_ceiling"].mean()
+            if "map_ceiling" in spatial
+            else pd.Series(dtype=float)
+        )
         by_concept = {
             str(c): {
                 "top": _r(row.get("top")),
                 "random": _r(row.get("random")),
                 "n_images": int(n_img[c]),
+                **({"map_ceiling": _r(ceiling[c])} if c in ceiling else {}),
             }
             for c, row in per.iterrows()
         }

@@ -53,7 +53,7 @@ from transformer_lens_mm.pipelines.experiments import (
     spatial_iou_by_category,
 )
 from transformer_lens_mm.pipelines.search import BatchSearch, SearchSettings, search_batch
-from transformer_lens_mm.tools.ablation import ablation_sweep
+from transformer_lens_mm.pipelines.steps import unit_effect_step
 from transformer_lens_mm.tools.attribution import frozen_parameters, last_position_metric
 from transformer_lens_mm.tools.decoding import unit_token_ranks
 from transformer_lens_mm.tools.planting import (
@@ -92,7 +92,7 @@ class PowerConfig:
         ("unembedding+carried", 1.0),
         ("unembedding+carried", 4.0),
     )
-    n_random: int = 2  # random same-layer units per image (IoU) and per ablation
+    n_random: int = 2  # random same-layer units per image (IoU; the ablation uses one)
     max_new_tokens: int = 8  # caption length
     batch_size: int = 8
     seed: int = 0  # which unit slots are replaced
@@ -353,35 +353,35 @@ def _evaluate(
         n_units=CATEGORY_UNITS,
         batch_size=config.batch_size,
     )
-    # each planted slot zeroed alone on every evaluation image, against random same-layer units
+    # each planted slot zeroed alone on every evaluation image, against a random same-layer
+    # unit (the pipeline's single-unit step)
+    slots = [(p.layer, p.unit) for p in plants]
+    concept_of = {(p.layer, p.unit): p.concept for p in plants}
     ablations = []
-    for p in tqdm(plants, desc=f"{run}: ablation", disable=not verbose):
-        for b, found in enumerate(searches):
-            if not len(found):
-                continue
-            sweep = ablation_sweep(
-                model,
-                found.inputs,
-                [t.token_id for t in found.targets],
-                [[(p.layer, p.unit)]] * len(found),
-                ks=(0, 1),
-                n_random=config.n_random,
-                seed=1000 * b,
+    for b, found in enumerate(
+        tqdm(searches, desc=f"{run}: ablation", disable=not verbose or not searches)
+    ):
+        if not len(found):
+            continue
+        effects = unit_effect_step(
+            model, found, {item: slots for item, _, _ in found.rows}, seed=1000 * b
+        )
+        wide = effects.pivot_table(
+            index=["item", "layer", "unit"], columns="kind", values="rel_p", aggfunc="mean"
+        ).reset_index()
+        for r in wide.itertuples():
+            ablations.append(
+                {
+                    "run": run,
+                    "layer": int(r.layer),
+                    "unit": int(r.unit),
+                    "plant_concept": concept_of[(int(r.layer), int(r.unit))],
+                    "item": r.item,
+                    "image_concept": truth[r.item],
+                    "rel_p": float(r.top),
+                    "rel_p_random": float(r.random),
+                }
             )
-            sweep = sweep[sweep["k"] == 1].groupby(["image", "kind"])["rel_p"].mean().unstack()
-            for i, (item, _, _) in enumerate(found.rows):
-                ablations.append(
-                    {
-                        "run": run,
-                        "layer": p.layer,
-                        "unit": p.unit,
-                        "plant_concept": p.concept,
-                        "item": item,
-                        "image_concept": truth[item],
-                        "rel_p": float(sweep.loc[i, "top"]),
-                        "rel_p_random": float(sweep.loc[i, "random"]),
-                    }
-                )
     ablation = pd.DataFrame(ablations)
     # the tests, per (plant, evaluation image of its concept)
     target_of = dict(zip(items["item"], items["target_id"]))

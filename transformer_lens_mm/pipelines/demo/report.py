@@ -104,7 +104,8 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
             "Spatial IoU with the named object",
             _num(iou.get("top", {}).get("mean"), "{:.3f}"),
             f"random units {_num(iou.get('random', {}).get('mean'), '{:.3f}')}; top > random in "
-            f"{controls.get('concepts_iou_top_above_random', 'n/a')} concepts",
+            f"{controls.get('concepts_iou_top_above_random', 'n/a')} concepts; the best a map "
+            f"on the patch grid reaches: {_num(iou.get('ceiling', {}).get('map'), '{:.3f}')}",
             f"Overlap of each top unit's {config.quantile}-quantile patch region with the mask "
             "of what c names (objects and background regions).",
             checks[names[1]]["met"],

@@ -56,6 +56,7 @@ from transformer_lens_mm.pipelines.demo.config import PHOTOS, DemoConfig, prepar
 from transformer_lens_mm.pipelines.demo.report import card_groups, write_report
 from transformer_lens_mm.pipelines.demo.summary import describe_model, summarise, summary_text
 from transformer_lens_mm.pipelines.experiments import (
+    add_spatial_ceiling,
     category_selectivity,
     decoding_target_ranks,
     spatial_iou_by_category,
@@ -358,6 +359,10 @@ def run_demo(
         )
     else:
         steps.update()
+    if model.image_encoder is not None:  # the best IoU a map on the grid reaches on each mask
+        spatial = add_spatial_ceiling(
+            spatial, items, tuple(model.image_encoder.grid_size), q=config.quantile
+        )
     _write_csv(out, "spatial.csv", spatial)
     selectivity = step(
         "category selectivity",

@@ -85,6 +85,13 @@ def summarise(
                 "ci95": round(half, 4),
                 "n_images": len(per_image),
             }
+        if "map_ceiling" in from_caption:  # the best a patch map on the grid reaches
+            per_item = from_caption.drop_duplicates("item")
+            iou["ceiling"] = {
+                "map": round(float(per_item["map_ceiling"].mean()), 4),
+                "size": round(float(per_item["size_ceiling"].mean()), 4),
+                "n_images": len(per_item),
+            }
     final = lens[(lens["rank"] == 0) & (lens["layer"] == lens["layer"].max())]
     first_top1 = (
         lens[(lens["rank"] == 0) & (lens["target_rank"] == 0)].groupby("item")["layer"].min()
@@ -217,6 +224,11 @@ def summary_text(summary: dict[str, Any]) -> str:
         lines.append(
             f"spatial IoU: top {iou['top']['mean']:.3f} +- {iou['top']['ci95']:.3f} vs random "
             f"{iou['random']['mean']:.3f} +- {iou['random']['ci95']:.3f}"
+            + (
+                f" (ceiling of a map on the grid: {iou['ceiling']['map']:.3f})"
+                if "ceiling" in iou
+                else ""
+            )
         )
     abl = summary["ablation_rel_p"]
     if "top" in abl:
