@@ -127,3 +127,22 @@ def test_unit_cards_soft_prompts_ablation_captions_and_intervals_are_written_onc
         "transformer_lens_mm.tools.specificity",
     ]
     assert calls("NormalDist") == ["transformer_lens_mm.tools.stats"]
+
+
+def test_a_units_output_weights_are_read_in_one_place():
+    """Every readout of a unit goes through tools.readout (sign and norm rules in one place):
+    no other module touches ``W_out`` except to write planted rows and to lay weights out."""
+    allowed = {
+        "transformer_lens_mm.tools.readout",
+        "transformer_lens_mm.tools.planting",  # writes rows, reads none
+        "transformer_lens_mm.fast.weights",  # memory layout only
+    }
+    users = set()
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr == "W_out") or (
+                isinstance(node, ast.Constant) and node.value == "W_out"
+            ):
+                users.add(name)
+    assert users <= allowed, sorted(users - allowed)
+    assert "transformer_lens_mm.tools.readout" in users
