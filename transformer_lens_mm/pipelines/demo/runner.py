@@ -18,8 +18,9 @@ concept-specific units from generic ones:
 4. spatial selectivity per concept: IoU of each top unit's 0.95-quantile patch region with the
    mask of the object ``c`` names, against random same-layer units; and the same for background
    concepts (each scene's largest region, sky/grass/water/wall/floor, as the explicit ``c``);
-5. category selectivity: each concept's most frequent units, their peak activation on held-out
-   one-object images of every concept;
+5. category selectivity (supplement S.4): each concept's 20 most frequent interpretable units,
+   their mean signed activation over the patches of held-out one-object images of every
+   concept;
 6. the ablation sweep (top-k vs random units of the same layers, for every k);
 7. same- vs cross-concept ablation: each image's top-k zeroed on images of other concepts;
 8. generic units (top for the images of most concepts) and per-concept specificity;
