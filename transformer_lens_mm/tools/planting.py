@@ -177,7 +177,12 @@ def design_plant(
             scale = scale * s.double().cpu()
     w = w_u * scale
     w = w / w.norm()
+    facts = {}
     if carried is not None:
+        # how far what later layers carry to c is from c's own unembedding direction
+        facts["cos_carried_unembedding"] = float(
+            torch.nn.functional.cosine_similarity(carried.double().cpu(), w_u, dim=0)
+        )
         post = post_mlp_norm_scale(model, layer)
         g = carried.double().cpu() * (post.double().cpu() if post is not None else 1.0)
         w = w + g / g.norm()
@@ -195,7 +200,13 @@ def design_plant(
         gate=gate.float(),
         up=up.float(),
         out=out.float(),
-        facts={"separability_auc": auc, "z_target": float(z_target), "out_norm": r, "t": t},
+        facts={
+            "separability_auc": auc,
+            "z_target": float(z_target),
+            "out_norm": r,
+            "t": t,
+            **facts,
+        },
     )
 
 

@@ -31,6 +31,12 @@ def test_a_planted_unit_fires_on_its_patches_writes_c_and_is_removed(lm_dirs, ap
         for s in (1, -1)
     ]
     assert plants[0].facts["separability_auc"] > 0.95
+    # a unit that also writes a carried direction: its output row is the sum of both directions
+    carried = torch.randn(x.shape[-1], generator=gen)
+    both = design_plant(model, 1, 7, x_obj, x[~obj], token_id=dog, z_target=2.0, carried=carried)
+    expect = plants[0].out / plants[0].out.norm() + carried / carried.norm()
+    cos = torch.nn.functional.cosine_similarity(both.out, expect, dim=0)
+    assert float(cos) > 0.999 and "cos_carried_unembedding" in both.facts
     before = model(batch).detach()
     w_out = model.blocks[1].mlp.W_out[7].detach().clone()
     logits = []
