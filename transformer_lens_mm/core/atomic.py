@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_csv", "atomic_write"]
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> Path:
@@ -32,3 +34,21 @@ def atomic_write(target: str | os.PathLike, write: Callable[[str], object]) -> P
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def atomic_csv(target: str | os.PathLike, table: Any) -> Path:
+    """Write a pandas table as CSV, atomically, so that ``pandas.read_csv`` gives it back:
+    every text field is quoted, so tokens such as a bare carriage return, a newline, a quote or
+    a comma stay inside their field (pandas' default quotes only a few of them, and a bare
+    ``\\r`` split the demo's soft-prompt rows).
+
+    Example:
+        >>> import pandas as pd, tempfile
+        >>> t = pd.DataFrame({"token": ["\\r", "a,b", '"'], "rank": [0, 1, 2]})
+        >>> path = atomic_csv(Path(tempfile.mkdtemp()) / "t.csv", t)
+        >>> pd.read_csv(path, keep_default_na=False).equals(t)
+        True
+    """
+    return atomic_write(
+        target, lambda tmp: table.to_csv(tmp, index=False, quoting=csv.QUOTE_NONNUMERIC)
+    )

@@ -43,7 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 import transformer_lens_mm.core.hook_names as hook_names
-from transformer_lens_mm.core.atomic import atomic_write
+from transformer_lens_mm.core.atomic import atomic_csv, atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.paper import CATEGORY_UNITS, TOP_K
 from transformer_lens_mm.data.datasets import Item, SceneDataset
@@ -156,7 +156,7 @@ class PowerResult:
         names = ("plants", "recovery", "per_unit", "per_image", "base_rates", "ablation")
         for name in (*names, "selectivity"):
             table = getattr(self, name)
-            atomic_write(out / f"{name}.csv", lambda tmp, t=table: t.to_csv(tmp, index=False))
+            atomic_csv(out / f"{name}.csv", table)
         text = json.dumps(self.summary(), indent=1, default=float)
         atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
         return out

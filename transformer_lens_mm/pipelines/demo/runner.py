@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from transformer_lens_mm.core.atomic import atomic_write
+from transformer_lens_mm.core.atomic import atomic_csv, atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.data.datasets import Item, SceneDataset
 from transformer_lens_mm.data.natural_scenes import BACKGROUND_REGIONS, NOUNS, NaturalSceneSet
@@ -78,7 +78,7 @@ __all__ = ["run_demo"]
 
 
 def _write_csv(out: Path, name: str, df: pd.DataFrame) -> None:
-    atomic_write(out / name, lambda tmp: df.to_csv(tmp, index=False))
+    atomic_csv(out / name, df)
 
 
 def _write_json(path: Path, obj: Any) -> None:
