@@ -151,8 +151,7 @@ def decoding_target_ranks(
             [(la, u) for _, la, u, _ in todo],
             [tid] * len(todo),
             signs=[sg for *_, sg in todo],
-            sign="activation" if readout.signed else "weights",
-            final_norm=readout.final_norm,
+            readout=readout,
         )
         rows += [(item, *entry, int(r)) for entry, r in zip(todo, ranks.tolist())]
     table = pd.DataFrame(rows, columns=["item", "kind", "layer", "unit", "sign", "target_rank"])
@@ -249,10 +248,6 @@ def add_spatial_ceiling(
     merged = out.merge(pairs, on=["item", "category"], how="left")
     merged.attrs = spatial.attrs
     return merged
-
-
-def _unit_key(row: Any) -> tuple[int, int, int]:
-    return int(row.layer), int(row.unit), int(getattr(row, "sign", 1))
 
 
 def category_selectivity(
@@ -445,6 +440,14 @@ def soft_prompt_texts(soft: pd.DataFrame, kind: str = "image", *, rank: int = 0)
     return texts.rename("text")
 
 
+def _derangement(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    other = np.empty(n, dtype=int)
+    other[perm] = np.roll(perm, 1)  # nobody keeps its own partner
+    return other
+
+
 def score_texts(
     texts: pd.Series,
     items: pd.DataFrame,
@@ -480,10 +483,7 @@ def score_texts(
     n = len(table)
     if n < 2:
         raise ValueError(f"need at least 2 items with a text and a caption, got {n}")
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    other = np.empty(n, dtype=int)
-    other[perm] = np.roll(perm, 1)  # a derangement: nobody keeps its own partner
+    other = _derangement(n, seed)
     if bert is not None:
         table["bertscore"] = np.asarray(bert(table["text"].tolist(), table["caption"].tolist()))
         table["bertscore_random_pair"] = np.asarray(
@@ -506,14 +506,6 @@ def _references(item: Item, items: pd.DataFrame | None) -> list[str]:
         cap = items.set_index("item")["caption"].get(item.id)
         refs = [cap] if isinstance(cap, str) and cap else []
     return refs
-
-
-def _derangement(n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    other = np.empty(n, dtype=int)
-    other[perm] = np.roll(perm, 1)  # nobody keeps its own partner
-    return other
 
 
 def unit_decoding_scores(

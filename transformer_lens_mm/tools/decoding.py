@@ -162,6 +162,7 @@ def decode_units(
     k: int = DECODED_TOKENS,
     sign: SignRule = "auto",
     final_norm: bool | None = None,
+    readout: Readout | None = None,
     mask_special: bool = True,
 ) -> list[list[tuple[str, float]]]:
     """Top-``k`` tokens of each unit's write through the unembedding (the paper's decoding).
@@ -179,6 +180,8 @@ def decode_units(
         sign: ``"auto"``, ``"activation"`` or ``"weights"`` (:data:`~transformer_lens_mm.tools.
             readout.SignRule`).
         final_norm: Apply the final norm's effective scale (``None``: on gated MLPs only).
+        readout: A resolved readout (:func:`~transformer_lens_mm.tools.readout.readout_for`),
+            instead of ``sign`` and ``final_norm``.
         mask_special: Never decode special tokens (and always skip unused vocabulary rows).
 
     Returns:
@@ -191,7 +194,7 @@ def decode_units(
     keep = vocab_mask(model, special_tokens=mask_special)
     if k < 1 or k > int(keep.sum()):
         raise ValueError(f"k={k} must be between 1 and the {int(keep.sum())} decodable tokens")
-    readout = readout_for(model, sign=sign, final_norm=final_norm)
+    readout = readout or readout_for(model, sign=sign, final_norm=final_norm)
     results: dict[int, list[tuple[str, float]]] = {}
     text: dict[int, str] = {}  # token id -> its string, decoded once
     for part, logits in _unit_logit_chunks(model, units, signs, readout, keep):
@@ -252,8 +255,7 @@ def decode_unit_table(
             [(la, u) for la, u, _ in todo],
             signs=[s for *_, s in todo] if readout.signed else None,
             k=k,
-            sign="activation" if readout.signed else "weights",
-            final_norm=readout.final_norm,
+            readout=readout,
         )
         for key, toks in zip(todo, decoded):
             cache[(*key, k, readout)] = [t for t, _ in toks]
@@ -272,10 +274,12 @@ def unit_token_ranks(
     signs: Any = None,
     sign: SignRule = "auto",
     final_norm: bool | None = None,
+    readout: Readout | None = None,
     mask_special: bool = True,
 ) -> Int[Tensor, " n_units"]:
     """Rank (0 = first) of ``token_ids[i]`` in the decoding of ``units[i]``'s write (with its
-    sign ``signs[i]`` on gated MLPs; see :func:`decode_units`).
+    sign ``signs[i]`` on gated MLPs; ``sign``, ``final_norm`` or ``readout`` as in
+    :func:`decode_units`).
 
     Only decodable tokens are ranked (special tokens and unused rows are skipped, as in
     :func:`decode_units`), so rank 0 means ``decode_units(...)[i][0]`` is that token.
@@ -296,7 +300,7 @@ def unit_token_ranks(
         raise ValueError("a token id is a special or unused token that decodings never rank")
     if not len(units):
         return torch.zeros(0, dtype=torch.long)
-    readout = readout_for(model, sign=sign, final_norm=final_norm)
+    readout = readout or readout_for(model, sign=sign, final_norm=final_norm)
     ranks = torch.zeros(len(units), dtype=torch.long)
     for part, logits in _unit_logit_chunks(model, units, signs, readout, keep):
         own = logits.gather(1, tids[part, None].to(logits.device))
