@@ -40,7 +40,7 @@ def build_hf_lm(folder: Path, kind: str = "gptj", seed: int = 0, **overrides) ->
         cfg = GPTJConfig(**{**base, **common, **overrides})
         model = GPTJForCausalLM(cfg)
     elif kind == "llama":
-        cfg = LlamaConfig(
+        base = dict(
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
@@ -48,8 +48,8 @@ def build_hf_lm(folder: Path, kind: str = "gptj", seed: int = 0, **overrides) ->
             num_key_value_heads=2,
             max_position_embeddings=64,
             tie_word_embeddings=False,
-            **{**common, **overrides},
         )
+        cfg = LlamaConfig(**{**base, **common, **overrides})
         model = LlamaForCausalLM(cfg)
     elif kind == "gemma3":  # scaled embeddings, q/k norms, sandwich norms, sliding windows
         cfg = Gemma3TextConfig(

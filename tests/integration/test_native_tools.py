@@ -197,3 +197,37 @@ def test_tl_projector_hooks_see_the_same_tensors_as_ours(model):
         ("vision_projector.hook_vision_proj_out", hook_names.IMAGE_EMBED),
     ):  # Qwen2.5-VL's merger sees every image's patches flattened into one sequence
         assert torch.equal(cache[tl_name].reshape(cache[ours].shape), cache[ours])
+
+
+def test_knockout_of_every_image_to_text_flow_makes_the_text_blind(model):
+    """Image -> text attention cut in every layer: the last position's logits no longer depend
+    on the image (and do without the cut)."""
+    from transformer_lens_mm.tools.knockout import knocked_out, knockout_table, position_groups
+
+    batch = model.prepare_inputs(random_images(2, seed=7), prompts=["a picture of"] * 2)
+    groups = position_groups(batch)
+    text = groups["prompt"] | groups["last"]
+    cut = text[:, :, None] & groups["image"][:, None, :]
+    n = int(model.cfg.n_layers)
+    rows = torch.arange(2)
+    with torch.no_grad():
+        free = model(batch)[rows, batch.last_positions]
+        with knocked_out(model, dict.fromkeys(range(n), cut)):
+            blind = model(batch)[rows, batch.last_positions]
+    assert (free[0] - free[1]).abs().max() > 1e-3
+    torch.testing.assert_close(blind[0], blind[1], atol=1e-4, rtol=1e-4)
+    table = knockout_table(model, batch, window=1, n_controls=1)
+    assert set(table.source) == {"image", "prompt"} and len(table) == 3 * n * 2 * 2
+
+
+def test_knockout_of_single_heads_where_hugging_face_computes_attention(model):
+    from transformer_lens_mm.core.errors import UnsupportedModelError
+    from transformer_lens_mm.tools.knockout import _delegating_attention, knockout_table
+
+    batch = model.prepare_inputs(random_images(1))
+    if _delegating_attention(model, 0) is None:
+        table = knockout_table(model, batch, window=1, heads=[0], n_controls=0)
+        assert len(table) == 3 * int(model.cfg.n_layers)
+    else:
+        with pytest.raises(UnsupportedModelError, match="whole layers"):
+            knockout_table(model, batch, window=1, heads=[0])

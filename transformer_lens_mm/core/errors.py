@@ -13,14 +13,19 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "CorpusError",
     "CorruptWeightsError",
+    "HookShapeError",
+    "LayerRangeError",
     "MetricModelError",
     "MissingWeightsError",
     "OutputExistsError",
+    "PositionGroupError",
     "ProjectionShapeError",
     "ReadoutError",
     "TLMMError",
     "UnitIndexError",
+    "UnsupportedModelError",
 ]
 
 
@@ -60,3 +65,27 @@ class ReadoutError(TLMMError, ValueError):
 
 class UnitIndexError(TLMMError, IndexError):
     """A ``(layer, unit)`` lies outside the model (layer index or ``d_mlp``)."""
+
+
+class LayerRangeError(TLMMError, IndexError):
+    """A layer or a window of layers lies outside the model."""
+
+
+class PositionGroupError(TLMMError, ValueError):
+    """A group of sequence positions (image, prompt, last, ...) is empty for an item, or two
+    groups that must be disjoint overlap."""
+
+
+class HookShapeError(TLMMError, ValueError):
+    """An SAE or transcoder does not fit the hook point it would sit on (its ``d_in``/``d_out``
+    against the activation's width)."""
+
+
+class CorpusError(TLMMError, ValueError):
+    """A reference text corpus cannot give what was asked (too few vectors for the neighbours
+    requested, no text, a layer it was not built at)."""
+
+
+class UnsupportedModelError(TLMMError, NotImplementedError):
+    """The model's implementation cannot do what was asked (e.g. per-head knockout where the
+    attention is computed inside a Hugging Face module); the message says what can be done."""

@@ -21,6 +21,9 @@ __all__ = [
     "EMBED",
     "IMAGE_EMBED",
     "IMAGE_FEATURES",
+    "attn_scores",
+    "mlp_in",
+    "mlp_out",
     "mlp_post",
     "resid_post",
     "resolve_layer",
@@ -107,3 +110,44 @@ def resid_post(layer: int, n_layers: int | None = None) -> str:
     elif layer < 0:
         raise IndexError("a negative layer needs n_layers to be resolved")
     return f"blocks.{layer}.hook_resid_post"
+
+
+def _named(layer: int, n_layers: int | None, template: str) -> str:
+    if n_layers is not None:
+        layer = resolve_layer(layer, n_layers)
+    elif layer < 0:
+        raise IndexError("a negative layer needs n_layers to be resolved")
+    return template.format(layer)
+
+
+def attn_scores(layer: int, n_layers: int | None = None) -> str:
+    """Name of a layer's attention scores before the softmax, ``[batch, head, query, key]``
+    (the causal mask applied; -inf there removes a key from a query's softmax).
+
+    Example:
+        >>> attn_scores(2)
+        'blocks.2.attn.hook_attn_scores'
+    """
+    return _named(layer, n_layers, "blocks.{}.attn.hook_attn_scores")
+
+
+def mlp_in(layer: int, n_layers: int | None = None) -> str:
+    """Name of the MLP's input (after the block's second norm), ``[batch, pos, d_model]``: what
+    a transcoder of that MLP reads.
+
+    Example:
+        >>> mlp_in(1)
+        'blocks.1.hook_mlp_in'
+    """
+    return _named(layer, n_layers, "blocks.{}.hook_mlp_in")
+
+
+def mlp_out(layer: int, n_layers: int | None = None) -> str:
+    """Name of the MLP's output as added to the residual stream, ``[batch, pos, d_model]``: what
+    a transcoder of that MLP writes.
+
+    Example:
+        >>> mlp_out(1)
+        'blocks.1.hook_mlp_out'
+    """
+    return _named(layer, n_layers, "blocks.{}.hook_mlp_out")

@@ -17,6 +17,7 @@ from torch import Tensor
 from transformer_lens_mm.core.images import ImageLike, to_rgb_image
 from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.tools.ablation import ablation_curve
+from transformer_lens_mm.tools.knockout import knockout_curve
 from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
 from transformer_lens_mm.tools.specificity import selectivity_by_class, specificity_ratio
 
@@ -26,6 +27,7 @@ __all__ = [
     "plot_cross_concept",
     "plot_iou_by_category",
     "plot_iou_histogram",
+    "plot_knockout",
     "plot_lens_by_layer",
     "plot_logit_lens",
     "plot_soft_prompts",
@@ -320,5 +322,56 @@ def plot_cross_concept(
         )
     fig.update_layout(
         title=title, xaxis_title="units ablated (k)", yaxis_title="mean drop of p(c) (1 - rel p)"
+    )
+    return fig
+
+
+def plot_knockout(
+    table: pd.DataFrame,
+    title: str = "Attention knockout: p(c) kept when a flow is cut in a window of layers",
+) -> go.Figure:
+    """Windows of layers (columns) x flows cut (rows): the mean over images of p(c) with the
+    flow cut over p(c) without (1 = no effect), from
+    :func:`~transformer_lens_mm.tools.knockout.knockout_table`. Each flow has a row for its
+    random same-size control group under it when the table has controls.
+
+    Example:
+        >>> fig = plot_knockout(knockout_table(model, batch, window=3))  # doctest: +SKIP
+    """
+    if table.empty:
+        raise ValueError("empty table: run knockout_table first")
+    curve = knockout_curve(table)
+    curve["flow"] = curve["source"] + " \u2192 " + curve["target"]
+    curve.loc[curve.kind == "control", "flow"] += " (random positions)"
+    curve["window"] = [
+        f"{a}" if b == a + 1 else f"{a}\u2013{b - 1}" for a, b in zip(curve.start, curve.stop)
+    ]
+    flows = list(
+        dict.fromkeys(
+            curve.sort_values(["source", "target", "kind"], ascending=[True, True, False]).flow
+        )
+    )
+    windows = list(dict.fromkeys(curve.sort_values("start").window))
+    grid = curve.pivot_table(index="flow", columns="window", values="mean").loc[flows, windows]
+    sem = curve.pivot_table(index="flow", columns="window", values="sem").loc[flows, windows]
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(),
+            x=windows,
+            y=flows,
+            customdata=sem.to_numpy(),
+            colorscale="RdBu",
+            zmid=1.0,
+            colorbar={"title": "p(c) cut / p(c)"},
+            hovertemplate="%{y}<br>layers %{x}<br>p(c) kept: %{z:.2f} \u00b1 %{customdata:.2f}"
+            "<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis_title="layers cut (window)",
+        yaxis_title="flow cut",
+        height=max(300, 28 * len(flows) + 160),
+        yaxis={"autorange": "reversed", "dtick": 1},
     )
     return fig

@@ -54,3 +54,37 @@ def test_plots_return_figures(model):
     assert isinstance(fig, go.Figure) and fig.data[1].z.shape == (32, 32)
     with pytest.raises(ValueError, match="no column"):
         plot_ablation_curves(sweep, value="nope")
+
+
+def test_plot_knockout_cells_are_the_mean_kept_probability():
+    import pandas as pd
+
+    from transformer_lens_mm.report.plotting import plot_knockout
+
+    rows = []
+    for item, (p0, p1) in enumerate([(0.5, 0.25), (0.4, 0.4)]):
+        for start, p in ((0, p0), (1, p1)):
+            for kind, draws in (("knockout", [p]), ("control", [0.5, 0.3])):
+                for d, pc in enumerate(draws):
+                    rows.append(
+                        dict(
+                            item=item,
+                            source="image",
+                            target="last",
+                            start=start,
+                            stop=start + 1,
+                            kind=kind,
+                            draw=d,
+                            p_c=pc,
+                            p_clean=0.5,
+                        )
+                    )
+    table = pd.DataFrame(rows)
+    table["rel_p"] = table.p_c / table.p_clean
+    fig = plot_knockout(table)
+    heat = fig.data[0]
+    assert list(heat.y) == ["image \u2192 last", "image \u2192 last (random positions)"]
+    assert list(heat.x) == ["0", "1"]
+    assert heat.z[0][0] == pytest.approx((1.0 + 0.8) / 2)  # items' kept p(c), averaged
+    assert heat.z[0][1] == pytest.approx((0.5 + 0.8) / 2)
+    assert heat.z[1][0] == pytest.approx(0.8)  # controls: draws averaged per item first
