@@ -92,10 +92,83 @@ def test_the_error_term_gives_the_clean_logits(model):
     assert (without - clean).abs().max() > 1e-3
 
 
-def test_the_plain_converter_names_the_sae_class(lm_dirs):
+def test_the_plain_converter_converts_saelens_class_keeping_its_sae_methods(lm_dirs):
+    """docs/interop.md's promise: HookedMultimodalTransformer.from_hooked_transformer on
+    SAELens's class gives the SAE subclass (it raised a TypeError before)."""
     from transformer_lens_mm import HookedMultimodalTransformer
     from transformer_lens_mm.core.lm_loading import load_hooked_transformer
+    from transformer_lens_mm.core.sae import HookedMultimodalSAETransformer
 
     lm = load_hooked_transformer(lm_dirs["gptj"], cls=sae_lens.HookedSAETransformer)
-    with pytest.raises(TypeError, match="HookedMultimodalSAETransformer"):
-        HookedMultimodalTransformer.from_hooked_transformer(lm)
+    model = HookedMultimodalTransformer.from_hooked_transformer(lm)
+    assert model is lm and isinstance(model, HookedMultimodalSAETransformer)
+    assert hasattr(model, "run_with_cache_with_saes") and "hook_image_embed" in model.hook_dict
+
+
+@pytest.fixture(scope="module")
+def bridge_model(lm_dirs):
+    from transformer_lens_mm import from_parts
+    from transformer_lens_mm.core.sae import MultimodalSAETransformerBridge
+
+    model = from_parts(
+        lm=lm_dirs["llama"], encoder=build_encoder(), projection=build_projection(), api="bridge"
+    )
+    converted = MultimodalSAETransformerBridge.from_multimodal(model)
+    assert converted is model and isinstance(model, sae_lens.SAETransformerBridge)
+    return model
+
+
+@pytest.mark.parametrize("which", ["hooked", "bridge"])
+def test_an_sae_at_image_positions_equals_a_hand_applied_hook(which, model, bridge_model):
+    from transformer_lens_mm.tools.sae import image_sae_features
+
+    m = model if which == "hooked" else bridge_model
+    name = "blocks.1.hook_resid_pre"
+    sae = random_sae(name, seed=5)
+    batch = m.prepare_inputs(random_images(2))
+    with torch.no_grad():
+        by_hand = m.run_with_hooks(batch, fwd_hooks=[(name, lambda x, hook: sae(x))])
+        with_sae = m.run_with_saes(batch, saes=[sae])
+        plain = m(batch)
+    torch.testing.assert_close(with_sae, by_hand, rtol=1e-5, atol=1e-5)
+    assert (with_sae - plain).abs().max() > 1e-3  # the SAE changed the run
+    feats = image_sae_features(m, batch, sae)
+    _, cache = m.run_with_cache(batch)
+    want = sae.encode(cache[name][:, batch.image_positions[0]])
+    torch.testing.assert_close(feats, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bridge_exclude_special_tokens_keeps_image_positions(bridge_model):
+    m = bridge_model
+    name = "blocks.0.hook_resid_post"
+    sae = random_sae(name, seed=6)
+    batch = m.prepare_inputs(random_images(2), prompts=["a picture of", "a"])
+    assert (batch.tokens[batch.image_mask] == m.tokenizer.pad_token_id).all()
+    out = m.get_sae_hook_name(sae, "hook_sae_output")
+    _, kept = m.run_with_cache_with_saes(batch, saes=[sae], exclude_special_tokens=True)
+    _, plain = m.run_with_cache_with_saes(batch, saes=[sae])
+    image = batch.image_mask
+    torch.testing.assert_close(kept[out][image], plain[out][image])
+    inp = m.get_sae_hook_name(sae, "hook_sae_input")
+    assert (kept[out][image] - kept[inp][image]).abs().max() > 1e-3  # the SAE ran there
+    # a list of ids: the SAE is bypassed where the prompt's first word stands, nowhere else
+    word = int(batch.tokens[0, ~batch.image_mask[0]][0])
+    _, skip = m.run_with_cache_with_saes(batch, saes=[sae], exclude_special_tokens=[word])
+    where = (batch.tokens == word) & ~image
+    torch.testing.assert_close(skip[out][where], skip[inp][where])
+    torch.testing.assert_close(skip[out][~where], plain[out][~where])
+
+
+def test_saelens_bridge_from_parts_and_a_mismatched_sae(lm_dirs, bridge_model):
+    from transformer_lens_mm import from_parts
+    from transformer_lens_mm.core.errors import HookShapeError, TLMMError
+    from transformer_lens_mm.core.sae import MultimodalSAETransformerBridge
+    from transformer_lens_mm.tools.sae import image_sae_features
+
+    booted = sae_lens.SAETransformerBridge.boot_transformers(str(lm_dirs["llama"]), device="cpu")
+    model = from_parts(lm=booted, encoder=build_encoder(), projection=build_projection())
+    assert isinstance(model, MultimodalSAETransformerBridge)
+    batch = bridge_model.prepare_inputs(random_images(1))
+    with pytest.raises(HookShapeError, match="d_in is 24") as err:
+        image_sae_features(bridge_model, batch, random_sae("blocks.0.hook_resid_post", d_in=24))
+    assert isinstance(err.value, TLMMError)

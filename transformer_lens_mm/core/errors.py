@@ -18,6 +18,7 @@ __all__ = [
     "HookShapeError",
     "LayerRangeError",
     "MetricModelError",
+    "MissingPackageError",
     "MissingWeightsError",
     "OutputExistsError",
     "PositionGroupError",
@@ -89,3 +90,8 @@ class CorpusError(TLMMError, ValueError):
 class UnsupportedModelError(TLMMError, NotImplementedError):
     """The model's implementation cannot do what was asked (e.g. per-head knockout where the
     attention is computed inside a Hugging Face module); the message says what can be done."""
+
+
+class MissingPackageError(TLMMError, ImportError):
+    """An optional package a feature needs is missing or cannot be installed beside this
+    TransformerLens; the message has the command or the environment to use."""

@@ -18,7 +18,7 @@ from transformer_lens_mm.core.mixin import _VISION_PREFIXES, MultimodalMixin
 from transformer_lens_mm.fast.fusion import check_fused_flag, is_fused, set_fused
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
 
-__all__ = ["HookedMultimodalTransformer", "is_sae_transformer"]
+__all__ = ["HookedMultimodalTransformer", "is_sae_transformer", "sae_transformer_class"]
 
 
 def is_sae_transformer(model: Any) -> bool:
@@ -81,17 +81,14 @@ if HAS_HOOKED_TRANSFORMER:
             """Convert a built ``HookedTransformer`` in place (no weight copy) and return it.
 
             Args:
-                model: A plain ``HookedTransformer`` (SAELens's ``HookedSAETransformer``:
-                    :class:`~transformer_lens_mm.core.sae.HookedMultimodalSAETransformer`, or
-                    ``from_parts``).
+                model: A plain ``HookedTransformer``, or SAELens's ``HookedSAETransformer``
+                    (which becomes a
+                    :class:`~transformer_lens_mm.core.sae.HookedMultimodalSAETransformer`).
                 fused: Turn the speed layer on (see the class).
             """
             if cls is HookedMultimodalTransformer and is_sae_transformer(model):
-                raise TypeError(
-                    "this is SAELens's HookedSAETransformer: convert it with "
-                    "transformer_lens_mm.core.sae.HookedMultimodalSAETransformer"
-                    ".from_hooked_transformer(model), or pass it to from_parts(lm=model, ...)"
-                )
+                # SAELens's class keeps its SAE methods: it becomes the SAE subclass
+                return sae_transformer_class().from_hooked_transformer(model, fused=fused)
             return cls._converted(model, HookedTransformer, fused)
 
         def logits_at(
@@ -174,6 +171,42 @@ if HAS_HOOKED_TRANSFORMER:
             logits = self.lm_forward(tokens, attention_mask=new_mask, past_kv_cache=state)
             return logits, state
 
+    _SAE_CLASS: list[type] = []
+
+    def sae_transformer_class() -> type:
+        """``HookedMultimodalSAETransformer``: SAELens's ``HookedSAETransformer`` with sight,
+        made once on first use (SAELens is optional and slow to import); exported by
+        :mod:`transformer_lens_mm.core.sae`."""
+        if _SAE_CLASS:
+            return _SAE_CLASS[0]
+        from sae_lens import HookedSAETransformer
+
+        class HookedMultimodalSAETransformer(HookedMultimodalTransformer, HookedSAETransformer):
+            """SAELens's ``HookedSAETransformer`` that reads images as soft-prompt tokens."""
+
+            @classmethod
+            def from_hooked_transformer(
+                cls, model: Any, *, fused: bool = True
+            ) -> HookedMultimodalSAETransformer:
+                """Convert a built ``HookedSAETransformer`` in place (no weight copy)."""
+                return cls._converted(model, HookedSAETransformer, fused)
+
+            def _compute_exclusion_mask(
+                self, tokens: torch.Tensor, exclude_special_tokens: Any
+            ) -> Any:
+                """SAELens's mask of the positions the SAE skips, without the image positions
+                of the input being injected (their placeholder id is not a real special
+                token)."""
+                mask = super()._compute_exclusion_mask(tokens, exclude_special_tokens)
+                batch = self.injecting
+                if batch is not None and tuple(batch.tokens.shape) == tuple(tokens.shape):
+                    mask = mask & ~batch.image_mask.to(mask.device)
+                return mask
+
+        HookedMultimodalSAETransformer.__module__ = "transformer_lens_mm.core.sae"
+        _SAE_CLASS.append(HookedMultimodalSAETransformer)
+        return HookedMultimodalSAETransformer
+
 else:
 
     class HookedMultimodalTransformer:  # type: ignore[no-redef]
@@ -185,3 +218,6 @@ else:
         @classmethod
         def from_hooked_transformer(cls, model: Any, **kwargs: Any) -> Any:
             require_hooked_transformer()
+
+    def sae_transformer_class() -> type:  # type: ignore[misc]
+        require_hooked_transformer("SAELens's HookedSAETransformer")

@@ -20,7 +20,7 @@ from torch import nn
 
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
 from transformer_lens_mm.core.encoders import ImageEncoder
-from transformer_lens_mm.core.hooked import HookedMultimodalTransformer, is_sae_transformer
+from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.core.lm_loading import default_api, load_bridge, load_hooked_transformer
 from transformer_lens_mm.core.projection import ImageProjection, load_projection
 from transformer_lens_mm.core.recipes import Recipe, get_recipe
@@ -36,15 +36,15 @@ def _as_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     if isinstance(lm, (MultimodalTransformerBridge, TransformerBridge)):
+        if any(c.__name__ == "SAETransformerBridge" for c in type(lm).__mro__):  # SAELens's
+            from transformer_lens_mm.core.sae import MultimodalSAETransformerBridge
+
+            return MultimodalSAETransformerBridge.from_bridge(lm, fused=fused)
         return MultimodalTransformerBridge.from_bridge(lm, fused=fused)
     if HAS_HOOKED_TRANSFORMER:
         from transformer_lens import HookedTransformer
 
-        if isinstance(lm, HookedTransformer) and is_sae_transformer(lm):  # SAELens's class
-            from transformer_lens_mm.core.sae import HookedMultimodalSAETransformer
-
-            return HookedMultimodalSAETransformer.from_hooked_transformer(lm, fused=fused)
-        if isinstance(lm, HookedTransformer):
+        if isinstance(lm, HookedTransformer):  # SAELens's class becomes the SAE subclass
             return HookedMultimodalTransformer.from_hooked_transformer(lm, fused=fused)
     if isinstance(lm, nn.Module):
         raise TypeError(
