@@ -32,6 +32,7 @@ from transformer_lens_mm.pipelines.cli import main
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
 from transformer_lens_mm.tools.attribution import attribute
 from transformer_lens_mm.tools.decoding import decode_soft_prompts, random_soft_prompts
+from transformer_lens_mm.tools.knockout import knockout_table
 from transformer_lens_mm.tools.spatial import image_mlp_activations
 from transformer_lens_mm.tools.specificity import (
     concept_specificity,
@@ -147,6 +148,7 @@ def test_ablation_and_soft_prompt_tables_equal_direct_calls(lm_dirs, tmp_path):
         ablation_captions_k=30,
         soft_prompts=True,
         soft_prompt_tokens=3,
+        knockout_window=1,
     )
     cfg = AnalysisConfig(**{**cfg.__dict__, "batch_size": 4})  # one batch: seed 0
     run_analysis(cfg, model=model, verbose=False)
@@ -193,8 +195,17 @@ def test_ablation_and_soft_prompt_tables_equal_direct_calls(lm_dirs, tmp_path):
             want = captions_under_ablation(model, [image], units, max_new_tokens=20).texts[0]
             got = caps[(caps.item == data[i].id) & (caps.kind == kind)]["caption"].item()
             assert got == want, (i, kind)
+    knock = load_table(cfg.out, "knockout")
+    want = knockout_table(model, batch, [t.token_id for t in targets], pairs=[("image", "last")],
+                          window=1, stride=1, n_controls=1, seed=0)  # fmt: skip
+    want["item"] = [data[i].id for i in want["item"]]
+    keys = ["item", "start", "kind", "draw"]
+    both = knock.merge(want, on=keys, suffixes=("", "_direct"), validate="one_to_one")
+    assert len(both) == len(want) == 4 * 2 * 2
+    np.testing.assert_allclose(both["p_c"], both["p_c_direct"], rtol=1e-4, atol=1e-7)
+    assert set(knock.kind) == {"knockout", "control"} and knock.start.max() == 1
     page = (Path(cfg.out) / "report.html").read_text()
-    assert "Ablation" in page and "Soft prompts" in page
+    assert "Ablation" in page and "Soft prompts" in page and "Attention knockout" in page
 
     changed = AnalysisConfig(**{**cfg.__dict__, "ablation_ks": [0, 4]})
     with pytest.raises(ValueError, match="ablation_ks differ"):

@@ -217,7 +217,7 @@ def test_knockout_of_every_image_to_text_flow_makes_the_text_blind(model):
     assert (free[0] - free[1]).abs().max() > 1e-3
     torch.testing.assert_close(blind[0], blind[1], atol=1e-4, rtol=1e-4)
     table = knockout_table(model, batch, window=1, n_controls=1)
-    assert set(table.source) == {"image", "prompt"} and len(table) == 3 * n * 2 * 2
+    assert set(table.from_group) == {"image", "prompt"} and len(table) == 3 * n * 2 * 2
 
 
 def test_knockout_of_single_heads_where_hugging_face_computes_attention(model):

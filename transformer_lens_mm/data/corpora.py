@@ -15,20 +15,26 @@ from pathlib import Path
 
 from transformer_lens_mm.core.errors import CorpusError
 
-__all__ = ["reference_corpus"]
+__all__ = ["GENERAL", "reference_corpus"]
+
+
+GENERAL = Path(__file__).parent / "assets" / "corpora" / "general-en.txt.gz"
 
 
 def reference_corpus(
-    source: str | Sequence[str] = "scenes", *, n: int = 500, seed: int = 0
+    source: str | Sequence[str] = "general", *, n: int = 500, seed: int = 0
 ) -> list[str]:
     """Reference texts that install offline.
 
     Args:
-        source: ``"scenes"`` (captions of the project's natural scenes, one per scene: in-domain,
-            every concept named), ``"latentlens"`` (a random sample of the 117k general-English
-            sentences shipped in the ``latentlens`` package: ``pip install latentlens``), a path
-            to a text file (one text per line), or a list of texts.
-        n: How many texts (``"scenes"``/``"latentlens"``; a list or file is taken whole).
+        source: ``"general"`` (3,000 general-English sentences shipped with this package: a
+            seeded sample of latentlens's ``concepts.txt``, MIT, made by
+            ``scripts/make_reference_corpus.py``), ``"scenes"`` (captions of the project's
+            natural scenes, one per scene: in-domain, short, every concept named: too few
+            distinct contexts for a baseline that means much), ``"latentlens"`` (a random
+            sample of all 117k sentences of the ``latentlens`` package: ``pip install
+            latentlens``), a path to a text file (one text per line), or a list of texts.
+        n: How many texts (a list or a file is taken whole).
         seed: The sample's seed.
 
     Raises:
@@ -38,7 +44,13 @@ def reference_corpus(
         >>> reference_corpus("scenes", n=2)[0].startswith(("a ", "an ", "the "))
         True
     """
-    if isinstance(source, str) and source == "scenes":
+    if isinstance(source, str) and source == "general":
+        import gzip
+
+        with gzip.open(GENERAL, "rt", encoding="utf-8") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        texts = random.Random(seed).sample(lines, min(n, len(lines)))
+    elif isinstance(source, str) and source == "scenes":
         from transformer_lens_mm.data.natural_scenes import NaturalSceneSet
 
         texts = [s.caption for s in NaturalSceneSet(n=n, seed=seed, size=32)]
@@ -57,8 +69,8 @@ def reference_corpus(
         path = Path(source)
         if not path.is_file():
             raise CorpusError(
-                f"unknown corpus {source!r}: use 'scenes', 'latentlens', a text file (one text "
-                "per line) or a list of texts"
+                f"unknown corpus {source!r}: use 'general', 'scenes', 'latentlens', a text file "
+                "(one text per line) or a list of texts"
             )
         texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     else:

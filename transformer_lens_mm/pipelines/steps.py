@@ -17,7 +17,12 @@ returns a table in the search's schema (``item``, ``index``, ``target`` in front
   unit) pair asked for (a unit card's "ablation effect"), against one random same-layer unit;
 * :func:`direct_score_step`: the gradient-free (MM_Neurons-style) score next to the paper's:
   each top unit's direct score, each image's top-k by the direct score, and how the two
-  rankings agree (:mod:`~transformer_lens_mm.tools.direct`).
+  rankings agree (:mod:`~transformer_lens_mm.tools.direct`);
+* :func:`knockout_step`: p(c) with the position that predicts it cut off from the image
+  positions in windows of layers, against random position groups
+  (:mod:`~transformer_lens_mm.tools.knockout`);
+* :func:`contextual_lens_step`: per layer and lens, whether each image token's nearest tokens
+  name ``c`` (:mod:`~transformer_lens_mm.tools.contextual_lens`).
 
 Random draws are seeded by the caller (``tlmm analyze`` by the batch index), so a resumed or
 sharded run draws the same units.
@@ -38,6 +43,7 @@ from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.paper import SOFT_PROMPT_TOKENS
 from transformer_lens_mm.pipelines.search import BatchSearch, tag_rows
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
+from transformer_lens_mm.tools.contextual_lens import ContextualIndex, contextual_lens
 from transformer_lens_mm.tools.decoding import soft_prompt_table
 from transformer_lens_mm.tools.direct import (
     compare_rankings,
@@ -45,6 +51,7 @@ from transformer_lens_mm.tools.direct import (
     direct_effect_weights,
     spearman,
 )
+from transformer_lens_mm.tools.knockout import knockout_table
 from transformer_lens_mm.tools.specificity import concept_of, cross_concept_ablation
 from transformer_lens_mm.tools.units import Unit, per_row_masks, random_units_like
 from transformer_lens_mm.tools.words import same_word
@@ -52,8 +59,10 @@ from transformer_lens_mm.tools.words import same_word
 __all__ = [
     "ablation_captions_step",
     "ablation_step",
+    "contextual_lens_step",
     "cross_concept_step",
     "direct_score_step",
+    "knockout_step",
     "soft_prompt_step",
     "unit_effect_step",
 ]
@@ -347,3 +356,52 @@ def direct_score_step(
         for i in range(len(found))
     ]
     return direct_score, tag_rows(units_direct, found.rows), tag_rows(agreement, found.rows)
+
+
+def knockout_step(
+    model: MultimodalModel,
+    found: BatchSearch,
+    *,
+    window: int = 5,
+    pairs: Sequence[tuple[str, str]] = (("image", "last"),),
+    n_controls: int = 1,
+    seed: int = 0,
+    chunk_size: int = 8,
+) -> pd.DataFrame:
+    """Attention knockout of each image's flows in windows of ``window`` layers (clipped to the
+    model), with ``n_controls`` random same-size position groups; the search's schema in front
+    (:func:`~transformer_lens_mm.tools.knockout.knockout_table`'s columns after it)."""
+    _require(found)
+    n_layers = int(model.cfg.n_layers)
+    table = knockout_table(
+        model,
+        found.inputs,
+        [t.token_id for t in found.targets],
+        pairs=pairs,
+        window=min(window, n_layers),
+        stride=min(window, n_layers),
+        n_controls=n_controls,
+        seed=seed,
+        chunk_size=chunk_size,
+    )
+    attrs = dict(table.attrs)
+    out = tag_rows(table.rename(columns={"item": "image"}), found.rows)
+    out.attrs.update(attrs)
+    return out
+
+
+def contextual_lens_step(
+    model: MultimodalModel, found: BatchSearch, index: ContextualIndex, *, k: int = 5
+) -> pd.DataFrame:
+    """Per image token, layer, lens and kind (image / random vectors): whether its ``k``
+    nearest tokens name ``c`` and its first one (:func:`~transformer_lens_mm.tools.
+    contextual_lens.contextual_lens`); the search's schema in front. ``lens_shares`` of it
+    gives the per-layer shares."""
+    _require(found)
+    table = contextual_lens(
+        model, found.inputs, index, target_ids=[t.token_id for t in found.targets], k=k
+    )
+    table["token"] = [tokens[0] for tokens in table.pop("tokens")]
+    table = table.drop(columns=["token_ids"])
+    table = table.rename(columns={"index": "image_token"})
+    return tag_rows(table.rename(columns={"item": "image"}), found.rows)

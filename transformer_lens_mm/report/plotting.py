@@ -29,6 +29,7 @@ __all__ = [
     "plot_iou_histogram",
     "plot_knockout",
     "plot_lens_by_layer",
+    "plot_lens_shares",
     "plot_logit_lens",
     "plot_soft_prompts",
     "plot_top_units_per_layer",
@@ -333,22 +334,33 @@ def plot_knockout(
     """Windows of layers (columns) x flows cut (rows): the mean over images of p(c) with the
     flow cut over p(c) without (1 = no effect), from
     :func:`~transformer_lens_mm.tools.knockout.knockout_table`. Each flow has a row for its
-    random same-size control group under it when the table has controls.
+    random control group under it when the table has controls (not where the sequence left no
+    position to draw one from: ``n_blocked`` 0).
 
     Example:
         >>> fig = plot_knockout(knockout_table(model, batch, window=3))  # doctest: +SKIP
     """
     if table.empty:
         raise ValueError("empty table: run knockout_table first")
+    if "n_blocked" in table:  # a control with no room for a single position cut nothing
+        empty = table[table.kind == "control"].groupby(["from_group", "to_group"]).n_blocked.max()
+        vacuous = {k for k, v in empty.items() if v == 0}
+        keep = [
+            not (kind == "control" and (a, b) in vacuous)
+            for kind, a, b in zip(table.kind, table.from_group, table.to_group)
+        ]
+        table = table[keep]
     curve = knockout_curve(table)
-    curve["flow"] = curve["source"] + " \u2192 " + curve["target"]
+    curve["flow"] = curve["from_group"] + " \u2192 " + curve["to_group"]
     curve.loc[curve.kind == "control", "flow"] += " (random positions)"
     curve["window"] = [
         f"{a}" if b == a + 1 else f"{a}\u2013{b - 1}" for a, b in zip(curve.start, curve.stop)
     ]
     flows = list(
         dict.fromkeys(
-            curve.sort_values(["source", "target", "kind"], ascending=[True, True, False]).flow
+            curve.sort_values(
+                ["from_group", "to_group", "kind"], ascending=[True, True, False]
+            ).flow
         )
     )
     windows = list(dict.fromkeys(curve.sort_values("start").window))
@@ -373,5 +385,43 @@ def plot_knockout(
         yaxis_title="flow cut",
         height=max(300, 28 * len(flows) + 160),
         yaxis={"autorange": "reversed", "dtick": 1},
+    )
+    return fig
+
+
+def plot_lens_shares(
+    shares: pd.DataFrame,
+    title: str = "Image tokens whose top tokens name c, by layer and lens",
+) -> go.Figure:
+    """One line per lens (contextual, logit, embedding) over layers: the share of image tokens
+    whose top-``k`` tokens name ``c`` (solid), and of the matched random vectors (dotted), from
+    :func:`~transformer_lens_mm.tools.contextual_lens.lens_shares`.
+
+    Example:
+        >>> fig = plot_lens_shares(lens_shares(table))  # doctest: +SKIP
+    """
+    if shares.empty:
+        raise ValueError("empty table: run contextual_lens(..., target_ids=...) first")
+    colours = {"contextual": "#1f77b4", "logit": "#d62728", "embedding": "#2ca02c"}
+    fig = go.Figure()
+    for (lens, kind), part in shares.sort_values("layer").groupby(["lens", "kind"], sort=False):
+        name = lens if kind == "image" else f"{lens} (random vectors)"
+        hover = f"{name}<br>after block %{{x}}<br>%{{y:.1%}} of tokens<extra></extra>"
+        dash = "solid" if kind == "image" else "dot"
+        fig.add_trace(
+            go.Scatter(
+                x=part["layer"],
+                y=part["share"],
+                mode="lines+markers",
+                name=name,
+                line={"color": colours.get(lens), "dash": dash},
+                hovertemplate=hover,
+            )
+        )
+    fig.update_layout(
+        title=title,
+        xaxis_title="after block",
+        yaxis_title="share of image tokens",
+        yaxis={"tickformat": ".0%", "rangemode": "tozero"},
     )
     return fig

@@ -312,7 +312,21 @@ def contextual_lens(
     keep = vocab_mask(model, special_tokens=True).to(model.lm_device)
     w_e = F.normalize(model.W_E.detach().float(), dim=-1)
     tok = model.tokenizer
-    target_words = [tok.decode([t]) for t in tids] if tids is not None else None
+    words: dict[int, str] = {}
+    hits: dict[tuple[int, int], bool] = {}
+
+    def word_of(t: int) -> str:
+        if t not in words:
+            words[t] = tok.decode([t])
+        return words[t]
+
+    def names(t: int, item: int) -> bool:
+        """Whether token ``t`` is item's ``c`` (its id, or the same word)."""
+        key = (t, tids[item])
+        if key not in hits:
+            hits[key] = t == tids[item] or same_word(word_of(t), word_of(tids[item]))
+        return hits[key]
+
     gen = torch.Generator().manual_seed(seed)
     out: list[dict] = []
     n_img = img.shape[1]
@@ -334,21 +348,18 @@ def contextual_lens(
                 else:
                     sims = F.normalize(vecs, dim=-1) @ w_e.T
                     score, ids = sims.masked_fill(~keep, float("-inf")).topk(k, dim=-1)
-                ids = ids.cpu()
-                score = score[:, 0].cpu()
+                ids = ids.cpu().tolist()
+                score = score[:, 0].cpu().tolist()
                 for r in range(n * n_img):
                     item, pos = divmod(r, n_img)
-                    id_row = ids[r].tolist()
-                    words = [tok.decode([t]) for t in id_row]
+                    id_row = ids[r]
                     row = dict(
                         item=item, index=pos, layer=layer, lens=lens, kind=kind,
-                        tokens=words, token_ids=id_row, top_score=float(score[r]),
+                        tokens=[word_of(t) for t in id_row], token_ids=id_row,
+                        top_score=score[r],
                     )  # fmt: skip
-                    if target_words is not None:
-                        c = target_words[item]
-                        row["names_c"] = any(
-                            t == tids[item] or same_word(w, c) for t, w in zip(id_row, words)
-                        )
+                    if tids is not None:
+                        row["names_c"] = any(names(t, item) for t in id_row)
                     out.append(row)
     return pd.DataFrame(out)
 

@@ -393,10 +393,11 @@ def knockout_table(
         verbose: Show a progress bar.
 
     Returns:
-        One row per (item, pair, window, kind, draw): ``item``, ``target_id``, ``source``,
-        ``target``, ``start``, ``stop``, ``kind`` (``knockout``/``control``), ``draw``,
-        ``n_blocked`` (source positions cut, per item), ``p_clean``, ``p_c``, ``delta_p``,
-        ``rel_p`` (p_c / p_clean). ``attrs["attention"]`` says how attention ran.
+        One row per (item, pair, window, kind, draw): ``item``, ``target_id`` (c),
+        ``from_group`` and ``to_group`` (the pair's source and target), ``start``, ``stop``,
+        ``kind`` (``knockout``/``control``), ``draw``, ``n_blocked`` (source positions cut,
+        per item), ``p_clean``, ``p_c``, ``delta_p``, ``rel_p`` (p_c / p_clean).
+        ``attrs["attention"]`` says how attention ran.
 
     Raises:
         PositionGroupError: an unknown or empty group for an item, or a pair whose source and
@@ -405,7 +406,8 @@ def knockout_table(
 
     Example:
         >>> table = knockout_table(model, batch, window=3)  # doctest: +SKIP
-        >>> table.groupby(["source", "target", "start", "kind"]).rel_p.mean()  # doctest: +SKIP
+        >>> keys = ["from_group", "to_group", "start", "kind"]  # doctest: +SKIP
+        >>> table.groupby(keys).rel_p.mean()  # doctest: +SKIP
     """
     n_layers = int(model.cfg.n_layers)
     wins = (
@@ -488,8 +490,8 @@ def knockout_table(
                     dict(
                         item=i,
                         target_id=int(tids[i]),
-                        source=cond.source,
-                        target=cond.target,
+                        from_group=cond.source,
+                        to_group=cond.target,
                         start=cond.start,
                         stop=cond.stop,
                         kind=cond.kind,
@@ -521,7 +523,7 @@ def knockout_curve(table: pd.DataFrame, *, value: str = "rel_p") -> pd.DataFrame
     Example:
         >>> knockout_curve(table).query("kind == 'knockout'")  # doctest: +SKIP
     """
-    keys = ["source", "target", "start", "stop", "kind"]
+    keys = ["from_group", "to_group", "start", "stop", "kind"]
     per_item = table.groupby([*keys, "item"], sort=False)[value].mean().reset_index()
     out = per_item.groupby(keys, sort=False)[value].agg(["mean", "std", "count"]).reset_index()
     out["sem"] = out["std"].fillna(0.0) / np.sqrt(out["count"].clip(lower=1))

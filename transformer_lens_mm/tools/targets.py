@@ -225,7 +225,8 @@ def target_inputs(
 
     The exact token ids are kept (re-tokenising decoded text can merge tokens differently).
     The result is right-padded, so image positions are unchanged and ``last_positions`` are
-    the positions that predict each ``c``.
+    the positions that predict each ``c``; the appended tokens are marked in ``target_mask``
+    (the caption so far: the knockout's ``"caption"`` group).
     """
     if len(targets) != len(base):
         raise ValueError(f"got {len(targets)} targets for {len(base)} images: pass one per image")
@@ -245,6 +246,10 @@ def target_inputs(
     for i, r in enumerate(rows):
         tokens[i, : len(r)] = torch.tensor(r)
         attn[i, : len(r)] = 1
+    caption = torch.zeros_like(tokens, dtype=torch.bool)  # the caption so far
+    for i, t in enumerate(targets):
+        end = int(base.last_positions[i]) + 1
+        caption[i, end : end + len(t.prefix_ids)] = True
     image = torch.zeros_like(tokens, dtype=torch.bool)
     n = min(width, base.image_mask.shape[1])
     image[:, :n] = base.image_mask[:, :n].cpu()
@@ -255,6 +260,7 @@ def target_inputs(
         attention_mask=attn.to(device),
         image_mask=image.to(device),
         prompts=prompts,
+        target_mask=caption.to(device),
         pixel_values=base.pixel_values,
         image_features=base.image_features,
         grid_size=base.grid_size,

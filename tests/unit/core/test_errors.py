@@ -16,6 +16,12 @@ from transformer_lens_mm.core import errors
         (tlmm.CorruptWeightsError, RuntimeError),
         (tlmm.OutputExistsError, FileExistsError),
         (tlmm.MetricModelError, RuntimeError),
+        (tlmm.LayerRangeError, IndexError),
+        (tlmm.PositionGroupError, ValueError),
+        (tlmm.HookShapeError, ValueError),
+        (tlmm.CorpusError, ValueError),
+        (tlmm.UnsupportedModelError, NotImplementedError),
+        (tlmm.MissingPackageError, ImportError),
     ],
 )
 def test_every_error_is_a_tlmm_error_and_its_builtin(error, base):

@@ -69,8 +69,8 @@ def test_plot_knockout_cells_are_the_mean_kept_probability():
                     rows.append(
                         dict(
                             item=item,
-                            source="image",
-                            target="last",
+                            from_group="image",
+                            to_group="last",
                             start=start,
                             stop=start + 1,
                             kind=kind,
@@ -88,3 +88,5 @@ def test_plot_knockout_cells_are_the_mean_kept_probability():
     assert heat.z[0][0] == pytest.approx((1.0 + 0.8) / 2)  # items' kept p(c), averaged
     assert heat.z[0][1] == pytest.approx((0.5 + 0.8) / 2)
     assert heat.z[1][0] == pytest.approx(0.8)  # controls: draws averaged per item first
+    table["n_blocked"] = [0 if k == "control" else 3 for k in table.kind]
+    assert list(plot_knockout(table).data[0].y) == ["image \u2192 last"]  # nothing to show

@@ -123,6 +123,22 @@ def test_logit_and_embedding_lenses_by_hand_and_shares(folder, api, tmp_path):
     assert shares.share.tolist() == mean.names_c.tolist()
 
 
+def test_the_shipped_corpus_is_the_scripts_output(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformer_lens_mm.data.corpora import GENERAL
+
+    general = reference_corpus("general", n=7, seed=3)
+    assert len(general) == 7 and general == reference_corpus(n=7, seed=3)
+    assert len(set(reference_corpus("general", n=3000))) > 2900  # distinct sentences
+    pytest.importorskip("latentlens")
+    script = Path(__file__).parents[3] / "scripts" / "make_reference_corpus.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True)
+    assert (tmp_path / "general-en.txt.gz").read_bytes() == GENERAL.read_bytes()
+
+
 def test_corpora_and_bad_input(folder, tmp_path):
     scenes = reference_corpus("scenes", n=5)
     assert len(scenes) == 5 and all(isinstance(t, str) and t for t in scenes)

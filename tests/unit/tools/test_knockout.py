@@ -124,7 +124,7 @@ def test_knockout_masks_the_pattern_and_fused_attention_steps_aside(tmp_path, ap
         torch.tensor(a.p_c.values), torch.tensor(b.p_c.values), rtol=1e-4, atol=1e-6
     )
     assert (a.kind == "control").sum() == 2 * len(a[a.kind == "knockout"])
-    ko = a[(a.kind == "knockout") & (a.source == "image") & (a.target == "last")]
+    ko = a[(a.kind == "knockout") & (a.from_group == "image") & (a.to_group == "last")]
     assert (ko.p_c != ko.p_clean).all()  # the cut changed p(c): the hook was not ignored
     assert "steps aside" in a.attrs["attention"]
 

@@ -52,6 +52,7 @@ TABLE_SWITCHES = {
     "units_direct": "direct_scores",
     "ranking_agreement": "direct_scores",
     "cross_concept": "cross_concept_ks",
+    "knockout": "knockout_window",
 }
 #: tables of the whole run, made from the merged units table after the last batch
 RUN_TABLES = ("generic_units", "concept_specificity")
@@ -87,6 +88,9 @@ class AnalysisConfig:
     # same- vs cross-concept ablation within each batch (empty: off): each image's top-k zeroed
     # on the batch's images of other concepts (tools.specificity; cross_concept table)
     cross_concept_ks: list[int] = field(default_factory=list)
+    # attention knockout (tools.knockout) of image -> last in windows of this many layers,
+    # against random position groups (0: off; knockout table)
+    knockout_window: int = 0
     # a unit top for the images of more than this share of the concepts is generic
     # (generic_units and concept_specificity tables, always made)
     generic_share: float = 0.5
@@ -124,6 +128,8 @@ class AnalysisConfig:
                 "ablation_ks, ablation_random and ablation_captions_k must be >= 0, got "
                 f"{self.ablation_ks}, {self.ablation_random}, {self.ablation_captions_k}"
             )
+        if self.knockout_window < 0:
+            raise ConfigError(f"knockout_window must be >= 0 (0: off), got {self.knockout_window}")
         if any(int(k) < 1 for k in self.cross_concept_ks):
             raise ConfigError(f"cross_concept_ks must be >= 1, got {self.cross_concept_ks}")
         if not 0 < self.generic_share < 1:

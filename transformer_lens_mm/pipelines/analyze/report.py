@@ -27,10 +27,12 @@ from transformer_lens_mm.report.plotting import (
     plot_category_selectivity,
     plot_cross_concept,
     plot_iou_by_category,
+    plot_knockout,
     plot_soft_prompts,
     plot_top_units_per_layer,
 )
 from transformer_lens_mm.tools.ablation import ablation_curve
+from transformer_lens_mm.tools.knockout import knockout_curve
 from transformer_lens_mm.tools.specificity import specificity_ratio
 
 __all__ = ["analysis_report"]
@@ -157,6 +159,16 @@ def analysis_report(
         )
         report.figure(plot_ablation_curves(sweep, by="item"))
         report.table(ablation_curve(sweep, by="item").round(4))
+    knockout = _made_table(out, "knockout")
+    if knockout is not None:
+        report.section(
+            "Attention knockout",
+            "p(c) when the position that predicts c may not attend to the image positions in a "
+            "window of layers, over p(c) without the cut (1 = no effect), vs the same cut from "
+            "as many random positions.",
+        )
+        report.figure(plot_knockout(knockout))
+        report.table(knockout_curve(knockout).round(4))
     caps = _made_table(out, "ablation_captions")
     if caps is not None:
         report.section(

@@ -60,6 +60,7 @@ from transformer_lens_mm.pipelines.steps import (
     ablation_step,
     cross_concept_step,
     direct_score_step,
+    knockout_step,
     soft_prompt_step,
 )
 
@@ -139,6 +140,10 @@ def _analyse_batch(
                 n_random=max(config.ablation_random, 1),
                 seed=batch_index,
                 chunk_size=config.ablation_chunk,
+            )
+        if config.wants("knockout"):
+            tables["knockout"] = knockout_step(
+                model, found, window=config.knockout_window, seed=batch_index
             )
         if config.direct_scores:
             direct, tables["units_direct"], tables["ranking_agreement"] = direct_score_step(

@@ -28,6 +28,8 @@ FILES = (
     "target_ranks.csv",
     "soft_prompts.csv",
     "logit_lens.csv",
+    "knockout.csv",
+    "lens_shares.csv",
     "spatial.csv",
     "ablation.csv",
     "ablation_captions.csv",
@@ -66,6 +68,15 @@ class DemoConfig:
     quantile: float = REGION_QUANTILE  # spatial region threshold (the paper: 0.95)
     seed: int = 2  # scene-set seed (2: the training record's held-out seen set)
     api: str | None = None  # "hooked" / "bridge" / None: the installed TL's default
+    # attention knockout (image -> last, against random positions) in windows of this many
+    # layers; 0 skips it
+    knockout_window: int = 5
+    # contextual lens: reference corpus (data.corpora.reference_corpus: "general", the shipped
+    # general-English sentences; "scenes"; "latentlens"), how many texts, and every how many
+    # layers it reads
+    lens_corpus: str = "general"
+    lens_texts: int = 300
+    lens_every: int = 3
 
     def __post_init__(self) -> None:
         if self.n_scenes < 1 and not self.photos:
@@ -76,6 +87,11 @@ class DemoConfig:
             raise ValueError(f"ks must be >= 0 and cross_ks >= 1, got {self.ks}, {self.cross_ks}")
         if self.scene_set not in SCENE_SETS:
             raise ValueError(f"scene_set must be one of {SCENE_SETS}, got {self.scene_set!r}")
+        if self.knockout_window < 0 or self.lens_every < 0 or self.lens_texts < 1:
+            raise ValueError(
+                "knockout_window and lens_every must be >= 0 (0 skips the step) and lens_texts "
+                f">= 1, got {self.knockout_window}, {self.lens_every}, {self.lens_texts}"
+            )
         if not 0 < self.generic_share < 1:
             raise ValueError(f"generic_share must be in (0, 1), got {self.generic_share}")
 

@@ -28,7 +28,9 @@ from transformer_lens_mm.report.plotting import (
     plot_category_selectivity,
     plot_cross_concept,
     plot_iou_by_category,
+    plot_knockout,
     plot_lens_by_layer,
+    plot_lens_shares,
     plot_top_units_per_layer,
 )
 from transformer_lens_mm.tools.readout import signed_view
@@ -216,7 +218,7 @@ def write_report(
         tables: The demo's tables by name (``captions``, ``units``, ``soft_prompts``,
             ``logit_lens``, ``spatial``, ``ablation``, ``ablation_captions``, ``generic_units``,
             ``concept_specificity``, ``cross_concept``, ``category_selectivity``,
-            ``unit_effects``).
+            ``unit_effects``, ``knockout``, ``lens_shares``).
         maps: ``maps[i]``: the patch map of ``tables["units"].iloc[i]``.
         image_of: ``item -> image`` for the unit cards.
         caption_of: ``item -> caption`` under each card's maps.
@@ -305,6 +307,28 @@ def write_report(
         report.figure(plot_category_selectivity(selectivity))
     report.section("Logit lens", "p(c) read from the residual stream with the final norm + W_U.")
     report.figure(plot_lens_by_layer(lens))
+    knockout = tables.get("knockout", pd.DataFrame())
+    if len(knockout):
+        report.section(
+            "Attention knockout",
+            "Where the text reads the image: p(c) when the position that predicts c may not "
+            "attend to the image positions in a window of layers, over p(c) without the cut "
+            "(1 = no effect); below, the control: the same position cut off from random other "
+            "positions, as many as the image has where the text is long enough (here the text "
+            "is shorter than the image, so the control cuts it from the rest of the text).",
+        )
+        report.figure(plot_knockout(knockout))
+    shares = tables.get("lens_shares", pd.DataFrame())
+    if len(shares):
+        corpus = summary.get("contextual_lens", {}).get("corpus", "")
+        report.section(
+            "Contextual lens",
+            "The share of image tokens whose 5 nearest tokens name c, after each block: by "
+            f"contextual text representations at that layer ({corpus}), by the logit lens and "
+            "by the input embeddings; dotted: random vectors with the image tokens' mean and "
+            "spread.",
+        )
+        report.figure(plot_lens_shares(shares))
 
     report.section("Tables", "Every table is also a CSV file beside this page.")
     report.table(tables["captions"], max_rows=100, collapsed="Captions")

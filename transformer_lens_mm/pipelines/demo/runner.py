@@ -24,7 +24,11 @@ concept-specific units from generic ones:
 6. the ablation sweep (top-k vs random units of the same layers, for every k);
 7. same- vs cross-concept ablation: each image's top-k zeroed on images of other concepts;
 8. generic units (top for the images of most concepts) and per-concept specificity;
-9. single-unit ablation of the report's card units, and captions regenerated under ablation.
+9. single-unit ablation of the report's card units, and captions regenerated under ablation;
+10. where translation happens, two more ways: attention knockout of image -> last in windows
+    of layers (against random same-size position groups), and the contextual
+    lens (each image token's nearest contextual text representations per layer, beside the
+    logit and embedding lenses and random vectors).
 
 Every table is written as CSV the moment it is computed (atomically); ``summary.json`` holds the
 headline numbers and ``report.html`` a headline panel, the unit cards, figures and tables.
@@ -49,13 +53,19 @@ from tqdm.auto import tqdm
 
 from transformer_lens_mm.core.atomic import atomic_csv, atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
+from transformer_lens_mm.data.corpora import reference_corpus
 from transformer_lens_mm.data.datasets import Item, SceneDataset
 from transformer_lens_mm.data.natural_scenes import BACKGROUND_REGIONS, NOUNS, NaturalSceneSet
 from transformer_lens_mm.data.pretrained import demo_projection_path, load_demo_model
 from transformer_lens_mm.data.scenes import SceneSet
 from transformer_lens_mm.pipelines.demo.config import PHOTOS, DemoConfig, prepare_output
 from transformer_lens_mm.pipelines.demo.report import card_groups, write_report
-from transformer_lens_mm.pipelines.demo.summary import describe_model, summarise, summary_text
+from transformer_lens_mm.pipelines.demo.summary import (
+    describe_model,
+    summarise,
+    summary_text,
+    where_translation,
+)
 from transformer_lens_mm.pipelines.experiments import (
     add_spatial_ceiling,
     category_selectivity,
@@ -66,11 +76,14 @@ from transformer_lens_mm.pipelines.search import BatchSearch, SearchSettings, se
 from transformer_lens_mm.pipelines.steps import (
     ablation_captions_step,
     ablation_step,
+    contextual_lens_step,
     cross_concept_step,
+    knockout_step,
     soft_prompt_step,
     unit_effect_step,
 )
 from transformer_lens_mm.report.cards import card_units
+from transformer_lens_mm.tools.contextual_lens import build_contextual_index, lens_shares
 from transformer_lens_mm.tools.lens import logit_lens
 from transformer_lens_mm.tools.specificity import concept_specificity, generic_units
 
@@ -192,6 +205,20 @@ def _lens(model: MultimodalModel, searches: list[BatchSearch]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
+def _contextual_lens(model: MultimodalModel, searches: list[BatchSearch], config) -> pd.DataFrame:
+    """Per layer and lens, the share of image tokens whose 5 nearest tokens name c."""
+    n_layers = int(model.cfg.n_layers)
+    layers = sorted({*range(0, n_layers, config.lens_every), n_layers - 1})
+    # seed + 1000: with "scenes", other scenes than the demo's, whose captions do not describe
+    # its images
+    texts = reference_corpus(config.lens_corpus, n=config.lens_texts, seed=config.seed + 1000)
+    index = build_contextual_index(model, texts, layers=layers)
+    tables = [contextual_lens_step(model, found, index) for found in searches if len(found)]
+    shares = lens_shares(pd.concat(tables, ignore_index=True))
+    shares.attrs["corpus"] = f"{config.lens_corpus}: {len(texts)} texts, {len(index)} vectors"
+    return shares
+
+
 def _background_spatial(
     model: MultimodalModel, items: list[Item], config: DemoConfig
 ) -> pd.DataFrame:
@@ -304,7 +331,7 @@ def run_demo(
     out = prepare_output(out, overwrite)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
-    steps = tqdm(total=12, desc="tlmm demo", disable=not verbose)
+    steps = tqdm(total=14, desc="tlmm demo", disable=not verbose)
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
         steps.set_postfix_str(name)
@@ -340,6 +367,24 @@ def run_demo(
     _write_csv(out, "soft_prompts.csv", soft)
     lens = step("logit lens", lambda: _lens(model, searches))
     _write_csv(out, "logit_lens.csv", lens)
+    knockout = pd.DataFrame()
+    if config.knockout_window:
+        knockout = step(
+            "attention knockout",
+            lambda: _per_batch(
+                searches,
+                lambda f, seed: knockout_step(model, f, window=config.knockout_window, seed=seed),
+            ),
+        )
+        _write_csv(out, "knockout.csv", knockout)
+    else:
+        steps.update()
+    shares = pd.DataFrame()
+    if config.lens_every:
+        shares = step("contextual lens", lambda: _contextual_lens(model, searches, config))
+        _write_csv(out, "lens_shares.csv", shares)
+    else:
+        steps.update()
     spatial = step(
         "spatial",
         lambda: spatial_iou_by_category(
@@ -430,6 +475,7 @@ def run_demo(
         cross=cross,
         selectivity=selectivity,
     )
+    summary.update(where_translation(knockout, shares))
     summary["seconds"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
     summary["model"] = describe_model(model)
     _write_json(out / "summary.json", summary)
@@ -452,6 +498,8 @@ def run_demo(
             "cross_concept": cross,
             "category_selectivity": selectivity,
             "unit_effects": effects,
+            "knockout": knockout,
+            "lens_shares": shares,
         },
         maps=maps,
         image_of=lambda name: by_id[name].image(),

@@ -15,9 +15,10 @@ import pandas as pd
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.pipelines.demo.config import DemoConfig
 from transformer_lens_mm.pipelines.experiments import controls_summary, soft_prompt_summary
+from transformer_lens_mm.tools.knockout import knockout_curve
 from transformer_lens_mm.tools.stats import mean_ci
 
-__all__ = ["describe_model", "summarise", "summary_text", "target_checks"]
+__all__ = ["describe_model", "summarise", "summary_text", "target_checks", "where_translation"]
 
 #: the issue's targets for a run that shows concept-specific multimodal neurons (never moved)
 TARGETS = {
@@ -255,3 +256,39 @@ def summary_text(summary: dict[str, Any]) -> str:
         )
     lines.append(f"time: {summary['seconds']['total']:.0f} s")
     return "\n".join(lines)
+
+
+def where_translation(knockout: pd.DataFrame, shares: pd.DataFrame) -> dict[str, Any]:
+    """The knockout's and the contextual lens's headline numbers (empty where not run).
+
+    ``knockout``: per flow, the window whose cut keeps the least p(c) (mean over images of
+    p_cut / p_clean) and what the random control keeps there. ``contextual_lens``: per lens, the
+    layer where the most image tokens name c, that share, and the random vectors' share there.
+    """
+    out: dict[str, Any] = {}
+    if len(knockout):
+        curve = knockout_curve(knockout)
+        flows = {}
+        for (source, target), part in curve.groupby(["from_group", "to_group"], sort=False):
+            cut = part[part.kind == "knockout"].sort_values("mean").iloc[0]
+            ctrl = part[(part.kind == "control") & (part.start == cut.start)]
+            flows[f"{source} -> {target}"] = {
+                "layers": f"{int(cut.start)}-{int(cut.stop) - 1}",
+                "p_kept": round(float(cut["mean"]), 4),
+                "p_kept_random_positions": round(float(ctrl["mean"].iloc[0]), 4)
+                if len(ctrl)
+                else None,
+            }
+        out["knockout"] = flows
+    if len(shares):
+        lenses = {}
+        for lens, part in shares.groupby("lens", sort=False):
+            image = part[part.kind == "image"].sort_values("share", ascending=False).iloc[0]
+            rand = part[(part.kind == "random") & (part.layer == image.layer)]
+            lenses[lens] = {
+                "layer": int(image.layer),
+                "share": round(float(image.share), 4),
+                "share_random_vectors": round(float(rand.share.iloc[0]), 4) if len(rand) else None,
+            }
+        out["contextual_lens"] = {"corpus": shares.attrs.get("corpus", ""), "peak": lenses}
+    return out
