@@ -1,6 +1,8 @@
 """Step 8: SAE features at image positions with SAELens (TransformerLens 3.x, where SAELens runs).
 
-SAELens's ``HookedSAETransformer`` is given sight (``from_parts`` converts it in place), a small
+SAELens's ``HookedSAETransformer`` is given sight (``from_parts`` converts it in place; with
+``--api bridge``, SAELens's ``SAETransformerBridge`` methods are given to a built
+``MultimodalTransformerBridge``: ``MultimodalSAETransformerBridge.from_multimodal``), a small
 SAE is fitted to the residual stream at the image positions of the toy model, attached with
 SAELens's own ``run_with_cache_with_saes``, and each image's most active features are listed
 with the patches where they fire. ``exclude_special_tokens=True`` keeps the SAE at the image
@@ -21,10 +23,22 @@ from transformer_lens_mm.tools.sae import image_sae_features
 require_hooked_transformer("SAELens")
 import sae_lens  # noqa: E402 (after the check: SAELens fails to import on TL 4.x)
 
+from transformer_lens_mm.core.sae import MultimodalSAETransformerBridge  # noqa: E402
+
 args = parse_args(__doc__)
 toy = load_toy_model("hooked", cache=args.toy)  # trains the toy model on first use
-lm = load_hooked_transformer(Path(args.toy) / "tiny-lm", cls=sae_lens.HookedSAETransformer)
-model = from_parts(lm=lm, encoder=toy.image_encoder, projection=toy.image_projection)
+if args.api == "hooked":  # SAELens's HookedSAETransformer, given sight by from_parts
+    lm = load_hooked_transformer(Path(args.toy) / "tiny-lm", cls=sae_lens.HookedSAETransformer)
+    model = from_parts(lm=lm, encoder=toy.image_encoder, projection=toy.image_projection)
+else:  # a built MultimodalTransformerBridge gets SAELens's bridge methods in place
+    model = MultimodalSAETransformerBridge.from_multimodal(
+        from_parts(
+            lm=Path(args.toy) / "tiny-lm",
+            encoder=toy.image_encoder,
+            projection=toy.image_projection,
+            api="bridge",
+        )
+    )
 images, captions, _ = make_dataset(32, seed=3)
 hook = "blocks.0.hook_resid_post"
 

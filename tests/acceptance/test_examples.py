@@ -93,8 +93,9 @@ def _sae_lens_runs() -> bool:
 
 
 @pytest.mark.skipif(not _sae_lens_runs(), reason="SAELens runs on TransformerLens 3.x only")
-def test_sae_features_example(toy, tmp_path):
-    stdout = run("08_sae_features", "--toy", str(toy), "--out", str(tmp_path))
+@pytest.mark.parametrize("api", ["hooked", "bridge"])
+def test_sae_features_example(toy, tmp_path, api):
+    stdout = run("08_sae_features", "--toy", str(toy), "--out", str(tmp_path), "--api", api)
     assert "image-position activations" in stdout and "strongest features" in stdout
     assert (tmp_path / "sae_features.pt").is_file()
 
