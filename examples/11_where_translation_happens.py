@@ -16,7 +16,10 @@ takes c and scores the MLP units (the paper's view); then
 3. transcoder latents (tools.transcoders): a transcoder trained here on the MLP of two layers
    (the one holding most of the images' top-100 neuron entries, and the middle of the window
    whose image -> last cut costs the most p(c)), its latents scored by g = z * dy_c/dz, their
-   decodings against c, and their overlap with that layer's top neurons.
+   decodings against c, and their overlap with that layer's top neurons;
+4. SAE features (where SAELens runs: TransformerLens 3.9, ``--api bridge``): an SAELens SAE of
+   the same layers' residual stream, fitted here, read at the image positions through
+   SAELens's own bridge class given sight; each image's 5 strongest features decoded.
 
 Writes ``where_translation.json`` (every number), ``knockout.csv``, ``lens_shares.csv`` and a
 page with the figures, ``where_translation.html``, to ``--out``.
@@ -25,6 +28,7 @@ page with the figures, ``where_translation.html``, to ``--out``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -98,6 +102,56 @@ def _transcoder_view(model, batch, tids, words, layer, batches, args) -> dict:
             "chance": round(float(overlap.chance.mean()), 4),
             "mean_abs_cos": round(float(overlap.mean_abs_cos.mean()), 4),
         },
+    }
+
+
+def _sae_view(model, batch, tids, words, layer, batches) -> dict:
+    """An SAELens SAE of ``blocks.{layer}.hook_resid_post``, fitted here, read at the image
+    positions through SAELens's own bridge class given sight (TL 3.9 only)."""
+    import sae_lens
+
+    from transformer_lens_mm.core.sae import MultimodalSAETransformerBridge
+    from transformer_lens_mm.tools.sae import image_sae_features
+
+    sae_model = MultimodalSAETransformerBridge.from_multimodal(model)
+    hook = f"blocks.{layer}.hook_resid_post"
+    acts = []
+    for b in batches:
+        if isinstance(b, torch.Tensor):
+            continue
+        _, cache = sae_model.run_with_cache(b, names_filter=[hook])
+        acts.append(cache[hook][b.image_mask].float())
+    x = torch.cat(acts)
+    cfg = sae_lens.StandardSAEConfig(d_in=int(model.cfg.d_model), d_sae=2048)
+    cfg.metadata.hook_name = hook
+    torch.manual_seed(0)
+    sae = sae_lens.StandardSAE(cfg)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    scale = x.pow(2).sum(-1).mean()
+    for _ in range(1000):
+        idx = torch.randint(len(x), (512,))
+        feats = sae.encode(x[idx])
+        loss = (sae.decode(feats) - x[idx]).pow(2).sum(-1).mean() / scale + 3e-4 * feats.sum(
+            -1
+        ).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        features = image_sae_features(sae_model, batch, sae)  # [batch, n_image, d_sae]
+    top = features.sum(1).topk(5, dim=-1).indices  # each image's 5 strongest features
+    dec = latent_decodings(model, sae, sorted(set(top.flatten().tolist())), k=10)
+    tokens = dict(zip(dec.latent, dec.tokens))
+    names = [
+        any(any(same_word(w, words[i]) for w in tokens[f]) for f in top[i].tolist())
+        for i in range(len(words))
+    ]
+    return {
+        "hook": hook,
+        "d_sae": 2048,
+        "train_vectors": len(x),
+        "mean_l0_at_image_positions": round(float((features > 0).float().sum(-1).mean()), 1),
+        "images_whose_5_strongest_features_decode_to_c": round(sum(names) / len(names), 4),
     }
 
 
@@ -201,6 +255,16 @@ def main() -> None:
         results["transcoder"][f"L{layer}"] = _transcoder_view(model, batch, tids, words, layer,
                                                               batches, args)  # fmt: skip
     seconds["transcoder"] = time.perf_counter() - t
+
+    # 4. SAE features at the image positions (SAELens runs on TransformerLens 3.9's bridge)
+    if importlib.util.find_spec("sae_lens") is not None and hasattr(model, "original_model"):
+        t = time.perf_counter()
+        results["sae"] = {
+            f"L{layer}": _sae_view(model, batch, tids, words, layer, batches) for layer in layers_tc
+        }
+        seconds["sae"] = time.perf_counter() - t
+    else:
+        results["sae"] = "not run: needs SAELens, i.e. TransformerLens 3.9 and --api bridge"
     results["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
     (out / "where_translation.json").write_text(json.dumps(results, indent=1))
     page = Report(f"Where translation happens in {model.lm_name}")
@@ -212,6 +276,10 @@ def main() -> None:
     page.figure(plot_knockout(table))
     page.section("Contextual lens", results["lens"]["corpus"])
     page.figure(plot_lens_shares(shares))
+    if isinstance(results["sae"], dict):
+        page.section("SAE features at the image positions")
+        sae_rows = pd.json_normalize([{"layer": k, **v} for k, v in results["sae"].items()])
+        page.table(sae_rows.astype(str))
     page.section("Transcoder latents vs neurons")
     rows = pd.json_normalize([{"layer": k, **v} for k, v in results["transcoder"].items()])
     grid = rows.set_index("layer").T.rename_axis(columns=None)

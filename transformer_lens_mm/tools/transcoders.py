@@ -300,13 +300,20 @@ def latent_decodings(
 ) -> pd.DataFrame:
     """The ``k`` tokens each latent's decoder row promotes through the unembedding (final norm
     included where the model's readout uses it, as for neurons): ``latent``, ``tokens``,
-    ``token_ids``.
+    ``token_ids``. Works for a transcoder and for any SAE whose decoder writes ``d_model``
+    vectors (residual stream, MLP or attention output).
 
     Example:
         >>> latent_decodings(model, tc, [3, 17], k=5)  # doctest: +SKIP
     """
-    spec = _spec(transcoder)
-    rows = spec.w_dec.detach()[list(latents)].float()
+    w_dec = getattr(transcoder, "W_dec", None)
+    if not isinstance(w_dec, Tensor) or w_dec.ndim != 2 or w_dec.shape[1] != model.cfg.d_model:
+        raise HookShapeError(
+            f"{type(transcoder).__name__} has no [d_latent, d_model] decoder W_dec to read "
+            "through the unembedding: pass a transcoder, or an SAE of the residual stream or an "
+            "MLP output"
+        )
+    rows = w_dec.detach()[list(latents)].float()
     if readout_for(model).final_norm:
         scale = final_norm_scale(model)
         if scale is not None:
