@@ -10,6 +10,8 @@
 #
 #   bash benchmarks/run_gpu.sh [memory] [bench] [caption] [checks]   (default: all four)
 #   bash benchmarks/run_gpu.sh attr-quick checks                      (a short re-check)
+#   bash benchmarks/run_gpu.sh paper    (the paper's run sized: GPT-J-6B + BEiT-L shapes, bf16,
+#                                        batch 1-16, images/s, peak memory, hours for COCO)
 #
 # Dry run on CPU with tiny models (checks that the script itself works):
 #   DEVICE=cpu PY=/path/to/venv/bin/python SIZES=tiny MEMSHAPE=tiny MEMLAYERS=2 OUT=/tmp/o \
@@ -94,6 +96,12 @@ if [[ $what == *caption* ]]; then
         --tl-bridge
     fi
   done
+fi
+if [[ $what == *paper* ]]; then  # the paper's per-image procedure, real shapes, random weights
+  shape=$([[ $MEMSHAPE == tiny ]] && echo tiny || echo gptj)
+  run $first 540 benchmarks/paper_run.py --device "$DEVICE" --shape "$shape" \
+    --dtype $([[ $DEVICE == cuda* ]] && echo bfloat16 || echo float32) \
+    --batches $([[ $shape == tiny ]] && echo 1 2 || echo 1 4 16)
 fi
 if [[ $what == *checks* ]]; then
   echo "== gpu_checks" | tee -a "$log"

@@ -81,3 +81,40 @@ def test_analyze_floor_script(api):
     assert "run / floor:" in out, out
     for part in ("captions", "attribution (+ patch maps)", "ablation sweep", "report", "other"):
         assert part in out, out
+
+
+@pytest.mark.parametrize("api", sorted({default_api(), "bridge"}))
+def test_paper_run_sizing_script(api):
+    """The paper's per-image procedure on tiny shapes (run_gpu.sh's `paper` part, dry run)."""
+    out = run("paper_run.py", "--shape", "tiny", "--api", api, "--batches", "1", "2")
+    assert out.count("images/s") == 2 and "projected: 1,000 images" in out, out
+    for step in ("caption", "search", "ablation sweep", "captions under ablation", "soft prompts"):
+        assert step in out, out
+
+
+def test_paper_run_reports_a_batch_that_does_not_fit(monkeypatch, capsys):
+    """Out of memory at a batch size: the measured per-image memory and the largest batch that
+    ran, not a CUDA trace."""
+    import torch
+
+    sys.path.insert(0, str(BENCH))
+    import paper_run
+
+    calls = []
+
+    def fake_batch(model, encoder, n, args):
+        calls.append(n)
+        if n >= 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"caption": 0.5 * n}
+
+    monkeypatch.setattr(paper_run, "one_batch", fake_batch)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # track_rss would re-exec the process
+    monkeypatch.setattr(
+        sys, "argv", ["paper_run.py", "--shape", "tiny", "--batches", "1", "2", "4", "8"]
+    )
+    paper_run.main()
+    out = capsys.readouterr().out
+    assert calls == [1, 1, 2, 4]  # warm-up, then up to the first that does not fit; 8 not tried
+    assert "batch 4: does not fit" in out and "the largest batch that ran" in out, out
+    assert "--batches up to 2" in out and "Traceback" not in out
