@@ -19,10 +19,14 @@ batch that does not fit is reported with the per-image memory measured at the la
 that ran and that batch, not a CUDA out-of-memory trace.
 
     python benchmarks/paper_run.py --device cuda --dtype bfloat16          # the real shapes
+    python benchmarks/paper_run.py --device cuda --dtype bfloat16 --native llava
     python benchmarks/paper_run.py --shape tiny --batches 1 2              # CPU dry run
 
-Part ``paper`` of ``benchmarks/run_gpu.sh``. A LLaVA-1.5-7B-shaped native VLM is not sized here
-yet (docs/benchmarks.md).
+``--native llava`` sizes the same procedure on a LLaVA-1.5-7B-shaped native VLM instead
+(CLIP ViT-L/14 at 336 px, 576 image tokens from layer -2, GELU projector, a Llama-2-7B-shaped LM
+with a 32064-token vocabulary; random weights; ``NativeVLMBridge``).
+
+Part ``paper`` of ``benchmarks/run_gpu.sh``.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from transformer_lens_mm.pipelines.steps import (
 )
 
 ENCODERS = {  # timm name and overrides: BEiT-L/16 at 224 px (LiMBeR's BEiT), or a tiny ViT
-    "gptj": ("beit_large_patch16_224", {}),
+    "real": ("beit_large_patch16_224", {}),
     "tiny": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=8, depth=1, embed_dim=24)),
 }
 
@@ -62,23 +66,76 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def build(args: argparse.Namespace):
+def build_llava(args: argparse.Namespace):
+    """A LLaVA-1.5-7B-shaped native VLM with random weights (``tiny``: the tests' tiny LLaVA),
+    built on the device; the tiny processor, resized to the model's image size."""
+    from attribution_and_sweep import scratch_dir
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaForConditionalGeneration as Llava
+
+    from transformer_lens_mm.core.native import NativeVLMBridge
+    from transformer_lens_mm.data.tiny_vlms import build_tiny_vlm
+
     dtype = getattr(torch, args.dtype)
-    layers = args.layers or (GPTJ_LAYERS if args.shape == "gptj" else 2)
+    folder = build_tiny_vlm(scratch_dir() / "llava", "llava", chat=False)
+    if args.shape == "tiny":
+        return NativeVLMBridge.from_pretrained(folder, device=args.device, dtype=dtype), 32
+    from transformers import AutoConfig, AutoProcessor
+
+    tiny = AutoConfig.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.image_processor.size = {"shortest_edge": 336}
+    processor.image_processor.crop_size = {"height": 336, "width": 336}
+    processor.patch_size = 14
+    processor.save_pretrained(folder)
+    vision = CLIPVisionConfig(
+        image_size=336, patch_size=14, hidden_size=1024, intermediate_size=4096,
+        num_hidden_layers=24, num_attention_heads=16, projection_dim=768,
+    )  # fmt: skip
+    text = LlamaConfig(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.layers or 32,
+        num_attention_heads=32, num_key_value_heads=32, vocab_size=32064,
+        max_position_embeddings=4096, bos_token_id=0, eos_token_id=0, pad_token_id=1,
+    )  # fmt: skip
+    cfg = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=tiny.image_token_index,
+        projector_hidden_act="gelu", vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )  # fmt: skip
+    cfg.architectures = ["LlavaForConditionalGeneration"]
+    cfg.save_pretrained(folder)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(args.device):
+            hf = Llava(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    model = NativeVLMBridge.from_pretrained(folder, device=args.device, dtype=dtype, hf_model=hf)
+    return model, 336
+
+
+def build(args: argparse.Namespace):
+    if args.native == "llava":
+        model, size = build_llava(args)
+        return model, model.image_encoder, size
+    dtype = getattr(torch, args.dtype)
+    layers = args.layers or (GPTJ_LAYERS if args.shape == "real" else 2)
     name, overrides = ENCODERS[args.shape]
-    model = gptj_shaped(layers, args.api, args.device, dtype, args.shape)
+    model = gptj_shaped(
+        layers, args.api, args.device, dtype, "gptj" if args.shape == "real" else "tiny"
+    )
     torch.manual_seed(0)
     encoder = ImageEncoder.from_timm(name, pretrained=False, **overrides)
     model.attach_vision(
         encoder.to(args.device, dtype),
         ImageProjection(encoder.d_image, int(model.cfg.d_model)).to(args.device, dtype),
     )
-    return model, encoder
+    return model, encoder, 224 if args.shape == "real" else 32
 
 
-def one_batch(model, encoder, n: int, args: argparse.Namespace) -> dict[str, float]:
-    """The procedure on ``n`` random images: seconds per step."""
-    size = 224 if args.shape == "gptj" else 32
+def one_batch(model, size: int, n: int, args: argparse.Namespace) -> dict[str, float]:
+    """The procedure on ``n`` random ``size`` px images: seconds per step."""
     g = torch.Generator().manual_seed(n)
     images = [torch.rand(3, size, size, generator=g) for _ in range(n)]
     ks = [k for k in ABLATION_KS if k <= int(model.cfg.n_layers) * int(model.cfg.d_mlp)]
@@ -131,30 +188,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
-    parser.add_argument("--shape", default="gptj", choices=["gptj", "tiny"])
-    parser.add_argument("--layers", type=int, default=None, help="default: 28 (gptj), 2 (tiny)")
+    parser.add_argument("--shape", default="real", choices=["real", "tiny"])
+    parser.add_argument(
+        "--layers", type=int, default=None, help="LM layers (default: 28 GPT-J, 32 LLaVA, 2 tiny)"
+    )
     parser.add_argument("--api", default=default_api(), choices=["hooked", "bridge"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--max-new-tokens", type=int, default=20)
     parser.add_argument("--chunk", type=int, default=16, help="sweep rows per forward")
     parser.add_argument("--images", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--native", choices=["none", "llava"], default="none")
     args = parser.parse_args()
     if args.device == "cpu":
         track_rss()
-    model, encoder = build(args)
+    model, encoder, size = build(args)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    weights += sum(p.numel() * p.element_size() for p in encoder.parameters())
-    print(
-        f"{args.shape}-shaped ({int(model.cfg.n_layers)} layers, d_model {int(model.cfg.d_model)},"
-        f" d_mlp {int(model.cfg.d_mlp)}) + {ENCODERS[args.shape][0]}, {args.dtype}, "
-        f"{args.api}, {args.device}: weights {weights / 2**30:.2f} GiB"
+    if encoder is not None and args.native == "none":  # the native model's tower is included
+        weights += sum(p.numel() * p.element_size() for p in encoder.parameters())
+    what = (
+        f"LLaVA-1.5-7B-shaped ({args.shape})"
+        if args.native == "llava"
+        else f"{args.shape}-shaped + {ENCODERS[args.shape][0]}"
     )
-    one_batch(model, encoder, 1, args)  # warm-up (allocator, kernels)
+    print(
+        f"{what}: {int(model.cfg.n_layers)} layers, d_model {int(model.cfg.d_model)}, d_mlp "
+        f"{int(model.cfg.d_mlp)}, {model.n_image_tokens} image tokens, {args.dtype}, "
+        f"{type(model).__name__}, {args.device}: weights {weights / 2**30:.2f} GiB"
+    )
+    one_batch(model, size, 1, args)  # warm-up (allocator, kernels)
     fitted: tuple[int, float] | None = None  # largest batch that ran, its per-image memory
     for n in args.batches:
         try:
             with PeakMemory(args.device) as mem:
-                seconds = one_batch(model, encoder, n, args)
+                seconds = one_batch(model, size, n, args)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as err:
             if not _is_oom(err):
                 raise

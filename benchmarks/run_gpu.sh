@@ -10,8 +10,9 @@
 #
 #   bash benchmarks/run_gpu.sh [memory] [bench] [caption] [checks]   (default: all four)
 #   bash benchmarks/run_gpu.sh attr-quick checks                      (a short re-check)
-#   bash benchmarks/run_gpu.sh paper    (the paper's run sized: GPT-J-6B + BEiT-L shapes, bf16,
-#                                        batch 1-16, images/s, peak memory, hours for COCO)
+#   bash benchmarks/run_gpu.sh paper    (the paper's run sized: GPT-J-6B + BEiT-L and
+#                                        LLaVA-1.5-7B shapes, bf16, batch 1-16, images/s, peak
+#                                        memory, hours for 1,000 / 5,000 COCO images)
 #
 # Dry run on CPU with tiny models (checks that the script itself works):
 #   DEVICE=cpu PY=/path/to/venv/bin/python SIZES=tiny MEMSHAPE=tiny MEMLAYERS=2 OUT=/tmp/o \
@@ -98,10 +99,12 @@ if [[ $what == *caption* ]]; then
   done
 fi
 if [[ $what == *paper* ]]; then  # the paper's per-image procedure, real shapes, random weights
-  shape=$([[ $MEMSHAPE == tiny ]] && echo tiny || echo gptj)
-  run $first 540 benchmarks/paper_run.py --device "$DEVICE" --shape "$shape" \
-    --dtype $([[ $DEVICE == cuda* ]] && echo bfloat16 || echo float32) \
-    --batches $([[ $shape == tiny ]] && echo 1 2 || echo 1 4 16)
+  shape=$([[ $MEMSHAPE == tiny ]] && echo tiny || echo real)
+  paper=(benchmarks/paper_run.py --device "$DEVICE" --shape "$shape"
+    --dtype "$([[ $DEVICE == cuda* ]] && echo bfloat16 || echo float32)"
+    --batches $([[ $shape == tiny ]] && echo 1 2 || echo 1 4 16))
+  run $first 300 "${paper[@]}"                   # GPT-J-6B + BEiT-L (LiMBeR)
+  run bridge 300 "${paper[@]}" --native llava    # LLaVA-1.5-7B
 fi
 if [[ $what == *checks* ]]; then
   echo "== gpu_checks" | tee -a "$log"

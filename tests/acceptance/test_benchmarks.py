@@ -87,9 +87,11 @@ def test_analyze_floor_script(api):
 def test_paper_run_sizing_script(api):
     """The paper's per-image procedure on tiny shapes (run_gpu.sh's `paper` part, dry run)."""
     out = run("paper_run.py", "--shape", "tiny", "--api", api, "--batches", "1", "2")
+    native = run("paper_run.py", "--shape", "tiny", "--native", "llava", "--batches", "1")
     assert out.count("images/s") == 2 and "projected: 1,000 images" in out, out
+    assert "NativeVLMBridge" in native and native.count("images/s") == 1, native
     for step in ("caption", "search", "ablation sweep", "captions under ablation", "soft prompts"):
-        assert step in out, out
+        assert step in out and step in native, out
 
 
 def test_paper_run_reports_a_batch_that_does_not_fit(monkeypatch, capsys):
@@ -102,7 +104,7 @@ def test_paper_run_reports_a_batch_that_does_not_fit(monkeypatch, capsys):
 
     calls = []
 
-    def fake_batch(model, encoder, n, args):
+    def fake_batch(model, size, n, args):
         calls.append(n)
         if n >= 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -176,6 +176,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         prompt: str | None = None,
         chat_template: bool = True,
         image_size: int = 448,
+        hf_model: Any = None,
     ) -> NativeVLMBridge:
         """Load a native VLM and its processor by hub name or local folder.
 
@@ -189,6 +190,9 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             image_size: Qwen2.5-VL only: every image is resized to ``image_size`` square
                 (a multiple of 28; 448 px -> 16 x 16 = 256 image tokens), so that all items of a
                 batch have the same number of image tokens. Ignored by fixed-size models.
+            hf_model: The Hugging Face model already built (e.g. random weights of a real
+                shape, for sizing); then only the config and the processor are read from
+                ``name_or_folder``.
 
         Raises:
             ConfigError: not a vision-language model, or an architecture not supported here.
@@ -218,9 +222,12 @@ class NativeVLMBridge(MultimodalTransformerBridge):
 
         from transformer_lens_mm.core.lm_loading import load_bridge
 
-        hf = AutoModelForImageTextToText.from_pretrained(
-            where, dtype=dtype, attn_implementation="eager"
-        ).eval()
+        if hf_model is None:
+            hf = AutoModelForImageTextToText.from_pretrained(
+                where, dtype=dtype, attn_implementation="eager"
+            ).eval()
+        else:
+            hf = hf_model.eval()
         # TransformerLens rewrites the vision tower's modules in place when it boots; a copy
         # made before is the reference the bridged tower is checked against (and used instead
         # where they differ: seen with TL 3.9's SigLIP attention, see _vision_tower)
