@@ -101,7 +101,7 @@ def build(kind: str, api: str):
     if kind == "demo":
         from transformer_lens_mm.data.pretrained import load_demo_model, smollm2_folder
 
-        model, folder = load_demo_model(api), smollm2_folder()
+        model, folder = load_demo_model(api, scenes="shapes"), smollm2_folder()
         n, ks, captions_k, batch_size = 16, [0, 25, 100, 400, 1600], 400, 8
     else:
         from helpers import build_hf_lm, build_model

@@ -121,9 +121,10 @@ def test_shipped_projection_names_colour_and_shape():
     from transformer_lens_mm import generate_captions
     from transformer_lens_mm.data.scenes import SceneSet
 
-    record = json.loads((pretrained.demo_projection_path() / "training_record.json").read_text())
+    path = pretrained.demo_projection_path(scenes="shapes")
+    record = json.loads((path / "training_record.json").read_text())
     assert record["held_out_seen"]["n"] >= 100
-    model = pretrained.load_demo_model()
+    model = pretrained.load_demo_model(scenes="shapes")
     assert model.bos_token_id == model.tokenizer.convert_tokens_to_ids("<|endoftext|>")
     seen, _ = SceneSet.split_pairs(8, seed=0)
     scenes = SceneSet(16, seed=2, max_objects=1, pairs=seen)  # the record's held-out seen set

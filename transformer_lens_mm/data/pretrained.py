@@ -329,7 +329,7 @@ SHIPPED_PROJECTIONS: dict[tuple[str, str], tuple[str, str]] = {
 }
 
 
-def demo_projection_path(lm: str = "smollm2", scenes: str = "shapes") -> Path:
+def demo_projection_path(lm: str = "smollm2", scenes: str = "natural") -> Path:
     """A shipped projection (``assets/``) into ``lm`` (``"smollm2"``/``"gemma3"``) from
     EfficientNet-Lite0, trained on ``scenes`` (``"shapes"``/``"natural"``); see
     :data:`SHIPPED_PROJECTIONS`."""
@@ -351,12 +351,13 @@ def load_demo_model(
     api: str | None = None,
     *,
     lm: str = "smollm2",
-    scenes: str = "shapes",
+    scenes: str = "natural",
     device: Any = None,
     fused: bool = True,
 ) -> MultimodalModel:
     """A real LM (``"smollm2"``: SmolLM2-135M, ``"gemma3"``: Gemma 3 270M) + EfficientNet-Lite0 +
-    the shipped projection trained on ``scenes``, ready for the analyses.
+    the shipped projection trained on ``scenes`` (``"natural"``, as ``tlmm demo``; or
+    ``"shapes"``), ready for the analyses.
 
     Example:
         >>> model = load_demo_model(lm="gemma3", scenes="natural")  # doctest: +SKIP
