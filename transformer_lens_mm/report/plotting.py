@@ -137,7 +137,14 @@ def plot_ablation_curves(
                 x=x, y=stats["mean"], mode="lines+markers", name=str(kind), line={"color": colour}
             )
         )
-    fig.update_layout(title=title, xaxis_title="units ablated (k)", yaxis_title=value)
+    axis = {
+        "rel_p": "p(c) kept (ablated / unablated)",
+        "p_c": "p(c)",
+        "delta_p": "change of p(c)",
+        "logit_c": "logit of c",
+        "delta_logit": "change of the logit of c",
+    }.get(value, value)
+    fig.update_layout(title=title, xaxis_title="units ablated (k)", yaxis_title=axis)
     return fig
 
 

@@ -46,6 +46,7 @@ def test_plots_return_figures(model):
     means = {tr.name: list(tr.y) for tr in fig.data if tr.name in ("top", "random")}
     expected = sweep[sweep.kind == "top"].groupby("k")["rel_p"].mean().tolist()
     assert means["top"] == pytest.approx(expected)
+    assert fig.layout.yaxis.title.text == "p(c) kept (ablated / unablated)"  # not a column name
     lens = logit_lens(model, batch, k=1, positions=[16, 17, 18])
     fig = plot_logit_lens(lens, image=1)
     assert fig.data[0].z.shape == (3, 3)
