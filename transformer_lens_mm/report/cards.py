@@ -32,7 +32,7 @@ from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.report.html import img_tag
 from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
 
-__all__ = ["UnitCard", "card_units", "unit_cards", "unit_map_png"]
+__all__ = ["UnitCard", "card_units", "unit_cards", "unit_map_png", "visible_token"]
 
 
 @functools.lru_cache(maxsize=4)
@@ -74,6 +74,30 @@ def unit_map_png(
     return buf.getvalue()
 
 
+def visible_token(token: str) -> str:
+    """A decoded token as a reader can see it: control characters escaped (``\\n``, ``\\r``),
+    a space at either end shown as ``␣``, the replacement character of a lone byte of a
+    multi-byte character as ``<byte>``, the empty string as ``∅``.
+
+    Example:
+        >>> visible_token(" dog"), visible_token("\\ufffd"), visible_token("\\r"), visible_token("")
+        ('␣dog', '<byte>', '\\\\r', '∅')
+    """
+    if token == "":
+        return "\u2205"
+    shown = repr(token)[1:-1].replace("\ufffd", "<byte>")
+    core = shown.strip(" ")
+    lead = len(shown) - len(shown.lstrip(" "))
+    trail = len(shown) - len(shown.rstrip(" "))
+    return "\u2423" * lead + core + "\u2423" * trail if core else "\u2423" * len(shown)
+
+
+def _token_title(token: str) -> str:
+    if "\ufffd" in token:
+        return ' title="a byte of a character split over several tokens"'
+    return ""
+
+
 @dataclass
 class UnitCard:
     """One unit: its decoded tokens and its patch maps over some images."""
@@ -89,8 +113,8 @@ class UnitCard:
     def to_html(self) -> str:
         marks = {h.strip().lower() for h in self.highlight}
         toks = "".join(
-            f'<span class="tok{" hit" if t.strip().lower() in marks else ""}">'
-            f"{html.escape(repr(t)[1:-1])}</span>"
+            f'<span class="tok{" hit" if t.strip().lower() in marks else ""}"'
+            f"{_token_title(t)}>{html.escape(visible_token(t))}</span>"
             for t in self.tokens
         )
         facts = "".join(

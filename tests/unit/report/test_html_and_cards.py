@@ -85,3 +85,16 @@ def test_unit_cards_draw_each_items_own_map():
     assert [png for png, _ in card.maps] == want
     assert [text for _, text in card.maps] == ["a:  dog", "b:  cat"]
     assert unit_cards(units.iloc[:0], maps[:0]) == []
+
+
+def test_card_tokens_are_visible_whatever_bytes_they_hold():
+    """A byte-level token (the replacement character), control characters, spaces at the ends
+    and the empty string each render as something a reader can see."""
+    from transformer_lens_mm.report.cards import UnitCard
+
+    card = UnitCard(layer=3, unit=7, tokens=[" dog", "\ufffd", "\r\n", "", " "])
+    page = card.to_html()
+    for shown in ("\u2423dog", "&lt;byte&gt;", "\\r\\n", "\u2205", ">\u2423<"):
+        assert shown in page, shown
+    assert "\ufffd" not in page and "\r" not in page
+    assert 'title="a byte of a character split over several tokens"' in page

@@ -21,7 +21,7 @@ from transformer_lens_mm.data.natural_scenes import NATURAL_BACKGROUNDS, NOUNS
 from transformer_lens_mm.data.scenes import SHAPES
 from transformer_lens_mm.pipelines.demo.config import DemoConfig
 from transformer_lens_mm.pipelines.demo.summary import target_checks
-from transformer_lens_mm.report.cards import unit_cards
+from transformer_lens_mm.report.cards import unit_cards, visible_token
 from transformer_lens_mm.report.html import Report, Tile
 from transformer_lens_mm.report.plotting import (
     plot_ablation_curves,
@@ -333,7 +333,7 @@ def write_report(
     report.section("Tables", "Every table is also a CSV file beside this page.")
     report.table(tables["captions"], max_rows=100, collapsed="Captions")
     shown = signed_view(units)
-    shown["tokens"] = [" ".join(repr(t) for t in toks) for toks in shown["tokens"]]
+    shown["tokens"] = [" ".join(visible_token(t) for t in toks) for toks in shown["tokens"]]
     report.table(
         shown.sort_values(["index", "rank"]).groupby("item").head(5),
         max_rows=200,
