@@ -20,7 +20,7 @@ from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.data.natural_scenes import NATURAL_BACKGROUNDS, NOUNS
 from transformer_lens_mm.data.scenes import SHAPES
 from transformer_lens_mm.pipelines.demo.config import DemoConfig
-from transformer_lens_mm.pipelines.demo.summary import target_checks
+from transformer_lens_mm.pipelines.demo.summary import percent, target_checks
 from transformer_lens_mm.report.cards import unit_cards, visible_token
 from transformer_lens_mm.report.html import Report, Tile
 from transformer_lens_mm.report.plotting import (
@@ -39,7 +39,7 @@ __all__ = ["card_groups", "headline_tiles", "write_report"]
 
 
 def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{float(x):.0%}"
+    return percent(x)
 
 
 def _num(x: Any, fmt: str = "{:.2f}") -> str:
@@ -57,7 +57,7 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
         Tile(
             "Captions name the object",
             _pct(cap["scenes_shape_right"]),
-            f"chance: 1 in {n_classes} ({1 / n_classes:.0%}); "
+            f"chance: 1 in {n_classes} ({percent(1 / n_classes)}); "
             f"{summary['n_scenes']} held-out scenes",
             "How often the greedy caption names the first object: the model sees the images.",
         )
@@ -244,6 +244,7 @@ def write_report(
     report.tiles(headline_tiles(summary, config))
     checks = pd.DataFrame(target_checks(summary))
     checks["met"] = checks["met"].map({True: "met", False: "NOT met"})
+    checks = checks.drop(columns="value").rename(columns={"shown": "value"})
     report.table(checks)
 
     report.section(

@@ -18,7 +18,14 @@ from transformer_lens_mm.pipelines.experiments import controls_summary, soft_pro
 from transformer_lens_mm.tools.knockout import knockout_curve
 from transformer_lens_mm.tools.stats import mean_ci
 
-__all__ = ["describe_model", "summarise", "summary_text", "target_checks", "where_translation"]
+__all__ = [
+    "describe_model",
+    "percent",
+    "summarise",
+    "summary_text",
+    "target_checks",
+    "where_translation",
+]
 
 #: the issue's targets for a run that shows concept-specific multimodal neurons (never moved)
 TARGETS = {
@@ -164,7 +171,8 @@ def summarise(
 
 
 def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's three targets against a run's summary: name, value, target, met."""
+    """The issue's three targets against a run's summary: name, value, shown (the value as
+    the report and the printed summary write it), target, met."""
     top = summary["top_units"]
     controls = summary.get("controls", {})
     share = top.get("scenes_with_an_interpretable_unit_decoding_to_target")
@@ -175,22 +183,38 @@ def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "name": "held-out scenes with an interpretable top-100 unit decoding to c",
             "value": share,
+            "shown": percent(share),
             "target": f">= {TARGETS['images_with_concept_decoding_unit']:.0%}",
             "met": share is not None and share >= TARGETS["images_with_concept_decoding_unit"],
         },
         {
             "name": "concepts where spatial IoU of top units > random units",
             "value": controls.get("concepts_iou_top_above_random"),
+            "shown": str(controls.get("concepts_iou_top_above_random")),
             "target": "every concept",
             "met": bool(iou) and not below,
         },
         {
             "name": "same-concept / cross-concept drop of p(c) at k = 100",
             "value": ratio,
+            "shown": "n/a" if ratio is None else f"{ratio:.2f}x",
             "target": f">= {TARGETS['specificity_ratio_at_100']:g}x",
             "met": ratio is not None and ratio >= TARGETS["specificity_ratio_at_100"],
         },
     ]
+
+
+def percent(x: Any) -> str:
+    """A share as the report and the printed summary write it: one decimal where it has one
+    (``0.025`` -> ``2.5%``, ``0.75`` -> ``75%``), ``n/a`` for none.
+
+    Example:
+        >>> percent(0.025), percent(0.75), percent(None)
+        ('2.5%', '75%', 'n/a')
+    """
+    if x is None:
+        return "n/a"
+    return f"{100 * float(x):.1f}".removesuffix(".0") + "%"
 
 
 def summary_text(summary: dict[str, Any]) -> str:
@@ -201,12 +225,13 @@ def summary_text(summary: dict[str, Any]) -> str:
     lines = [f"images: {summary['n_images']} ({summary['n_scenes']} scenes)"]
     if cap["scenes_colour_and_shape_right"] is not None:
         lines.append(
-            f"captions: colour+shape right {cap['scenes_colour_and_shape_right']:.0%}, "
-            f"shape right {cap['scenes_shape_right']:.0%}"
+            f"captions: colour+shape right {percent(cap['scenes_colour_and_shape_right'])}, "
+            f"shape right {percent(cap['scenes_shape_right'])}"
         )
     lines.append(
-        f"top-{top['k']} units: {top['interpretable_share']:.0%} interpretable; "
-        f"scenes with a top unit decoding to c: {top['scenes_with_a_top_unit_decoding_to_target']}"
+        f"top-{top['k']} units: {percent(top['interpretable_share'])} interpretable; "
+        "scenes with a top unit decoding to c: "
+        f"{percent(top['scenes_with_a_top_unit_decoding_to_target'])}"
     )
     ranks = summary.get("target_in_decoding", {})
     if "top" in ranks and "random" in ranks:
@@ -218,7 +243,8 @@ def summary_text(summary: dict[str, Any]) -> str:
     real = soft.get("image_images_with_target_nearby", 0.0)
     rand = soft.get("random_images_with_target_nearby", 0.0)
     lines.append(
-        f"soft prompts: images with c among nearest tokens {real:.0%} vs random {rand:.0%}"
+        f"soft prompts: images with c among nearest tokens {percent(real)} vs random "
+        f"{percent(rand)}"
     )
     iou = summary["spatial_iou"]
     if iou:
@@ -245,13 +271,13 @@ def summary_text(summary: dict[str, Any]) -> str:
         lines.append(
             "same- / cross-concept drop of p(c): "
             + ", ".join(
-                f"k={k}: {v['same_drop']:.2f}/{v['cross_drop']:.2f} (ratio {v['ratio']})"
+                f"k={k}: {v['same_drop']:.2f}/{v['cross_drop']:.2f} (ratio {v['ratio']:.2f}x)"
                 for k, v in ratios.items()
             )
         )
     for check in target_checks(summary):
         lines.append(
-            f"target {'met' if check['met'] else 'NOT met'}: {check['name']} = {check['value']} "
+            f"target {'met' if check['met'] else 'NOT met'}: {check['name']} = {check['shown']} "
             f"({check['target']})"
         )
     lines.append(f"time: {summary['seconds']['total']:.0f} s")
