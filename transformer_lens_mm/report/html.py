@@ -136,12 +136,20 @@ class Report:
         float_format: str = "{:.4g}",
         collapsed: str | None = None,
     ) -> None:
-        """A table (the first ``max_rows`` rows; the count of the rest is noted). With
+        """A table (the first ``max_rows`` rows; the count of the rest is noted). Columns with
+        no value in any row (all ``None``/NaN) are left out, and named in a note. With
         ``collapsed``, the table is folded under that title (click to open)."""
+        empty = [c for c in df.columns if df[c].isna().all()] if len(df) else []
+        df = df.drop(columns=empty)
         shown = df.head(max_rows)
         body = shown.to_html(index=False, float_format=float_format.format, escape=True, border=0)
+        notes = []
         if len(df) > max_rows:
-            body += f'<p class="note">... {len(df) - max_rows} more rows in the CSV file.</p>'
+            notes.append(f"{len(df) - max_rows:,} more rows not shown here")
+        if empty:
+            notes.append("no value in any row, left out: " + ", ".join(map(str, empty)))
+        if notes:
+            body += f'<p class="note">{html.escape("; ".join(notes))}.</p>'
         if collapsed is not None:
             body = (
                 f"<details><summary>{html.escape(collapsed)} ({len(df)} rows)</summary>"

@@ -98,3 +98,17 @@ def test_card_tokens_are_visible_whatever_bytes_they_hold():
         assert shown in page, shown
     assert "\ufffd" not in page and "\r" not in page
     assert 'title="a byte of a character split over several tokens"' in page
+
+
+def test_tables_leave_out_columns_with_no_value_and_count_rows_honestly():
+    import pandas as pd
+
+    from transformer_lens_mm.report.html import Report
+
+    report = Report("t")
+    df = pd.DataFrame({"item": range(60), "failure": [None] * 60, "x": [0.5] * 60})
+    report.table(df, max_rows=50)
+    page = report.to_html()
+    assert "<th>failure</th>" not in page and "<th>x</th>" in page
+    assert "10 more rows not shown here" in page and "left out: failure" in page
+    assert "in the CSV file" not in page  # a report table is often a subset of its CSV
