@@ -58,10 +58,6 @@ ENCODERS = {  # timm name and overrides: BEiT-L/16 at 224 px (LiMBeR's BEiT), or
 }
 
 
-class DoesNotFit(RuntimeError):
-    """A batch size ran out of device memory."""
-
-
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 

@@ -22,9 +22,9 @@ __all__ = [
     "IMAGE_EMBED",
     "IMAGE_FEATURES",
     "attn_scores",
-    "mlp_in",
     "mlp_out",
     "mlp_post",
+    "resid_mid",
     "resid_post",
     "resolve_layer",
     "resolve_layers",
@@ -91,11 +91,7 @@ def mlp_post(layer: int, n_layers: int | None = None) -> str:
         >>> mlp_post(-1, n_layers=4)
         'blocks.3.mlp.hook_post'
     """
-    if n_layers is not None:
-        layer = resolve_layer(layer, n_layers)
-    elif layer < 0:
-        raise IndexError("a negative layer needs n_layers to be resolved")
-    return f"blocks.{layer}.mlp.hook_post"
+    return _named(layer, n_layers, "blocks.{}.mlp.hook_post")
 
 
 def resid_post(layer: int, n_layers: int | None = None) -> str:
@@ -105,11 +101,7 @@ def resid_post(layer: int, n_layers: int | None = None) -> str:
         >>> resid_post(0)
         'blocks.0.hook_resid_post'
     """
-    if n_layers is not None:
-        layer = resolve_layer(layer, n_layers)
-    elif layer < 0:
-        raise IndexError("a negative layer needs n_layers to be resolved")
-    return f"blocks.{layer}.hook_resid_post"
+    return _named(layer, n_layers, "blocks.{}.hook_resid_post")
 
 
 def _named(layer: int, n_layers: int | None, template: str) -> str:
@@ -131,15 +123,15 @@ def attn_scores(layer: int, n_layers: int | None = None) -> str:
     return _named(layer, n_layers, "blocks.{}.attn.hook_attn_scores")
 
 
-def mlp_in(layer: int, n_layers: int | None = None) -> str:
-    """Name of the MLP's input (after the block's second norm), ``[batch, pos, d_model]``: what
-    a transcoder of that MLP reads.
+def resid_mid(layer: int, n_layers: int | None = None) -> str:
+    """Name of the residual stream between a block's attention and its MLP (what the MLP's norm
+    reads; absent in parallel-attention models such as GPT-J).
 
     Example:
-        >>> mlp_in(1)
-        'blocks.1.hook_mlp_in'
+        >>> resid_mid(1)
+        'blocks.1.hook_resid_mid'
     """
-    return _named(layer, n_layers, "blocks.{}.hook_mlp_in")
+    return _named(layer, n_layers, "blocks.{}.hook_resid_mid")
 
 
 def mlp_out(layer: int, n_layers: int | None = None) -> str:

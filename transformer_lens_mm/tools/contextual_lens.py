@@ -92,6 +92,17 @@ class ContextualIndex:
         Raises:
             CorpusError: the index was not built at ``layer``, or has fewer than ``k`` rows.
         """
+        self.check(layer, k)
+        vecs = self.vectors[layer]
+        sims = F.normalize(query.float(), dim=-1).to(vecs.device) @ vecs.T
+        return sims.topk(k, dim=-1)
+
+    def check(self, layer: int, k: int) -> None:
+        """Refuse a search the index cannot answer.
+
+        Raises:
+            CorpusError: the index was not built at ``layer``, or has fewer than ``k`` rows.
+        """
         if layer not in self.vectors:
             raise CorpusError(
                 f"the index was built at layers {self.layers}, not {layer}: rebuild it with "
@@ -102,9 +113,6 @@ class ContextualIndex:
                 f"{k} neighbours asked of an index of {len(self)} contextual vectors: use a "
                 "larger reference corpus (reference_corpus(n=...)) or a smaller k"
             )
-        vecs = self.vectors[layer]
-        sims = F.normalize(query.float(), dim=-1).to(vecs.device) @ vecs.T
-        return sims.topk(k, dim=-1)
 
     def save(self, folder: str | Path) -> None:
         """Write ``index.safetensors`` and ``index.json`` (the texts) to ``folder``."""
@@ -296,7 +304,7 @@ def contextual_lens(
         raise ValueError(f"unknown lens {unknown}: use some of {LENSES}")
     if "contextual" in lenses:  # refuse before the forward: a layer missing, too few vectors
         for layer in layers:
-            index.search(torch.zeros(1, index.vectors[index.layers[0]].shape[1]), layer, k)
+            index.check(layer, k)
     batch = batch.to(model.lm_device)
     n = len(batch)
     tids = None

@@ -83,7 +83,7 @@ def image_mlp_inputs(
 ) -> dict[int, Float[Tensor, "batch n_image_tokens d_model"]]:
     """What each layer's MLP reads at the image positions: ``x = ln2(resid_mid)`` (fp32, CPU)."""
     layers = hook_names.resolve_layers(layers, int(model.cfg.n_layers))
-    names = {f"blocks.{layer}.hook_resid_mid": layer for layer in layers}
+    names = {hook_names.resid_mid(layer): layer for layer in layers}
     batch = batch.to(model.lm_device)
     _, cache = model.run_with_cache(batch, names_filter=lambda n: n in names)
     rows = torch.arange(len(batch), device=batch.image_positions.device)[:, None]

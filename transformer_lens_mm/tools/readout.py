@@ -61,6 +61,7 @@ __all__ = [
     "readout_for",
     "register_norm_scale",
     "signed_view",
+    "through_final_norm",
     "unit_output_weights",
     "unit_write_vectors",
 ]
@@ -263,6 +264,23 @@ def final_norm_scale(model: LanguageModel) -> Tensor | None:
     return norm_scale(getattr(model, "ln_final", None), model=model)
 
 
+def through_final_norm(
+    model: LanguageModel, vecs: Float[Tensor, "n d_model"], readout: Readout | None = None
+) -> Float[Tensor, "n d_model"]:
+    """``vecs`` (directions written into the residual stream) as the unembedding sees them:
+    times the final norm's scale where the readout uses it (``readout.final_norm``).
+
+    Example:
+        >>> through_final_norm(model, W_dec[:3])  # doctest: +SKIP
+    """
+    readout = readout or readout_for(model)
+    if readout.final_norm:
+        final = final_norm_scale(model)
+        if final is not None:
+            return vecs * final.to(vecs.device, vecs.dtype)
+    return vecs
+
+
 def post_mlp_norm_scale(model: LanguageModel, layer: int) -> Tensor | None:
     """The per-channel scale of a norm applied to the MLP's output before it joins the residual
     stream (Gemma 2/3's ``post_feedforward_layernorm``: TL's ``ln2_post``), or ``None``."""
@@ -332,11 +350,7 @@ def unit_write_vectors(
     post = post_mlp_norm_scale(model, layer)
     if post is not None:
         vecs = vecs * post.to(vecs.device)
-    if readout.final_norm:
-        final = final_norm_scale(model)
-        if final is not None:
-            vecs = vecs * final.to(vecs.device)
-    return vecs
+    return through_final_norm(model, vecs, readout)
 
 
 def signed_view(units: Any) -> Any:

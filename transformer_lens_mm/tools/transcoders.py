@@ -46,7 +46,7 @@ from transformer_lens_mm.core.errors import HookShapeError, LayerRangeError
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.tools.attribution import frozen_parameters, last_position_logits
 from transformer_lens_mm.tools.decoding import vocab_mask
-from transformer_lens_mm.tools.readout import final_norm_scale, readout_for, unit_write_vectors
+from transformer_lens_mm.tools.readout import readout_for, through_final_norm, unit_write_vectors
 
 __all__ = [
     "Transcoder",
@@ -313,11 +313,7 @@ def latent_decodings(
             "through the unembedding: pass a transcoder, or an SAE of the residual stream or an "
             "MLP output"
         )
-    rows = w_dec.detach()[list(latents)].float()
-    if readout_for(model).final_norm:
-        scale = final_norm_scale(model)
-        if scale is not None:
-            rows = rows * scale.float().to(rows.device)
+    rows = through_final_norm(model, w_dec.detach()[list(latents)].float())
     logits = rows.to(model.W_U.device) @ model.W_U.detach().float()
     keep = vocab_mask(model, special_tokens=True).to(logits.device)
     ids = logits.masked_fill(~keep, float("-inf")).topk(k, dim=-1).indices.cpu()
@@ -369,10 +365,7 @@ def neuron_overlap(
         readout=readout,
     )  # fmt: skip
     writes = F.normalize(writes.float(), dim=-1)
-    dec = spec.w_dec.detach().float()
-    scale = final_norm_scale(model) if readout.final_norm else None
-    if scale is not None:
-        dec = dec * scale.float().to(dec.device)
+    dec = through_final_norm(model, spec.w_dec.detach().float(), readout)
     dec = F.normalize(dec, dim=-1).to(writes.device)
     out = []
     for item, group in latents.groupby("item"):
@@ -431,7 +424,7 @@ def fit_transcoder(
     n_layers = int(model.cfg.n_layers)
     if not 0 <= layer < n_layers:
         raise LayerRangeError(f"layer {layer} is outside the model's 0..{n_layers - 1}")
-    hook_in = f"blocks.{layer}.hook_resid_mid"
+    hook_in = hook_names.resid_mid(layer)
     hook_out = hook_names.mlp_out(layer)
     xs, ys = [], []
     store: dict[str, Tensor] = {}

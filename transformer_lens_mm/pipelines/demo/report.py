@@ -38,10 +38,6 @@ from transformer_lens_mm.tools.readout import signed_view
 __all__ = ["card_groups", "headline_tiles", "write_report"]
 
 
-def _pct(x: Any) -> str:
-    return percent(x)
-
-
 def _num(x: Any, fmt: str = "{:.2f}") -> str:
     return "n/a" if x is None or pd.isna(x) else fmt.format(float(x))
 
@@ -56,7 +52,7 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
     tiles = [
         Tile(
             "Captions name the object",
-            _pct(cap["scenes_shape_right"]),
+            percent(cap["scenes_shape_right"]),
             f"chance: 1 in {n_classes} ({percent(1 / n_classes)}); "
             f"{summary['n_scenes']} held-out scenes",
             "How often the greedy caption names the first object: the model sees the images.",
@@ -67,7 +63,7 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
     tiles.append(
         Tile(
             "Scenes with a unit that writes c",
-            _pct(share),
+            percent(share),
             "c's median percentile in top units' decodings "
             f"{_num(ranks.get('top', {}).get('median_percentile_of_c'), '{:.1f}')} vs random "
             f"units {_num(ranks.get('random', {}).get('median_percentile_of_c'), '{:.1f}')}",
@@ -117,7 +113,7 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
     tiles.append(
         Tile(
             "Top entries from generic units",
-            _pct(generic.get("share_of_top_entries_generic")),
+            percent(generic.get("share_of_top_entries_generic")),
             f"{generic.get('n_generic_units', 'n/a')} of {generic.get('n_units', 'n/a')} units "
             f"are top for more than {config.generic_share:.0%} of the concepts",
             "Units among the top of most concepts read image tokens in general; they are "
@@ -128,8 +124,8 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
     tiles.append(
         Tile(
             "Concept units most active on their concept",
-            _pct(sel.get("share_of_units_most_active_on_own_class")),
-            f"chance {_pct(sel.get('chance'))}; {sel.get('units', 0)} units on held-out "
+            percent(sel.get("share_of_units_most_active_on_own_class")),
+            f"chance {percent(sel.get('chance'))}; {sel.get('units', 0)} units on held-out "
             "one-object images; concepts whose units peak on their own: "
             f"{sel.get('classes_whose_units_peak_on_own_class', 'n/a')}",
             "Each concept's 20 most frequent interpretable units (supplement S.4): is their mean "
@@ -140,8 +136,8 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
     tiles.append(
         Tile(
             "Soft prompts near c",
-            _pct(soft.get("image_images_with_target_nearby")),
-            f"norm-matched random vectors: {_pct(soft.get('random_images_with_target_nearby'))}",
+            percent(soft.get("image_images_with_target_nearby")),
+            f"norm-matched random vectors: {percent(soft.get('random_images_with_target_nearby'))}",
             "The paper's other reading: the image tokens themselves decode (nearest tokens) to "
             "c only rarely; the translation happens inside the LM.",
         )
