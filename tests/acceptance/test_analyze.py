@@ -268,15 +268,15 @@ def _killed_run_resumes(tmp_path: Path, full: list[str], killed: list[str], wait
     proc = subprocess.Popen(killed, env=env)
     shards = tmp_path / "killed" / "shards"
     deadline = time.time() + wait_s
-    while time.time() < deadline and len(list(shards.glob("*-items.parquet"))) < 3:
+    while time.time() < deadline and len(list(shards.glob("*-manifest.json"))) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    n_done = len(list(shards.glob("*-items.parquet")))
+    n_done = len(list(shards.glob("*-manifest.json")))
     assert 3 <= n_done < 20, "the run was not interrupted mid-way"
     assert not (tmp_path / "killed" / "items.parquet").exists()
     subprocess.run(killed, check=True, env=env)
-    assert len(list(shards.glob("*-items.parquet"))) == 20
+    assert len(list(shards.glob("*-manifest.json"))) == 20
     _same(tmp_path / "full", tmp_path / "killed")
 
 
@@ -309,7 +309,7 @@ def test_torchrun_two_processes_equal_one(lm_dirs, tmp_path):
         check=True,
         env=env,
     )
-    shards = sorted(p.name for p in (tmp_path / "two" / "shards").glob("*-items.parquet"))
+    shards = sorted(p.name for p in (tmp_path / "two" / "shards").glob("*-manifest.json"))
     assert len(shards) == 7  # 13 items in batches of 2, shared by both ranks
     _same(tmp_path / "one", tmp_path / "two")
 

@@ -15,6 +15,7 @@ __all__ = [
     "ConfigError",
     "CorpusError",
     "CorruptWeightsError",
+    "DiskFullError",
     "HookShapeError",
     "LayerRangeError",
     "MetricModelError",
@@ -24,6 +25,7 @@ __all__ = [
     "PositionGroupError",
     "ProjectionShapeError",
     "ReadoutError",
+    "StoreError",
     "TLMMError",
     "UnitIndexError",
     "UnsupportedModelError",
@@ -95,3 +97,13 @@ class UnsupportedModelError(TLMMError, NotImplementedError):
 class MissingPackageError(TLMMError, ImportError):
     """An optional package a feature needs is missing or cannot be installed beside this
     TransformerLens; the message has the command or the environment to use."""
+
+
+class StoreError(TLMMError, RuntimeError):
+    """A run folder cannot be used as it is: another process is running in it, an incompatible
+    version wrote it, or a shard fails its checksum when the run is merged."""
+
+
+class DiskFullError(TLMMError, OSError):
+    """The disk filled up while a run wrote its results; the finished shards are intact and the
+    run resumes once there is space."""

@@ -22,6 +22,8 @@ from transformer_lens_mm.core import errors
         (tlmm.CorpusError, ValueError),
         (tlmm.UnsupportedModelError, NotImplementedError),
         (tlmm.MissingPackageError, ImportError),
+        (tlmm.StoreError, RuntimeError),
+        (tlmm.DiskFullError, OSError),
     ],
 )
 def test_every_error_is_a_tlmm_error_and_its_builtin(error, base):

@@ -25,7 +25,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.errors import ConfigError
+from transformer_lens_mm.core.errors import ConfigError, StoreError
 from transformer_lens_mm.data.datasets import Item, LoadedBatch, image_loader
 from transformer_lens_mm.pipelines.analyze.config import (
     TABLES,
@@ -47,12 +48,15 @@ from transformer_lens_mm.pipelines.analyze.config import (
 from transformer_lens_mm.pipelines.analyze.report import analysis_report
 from transformer_lens_mm.pipelines.analyze.store import (
     check_same_run,
+    check_store,
     done_batches,
     merge_shards,
+    run_lock,
     write_config,
     write_controls,
     write_merged,
     write_shard,
+    write_store_version,
 )
 from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
 from transformer_lens_mm.pipelines.steps import (
@@ -176,10 +180,50 @@ def run_analysis(
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo")
     out = Path(config.out)
+    with _held(out, rank, world):
+        return _run(config, out, rank, world, model=model, data=data, verbose=verbose)
+
+
+@contextmanager
+def _held(out: Path, rank: int, world: int) -> Iterator[None]:
+    """The run folder's lock, held by rank 0 for the whole run; the other ranks of a torchrun
+    job learn whether it was granted, so a refused job stops on every rank (no hang)."""
+    if rank != 0:
+        told: list[Any] = [None]
+        torch.distributed.broadcast_object_list(told, src=0)
+        if told[0] is not None:
+            raise StoreError(told[0])
+        yield
+        return
+    with ExitStack() as stack:
+        refused: StoreError | None = None
+        try:
+            stack.enter_context(run_lock(out))
+            check_store(out)
+        except StoreError as e:
+            refused = e
+        if world > 1:
+            torch.distributed.broadcast_object_list([None if refused is None else str(refused)])
+        if refused is not None:
+            raise refused
+        yield
+
+
+def _run(
+    config: AnalysisConfig,
+    out: Path,
+    rank: int,
+    world: int,
+    *,
+    model: MultimodalModel | None,
+    data: Sequence[Item] | None,
+    verbose: bool,
+) -> dict[str, Any]:
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
     check_same_run(out, config)
     if rank == 0:
+        write_store_version(out)
         write_config(out, config)
     data = data if data is not None else load_dataset(config.data)
     n = len(data) if config.limit is None else min(config.limit, len(data))
@@ -199,7 +243,7 @@ def run_analysis(
     bs = config.batch_size
     n_batches = (n + bs - 1) // bs
     mine = [b for b in range(n_batches) if b % world == rank]
-    done = done_batches(shards)
+    done = done_batches(shards, owned=lambda b: b % world == rank)
     todo = [b for b in mine if b not in done]
     skipped = sum(min(bs, n - b * bs) for b in mine if b in done)
     t0 = time.perf_counter()
@@ -239,7 +283,7 @@ def run_analysis(
         }
         write_shard(
             shards,
-            group[0],
+            group,
             pd.concat(items, ignore_index=True),
             pd.concat(units, ignore_index=True) if units else pd.DataFrame(),
             torch.cat(maps) if maps else torch.zeros(0, 0, dtype=torch.float16),
@@ -252,8 +296,8 @@ def run_analysis(
     if rank == 0:
         merged = merge_shards(shards)
         write_merged(out, merged)
-        controls = write_controls(out, merged[1], merged[3].get("cross_concept"), config)
-        items_all = merged[0]
+        controls = write_controls(out, merged.units, merged.table("cross_concept"), config)
+        items_all = merged.items
         failed = items_all[items_all["failure"].notna()] if len(items_all) else items_all
         summary = {
             "items": n,
