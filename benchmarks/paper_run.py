@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from attribution_and_sweep import DTYPES, PeakMemory, track_rss
 from memory import GPTJ_LAYERS, gptj_shaped
 
-from transformer_lens_mm import ImageEncoder, ImageProjection, generate_captions
+from transformer_lens_mm import ImageProjection, generate_captions
+from transformer_lens_mm.core.encoders import TimmEncoder
 from transformer_lens_mm.core.lm_loading import default_api
 from transformer_lens_mm.core.paper import ABLATION_KS
 from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
@@ -122,7 +123,7 @@ def build(args: argparse.Namespace):
         layers, args.api, args.device, dtype, "gptj" if args.shape == "real" else "tiny"
     )
     torch.manual_seed(0)
-    encoder = ImageEncoder.from_timm(name, pretrained=False, **overrides)
+    encoder = TimmEncoder.from_timm(name, pretrained=False, **overrides)
     model.attach_vision(
         encoder.to(args.device, dtype),
         ImageProjection(encoder.d_image, int(model.cfg.d_model)).to(args.device, dtype),

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from transformer_lens_mm import (
-    ImageEncoder,
     ImageProjection,
+    TimmEncoder,
     TrainingConfig,
     from_parts,
     load_projection,
@@ -111,9 +111,9 @@ def build_text_only_lm(folder: Path, steps: int = 150) -> Path:
     return folder
 
 
-def build_encoder() -> ImageEncoder:
+def build_encoder() -> TimmEncoder:
     torch.manual_seed(0)
-    return ImageEncoder.from_timm(
+    return TimmEncoder.from_timm(
         "vit_tiny_patch16_224", img_size=64, patch_size=16, depth=2, embed_dim=48, num_heads=3
     )
 

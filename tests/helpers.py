@@ -18,7 +18,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from transformer_lens_mm import ImageEncoder, ImageProjection, from_parts
+from transformer_lens_mm import ImageProjection, from_parts
+from transformer_lens_mm.core.encoders import TimmEncoder
 from transformer_lens_mm.data.tiny_vlms import WORDS, build_tiny_vlm, word_tokenizer
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 
@@ -84,12 +85,12 @@ def load_hf(folder: Path):
     return AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
 
 
-def build_encoder(**overrides) -> ImageEncoder:
+def build_encoder(**overrides) -> TimmEncoder:
     """A tiny ViT (32 px, 8 px patches -> 4x4 = 16 tokens of width 24)."""
     torch.manual_seed(0)
     kwargs = dict(img_size=32, patch_size=8, depth=1, embed_dim=24, num_heads=2)
     kwargs.update(overrides)
-    return ImageEncoder.from_timm("vit_tiny_patch16_224", **kwargs)
+    return TimmEncoder.from_timm("vit_tiny_patch16_224", **kwargs)
 
 
 def build_projection(d_image: int = 24, d_model: int = 32, seed: int = 1) -> ImageProjection:

@@ -23,15 +23,23 @@ Example:
 import transformer_lens_mm.core.hook_names as hook_names
 import transformer_lens_mm.core.paper as paper
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
-from transformer_lens_mm.core.clip_encoders import CLIPResNetEncoder
 from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
-from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.encoders import (
+    CLIPResNetEncoder,
+    ImageEncoder,
+    TimmEncoder,
+    TransformersEncoder,
+    create_encoder,
+    register_encoder,
+)
 from transformer_lens_mm.core.errors import (
     ConfigError,
     CorpusError,
     CorruptWeightsError,
     DiskFullError,
+    EncoderError,
     HookShapeError,
+    InputShapeError,
     LayerRangeError,
     MetricModelError,
     MissingPackageError,
@@ -46,7 +54,6 @@ from transformer_lens_mm.core.errors import (
     UnsupportedModelError,
 )
 from transformer_lens_mm.core.generation import Captions, generate_captions
-from transformer_lens_mm.core.hf_encoders import TransformersEncoder
 from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.loading import from_parts
@@ -96,10 +103,12 @@ __all__ = [
     "CorpusError",
     "CorruptWeightsError",
     "DiskFullError",
+    "EncoderError",
     "HookShapeError",
     "HookedMultimodalTransformer",
     "ImageEncoder",
     "ImageProjection",
+    "InputShapeError",
     "LanguageModel",
     "LayerRangeError",
     "MetricModelError",
@@ -119,6 +128,7 @@ __all__ = [
     "SearchSettings",
     "StoreError",
     "TLMMError",
+    "TimmEncoder",
     "TrainingConfig",
     "TransformersEncoder",
     "UnitIndexError",
@@ -130,6 +140,7 @@ __all__ = [
     "attribute",
     "caption_loss",
     "captions_under_ablation",
+    "create_encoder",
     "decode_soft_prompts",
     "decode_unit_table",
     "decode_units",
@@ -151,6 +162,7 @@ __all__ = [
     "per_row_masks",
     "random_soft_prompts",
     "random_units_like",
+    "register_encoder",
     "search_batch",
     "set_fused",
     "soft_prompt_table",

@@ -16,7 +16,9 @@ __all__ = [
     "CorpusError",
     "CorruptWeightsError",
     "DiskFullError",
+    "EncoderError",
     "HookShapeError",
+    "InputShapeError",
     "LayerRangeError",
     "MetricModelError",
     "MissingPackageError",
@@ -107,3 +109,14 @@ class StoreError(TLMMError, RuntimeError):
 class DiskFullError(TLMMError, OSError):
     """The disk filled up while a run wrote its results; the finished shards are intact and the
     run resumes once there is space."""
+
+
+class EncoderError(TLMMError, TypeError, ValueError):
+    """An image encoder cannot be built or read as asked: the model is not of the family's
+    kind, the kind is not registered, a layer it does not have, a builder that returns no
+    encoder."""
+
+
+class InputShapeError(TLMMError, ValueError):
+    """A tensor or batch given to the package has the wrong shape for the model (pixels, image
+    features, token ids, masks); the message says what shape was expected and how to make it."""

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
-from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.encoders import ImageEncoder, create_encoder
+from transformer_lens_mm.core.errors import EncoderError
 from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.core.lm_loading import default_api, load_bridge, load_hooked_transformer
 from transformer_lens_mm.core.projection import ImageProjection, load_projection
@@ -77,6 +78,7 @@ def from_parts(
     bos_token: str | None = None,
     encoder_pretrained: bool = True,
     encoder_layer: int | None = None,
+    encoder_kind: str = "timm",
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     require_mlp: bool = True,
@@ -88,7 +90,8 @@ def from_parts(
         lm: A ``HookedTransformer`` (SAELens's ``HookedSAETransformer`` too) or a
             ``TransformerBridge`` (converted in place), or a model name / local Hugging Face
             folder to load.
-        encoder: An :class:`ImageEncoder`, a timm model name, or ``None`` (features only).
+        encoder: An :class:`ImageEncoder`, a model name or local folder of family
+            ``encoder_kind`` (a timm name by default), or ``None`` (features only).
             With ``recipe``: ``None`` loads the recipe's encoder from the hub, a path a local
             copy of it (see :meth:`~transformer_lens_mm.core.recipes.Recipe.build_encoder`).
         projection: An :class:`ImageProjection`, a LiMBeR ``proj.ckpt``, or our saved folder.
@@ -104,6 +107,9 @@ def from_parts(
         bos_token: The token used as BOS when not the tokenizer's (default: the projection's).
         encoder_pretrained: Whether a timm name loads pretrained weights.
         encoder_layer: Encoder block to read (None: final features).
+        encoder_kind: The family a name as ``encoder`` belongs to (``"timm"``,
+            ``"transformers"``, ``"clip-resnet"`` or a kind added with
+            :func:`~transformer_lens_mm.core.encoders.register_encoder`).
         device: Device of the whole model.
         dtype: Dtype of the language model.
         require_mlp: Refuse attention-only LMs.
@@ -136,14 +142,15 @@ def from_parts(
     if isinstance(lm, (str, os.PathLike)):
         model.lm_name = Path(lm).name if Path(lm).is_dir() else str(lm)
     if isinstance(encoder, os.PathLike):
-        raise TypeError("a path as encoder= needs recipe= (which front end reads it)")
+        encoder = str(encoder)  # a local folder: what its family's library loads by name
     if isinstance(encoder, str):
-        encoder = ImageEncoder.from_timm(
-            encoder, pretrained=encoder_pretrained, layer=encoder_layer
+        encoder = create_encoder(
+            encoder_kind, encoder, pretrained=encoder_pretrained, layer=encoder_layer
         )
     elif encoder is not None and not isinstance(encoder, ImageEncoder):
-        raise TypeError(
-            f"encoder must be an ImageEncoder or a timm name, got {type(encoder).__name__}"
+        raise EncoderError(
+            f"encoder must be an ImageEncoder or a model name (of kind encoder_kind="
+            f"{encoder_kind!r}), got {type(encoder).__name__}"
         )
     if not isinstance(projection, ImageProjection):
         d_image = encoder.d_image if encoder is not None else None

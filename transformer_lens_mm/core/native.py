@@ -42,11 +42,11 @@ from torch import Tensor
 
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
 from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.encoders.qwen_vision import QwenMerger, QwenVisionEncoder
+from transformer_lens_mm.core.encoders.transformers_encoder import TransformersEncoder
 from transformer_lens_mm.core.errors import ConfigError
-from transformer_lens_mm.core.hf_encoders import TransformersEncoder
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
 from transformer_lens_mm.core.layout import MultimodalInput, encode_text, pad_rows, per_item
-from transformer_lens_mm.core.qwen_encoders import QwenMerger, QwenVisionEncoder
 
 __all__ = ["NATIVE_ARCHITECTURES", "NativeArchitecture", "NativeVLMBridge", "check_architecture"]
 
@@ -146,9 +146,9 @@ class NativeVLMBridge(MultimodalTransformerBridge):
     """A TransformerLens ``TransformerBridge`` over a native vision-language model.
 
     Build it with :meth:`from_pretrained`. The encoder (:attr:`image_encoder`, a
-    :class:`~transformer_lens_mm.core.hf_encoders.TransformersEncoder` on the model's vision
-    tower) and the projector (:attr:`projector`, the model's own module) are part of the
-    Hugging Face model; :attr:`image_projection` is ``None`` (there is no LiMBeR projection to
+    :class:`~transformer_lens_mm.core.encoders.TransformersEncoder` on the model's vision tower)
+    and the projector (:attr:`projector`, the model's own module) are part of the Hugging Face
+    model; :attr:`image_projection` is ``None`` (there is no LiMBeR projection to
     train or save).
 
     Attributes:

@@ -37,11 +37,11 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any
 
-from transformer_lens_mm.core.encoders import ImageEncoder
-from transformer_lens_mm.core.errors import ProjectionShapeError
+from transformer_lens_mm.core.encoders import ImageEncoder, create_encoder
+from transformer_lens_mm.core.errors import ConfigError, ProjectionShapeError
 
 __all__ = ["RECIPES", "Recipe", "get_recipe", "recipes_for_width"]
 
@@ -52,13 +52,14 @@ class Recipe:
 
     name: str  # e.g. "limber-beit"
     checkpoint: str  # LiMBeR's folder under limber_weights/
-    kind: Literal["transformers", "clip-resnet", "timm"]  # which front end loads the encoder
+    kind: str  # the encoder's family (a kind of core.encoders.registry: create_encoder)
     encoder: str  # hub name (transformers / open_clip / timm)
     d_image: int  # feature width of one image token
     n_tokens: int  # image tokens per image
     image_size: int  # input resolution in pixels
     prompt: str = "A picture of"
     prepend_bos: bool = False
+    encoder_options: dict[str, Any] = field(default_factory=dict)  # the family's own options
 
     def build_encoder(
         self,
@@ -74,35 +75,9 @@ class Recipe:
                 tag (``limber-clip``), a timm checkpoint file (``limber-nfrn50``).
             pretrained: ``False``: random weights of the same architecture.
         """
-        if self.kind == "transformers":
-            from transformer_lens_mm.core.hf_encoders import TransformersEncoder
-
-            enc: ImageEncoder = TransformersEncoder.from_pretrained(
-                source or self.encoder, pretrained=pretrained, backend="pil"
-            )
-        elif self.kind == "clip-resnet":
-            from transformer_lens_mm.core.clip_encoders import CLIPResNetEncoder
-
-            tag = (str(source) if source else "openai") if pretrained else None
-            enc = CLIPResNetEncoder.from_open_clip(
-                self.encoder, pretrained=tag, image_size=self.image_size
-            )
-        else:
-            local = {"pretrained_cfg_overlay": {"file": str(source)}} if source else {}
-            enc = ImageEncoder.from_timm(
-                self.encoder,
-                pretrained=pretrained,
-                **local,
-                pool="avg",
-                data_config={
-                    "input_size": (3, self.image_size, self.image_size),
-                    "interpolation": "bilinear",
-                    "mean": (0.0, 0.0, 0.0),
-                    "std": (1.0, 1.0, 1.0),
-                    "crop_pct": 1.0,
-                    "crop_mode": "center",
-                },
-            )
+        enc = create_encoder(
+            self.kind, self.encoder, pretrained=pretrained, source=source, **self.encoder_options
+        )
         self.check_encoder(enc)
         return enc
 
@@ -146,6 +121,7 @@ RECIPES: dict[str, Recipe] = {
             d_image=1024,
             n_tokens=196,
             image_size=224,
+            encoder_options={"backend": "pil"},  # LiMBeR's PIL resizing
         ),
         Recipe(
             name="limber-beit-ft",
@@ -155,6 +131,7 @@ RECIPES: dict[str, Recipe] = {
             d_image=1024,
             n_tokens=196,
             image_size=224,
+            encoder_options={"backend": "pil"},
         ),
         Recipe(
             name="limber-clip",
@@ -164,6 +141,7 @@ RECIPES: dict[str, Recipe] = {
             d_image=3072,
             n_tokens=144,
             image_size=384,
+            encoder_options={"image_size": 384},
         ),
         Recipe(
             name="limber-nfrn50",
@@ -173,6 +151,17 @@ RECIPES: dict[str, Recipe] = {
             d_image=2048,
             n_tokens=1,
             image_size=384,
+            encoder_options={  # LiMBeR's nfrn50: the map averaged, pixels in [0, 1]
+                "pool": "avg",
+                "data_config": {
+                    "input_size": (3, 384, 384),
+                    "interpolation": "bilinear",
+                    "mean": (0.0, 0.0, 0.0),
+                    "std": (1.0, 1.0, 1.0),
+                    "crop_pct": 1.0,
+                    "crop_mode": "center",
+                },
+            },
         ),
     )
 }
@@ -184,7 +173,7 @@ def get_recipe(name: str | Recipe) -> Recipe:
     if isinstance(name, Recipe):
         return name
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; the recipes are {sorted(RECIPES)}")
+        raise ConfigError(f"unknown recipe {name!r}; the recipes are {sorted(RECIPES)}")
     return RECIPES[name]
 
 

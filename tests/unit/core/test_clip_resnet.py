@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from transformer_lens_mm.core.clip_encoders import CLIP_MEAN, CLIP_STD, CLIPResNetEncoder
+from transformer_lens_mm.core.encoders.clip_resnet import CLIP_MEAN, CLIP_STD, CLIPResNetEncoder
 
 open_clip = pytest.importorskip("open_clip")
 

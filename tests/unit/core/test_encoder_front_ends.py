@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from transformer_lens_mm import ImageEncoder
+from transformer_lens_mm.core.encoders import TimmEncoder
+from transformer_lens_mm.core.encoders.transformers_encoder import TransformersEncoder
 from transformer_lens_mm.core.feature_cache import FeatureCache
-from transformer_lens_mm.core.hf_encoders import TransformersEncoder
 
 transformers = pytest.importorskip("transformers")
 
@@ -177,8 +177,8 @@ def test_layer_out_of_range_is_refused(saved):
 
 def test_avg_pool_gives_one_token_of_the_mean_map():
     torch.manual_seed(0)
-    enc = ImageEncoder.from_timm("resnet10t", num_classes=0, pool="avg")
-    flat = ImageEncoder(enc.model)
+    enc = TimmEncoder.from_timm("resnet10t", num_classes=0, pool="avg")
+    flat = TimmEncoder(enc.model)
     assert enc.grid_size == (1, 1) and enc.n_tokens == 1
     pixels = flat.preprocess([photo()])
     assert torch.allclose(enc(pixels)[:, 0], flat(pixels).mean(1), atol=1e-6)

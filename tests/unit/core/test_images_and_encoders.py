@@ -7,7 +7,7 @@ import torch
 from helpers import build_encoder
 from PIL import Image
 
-from transformer_lens_mm import ImageEncoder
+from transformer_lens_mm.core.encoders import TimmEncoder
 from transformer_lens_mm.core.images import to_rgb_image, to_rgb_images
 
 
@@ -76,7 +76,7 @@ def test_vit_drops_prefix_tokens():
 
 def test_cnn_feature_map_is_flattened_row_major():
     torch.manual_seed(0)
-    enc = ImageEncoder(
+    enc = TimmEncoder(
         timm.create_model("resnet10t", num_classes=0),
         data_config={
             "input_size": (3, 64, 64),
@@ -107,7 +107,7 @@ def test_encoder_is_frozen_and_preprocesses_any_input(tmp_path):
     )
     assert pixels.shape == (3, 3, 32, 32)
     with pytest.raises(ValueError, match="timm has no model"):
-        ImageEncoder.from_timm("no_such_model_xyz")
+        TimmEncoder.from_timm("no_such_model_xyz")
 
 
 def test_a_16_bit_png_of_a_real_photo_equals_its_8_bit_version(tmp_path):

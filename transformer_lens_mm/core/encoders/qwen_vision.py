@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.encoders.base import ImageEncoder
 from transformer_lens_mm.core.errors import ConfigError
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
 
@@ -59,7 +59,6 @@ class QwenVisionEncoder(ImageEncoder):
     def __init__(
         self, visual: torch.nn.Module, config: Any, processor: Any, size: int, name: str
     ) -> None:
-        torch.nn.Module.__init__(self)
         self.pool = None
         self.patch_size = int(config.patch_size)
         self.merge = int(config.spatial_merge_size)
@@ -73,7 +72,7 @@ class QwenVisionEncoder(ImageEncoder):
         self.side = size // self.patch_size
         transform = FixedSizeTransform(processor, size)
         probe = transform(Image.new("RGB", (size, size)))
-        self._setup(
+        super().__init__(
             visual,
             layer=None,
             name=name,

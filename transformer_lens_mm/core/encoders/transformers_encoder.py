@@ -27,7 +27,7 @@ from jaxtyping import Float
 from PIL import Image
 from torch import Tensor, nn
 
-from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.encoders.base import ImageEncoder
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
 
 __all__ = ["ProcessorTransform", "TransformersEncoder"]
@@ -88,7 +88,6 @@ class TransformersEncoder(ImageEncoder):
         layer: int | None = None,
         name: str | None = None,
     ) -> None:
-        nn.Module.__init__(self)
         self.pool = None
         model = _vision_part(model)
         if "pixel_values" not in inspect.signature(model.forward).parameters:
@@ -110,7 +109,7 @@ class TransformersEncoder(ImageEncoder):
         transform = ProcessorTransform(processor)
         probe = transform(Image.new("RGB", (256, 256)))
         self.processor = processor
-        self._setup(
+        super().__init__(
             model,
             layer=layer,
             name=name

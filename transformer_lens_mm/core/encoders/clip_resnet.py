@@ -19,7 +19,7 @@ from typing import Any
 import timm
 from torch import Tensor, nn
 
-from transformer_lens_mm.core.encoders import ImageEncoder
+from transformer_lens_mm.core.encoders.base import ImageEncoder
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "CLIPResNetEncoder"]
 
@@ -54,7 +54,6 @@ class CLIPResNetEncoder(ImageEncoder):
         layer: int | None = None,
         name: str = "clip-resnet",
     ) -> None:
-        nn.Module.__init__(self)
         self.pool = None
         if not all(hasattr(visual, a) for a in ("stem", *_STAGES)):
             raise TypeError(
@@ -78,7 +77,7 @@ class CLIPResNetEncoder(ImageEncoder):
             "crop_pct": 1.0,
             "crop_mode": "center",
         }
-        self._setup(
+        super().__init__(
             visual,
             layer=layer,
             name=name,
