@@ -16,12 +16,12 @@ import torch
 
 from transformer_lens_mm import (
     ImageProjection,
-    TimmEncoder,
     TrainingConfig,
     from_parts,
     load_projection,
     train_projection,
 )
+from transformer_lens_mm.core.encoders import TimmEncoder
 
 COLOURS = {
     "red": (0.9, 0.1, 0.1),

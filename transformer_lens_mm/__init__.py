@@ -11,8 +11,14 @@ both satisfying the one model contract :class:`MultimodalModel`.
 The folders, lowest layer first: ``fast`` (the speed layer: TL internals, version-gated),
 ``core`` (what gives a model sight), ``tools`` (one model + one batch -> tensor or table),
 ``report`` (HTML, cards, figures), ``data`` (data sets, scenes, real weights), ``pipelines``
-(the search step, training, ``tlmm analyze``, ``tlmm demo``). Everything below is importable
-from here.
+(the search step, training, ``tlmm analyze``, ``tlmm demo``).
+
+This module is the day-one face (``__all__``: under 30 names): the models and how to build
+them, captioning, the paper's search and its main tools, training, and three modules
+(``hook_names``, ``paper``, ``errors``). Everything else lives in its module
+(``transformer_lens_mm.tools.spatial.patch_map``, ``transformer_lens_mm.core.encoders.
+TimmEncoder``, ...); the names this face used to export still resolve here, with a
+``DeprecationWarning`` naming their module.
 
 Example:
     >>> import transformer_lens_mm as tlmm
@@ -20,155 +26,119 @@ Example:
     'blocks.3.mlp.hook_post'
 """
 
+import importlib
+import warnings
+from typing import Any
+
 import transformer_lens_mm.core.hook_names as hook_names
 import transformer_lens_mm.core.paper as paper
+import transformer_lens_mm.errors as errors
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
-from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
-from transformer_lens_mm.core.encoders import (
-    CLIPResNetEncoder,
-    ImageEncoder,
-    TimmEncoder,
-    TransformersEncoder,
-    create_encoder,
-    register_encoder,
-)
-from transformer_lens_mm.core.errors import (
-    ConfigError,
-    CorpusError,
-    CorruptWeightsError,
-    DiskFullError,
-    EncoderError,
-    HookShapeError,
-    InputShapeError,
-    LayerRangeError,
-    MetricModelError,
-    MissingPackageError,
-    MissingWeightsError,
-    OutputExistsError,
-    PositionGroupError,
-    ProjectionShapeError,
-    ReadoutError,
-    StoreError,
-    TLMMError,
-    UnitIndexError,
-    UnsupportedModelError,
-)
-from transformer_lens_mm.core.generation import Captions, generate_captions
+from transformer_lens_mm.core.contract import MultimodalModel
+from transformer_lens_mm.core.encoders import create_encoder, register_encoder
+from transformer_lens_mm.core.generation import generate_captions
 from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
-from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.loading import from_parts
 from transformer_lens_mm.core.native import NativeVLMBridge
-from transformer_lens_mm.core.projection import ImageProjection, ProjectionConfig, load_projection
-from transformer_lens_mm.core.recipes import RECIPES, Recipe, get_recipe
-from transformer_lens_mm.fast.fusion import is_fused, set_fused
-from transformer_lens_mm.pipelines.search import (
-    BatchSearch,
-    NeuronSearch,
-    SearchSettings,
-    find_multimodal_neurons,
-    search_batch,
-)
-from transformer_lens_mm.pipelines.training import TrainingConfig, caption_loss, train_projection
-from transformer_lens_mm.tools.ablation import (
-    ablated,
-    ablation_curve,
-    ablation_hooks,
-    ablation_sweep,
-    captions_under_ablation,
-)
-from transformer_lens_mm.tools.attribution import Attribution, attribute
-from transformer_lens_mm.tools.decoding import (
-    decode_soft_prompts,
-    decode_unit_table,
-    decode_units,
-    random_soft_prompts,
-    soft_prompt_table,
-)
+from transformer_lens_mm.core.projection import ImageProjection, load_projection
+from transformer_lens_mm.errors import TLMMError
+from transformer_lens_mm.fast.fusion import set_fused
+from transformer_lens_mm.pipelines.search import find_multimodal_neurons
+from transformer_lens_mm.pipelines.training import TrainingConfig, train_projection
+from transformer_lens_mm.tools.ablation import ablated, ablation_sweep, captions_under_ablation
+from transformer_lens_mm.tools.attribution import attribute
+from transformer_lens_mm.tools.decoding import decode_units
 from transformer_lens_mm.tools.lens import logit_lens
-from transformer_lens_mm.tools.patching import logit_metric, patch_by_position, patch_by_unit
-from transformer_lens_mm.tools.spatial import patch_map, spatial_selectivity
-from transformer_lens_mm.tools.targets import first_noun, target_inputs, targets_from_captions
-from transformer_lens_mm.tools.units import per_row_masks, random_units_like, units_of
-from transformer_lens_mm.tools.words import is_interpretable
+from transformer_lens_mm.tools.spatial import spatial_selectivity
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "RECIPES",
-    "Attribution",
-    "BatchSearch",
-    "CLIPResNetEncoder",
-    "Captions",
-    "ConfigError",
-    "CorpusError",
-    "CorruptWeightsError",
-    "DiskFullError",
-    "EncoderError",
-    "HookShapeError",
     "HookedMultimodalTransformer",
-    "ImageEncoder",
     "ImageProjection",
-    "InputShapeError",
-    "LanguageModel",
-    "LayerRangeError",
-    "MetricModelError",
-    "MissingPackageError",
-    "MissingWeightsError",
-    "MultimodalInput",
     "MultimodalModel",
     "MultimodalTransformerBridge",
     "NativeVLMBridge",
-    "NeuronSearch",
-    "OutputExistsError",
-    "PositionGroupError",
-    "ProjectionConfig",
-    "ProjectionShapeError",
-    "ReadoutError",
-    "Recipe",
-    "SearchSettings",
-    "StoreError",
     "TLMMError",
-    "TimmEncoder",
     "TrainingConfig",
-    "TransformersEncoder",
-    "UnitIndexError",
-    "UnsupportedModelError",
     "ablated",
-    "ablation_curve",
-    "ablation_hooks",
     "ablation_sweep",
     "attribute",
-    "caption_loss",
     "captions_under_ablation",
     "create_encoder",
-    "decode_soft_prompts",
-    "decode_unit_table",
     "decode_units",
+    "errors",
     "find_multimodal_neurons",
-    "first_noun",
     "from_parts",
     "generate_captions",
-    "get_recipe",
     "hook_names",
-    "is_fused",
-    "is_interpretable",
+    "load_demo_model",
     "load_projection",
     "logit_lens",
-    "logit_metric",
     "paper",
-    "patch_by_position",
-    "patch_by_unit",
-    "patch_map",
-    "per_row_masks",
-    "random_soft_prompts",
-    "random_units_like",
     "register_encoder",
-    "search_batch",
     "set_fused",
-    "soft_prompt_table",
     "spatial_selectivity",
-    "target_inputs",
-    "targets_from_captions",
     "train_projection",
-    "units_of",
 ]
+
+#: names this face exported before it was cut to day-one size, and the module each lives in
+_MOVED = {
+    "RECIPES": "core.recipes",
+    "Recipe": "core.recipes",
+    "get_recipe": "core.recipes",
+    "Attribution": "tools.attribution",
+    "BatchSearch": "pipelines.search",
+    "NeuronSearch": "pipelines.search",
+    "SearchSettings": "pipelines.search",
+    "search_batch": "pipelines.search",
+    "CLIPResNetEncoder": "core.encoders",
+    "ImageEncoder": "core.encoders",
+    "TimmEncoder": "core.encoders",
+    "TransformersEncoder": "core.encoders",
+    "Captions": "core.generation",
+    "LanguageModel": "core.contract",
+    "MultimodalInput": "core.layout",
+    "ProjectionConfig": "core.projection",
+    "is_fused": "fast.fusion",
+    "caption_loss": "pipelines.training",
+    "ablation_curve": "tools.ablation",
+    "ablation_hooks": "tools.ablation",
+    "decode_soft_prompts": "tools.decoding",
+    "decode_unit_table": "tools.decoding",
+    "random_soft_prompts": "tools.decoding",
+    "soft_prompt_table": "tools.decoding",
+    "logit_metric": "tools.patching",
+    "patch_by_position": "tools.patching",
+    "patch_by_unit": "tools.patching",
+    "patch_map": "tools.spatial",
+    "first_noun": "tools.targets",
+    "target_inputs": "tools.targets",
+    "targets_from_captions": "tools.targets",
+    "per_row_masks": "tools.units",
+    "random_units_like": "tools.units",
+    "units_of": "tools.units",
+    "is_interpretable": "tools.words",
+    **{name: "errors" for name in errors.__all__ if name != "TLMMError"},
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_demo_model":  # imported on first use: it reaches the data layer
+        from transformer_lens_mm.data.pretrained import load_demo_model
+
+        return load_demo_model
+    if name in _MOVED:
+        module = f"transformer_lens_mm.{_MOVED[name]}"
+        warnings.warn(
+            f"transformer_lens_mm.{name} is no longer part of the package's face: import it "
+            f"from {module} (an error class is also transformer_lens_mm.errors.{name})",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'transformer_lens_mm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -17,9 +17,9 @@ import torch
 from helpers import build_model
 from PIL import Image
 
-from transformer_lens_mm.core.errors import ConfigError
 from transformer_lens_mm.core.lm_loading import default_api
 from transformer_lens_mm.data.datasets import CaptionFolder
+from transformer_lens_mm.errors import ConfigError
 from transformer_lens_mm.pipelines.analyze import (
     AnalysisConfig,
     analysis_report,

@@ -3,8 +3,8 @@ corrupt weight packages reported with the command that fixes them."""
 
 import pytest
 
-from transformer_lens_mm import OutputExistsError
 from transformer_lens_mm.data import pretrained
+from transformer_lens_mm.errors import OutputExistsError
 from transformer_lens_mm.pipelines.cli import main
 from transformer_lens_mm.pipelines.demo import prepare_output
 

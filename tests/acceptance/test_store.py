@@ -16,7 +16,7 @@ import torch
 from helpers import build_model
 from test_analyze import write_folder
 
-from transformer_lens_mm.core.errors import DiskFullError, StoreError, TLMMError
+from transformer_lens_mm.errors import DiskFullError, StoreError, TLMMError
 from transformer_lens_mm.pipelines.analyze import AnalysisConfig, load_results, run_analysis
 from transformer_lens_mm.pipelines.analyze.store import (
     STORE_FORMAT,

@@ -8,8 +8,9 @@ import pytest
 import torch
 from helpers import APIS, build_model, random_images
 
-from transformer_lens_mm import ablation_sweep, attribute, generate_captions, hook_names, is_fused
+from transformer_lens_mm import ablation_sweep, attribute, generate_captions, hook_names
 from transformer_lens_mm.core.lm_loading import load_bridge, load_hooked_transformer
+from transformer_lens_mm.fast.fusion import is_fused
 
 KINDS = ["gpt2", "llama"]
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from helpers import APIS, build_model, load_hf, random_images
 
-from transformer_lens_mm import MultimodalInput, hook_names
+from transformer_lens_mm import hook_names
+from transformer_lens_mm.core.layout import MultimodalInput
 
 KINDS = ["gptj", "llama"]
 

@@ -8,8 +8,8 @@ from helpers import APIS, build_hf_lm, load_hf
 from PIL import Image
 
 from transformer_lens_mm import from_parts
-from transformer_lens_mm.core.errors import ProjectionShapeError
 from transformer_lens_mm.core.recipes import RECIPES, get_recipe, recipes_for_width
+from transformer_lens_mm.errors import ProjectionShapeError
 
 transformers = pytest.importorskip("transformers")
 

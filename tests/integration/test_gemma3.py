@@ -8,8 +8,8 @@ import types
 import pytest
 import torch
 
-from transformer_lens_mm.core.errors import CorruptWeightsError, MissingWeightsError
 from transformer_lens_mm.data import pretrained
+from transformer_lens_mm.errors import CorruptWeightsError, MissingWeightsError
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 
 needs_gemma = pytest.mark.skipif(

@@ -11,8 +11,8 @@ from transformer_lens_mm import (
     generate_captions,
     hook_names,
 )
-from transformer_lens_mm.core.errors import ReadoutError
 from transformer_lens_mm.core.native import NativeVLMBridge
+from transformer_lens_mm.errors import ReadoutError
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
 from transformer_lens_mm.tools.attribution import attribute
 from transformer_lens_mm.tools.decoding import decode_soft_prompts, decode_unit_table
@@ -166,7 +166,7 @@ def test_bad_inputs_name_the_model_and_the_fix(model, tmp_path):
 def test_loading_refuses_what_it_cannot_run(tmp_path, lm_dirs):
     from transformers import LlavaNextConfig
 
-    from transformer_lens_mm.core.errors import ConfigError
+    from transformer_lens_mm.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"not a vision-language model.*from_parts"):
         NativeVLMBridge.from_pretrained(lm_dirs["llama"])
@@ -221,7 +221,7 @@ def test_knockout_of_every_image_to_text_flow_makes_the_text_blind(model):
 
 
 def test_knockout_of_single_heads_where_hugging_face_computes_attention(model):
-    from transformer_lens_mm.core.errors import UnsupportedModelError
+    from transformer_lens_mm.errors import UnsupportedModelError
     from transformer_lens_mm.tools.knockout import _delegating_attention, knockout_table
 
     batch = model.prepare_inputs(random_images(1))

@@ -161,8 +161,8 @@ def test_bridge_exclude_special_tokens_keeps_image_positions(bridge_model):
 
 def test_saelens_bridge_from_parts_and_a_mismatched_sae(lm_dirs, bridge_model):
     from transformer_lens_mm import from_parts
-    from transformer_lens_mm.core.errors import HookShapeError, TLMMError
     from transformer_lens_mm.core.sae import MultimodalSAETransformerBridge
+    from transformer_lens_mm.errors import HookShapeError, TLMMError
     from transformer_lens_mm.tools.sae import image_sae_features
 
     booted = sae_lens.SAETransformerBridge.boot_transformers(str(lm_dirs["llama"]), device="cpu")

@@ -67,6 +67,15 @@ def test_no_import_runs_from_a_lower_layer_up():
     assert upward == []
 
 
+def test_the_errors_module_is_a_leaf_every_layer_may_use():
+    """``transformer_lens_mm.errors`` sits beside the folders: it imports nothing from the
+    package, so a raise in ``fast`` (the lowest layer) is no upward import."""
+    g = graph()
+    assert g["transformer_lens_mm.errors"] == set()
+    users = {folder(m) for m, targets in g.items() if "transformer_lens_mm.errors" in targets}
+    assert set(LAYERS) <= users
+
+
 def test_no_import_circle():
     g = graph()
     state: dict[str, int] = {}

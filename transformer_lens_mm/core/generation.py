@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformer_lens_mm.core.contract import HookList, MultimodalModel
 from transformer_lens_mm.core.images import ImageLike
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import ArgumentError, InputShapeError
 
 __all__ = ["Captions", "generate_captions", "sample_next_token"]
 
@@ -59,16 +60,16 @@ def sample_next_token(
     if not do_sample:
         return logits.argmax(-1)
     if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}; use do_sample=False")
+        raise ArgumentError(f"temperature must be positive, got {temperature}; use do_sample=False")
     logits = logits.float() / temperature
     if top_k is not None:
         if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+            raise ArgumentError(f"top_k must be >= 1, got {top_k}")
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
         if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+            raise ArgumentError(f"top_p must be in (0, 1], got {top_p}")
         sorted_logits, order = logits.sort(-1, descending=True)
         probs = sorted_logits.softmax(-1)
         drop = probs.cumsum(-1) - probs > top_p
@@ -142,7 +143,7 @@ def generate_captions(
         :class:`Captions` with texts and token ids.
     """
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise ArgumentError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if batch is None:
         batch = model.prepare_inputs(
             images,
@@ -152,13 +153,13 @@ def generate_captions(
             padding_side="left",
         )
     elif batch.padding_side != "left" and bool((batch.attention_mask == 0).any()):
-        raise ValueError(
+        raise ArgumentError(
             "captioning needs a left-padded input: prepare_inputs(..., padding_side='left')"
         )
     batch = batch.to(model.lm_device)
     n_ctx = int(model.cfg.n_ctx)
     if batch.tokens.shape[1] + max_new_tokens > n_ctx:
-        raise ValueError(
+        raise InputShapeError(
             f"the input has {batch.tokens.shape[1]} positions; {max_new_tokens} new tokens would "
             f"exceed the model's context n_ctx={n_ctx}: lower max_new_tokens"
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from transformer_lens_mm.core.errors import UnitIndexError
+from transformer_lens_mm.errors import ArgumentError, LayerRangeError, UnitIndexError
 
 __all__ = [
     "EMBED",
@@ -74,9 +74,9 @@ def resolve_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
         return list(range(n_layers))
     out = [resolve_layer(int(layer), n_layers) for layer in layers]
     if not out:
-        raise ValueError("layers is empty: pass None for every layer or at least one index")
+        raise ArgumentError("layers is empty: pass None for every layer or at least one index")
     if len(set(out)) != len(out):
-        raise ValueError(f"layers contains duplicates: {list(layers)}")
+        raise ArgumentError(f"layers contains duplicates: {list(layers)}")
     return out
 
 
@@ -108,7 +108,7 @@ def _named(layer: int, n_layers: int | None, template: str) -> str:
     if n_layers is not None:
         layer = resolve_layer(layer, n_layers)
     elif layer < 0:
-        raise IndexError("a negative layer needs n_layers to be resolved")
+        raise LayerRangeError("a negative layer needs n_layers to be resolved")
     return template.format(layer)
 
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from transformer_lens_mm.errors import ArgumentError, ImageInputError, MissingFileError
+
 __all__ = ["ImageLike", "to_rgb_image", "to_rgb_images"]
 
 #: One image: a PIL image, a path to an image file, a ``uint8`` (or ``uint16``) array
@@ -44,13 +46,13 @@ def _from_array(arr: np.ndarray, channels_first: bool) -> Image.Image:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        raise ValueError(f"cannot read an image array of shape {tuple(arr.shape)}: {_HOW}")
+        raise ImageInputError(f"cannot read an image array of shape {tuple(arr.shape)}: {_HOW}")
     if arr.size == 0:
-        raise ValueError(f"image array of shape {tuple(arr.shape)} is empty: {_HOW}")
+        raise ImageInputError(f"image array of shape {tuple(arr.shape)} is empty: {_HOW}")
     if np.issubdtype(arr.dtype, np.floating):
         lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
         if np.isnan(arr).any() or lo < 0.0 or hi > 1.0:
-            raise ValueError(
+            raise ImageInputError(
                 f"float image values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]: "
                 "scale the image to [0, 1], or pass already-normalised tensors as pixel_values=..."
             )
@@ -60,7 +62,7 @@ def _from_array(arr: np.ndarray, channels_first: bool) -> Image.Image:
     elif arr.dtype == np.uint16:  # 16-bit images (PNG, TIFF): the full range onto 0..255
         arr = _rescale(arr, 65535)
     elif arr.dtype != np.uint8:
-        raise ValueError(
+        raise ImageInputError(
             f"image arrays must be uint8, uint16, bool or float in [0, 1], got {arr.dtype}"
         )
     return Image.fromarray(arr)
@@ -87,11 +89,11 @@ def _to_8_bit(image: Image.Image) -> Image.Image:
     lo, hi = float(arr.min()), float(arr.max())
     if mode == "I":
         if lo < 0:
-            raise ValueError(f"a 32-bit integer image with negative values ({lo:g}): {_HOW}")
+            raise ImageInputError(f"a 32-bit integer image with negative values ({lo:g}): {_HOW}")
         full = 255 if hi <= 255 else 65535 if hi <= 65535 else 2**32 - 1
         return Image.fromarray(_rescale(arr, full))
     if lo < 0 or hi > 255 or not np.isfinite(arr).all():
-        raise ValueError(
+        raise ImageInputError(
             f"a float image with values in [{lo:.3g}, {hi:.3g}]: scale it to [0, 1] (or pass "
             "already-normalised tensors as pixel_values=...)"
         )
@@ -131,13 +133,13 @@ def to_rgb_image(image: ImageLike) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"image file {str(path)!r} does not exist")
+            raise MissingFileError(f"image file {str(path)!r} does not exist")
         try:
             with Image.open(path) as opened:
                 opened.load()
                 image = opened.copy()
         except (OSError, SyntaxError) as err:  # PIL raises these for corrupt/truncated files
-            raise ValueError(f"cannot read image file {str(path)!r}: {err}") from err
+            raise ImageInputError(f"cannot read image file {str(path)!r}: {err}") from err
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
         if tensor.ndim == 4 and tensor.shape[0] == 1:
@@ -148,7 +150,9 @@ def to_rgb_image(image: ImageLike) -> Image.Image:
     elif isinstance(image, np.ndarray):
         image = _from_array(image, channels_first=False)
     elif not isinstance(image, Image.Image):
-        raise TypeError(f"cannot use an object of type {type(image).__name__} as an image: {_HOW}")
+        raise ImageInputError(
+            f"cannot use an object of type {type(image).__name__} as an image: {_HOW}"
+        )
 
     image = _upright(image)
     if image.mode.startswith("I") or image.mode == "F":
@@ -188,5 +192,5 @@ def to_rgb_images(images: ImageLike | Sequence[ImageLike]) -> list[Image.Image]:
     else:
         items = [images]
     if not items:
-        raise ValueError("the batch of images is empty: pass at least one image")
+        raise ArgumentError("the batch of images is empty: pass at least one image")
     return [to_rgb_image(item) for item in items]

@@ -23,6 +23,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from transformer_lens_mm.errors import ArgumentError, ArgumentTypeError, InputShapeError
+
 __all__ = [
     "DEFAULT_PROMPT",
     "MultimodalInput",
@@ -60,10 +62,10 @@ class MultimodalInput:
             self.tokens.shape != self.attention_mask.shape
             or self.tokens.shape != self.image_mask.shape
         ):
-            raise ValueError("tokens, attention_mask and image_mask must have the same shape")
+            raise InputShapeError("tokens, attention_mask and image_mask must have the same shape")
         counts = self.image_mask.sum(-1)
         if counts.numel() and not bool((counts == counts[0]).all()):
-            raise ValueError("every item must hold the same number of image tokens")
+            raise ArgumentError("every item must hold the same number of image tokens")
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
@@ -171,13 +173,13 @@ def per_item(
         return [value] * batch_size
     value = list(value)
     if len(value) != batch_size:
-        raise ValueError(
+        raise ArgumentError(
             f"got {len(value)} {what} for a batch of {batch_size} images: pass one "
             f"string for all, or exactly one per image"
         )
     for v in value:
         if not isinstance(v, str):
-            raise TypeError(f"{what} must be strings, got {type(v).__name__}")
+            raise ArgumentTypeError(f"{what} must be strings, got {type(v).__name__}")
     return value
 
 
@@ -260,9 +262,9 @@ def build_multimodal_input(
         A :class:`MultimodalInput` (without pixels or features; the model adds those).
     """
     if batch_size <= 0:
-        raise ValueError("the batch of images is empty: pass at least one image")
+        raise ArgumentError("the batch of images is empty: pass at least one image")
     if n_image_tokens <= 0:
-        raise ValueError(f"n_image_tokens must be positive, got {n_image_tokens}")
+        raise ArgumentError(f"n_image_tokens must be positive, got {n_image_tokens}")
     prompt_list = per_item(prompts, default_prompt, batch_size, "prompts")
     caption_list = None if captions is None else per_item(captions, "", batch_size, "captions")
 
@@ -270,11 +272,13 @@ def build_multimodal_input(
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = getattr(tokenizer, "pad_token_id", None)
     if prepend_bos and bos is None:
-        raise ValueError(
+        raise ArgumentError(
             "prepend_bos=True but the tokenizer has no BOS token; set prepend_bos=False"
         )
     if append_eos and eos is None:
-        raise ValueError("append_eos=True but the tokenizer has no EOS token; set append_eos=False")
+        raise ArgumentError(
+            "append_eos=True but the tokenizer has no EOS token; set append_eos=False"
+        )
     filler = pad if pad is not None else (eos if eos is not None else 0)
 
     rows: list[list[int]] = []
@@ -289,7 +293,7 @@ def build_multimodal_input(
             tail = encode_text(tokenizer, caption_list[i]) + ([eos] if append_eos else [])
         ids = head + body + tail
         if n_ctx is not None and len(ids) > n_ctx:
-            raise ValueError(
+            raise ArgumentError(
                 f"item {i} needs {len(ids)} positions ({n_image_tokens} image tokens + "
                 f"{len(body)} prompt + {len(tail)} caption tokens) but the model's context is "
                 f"n_ctx={n_ctx}: shorten the prompt/caption or use fewer image tokens"

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from transformer_lens_mm.errors import InputShapeError
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
 
 __all__ = ["load_bridge", "load_hooked_transformer", "load_tokenizer"]
@@ -115,7 +116,7 @@ def _hooked_gemma3(
     let TL convert the given weights (no download: ``hf_model`` and its config are passed)."""
     name = _TL3_GEMMA3.get((config.get("hidden_size"), config.get("num_hidden_layers")))
     if name is None:
-        raise ValueError(
+        raise InputShapeError(
             "TransformerLens 3.9 builds Gemma 3 only with the shapes of "
             f"{sorted(_TL3_GEMMA3.values())}; this folder has hidden_size="
             f"{config.get('hidden_size')}, num_hidden_layers={config.get('num_hidden_layers')}: "

@@ -20,11 +20,11 @@ from torch import nn
 
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
 from transformer_lens_mm.core.encoders import ImageEncoder, create_encoder
-from transformer_lens_mm.core.errors import EncoderError
 from transformer_lens_mm.core.hooked import HookedMultimodalTransformer
 from transformer_lens_mm.core.lm_loading import default_api, load_bridge, load_hooked_transformer
 from transformer_lens_mm.core.projection import ImageProjection, load_projection
 from transformer_lens_mm.core.recipes import Recipe, get_recipe
+from transformer_lens_mm.errors import ArgumentError, ArgumentTypeError, EncoderError
 from transformer_lens_mm.fast.fusion import check_fused_flag, set_fused
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER, require_hooked_transformer
 
@@ -48,12 +48,12 @@ def _as_model(
         if isinstance(lm, HookedTransformer):  # SAELens's class becomes the SAE subclass
             return HookedMultimodalTransformer.from_hooked_transformer(lm, fused=fused)
     if isinstance(lm, nn.Module):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"lm must be a HookedTransformer, a TransformerBridge, a model name or a folder; got "
             f"{type(lm).__name__}. For a Hugging Face model, pass its folder (save_pretrained)."
         )
     if not isinstance(lm, (str, os.PathLike)):
-        raise TypeError(f"lm must be a model, a name or a folder, got {type(lm).__name__}")
+        raise ArgumentTypeError(f"lm must be a model, a name or a folder, got {type(lm).__name__}")
     if api == "hooked":
         require_hooked_transformer("api='hooked'")
         model = load_hooked_transformer(
@@ -125,7 +125,7 @@ def from_parts(
     fused = check_fused_flag(fused)
     api = api or default_api()
     if api not in ("hooked", "bridge"):
-        raise ValueError(f"api must be 'hooked' or 'bridge', got {api!r}")
+        raise ArgumentError(f"api must be 'hooked' or 'bridge', got {api!r}")
     if recipe is not None:
         recipe = get_recipe(recipe)
         source = "the projection"

@@ -29,6 +29,12 @@ from transformer_lens_mm.core.images import ImageLike
 from transformer_lens_mm.core.layout import MultimodalInput, build_multimodal_input
 from transformer_lens_mm.core.paper import PROMPT
 from transformer_lens_mm.core.projection import ImageProjection, check_projection_shapes
+from transformer_lens_mm.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    InputShapeError,
+    ModelSetupError,
+)
 from transformer_lens_mm.fast.fusion import check_fused_flag, is_fused, set_fused
 from transformer_lens_mm.fast.versions import HookPoint
 
@@ -95,7 +101,9 @@ class MultimodalMixin:
             set_fused(model, fused)
             return model
         if type(model) is not base:
-            raise TypeError(f"can only convert a plain {base.__name__}, got {type(model).__name__}")
+            raise ArgumentTypeError(
+                f"can only convert a plain {base.__name__}, got {type(model).__name__}"
+            )
         model.__class__ = cls
         model._add_image_hook_points()
         model._register_image_hook_points()
@@ -117,7 +125,7 @@ class MultimodalMixin:
             self.feature_cache = None
             return None
         if self.image_encoder is None:
-            raise RuntimeError("this model has no image encoder to cache: attach_vision first")
+            raise ModelSetupError("this model has no image encoder to cache: attach_vision first")
         from transformer_lens_mm.core.feature_cache import FeatureCache
 
         self.feature_cache = FeatureCache(root, self.image_encoder)
@@ -128,7 +136,7 @@ class MultimodalMixin:
     ) -> Float[Tensor, "batch n_image_tokens d_image"]:
         """The encoder's features of preprocessed images (through the feature cache if any)."""
         if self.image_encoder is None:
-            raise RuntimeError("this model has no image encoder: pass image_features=...")
+            raise ModelSetupError("this model has no image encoder: pass image_features=...")
         if self.feature_cache is None:
             return self.image_encoder(pixel_values)
         if self.feature_cache.encoder is not self.image_encoder:  # attach_vision changed it
@@ -164,12 +172,12 @@ class MultimodalMixin:
         if require_mlp and (
             getattr(self.cfg, "attn_only", False) or not getattr(self.cfg, "d_mlp", 1)
         ):
-            raise ValueError(
+            raise ArgumentError(
                 "this language model has no MLP layers (attn_only), so it has no MLP units to "
                 "analyse; load a model with MLPs, or pass require_mlp=False to only inject images"
             )
         if not isinstance(projection, ImageProjection):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"projection must be an ImageProjection, got {type(projection).__name__}; load one "
                 "with load_projection(path) or ImageProjection.from_limber(path)"
             )
@@ -188,7 +196,9 @@ class MultimodalMixin:
         if bos_token is not None:
             ids = self.tokenizer(bos_token, add_special_tokens=False)["input_ids"]
             if len(ids) != 1:
-                raise ValueError(f"bos_token {bos_token!r} is not a single token of this tokenizer")
+                raise ArgumentError(
+                    f"bos_token {bos_token!r} is not a single token of this tokenizer"
+                )
             self.bos_token_id = int(ids[0])
 
     @property
@@ -213,7 +223,7 @@ class MultimodalMixin:
 
     def _require_vision(self) -> ImageProjection:
         if self.image_projection is None:
-            raise RuntimeError(
+            raise ModelSetupError(
                 "no projection is attached: call model.attach_vision(encoder, projection) or "
                 "build the model with from_parts(...)"
             )
@@ -261,13 +271,15 @@ class MultimodalMixin:
         projection = self._require_vision()
         given = [x is not None for x in (images, pixel_values, image_features)]
         if sum(given) != 1:
-            raise ValueError(
+            raise ArgumentError(
                 "pass exactly one of images=..., pixel_values=... or image_features=..."
             )
         grid = None
         if image_features is not None:
             if not isinstance(image_features, Tensor) or image_features.ndim != 3:
-                raise ValueError("image_features must be a tensor [batch, n_image_tokens, d_image]")
+                raise InputShapeError(
+                    "image_features must be a tensor [batch, n_image_tokens, d_image]"
+                )
             if image_features.shape[-1] != projection.d_image:
                 check_projection_shapes(
                     projection.d_image,
@@ -282,7 +294,7 @@ class MultimodalMixin:
         else:
             encoder = self.image_encoder
             if encoder is None:
-                raise RuntimeError(
+                raise ModelSetupError(
                     "this model has no image encoder: pass image_features=... (encoder output) "
                     "or attach an encoder with attach_vision(encoder, projection)"
                 )
@@ -290,7 +302,9 @@ class MultimodalMixin:
                 pixel_values = encoder.preprocess(images)
             assert pixel_values is not None
             if not isinstance(pixel_values, Tensor) or pixel_values.ndim != 4:
-                raise ValueError("pixel_values must be a tensor [batch, channel, height, width]")
+                raise InputShapeError(
+                    "pixel_values must be a tensor [batch, channel, height, width]"
+                )
             batch_size, n_tokens, grid = (
                 int(pixel_values.shape[0]),
                 encoder.n_tokens,
@@ -329,10 +343,10 @@ class MultimodalMixin:
             features = batch.image_features
         elif batch.pixel_values is not None:
             if self.image_encoder is None:
-                raise RuntimeError("this model has no image encoder: pass image_features=...")
+                raise ModelSetupError("this model has no image encoder: pass image_features=...")
             features = self.encode_pixels(batch.pixel_values)
         else:
-            raise ValueError("the input holds neither pixel_values nor image_features")
+            raise ArgumentError("the input holds neither pixel_values nor image_features")
         features = features.to(self.lm_device)
         if _has_backward_hooks(self.hook_image_features) and torch.is_grad_enabled():
             # the frozen encoder's output has no gradient of its own: a backward hook there
@@ -341,7 +355,7 @@ class MultimodalMixin:
         features = self.hook_image_features(features)
         embeds = self.hook_image_embed(projection(features))
         if embeds.shape[:2] != (len(batch), batch.n_image_tokens):
-            raise ValueError(
+            raise InputShapeError(
                 f"the encoder produced {embeds.shape[1]} tokens per image but the input has "
                 f"{batch.n_image_tokens} image positions: preprocess images with the model's "
                 "encoder (model.prepare_inputs) so that their size matches"
@@ -385,7 +399,7 @@ class MultimodalMixin:
         if point is None:
             point = getattr(self, hook_names.EMBED, None)
         if not isinstance(point, torch.nn.Module):
-            raise RuntimeError(
+            raise ModelSetupError(
                 f"{type(self).__name__} has no module at {hook_names.EMBED!r} to inject the "
                 "image tokens into"
             )
@@ -446,11 +460,11 @@ class MultimodalMixin:
         has_images = any(x is not None for x in (images, pixel_values, image_features))
         if isinstance(input, MultimodalInput):
             if has_images:
-                raise ValueError("pass either a MultimodalInput or images=..., not both")
+                raise ArgumentError("pass either a MultimodalInput or images=..., not both")
             batch = input
         elif has_images:
             if input is not None:
-                raise ValueError(
+                raise ArgumentError(
                     "with images=..., pass the text as prompts=... (input must be None)"
                 )
             batch = self.prepare_inputs(
@@ -459,7 +473,9 @@ class MultimodalMixin:
         else:
             return super().forward(input, *args, **kwargs)  # type: ignore[misc]
         if "attention_mask" in kwargs:
-            raise ValueError("the attention mask comes from the MultimodalInput; do not pass one")
+            raise ArgumentError(
+                "the attention mask comes from the MultimodalInput; do not pass one"
+            )
         batch = batch.to(self.lm_device)
         self.last_input = batch
         image_embeds = self.embed_images(batch)
@@ -523,7 +539,7 @@ class MultimodalMixin:
             elif name == "image_projection":  # the encoder is optional (frozen, from elsewhere)
                 missing += [f"{name}.{k}" for k in module.state_dict()]
         if strict and (missing or unexpected):
-            raise RuntimeError(
+            raise ModelSetupError(
                 f"Error(s) in loading state_dict for {type(self).__name__}: missing keys "
                 f"{missing}, unexpected keys {unexpected}. A plain language model's state dict "
                 "has no image_projection.*: load it with strict=False, or save the whole "
@@ -566,7 +582,7 @@ class MultimodalMixin:
 
         for name, neutral in (("freq_penalty", 0.0), ("repetition_penalty", 1.0)):
             if kwargs.pop(name, neutral) not in (neutral, None):
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} is not supported for image inputs: call generate_captions "
                     "(greedy or sampled) or generate on text"
                 )
@@ -587,7 +603,9 @@ class MultimodalMixin:
         if return_type == "str":
             return caps.texts
         if return_type not in ("input", "tensor", "tokens"):
-            raise ValueError(f"return_type must be 'input', 'tensor' or 'str', got {return_type!r}")
+            raise ArgumentError(
+                f"return_type must be 'input', 'tensor' or 'str', got {return_type!r}"
+            )
         return torch.cat([caps.input.tokens, caps.tokens.to(caps.input.tokens.device)], 1)
 
     # ----------------------------------------------------------------- convenience

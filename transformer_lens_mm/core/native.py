@@ -44,9 +44,9 @@ from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
 from transformer_lens_mm.core.encoders import ImageEncoder
 from transformer_lens_mm.core.encoders.qwen_vision import QwenMerger, QwenVisionEncoder
 from transformer_lens_mm.core.encoders.transformers_encoder import TransformersEncoder
-from transformer_lens_mm.core.errors import ConfigError
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
 from transformer_lens_mm.core.layout import MultimodalInput, encode_text, pad_rows, per_item
+from transformer_lens_mm.errors import ArgumentError, ConfigError, InputShapeError
 
 __all__ = ["NATIVE_ARCHITECTURES", "NativeArchitecture", "NativeVLMBridge", "check_architecture"]
 
@@ -375,7 +375,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         if self.architecture.family == "qwen2_5_vl":  # the vision_start/end pair goes around it
             placeholder = f"<|vision_start|>{image_token}<|vision_end|>"
         if placeholder in prompt or image_token in prompt:
-            raise ValueError(
+            raise ArgumentError(
                 f"the prompt {prompt!r} already holds the image placeholder {placeholder!r}; "
                 "pass only the question: the model's chat template places the image"
             )
@@ -403,7 +403,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
                     padding=True,
                 )
             except (ValueError, TypeError) as err:
-                raise ValueError(
+                raise ArgumentError(
                     f"{type(self.processor).__name__} rejected the prompts {prompts!r}: {err}"
                 ) from err
             for text, row, m in zip(todo, out["input_ids"], out["attention_mask"]):
@@ -449,7 +449,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         assert encoder is not None
         given = [x is not None for x in (images, pixel_values, image_features)]
         if sum(given) != 1:
-            raise ValueError(
+            raise ArgumentError(
                 "pass exactly one of images=..., pixel_values=... or image_features=..."
             )
         if images is not None:
@@ -457,7 +457,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             try:
                 pixel_values = encoder.preprocess(pil)
             except (ValueError, TypeError) as err:
-                raise ValueError(
+                raise ArgumentError(
                     f"{type(self.processor.image_processor).__name__} of {self.lm_name} rejected "
                     f"the images: {err}"
                 ) from err
@@ -465,7 +465,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             expected = tuple(encoder.data_config["input_size"])
             if not isinstance(pixel_values, Tensor) or tuple(pixel_values.shape[1:]) != expected:
                 got = tuple(pixel_values.shape) if isinstance(pixel_values, Tensor) else None
-                raise ValueError(
+                raise InputShapeError(
                     f"pixel_values must be [batch, {', '.join(map(str, expected))}] as "
                     f"{self.lm_name}'s image processor makes them, got {got}: pass raw images "
                     "as images=..."
@@ -473,10 +473,12 @@ class NativeVLMBridge(MultimodalTransformerBridge):
             n = int(pixel_values.shape[0])
         else:
             if not isinstance(image_features, Tensor) or image_features.ndim != 3:
-                raise ValueError("image_features must be a tensor [batch, n_features, d_image]")
+                raise InputShapeError(
+                    "image_features must be a tensor [batch, n_features, d_image]"
+                )
             n = int(image_features.shape[0])
         if n == 0:
-            raise ValueError("the batch of images is empty: pass at least one image")
+            raise ArgumentError("the batch of images is empty: pass at least one image")
         prompt_list = per_item(prompts, self.prompt, n, "prompts")
         caption_list = None if captions is None else per_item(captions, "", n, "captions")
         tok = self.tokenizer
@@ -487,7 +489,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         n_ctx = int(self.cfg.n_ctx)
         for i, row in enumerate(rows):
             if len(row) > n_ctx:
-                raise ValueError(
+                raise ArgumentError(
                     f"item {i} needs {len(row)} positions ({self.n_image_tokens} image tokens) "
                     f"but {self.lm_name}'s context is {n_ctx}: shorten the prompt or caption"
                 )
@@ -501,7 +503,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         )
         counts = image_mask.sum(-1)
         if bool((counts != self.n_image_tokens).any()):
-            raise ValueError(
+            raise ArgumentError(
                 f"the processor laid out {counts.tolist()} image tokens per item but "
                 f"{self.lm_name} makes {self.n_image_tokens} per image: check the processor's "
                 "image settings (one image per item)"
@@ -586,7 +588,7 @@ class NativeVLMBridge(MultimodalTransformerBridge):
         ``attention_mask``, ``pixel_values``, and ``token_type_ids`` where the model reads
         them), e.g. to compare with ``model.original_model(**model.hf_inputs(batch))``."""
         if batch.pixel_values is None:
-            raise ValueError("hf_inputs needs a batch with pixel_values")
+            raise ArgumentError("hf_inputs needs a batch with pixel_values")
         out = {
             "input_ids": batch.tokens,
             "attention_mask": batch.attention_mask,

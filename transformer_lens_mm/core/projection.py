@@ -30,7 +30,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from transformer_lens_mm.core.atomic import atomic_write
-from transformer_lens_mm.core.errors import CorruptWeightsError, ProjectionShapeError
+from transformer_lens_mm.errors import (
+    CheckpointError,
+    ConfigError,
+    CorruptWeightsError,
+    MissingFileError,
+    ProjectionShapeError,
+)
 
 __all__ = [
     "ImageProjection",
@@ -62,7 +68,7 @@ class ProjectionConfig:
 
     def __post_init__(self) -> None:
         if self.d_image <= 0 or self.d_model <= 0:
-            raise ValueError(f"d_image and d_model must be positive, got {self}")
+            raise ConfigError(f"d_image and d_model must be positive, got {self}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,7 +78,7 @@ class ProjectionConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown keys in {CONFIG_NAME}: {sorted(unknown)}")
+            raise ConfigError(f"unknown keys in {CONFIG_NAME}: {sorted(unknown)}")
         return cls(**data)
 
 
@@ -192,21 +198,23 @@ class ImageProjection(nn.Linear):
         """Build from a ``{"weight", "bias"}`` state dict, validating shapes."""
         if not isinstance(state, dict) or "weight" not in state:
             keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-            raise ValueError(
+            raise CheckpointError(
                 f"{source} is not a projection state dict: expected keys 'weight' "
                 f"[d_model, d_image] and 'bias' [d_model], found {keys}"
             )
         extra = set(state) - {"weight", "bias"}
         if extra:
-            raise ValueError(f"{source} has unexpected keys {sorted(extra)}; expected weight, bias")
+            raise CheckpointError(
+                f"{source} has unexpected keys {sorted(extra)}; expected weight, bias"
+            )
         weight = state["weight"]
         if not isinstance(weight, Tensor) or weight.ndim != 2:
-            raise ValueError(f"{source}: 'weight' must be a 2-d tensor [d_model, d_image]")
+            raise CheckpointError(f"{source}: 'weight' must be a 2-d tensor [d_model, d_image]")
         out_f, in_f = weight.shape
         bias = state.get("bias")
         if bias is not None and (not isinstance(bias, Tensor) or tuple(bias.shape) != (out_f,)):
             shape = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
-            raise ValueError(f"{source}: 'bias' has shape {shape}, expected ({out_f},)")
+            raise CheckpointError(f"{source}: 'bias' has shape {shape}, expected ({out_f},)")
         if d_image is not None or d_model is not None:
             check_projection_shapes(
                 in_f,
@@ -251,18 +259,20 @@ class ImageProjection(nn.Linear):
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"projection checkpoint {str(path)!r} does not exist")
+            raise MissingFileError(f"projection checkpoint {str(path)!r} does not exist")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            raise ValueError(
+            raise CheckpointError(
                 f"refusing to load {str(path)!r}: it is a pickle that carries code or objects "
                 "other than tensors, which torch.load(weights_only=True) will not run. Only "
                 "load it if you trust its author, then re-save just the state dict with "
                 "torch.save({'weight': ..., 'bias': ...}, path)."
             ) from err
         except (RuntimeError, EOFError) as err:
-            raise ValueError(f"cannot read {str(path)!r} as a torch checkpoint: {err}") from err
+            raise CheckpointError(
+                f"cannot read {str(path)!r} as a torch checkpoint: {err}"
+            ) from err
         if isinstance(state, dict) and "state_dict" in state and "weight" not in state:
             state = state["state_dict"]
         weight = state.get("weight") if isinstance(state, dict) else None
@@ -300,7 +310,7 @@ def load_projection(
             limber = path / "proj.ckpt"
             if limber.is_file():
                 return ImageProjection.from_limber(limber, d_image=d_image, d_model=d_model)
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{str(path)!r} holds neither {WEIGHTS_NAME} (our format) nor proj.ckpt (LiMBeR)"
             )
     elif path.suffix == ".safetensors":
@@ -308,7 +318,7 @@ def load_projection(
     elif path.is_file():
         return ImageProjection.from_limber(path, d_image=d_image, d_model=d_model)
     else:
-        raise FileNotFoundError(f"projection {str(path)!r} does not exist")
+        raise MissingFileError(f"projection {str(path)!r} does not exist")
     config = None
     if config_path.is_file():
         config = ProjectionConfig.from_dict(json.loads(config_path.read_text()))

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformer_lens_mm.core.encoders import ImageEncoder, create_encoder
-from transformer_lens_mm.core.errors import ConfigError, ProjectionShapeError
+from transformer_lens_mm.errors import ConfigError, ProjectionShapeError
 
 __all__ = ["RECIPES", "Recipe", "get_recipe", "recipes_for_width"]
 

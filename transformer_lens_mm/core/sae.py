@@ -41,7 +41,7 @@ from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 try:
     import sae_lens  # noqa: F401
 except ImportError as _err:  # SAELens pins transformer-lens<4
-    from transformer_lens_mm.core.errors import MissingPackageError
+    from transformer_lens_mm.errors import MissingPackageError
 
     where = (
         "pip install sae-lens"
@@ -55,6 +55,7 @@ except ImportError as _err:  # SAELens pins transformer-lens<4
 from transformer_lens_mm.core.bridge import MultimodalTransformerBridge
 from transformer_lens_mm.core.hooked import sae_transformer_class
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import ArgumentTypeError, MissingPackageError
 
 try:  # SAELens >= 6.32 on TransformerLens 3.9
     from sae_lens import SAETransformerBridge
@@ -118,7 +119,7 @@ if SAETransformerBridge is not None:
             if isinstance(model, cls):
                 return model
             if type(model) is not MultimodalTransformerBridge:
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"from_multimodal converts a MultimodalTransformerBridge, got "
                     f"{type(model).__name__}"
                 )
@@ -180,6 +181,8 @@ else:  # pragma: no cover
         """Placeholder: this SAELens has no ``SAETransformerBridge`` (SAELens >= 6.32)."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            raise ImportError("SAETransformerBridge needs sae-lens>=6.32: pip install -U sae-lens")
+            raise MissingPackageError(
+                "SAETransformerBridge needs sae-lens>=6.32: pip install -U sae-lens"
+            )
 
         from_bridge = from_multimodal = classmethod(lambda cls, *a, **k: cls())

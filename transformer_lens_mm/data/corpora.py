@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-from transformer_lens_mm.core.errors import CorpusError
+from transformer_lens_mm.errors import CorpusError
 
 __all__ = ["GENERAL", "reference_corpus"]
 

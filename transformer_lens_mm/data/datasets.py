@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from transformer_lens_mm.core.images import to_rgb_image
+from transformer_lens_mm.errors import DataSetError, MissingFileError, UnknownNameError
 
 __all__ = [
     "CaptionFolder",
@@ -84,7 +85,7 @@ class CocoDataset(Sequence[Item]):
         from pycocotools.coco import COCO
 
         if captions_json is None and instances_json is None:
-            raise ValueError("give captions_json, instances_json or both")
+            raise DataSetError("give captions_json, instances_json or both")
         self.images_dir = Path(images_dir)
         self.captions = _quiet(COCO, captions_json) if captions_json else None
         self.instances = _quiet(COCO, instances_json) if instances_json else None
@@ -93,7 +94,7 @@ class CocoDataset(Sequence[Item]):
         ids = sorted(base.getImgIds()) if image_ids is None else [int(i) for i in image_ids]
         unknown = [i for i in ids if i not in base.imgs]
         if unknown:
-            raise KeyError(f"image ids not in the annotation file: {unknown[:5]}")
+            raise UnknownNameError(f"image ids not in the annotation file: {unknown[:5]}")
         self.ids = ids
         self.category_names: dict[int, str] = (
             {c["id"]: c["name"] for c in self.instances.loadCats(self.instances.getCatIds())}
@@ -150,7 +151,7 @@ def _quiet(cls: Any, path: Any) -> Any:
     import io
 
     if not Path(path).is_file():
-        raise FileNotFoundError(f"annotation file {path} does not exist")
+        raise MissingFileError(f"annotation file {path} does not exist")
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         return cls(str(path))
 
@@ -170,7 +171,7 @@ class CaptionFolder(Sequence[Item]):
         self.root = Path(root)
         path = Path(captions) if captions is not None else self.root / "captions.jsonl"
         if not path.is_file():
-            raise FileNotFoundError(f"caption file {path} does not exist")
+            raise MissingFileError(f"caption file {path} does not exist")
         if path.suffix == ".csv":
             with open(path, newline="") as f:
                 records = list(csv.DictReader(f))
@@ -181,13 +182,13 @@ class CaptionFolder(Sequence[Item]):
                     try:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as err:
-                        raise ValueError(f"{path}:{n} is not valid JSON: {err}") from err
+                        raise DataSetError(f"{path}:{n} is not valid JSON: {err}") from err
         else:
-            raise ValueError(f"caption file must be .jsonl or .csv, got {path.name}")
+            raise DataSetError(f"caption file must be .jsonl or .csv, got {path.name}")
         items: dict[str, Item] = {}
         for n, rec in enumerate(records, 1):
             if "file" not in rec:
-                raise ValueError(f"{path}: record {n} has no 'file' field: {rec}")
+                raise DataSetError(f"{path}: record {n} has no 'file' field: {rec}")
             key = str(rec.get("id") or rec["file"])
             item = items.setdefault(key, Item(key, self.root / rec["file"]))
             caps = rec.get("captions") or [rec.get("caption", "")]
@@ -209,7 +210,7 @@ class ClassFolders(Sequence[Item]):
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root} is not a folder")
+            raise MissingFileError(f"{self.root} is not a folder")
         self.items = [
             Item(f"{d.name}/{f.name}", f, [], [d.name])
             for d in sorted(p for p in self.root.iterdir() if p.is_dir())

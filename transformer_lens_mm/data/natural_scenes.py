@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from transformer_lens_mm.data.scenes import Scene, SceneObject
+from transformer_lens_mm.errors import DataSetError, OutOfRangeError
 
 __all__ = ["BACKGROUND_REGIONS", "NATURAL_BACKGROUNDS", "NOUNS", "NaturalScene", "NaturalSceneSet"]
 
@@ -556,7 +557,7 @@ def _draw_object(
             PALETTE["orange"],
         )
     else:  # pragma: no cover - NOUNS and the drawers are kept in step by a test
-        raise ValueError(f"no drawer for {noun!r}")
+        raise DataSetError(f"no drawer for {noun!r}")
 
 
 def _background(kind: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -620,11 +621,11 @@ class NaturalSceneSet(Sequence[NaturalScene]):
         only: Sequence[tuple[str, str] | frozenset] | None = None,
     ) -> None:
         if n < 0 or max_objects not in (1, 2):
-            raise ValueError("n must be >= 0 and max_objects 1 or 2")
+            raise DataSetError("n must be >= 0 and max_objects 1 or 2")
         self.nouns = list(nouns) if nouns is not None else list(NOUNS)
         unknown = [x for x in self.nouns if x not in NOUNS]
         if unknown:
-            raise ValueError(f"unknown nouns {unknown}; the nouns are {sorted(NOUNS)}")
+            raise DataSetError(f"unknown nouns {unknown}; the nouns are {sorted(NOUNS)}")
         self.n, self.seed, self.size, self.max_objects = n, seed, size, max_objects
         self.exclude = set(exclude)
         self.only = None if only is None else list(only)
@@ -661,13 +662,13 @@ class NaturalSceneSet(Sequence[NaturalScene]):
                 objects = [(str(rng.choice(NOUNS[x])), str(x)) for x in nouns]
             if self._allowed(objects):
                 return objects
-        raise ValueError("no allowed combination found: the exclusions leave nothing to draw")
+        raise DataSetError("no allowed combination found: the exclusions leave nothing to draw")
 
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self.n))]
         if not -self.n <= i < self.n:
-            raise IndexError(f"scene {i} out of range (n={self.n})")
+            raise OutOfRangeError(f"scene {i} out of range (n={self.n})")
         i %= self.n
         rng = np.random.default_rng([self.seed, i, 7])
         chosen = self._pick(rng)

@@ -30,7 +30,13 @@ import torch
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.encoders import TimmEncoder
-from transformer_lens_mm.core.errors import ConfigError, CorruptWeightsError, MissingWeightsError
+from transformer_lens_mm.errors import (
+    CheckpointError,
+    ConfigError,
+    CorruptWeightsError,
+    MissingFileError,
+    MissingWeightsError,
+)
 
 __all__ = [
     "SHIPPED_PROJECTIONS",
@@ -284,11 +290,11 @@ def efficientnet_lite0_timm() -> torch.nn.Module:
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     target = model.state_dict()
     if len(source) != len(target):
-        raise ValueError(f"{files[0]} has {len(source)} tensors, timm's model {len(target)}")
+        raise CheckpointError(f"{files[0]} has {len(source)} tensors, timm's model {len(target)}")
     mapped = {}
     for (src_name, value), (name, ref) in zip(source.items(), target.items()):
         if value.shape != ref.shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"cannot map {src_name} {tuple(value.shape)} onto {name} "
                 f"{tuple(ref.shape)}: the checkpoint layout changed"
             )
@@ -340,7 +346,7 @@ def demo_projection_path(lm: str = "smollm2", scenes: str = "natural") -> Path:
         )
     path = Path(__file__).resolve().parent / "assets" / SHIPPED_PROJECTIONS[lm, scenes][0]
     if not (path / "projection.safetensors").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no shipped projection in {path}: run python examples/train_demo_projection.py "
             f"--lm {lm} --scenes {scenes} --ship"
         )

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from transformer_lens_mm.errors import DataSetError, OutOfRangeError
+
 __all__ = ["BACKGROUNDS", "COLOURS", "SHAPES", "Scene", "SceneObject", "SceneSet"]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -89,7 +91,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
             (cx - r, cy - w),
             (cx - w, cy - w),
         ]
-    raise ValueError(shape)
+    raise DataSetError(shape)
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
@@ -157,11 +159,11 @@ class SceneSet(Sequence[Scene]):
         pairs: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         if n < 0 or max_objects not in (1, 2):
-            raise ValueError("n must be >= 0 and max_objects 1 or 2")
+            raise DataSetError("n must be >= 0 and max_objects 1 or 2")
         self.n, self.seed, self.size, self.max_objects = n, seed, size, max_objects
         self.pairs = list(pairs) if pairs is not None else [(c, s) for c in COLOURS for s in SHAPES]
         if not self.pairs:
-            raise ValueError("no (colour, shape) pairs to draw from")
+            raise DataSetError("no (colour, shape) pairs to draw from")
 
     def __len__(self) -> int:
         return self.n
@@ -173,7 +175,7 @@ class SceneSet(Sequence[Scene]):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(self.n))]
         if not -self.n <= i < self.n:
-            raise IndexError(f"scene {i} out of range (n={self.n})")
+            raise OutOfRangeError(f"scene {i} out of range (n={self.n})")
         i %= self.n
         rng = np.random.default_rng([self.seed, i])
         colour, shape = self.pairs[int(rng.integers(len(self.pairs)))]

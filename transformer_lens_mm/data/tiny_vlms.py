@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from transformer_lens_mm.errors import ArgumentError
+
 __all__ = ["TINY_KINDS", "WORDS", "build_tiny_vlm", "word_tokenizer"]
 
 #: The architectures :func:`build_tiny_vlm` builds.
@@ -121,7 +123,7 @@ def build_tiny_vlm(
     )
 
     if kind not in TINY_KINDS:
-        raise ValueError(f"kind must be one of {TINY_KINDS}, got {kind!r}")
+        raise ArgumentError(f"kind must be one of {TINY_KINDS}, got {kind!r}")
     torch.manual_seed(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +212,7 @@ def build_tiny_vlm(
             ),
         )  # fmt: skip
     else:
-        raise ValueError(kind)
+        raise ArgumentError(kind)
     with torch.no_grad():  # visible differences between tokens, as build_hf_lm
         for p in model.parameters():
             if p.ndim == 2:

@@ -19,13 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from transformer_lens_mm.errors import ArgumentTypeError
+
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 def check_model(model: Any) -> None:
     """A clear error for a ``set_fused_*`` call given something other than a model."""
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"expected a TransformerLens model (a torch.nn.Module), got {type(model).__name__}; "
             "pass the model itself, e.g. set_fused_attention(model, False)"
         )

@@ -15,7 +15,7 @@ Example:
     >>> check_fused_flag("yes")
     Traceback (most recent call last):
     ...
-    ValueError: fused must be True or False, got 'yes': ...
+    transformer_lens_mm.errors.ArgumentError: fused must be True or False, got 'yes': ...
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 import transformer_lens_mm.fast.versions as versions
+from transformer_lens_mm.errors import ArgumentError
 from transformer_lens_mm.fast.classes import check_model
 
 __all__ = ["check_fused_flag", "is_fused", "set_fused"]
@@ -37,7 +38,7 @@ def check_fused_flag(enabled: Any) -> bool:
     """``enabled`` as a bool, or a ``ValueError`` naming the allowed values."""
     if isinstance(enabled, bool):
         return enabled
-    raise ValueError(
+    raise ArgumentError(
         f"fused must be True or False, got {enabled!r}: fused=True (the default) computes the "
         "same numbers faster while no hook needs TransformerLens's intermediate values; "
         "fused=False runs TransformerLens's own modules (bit for bit a plain TL model)"

@@ -17,6 +17,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from transformer_lens.hook_points import HookPoint
 
+from transformer_lens_mm.errors import MissingPackageError, UnknownNameError
+
 __all__ = [
     "HAS_HOOKED_TRANSFORMER",
     "TL_VERSION",
@@ -74,7 +76,7 @@ _warned: set[str] = set()
 def verified(part: str, tl_version: str | None = None) -> bool:
     """Whether ``part`` of the speed layer was verified on this (or the given) TL version."""
     if part not in VERIFIED:
-        raise KeyError(f"unknown part {part!r}; known: {sorted(VERIFIED)}")
+        raise UnknownNameError(f"unknown part {part!r}; known: {sorted(VERIFIED)}")
     minor = ".".join((tl_version or TL_VERSION).split(".")[:2])
     return minor in VERIFIED[part]
 
@@ -100,7 +102,7 @@ def require_hooked_transformer(what: str = "HookedMultimodalTransformer") -> Non
         what: The name of the feature the caller asked for.
     """
     if not HAS_HOOKED_TRANSFORMER:
-        raise ImportError(
+        raise MissingPackageError(
             f"{what} needs transformer_lens.HookedTransformer, which TransformerLens "
             f"{TL_VERSION} no longer has (it was removed in 4.0). Either use "
             "MultimodalTransformerBridge (works on TransformerLens 3.9 and 4.x), or install the "

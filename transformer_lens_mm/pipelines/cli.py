@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from transformer_lens_mm.core.errors import TLMMError
+from transformer_lens_mm.errors import TLMMError
 
 __all__ = ["main"]
 

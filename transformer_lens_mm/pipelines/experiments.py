@@ -43,6 +43,7 @@ import torch
 from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
 from transformer_lens_mm.core.paper import CATEGORY_UNITS, REGION_QUANTILE
 from transformer_lens_mm.data.datasets import Item
+from transformer_lens_mm.errors import TableError
 from transformer_lens_mm.tools.decoding import unit_token_ranks, vocab_mask
 from transformer_lens_mm.tools.readout import readout_for
 from transformer_lens_mm.tools.spatial import (
@@ -90,7 +91,7 @@ def layer_distribution(units: pd.DataFrame, n_layers: int | None = None) -> pd.D
         [[2, 1, 1], [0, 0, 0], [1, 1, 0]]
     """
     if "layer" not in units:
-        raise ValueError("units needs a 'layer' column (a run's units.parquet)")
+        raise TableError("units needs a 'layer' column (a run's units.parquet)")
     counts = units["layer"].value_counts().sort_index()
     layers = range(n_layers) if n_layers is not None else counts.index
     table = pd.DataFrame({"layer": list(layers)})
@@ -353,7 +354,7 @@ def ablation_caption_summary(captions: pd.DataFrame, *, bert: Any = None) -> pd.
     """
     need = {"item", "kind", "caption", "keeps_target"}
     if not need <= set(captions.columns):
-        raise ValueError(f"captions needs columns {sorted(need)} (a run's ablation_captions)")
+        raise TableError(f"captions needs columns {sorted(need)} (a run's ablation_captions)")
     original = captions[captions["kind"] == "none"].set_index("item")["caption"]
     table = captions.assign(original=captions["item"].map(original))
     table["unchanged"] = table["caption"] == table["original"]
@@ -385,7 +386,7 @@ def soft_prompt_summary(soft: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFrame
     """
     need = {"item", "kind", "rank", "cosine", "token", "is_target"}
     if not need <= set(soft.columns):
-        raise ValueError(f"soft needs columns {sorted(need)} (a run's soft_prompts table)")
+        raise TableError(f"soft needs columns {sorted(need)} (a run's soft_prompts table)")
     words = {t: is_dictionary_word(t) for t in soft["token"].unique()}
     rows = []
     for kind, group in soft.groupby("kind"):
@@ -434,7 +435,7 @@ def soft_prompt_texts(soft: pd.DataFrame, kind: str = "image", *, rank: int = 0)
     as one text (the paper's Table 2 input); ``kind="random"`` for the random baseline."""
     rows = soft[(soft["kind"] == kind) & (soft["rank"] == rank)]
     if rows.empty:
-        raise ValueError(f"no soft-prompt rows of kind {kind!r} and rank {rank}")
+        raise TableError(f"no soft-prompt rows of kind {kind!r} and rank {rank}")
     rows = rows.sort_values(["item", "patch"], kind="stable")
     texts = rows.groupby("item", sort=False)["token"].agg(lambda t: _text_of(t.tolist()))
     return texts.rename("text")
@@ -475,14 +476,14 @@ def score_texts(
         ``bertscore_random_pair`` and ``clipscore`` / ``clipscore_random_pair``.
     """
     if clip is not None and data is None:
-        raise ValueError("CLIPScore needs the images: pass data=<the run's data set>")
+        raise TableError("CLIPScore needs the images: pass data=<the run's data set>")
     captions = items.set_index("item")["caption"]
     table = pd.DataFrame({"item": texts.index, "text": texts.to_numpy()})
     table = table[table["item"].isin(captions.dropna().index)].reset_index(drop=True)
     table["caption"] = table["item"].map(captions)
     n = len(table)
     if n < 2:
-        raise ValueError(f"need at least 2 items with a text and a caption, got {n}")
+        raise TableError(f"need at least 2 items with a text and a caption, got {n}")
     other = _derangement(n, seed)
     if bert is not None:
         table["bertscore"] = np.asarray(bert(table["text"].tolist(), table["caption"].tolist()))
@@ -558,7 +559,7 @@ def unit_decoding_scores(
             texts[item] = list(dict.fromkeys(found))
     keys = [k for k in texts if bert is None or _references(by_id[k], items)]
     if len(keys) < 2:
-        raise ValueError(
+        raise TableError(
             f"need at least 2 images with decoded units and references, got {len(keys)}"
         )
     other = _derangement(len(keys), seed)
@@ -615,7 +616,7 @@ def soft_prompt_scores(
     """
     need = {"item", "kind", "patch", "rank", "token"}
     if not need <= set(soft.columns):
-        raise ValueError(f"soft needs columns {sorted(need)} (a run's soft_prompts table)")
+        raise TableError(f"soft needs columns {sorted(need)} (a run's soft_prompts table)")
     by_id = {d.id: d for d in data}
     ordered = soft.sort_values(["item", "kind", "patch", "rank"], kind="stable")
     table = (
@@ -667,7 +668,7 @@ def soft_prompt_ks(
     from scipy.stats import ks_2samp
 
     if metric not in scores:
-        raise ValueError(f"no {metric!r} column: run soft_prompt_scores with that scorer")
+        raise TableError(f"no {metric!r} column: run soft_prompt_scores with that scorer")
     values = {}
     for kind in ("image", "random"):
         rows = scores[scores["kind"] == kind]
@@ -675,7 +676,7 @@ def soft_prompt_ks(
             rows = rows.groupby("item")[metric].agg(reduce).reset_index()
         values[kind] = rows[metric].to_numpy(dtype=float)
     if min(len(v) for v in values.values()) < 1:
-        raise ValueError("need scores of both kinds ('image' and 'random')")
+        raise TableError("need scores of both kinds ('image' and 'random')")
     test = ks_2samp(values["image"], values["random"])
     return {
         "statistic": float(test.statistic),

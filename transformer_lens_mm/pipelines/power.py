@@ -48,6 +48,7 @@ from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.paper import CATEGORY_UNITS, TOP_K
 from transformer_lens_mm.data.datasets import Item, SceneDataset
 from transformer_lens_mm.data.natural_scenes import NOUNS, NaturalSceneSet
+from transformer_lens_mm.errors import ConfigError
 from transformer_lens_mm.pipelines.experiments import (
     category_selectivity,
     spatial_iou_by_category,
@@ -101,17 +102,19 @@ class PowerConfig:
     def __post_init__(self) -> None:
         unknown = [c for c in self.concepts if c not in NOUNS]
         if unknown or not self.concepts:
-            raise ValueError(f"concepts must be nouns of {sorted(NOUNS)}, got {unknown or '()'}")
+            raise ConfigError(f"concepts must be nouns of {sorted(NOUNS)}, got {unknown or '()'}")
         if len(self.depths) != 2 or not all(0 < d < 1 for d in self.depths):
-            raise ValueError(f"depths must be two shares of the depth in (0, 1), got {self.depths}")
+            raise ConfigError(
+                f"depths must be two shares of the depth in (0, 1), got {self.depths}"
+            )
         writes = ("unembedding", "unembedding+carried")
         if not self.plants or any(w not in writes or x <= 0 for w, x in self.plants):
-            raise ValueError(
+            raise ConfigError(
                 f"plants must be (write, strength) pairs with write in {writes} and a positive "
                 f"strength, got {self.plants}"
             )
         if min(self.n_calibration, self.n_per_concept, self.n_selectivity) < 1:
-            raise ValueError("n_calibration, n_per_concept and n_selectivity must be >= 1")
+            raise ConfigError("n_calibration, n_per_concept and n_selectivity must be >= 1")
 
 
 #: ``tlmm power --quick``: two concepts, few scenes, one planted run (a smoke test).

@@ -44,6 +44,7 @@ from transformer_lens_mm.core.generation import generate_captions
 from transformer_lens_mm.core.images import ImageLike, to_rgb_image
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.paper import DECODED_TOKENS, MIN_WORDS, TOP_K
+from transformer_lens_mm.errors import ArgumentError, ConfigError, ModelSetupError
 from transformer_lens_mm.tools.attribution import Attribution, attribute
 from transformer_lens_mm.tools.decoding import decode_unit_table
 from transformer_lens_mm.tools.readout import SignRule, readout_for
@@ -87,16 +88,16 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_tokens < 1 or self.max_new_tokens < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"k, n_tokens and max_new_tokens must be >= 1, got {self.k}, {self.n_tokens}, "
                 f"{self.max_new_tokens}"
             )
         if self.rank_units is not None and self.rank_units < 1:
-            raise ValueError(f"rank_units must be >= 1 or None, got {self.rank_units}")
+            raise ConfigError(f"rank_units must be >= 1 or None, got {self.rank_units}")
         if self.dictionary not in ("scowl", "web2"):
-            raise ValueError(f"dictionary must be 'scowl' or 'web2', got {self.dictionary!r}")
+            raise ConfigError(f"dictionary must be 'scowl' or 'web2', got {self.dictionary!r}")
         if self.sign not in ("auto", "activation", "weights"):
-            raise ValueError(f"sign must be 'auto', 'activation' or 'weights', got {self.sign!r}")
+            raise ConfigError(f"sign must be 'auto', 'activation' or 'weights', got {self.sign!r}")
 
 
 @dataclass
@@ -205,17 +206,19 @@ def search_batch(
     indices = [int(i) for i in indices]
     ids = list(indices) if ids is None else list(ids)
     if len(ids) != len(indices):
-        raise ValueError(f"got {len(ids)} ids for {len(indices)} items: pass one per item")
+        raise ArgumentError(f"got {len(ids)} ids for {len(indices)} items: pass one per item")
     if indices and sum(x is not None for x in (images, pixel_values, image_features)) != 1:
-        raise ValueError("pass exactly one of images=..., pixel_values=... or image_features=...")
+        raise ArgumentError(
+            "pass exactly one of images=..., pixel_values=... or image_features=..."
+        )
     n = len(indices)
     for name, given in (("captions", captions), ("targets", targets)):
         if given is not None and len(given) != n:
-            raise ValueError(f"got {len(given)} {name} for {n} items: pass one per item")
+            raise ArgumentError(f"got {len(given)} {name} for {n} items: pass one per item")
     if captions is not None and targets is not None:
-        raise ValueError("pass captions=... or targets=..., not both")
+        raise ArgumentError("pass captions=... or targets=..., not both")
     if isinstance(prompts, (list, tuple)) and len(prompts) != n:
-        raise ValueError(f"got {len(prompts)} prompts for {n} items: pass one or one per item")
+        raise ArgumentError(f"got {len(prompts)} prompts for {n} items: pass one or one per item")
     failed = list(unreadable)
     if images is not None:  # read what can be read; the rest become failure rows
         readable, pil = [], []
@@ -233,7 +236,7 @@ def search_batch(
         if readable:
             encoder = model.image_encoder
             if encoder is None:
-                raise RuntimeError("this model has no image encoder: pass image_features=...")
+                raise ModelSetupError("this model has no image encoder: pass image_features=...")
             pixel_values = encoder.preprocess(pil)
     failure_rows = [_item_row(i, key, None, None, why) for i, key, why in failed]
     if not indices:
@@ -389,9 +392,9 @@ def find_multimodal_neurons(
     n = len(images)
     for name, given in (("targets", targets), ("ids", ids)):
         if given is not None and len(given) != n:
-            raise ValueError(f"got {len(given)} {name} for {n} images: pass one per image")
+            raise ArgumentError(f"got {len(given)} {name} for {n} images: pass one per image")
     if isinstance(prompts, (list, tuple)) and len(prompts) != n:
-        raise ValueError(f"got {len(prompts)} prompts for {n} images")
+        raise ArgumentError(f"got {len(prompts)} prompts for {n} images")
     settings = SearchSettings(
         k=k,
         layers=layers,

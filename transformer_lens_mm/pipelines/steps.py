@@ -41,6 +41,7 @@ import torch
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.paper import SOFT_PROMPT_TOKENS
+from transformer_lens_mm.errors import ArgumentError, NoUsableItemError
 from transformer_lens_mm.pipelines.search import BatchSearch, tag_rows
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
 from transformer_lens_mm.tools.contextual_lens import ContextualIndex, contextual_lens
@@ -70,7 +71,9 @@ __all__ = [
 
 def _require(found: BatchSearch) -> None:
     if not len(found) or found.attribution is None:
-        raise ValueError("the batch has no usable item (every item failed): nothing to ablate")
+        raise NoUsableItemError(
+            "the batch has no usable item (every item failed): nothing to ablate"
+        )
 
 
 def ablation_step(
@@ -245,7 +248,7 @@ def ablation_captions_step(
     _require(found)
     assert found.attribution is not None and found.base is not None
     if len(seeds) != len(found):
-        raise ValueError(f"got {len(seeds)} seeds for {len(found)} usable items: one each")
+        raise NoUsableItemError(f"got {len(seeds)} seeds for {len(found)} usable items: one each")
     chosen = list(range(len(found))) if only is None else [int(i) for i in only]
     top_all = found.attribution.ranked_units("max", limit=k)
     top = [top_all[i] for i in chosen]
@@ -289,7 +292,7 @@ def soft_prompt_step(
     """
     usable = [s for s in searches if len(s)]
     if not usable:
-        raise ValueError("no usable item in these batches: nothing to decode")
+        raise NoUsableItemError("no usable item in these batches: nothing to decode")
     with torch.no_grad():
         embeds = torch.cat([model.embed_images(s.base).cpu() for s in usable])  # type: ignore[arg-type]
     rows = [row for s in usable for row in s.rows]
@@ -326,7 +329,7 @@ def direct_score_step(
     k = int(attr.best_scores.shape[1])
     top = attr.top_k(k)
     if "activation" not in top or len(top) != len(found.units):
-        raise ValueError("the search kept no activations: run it with the default settings")
+        raise ArgumentError("the search kept no activations: run it with the default settings")
     coef = direct_effect_weights(model, attr.layers, attr.target_ids).cpu()  # [L, n, d_mlp]
     slot = {layer: i for i, layer in enumerate(attr.layers)}
     c = coef[

@@ -36,6 +36,12 @@ from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.images import ImageLike
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import (
+    ArgumentError,
+    ConfigError,
+    ModelSetupError,
+    TrainingError,
+)
 
 __all__ = [
     "TrainingConfig",
@@ -67,15 +73,15 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "encode_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"TrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"TrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
-            raise ValueError("TrainingConfig.lr must be > 0 and warmup_steps >= 0")
+            raise ConfigError("TrainingConfig.lr must be > 0 and warmup_steps >= 0")
         if self.schedule not in ("constant", "cosine"):
-            raise ValueError(
+            raise ConfigError(
                 f"TrainingConfig.schedule must be 'constant' or 'cosine', got {self.schedule!r}"
             )
         if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"TrainingConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}"
             )
 
@@ -109,7 +115,7 @@ def caption_loss(model: MultimodalModel, batch: MultimodalInput) -> Float[Tensor
         batch: A prepared input with ``captions`` (so ``target_mask`` is set).
     """
     if batch.target_mask is None or not bool(batch.target_mask.any()):
-        raise ValueError("the batch has no caption tokens: prepare it with captions=[...]")
+        raise ArgumentError("the batch has no caption tokens: prepare it with captions=[...]")
     rows, cols = batch.target_mask.nonzero(as_tuple=True)  # token at col is predicted at col - 1
     logits = model.logits_at(batch, rows, cols - 1)
     return F.cross_entropy(logits.float(), batch.tokens[rows, cols])
@@ -126,7 +132,7 @@ def encode_features(
     """Run the frozen encoder once over ``images`` (CPU tensor of features)."""
     encoder = model.image_encoder
     if encoder is None:
-        raise RuntimeError("the model has no image encoder: pass features=... instead")
+        raise ModelSetupError("the model has no image encoder: pass features=... instead")
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), disable=not verbose, desc="encoding"):
         pixels = encoder.preprocess(list(images[start : start + batch_size]))
@@ -244,12 +250,14 @@ def train_projection(
     """
     config = config or TrainingConfig()
     if model.image_projection is None:
-        raise RuntimeError("attach a projection first (attach_vision / from_parts)")
+        raise ModelSetupError("attach a projection first (attach_vision / from_parts)")
     n = len(features) if features is not None else (len(images) if images is not None else 0)
     if n == 0:
-        raise ValueError("the training set is empty: pass images (or features) and captions")
+        raise ArgumentError("the training set is empty: pass images (or features) and captions")
     if len(captions) != n:
-        raise ValueError(f"got {len(captions)} captions for {n} images: pass one caption per image")
+        raise ArgumentError(
+            f"got {len(captions)} captions for {n} images: pass one caption per image"
+        )
     if features is None and config.cache_features:
         features = encode_features(
             model, list(images), batch_size=config.encode_batch_size, verbose=verbose
@@ -268,7 +276,7 @@ def train_projection(
         checkpoint = out / json.loads((out / "latest.json").read_text())["checkpoint"]
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         if state["data_key"] != data_key:
-            raise ValueError(
+            raise ArgumentError(
                 f"{out} holds a run on different data (key {state['data_key']} != {data_key}); "
                 "use another out_dir or resume=False"
             )
@@ -302,7 +310,7 @@ def train_projection(
             group["lr"] = config.lr_at(step)
         loss = caption_loss(model, batch)
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(
+            raise TrainingError(
                 f"the loss became {loss.item()} at step {step}: lower the learning rate "
                 f"(now {config.lr_at(step):g}) or standardise the image features"
             )

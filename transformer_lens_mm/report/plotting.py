@@ -16,6 +16,7 @@ from torch import Tensor
 
 from transformer_lens_mm.core.images import ImageLike, to_rgb_image
 from transformer_lens_mm.core.paper import REGION_QUANTILE
+from transformer_lens_mm.errors import TableError
 from transformer_lens_mm.tools.ablation import ablation_curve
 from transformer_lens_mm.tools.knockout import knockout_curve
 from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
@@ -94,7 +95,7 @@ def plot_top_units_per_layer(
 ) -> go.Figure:
     """How many of the top-scoring units sit in each layer (from ``Attribution.top_k``)."""
     if "layer" not in table:
-        raise ValueError("the table needs a 'layer' column (Attribution.top_k(...))")
+        raise TableError("the table needs a 'layer' column (Attribution.top_k(...))")
     counts = table["layer"].value_counts().sort_index()
     layers = range(n_layers) if n_layers is not None else counts.index
     fig = go.Figure(go.Bar(x=list(layers), y=[int(counts.get(layer, 0)) for layer in layers]))
@@ -152,7 +153,7 @@ def plot_logit_lens(table: pd.DataFrame, *, image: int = 0, title: str = "Logit 
     """Heat map of the top-1 token's probability per component and position, labelled."""
     top = table[(table["image"] == image) & (table["rank"] == 0)]
     if top.empty:
-        raise ValueError(f"the table has no rows for image {image}")
+        raise TableError(f"the table has no rows for image {image}")
     comps = list(dict.fromkeys(top["component"]))
     positions = sorted(top["position"].unique())
     prob = np.full((len(comps), len(positions)), np.nan)
@@ -184,7 +185,7 @@ def plot_lens_by_layer(
     """Median over images of p(c) per residual component (a ``logit_lens`` table with
     ``target_prob``)."""
     if "target_prob" not in lens:
-        raise ValueError("the lens table has no target_prob: run logit_lens(..., target_ids=...)")
+        raise TableError("the lens table has no target_prob: run logit_lens(..., target_ids=...)")
     first = lens[lens["rank"] == 0]
     per_layer = first.groupby("layer")[["target_prob", "target_rank"]].median().reset_index()
     fig = go.Figure(
@@ -225,7 +226,7 @@ def plot_category_selectivity(
     ``category_selectivity`` table). One row per class, every row labelled, however many units;
     a box marks each row's own class."""
     if table.empty:
-        raise ValueError("empty table: run category_selectivity on a run with classes first")
+        raise TableError("empty table: run category_selectivity on a run with classes first")
     grid = selectivity_by_class(table)
     order = [c for c in grid.index if c in grid.columns] + [
         c for c in grid.index if c not in grid.columns
@@ -272,7 +273,7 @@ def plot_iou_by_category(
     """Mean IoU per category, top units vs random units of the same layers (a
     ``spatial_iou_by_category`` table)."""
     if table.empty:
-        raise ValueError("empty table: no image's noun matched an annotated category")
+        raise TableError("empty table: no image's noun matched an annotated category")
     per = table.groupby(["category", "kind"])["iou"].mean().unstack()
     fig = go.Figure()
     for kind, colour in (("top", "crimson"), ("random", "grey")):
@@ -306,7 +307,7 @@ def plot_cross_concept(
     concept) and on images of other concepts (cross concept), and the same for random
     same-layer units (a ``cross_concept_ablation`` table; the ratio is in the hover text)."""
     if table.empty:
-        raise ValueError("empty table: run cross_concept_ablation first")
+        raise TableError("empty table: run cross_concept_ablation first")
     ratio = specificity_ratio(table)
     ratio = ratio[ratio["k"] > 0]
     x = [str(k) for k in ratio["k"]]
@@ -348,7 +349,7 @@ def plot_knockout(
         >>> fig = plot_knockout(knockout_table(model, batch, window=3))  # doctest: +SKIP
     """
     if table.empty:
-        raise ValueError("empty table: run knockout_table first")
+        raise TableError("empty table: run knockout_table first")
     if "n_blocked" in table:  # a control with no room for a single position cut nothing
         empty = table[table.kind == "control"].groupby(["from_group", "to_group"]).n_blocked.max()
         vacuous = {k for k, v in empty.items() if v == 0}
@@ -408,7 +409,7 @@ def plot_lens_shares(
         >>> fig = plot_lens_shares(lens_shares(table))  # doctest: +SKIP
     """
     if shares.empty:
-        raise ValueError("empty table: run contextual_lens(..., target_ids=...) first")
+        raise TableError("empty table: run contextual_lens(..., target_ids=...) first")
     colours = {"contextual": "#1f77b4", "logit": "#d62728", "embedding": "#2ca02c"}
     fig = go.Figure()
     for (lens, kind), part in shares.sort_values("layer").groupby(["lens", "kind"], sort=False):

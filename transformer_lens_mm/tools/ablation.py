@@ -35,6 +35,12 @@ from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
 from transformer_lens_mm.core.generation import Captions, generate_captions
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.paper import ABLATION_KS
+from transformer_lens_mm.errors import (
+    ArgumentError,
+    InputShapeError,
+    ModelSetupError,
+    TableError,
+)
 from transformer_lens_mm.tools.attribution import last_position_logits
 from transformer_lens_mm.tools.stats import ci_half_width
 from transformer_lens_mm.tools.units import (
@@ -67,7 +73,7 @@ def _position_mask(
     if mask is None:  # interactive use: the image positions of the input being run
         last = getattr(model, "last_input", None)
         if last is None:
-            raise RuntimeError(
+            raise ModelSetupError(
                 "no positions given and the model has no last_input to take image positions "
                 "from: pass positions=batch.image_mask"
             )
@@ -79,7 +85,9 @@ def _position_mask(
     if mask.ndim == 1:
         mask = mask.expand(act.shape[0], -1)
     if mask.shape[0] != act.shape[0]:
-        raise ValueError(f"positions cover {mask.shape[0]} items but the batch has {act.shape[0]}")
+        raise InputShapeError(
+            f"positions cover {mask.shape[0]} items but the batch has {act.shape[0]}"
+        )
     return mask.to(act.device)
 
 
@@ -126,7 +134,7 @@ def ablation_hooks(
         A list of ``(hook name, hook function)``.
     """
     if mode not in ("zero", "mean", "resample"):
-        raise ValueError(f"mode must be 'zero', 'mean' or 'resample', got {mode!r}")
+        raise ArgumentError(f"mode must be 'zero', 'mean' or 'resample', got {mode!r}")
     d_mlp = int(model.cfg.d_mlp)
     if isinstance(units, dict):
         masks = {
@@ -141,9 +149,11 @@ def ablation_hooks(
             masks[layer] = m
     for layer in masks:
         if mode == "mean" and (means is None or layer not in means):
-            raise ValueError(f"mode='mean' needs means[{layer}]: compute them with unit_means()")
+            raise ArgumentError(f"mode='mean' needs means[{layer}]: compute them with unit_means()")
         if mode == "resample" and (source is None or layer not in source):
-            raise ValueError(f"mode='resample' needs source[{layer}] activations of another input")
+            raise ArgumentError(
+                f"mode='resample' needs source[{layer}] activations of another input"
+            )
 
     span = _shared_span(positions) if in_place and mode == "zero" else None
 
@@ -166,7 +176,7 @@ def ablation_hooks(
             else:
                 value = source[layer].to(act.device, act.dtype)  # type: ignore[index]
                 if value.shape != act.shape:
-                    raise ValueError(
+                    raise InputShapeError(
                         f"resample source of layer {layer} has shape "
                         f"{tuple(value.shape)}, the activation {tuple(act.shape)}"
                     )
@@ -204,7 +214,7 @@ def unit_means(
             sums[n] += cache[n].cpu()[mask].double().sum(0)
         count += int(mask.sum())
     if count == 0:
-        raise ValueError("no positions to average over: pass at least one non-empty batch")
+        raise ArgumentError("no positions to average over: pass at least one non-empty batch")
     return {
         hook_names.resolve_layer(int(layer), int(model.cfg.n_layers)): (sums[n] / count).float()
         for layer, n in zip(layers, names)
@@ -252,18 +262,18 @@ def ablation_sweep(
     n = len(batch)
     tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
     if tids.shape[0] != n or len(ranked_units) != n:
-        raise ValueError(f"need one target and one ranked unit list per image ({n} images)")
+        raise ArgumentError(f"need one target and one ranked unit list per image ({n} images)")
     if mode == "resample":
-        raise ValueError("ablation_sweep supports mode='zero' or 'mean'")
+        raise ArgumentError("ablation_sweep supports mode='zero' or 'mean'")
     n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
     ks = sorted({int(k) for k in ks})
     if ks and ks[0] < 0:
-        raise ValueError(f"k must be >= 0, got {ks[0]}")
+        raise ArgumentError(f"k must be >= 0, got {ks[0]}")
     if ks and ks[-1] > n_layers * d_mlp:
-        raise ValueError(f"k={ks[-1]} is more than the model's {n_layers * d_mlp} MLP units")
+        raise ArgumentError(f"k={ks[-1]} is more than the model's {n_layers * d_mlp} MLP units")
     for i, ranked in enumerate(ranked_units):
         if ks and ks[-1] > len(ranked):
-            raise ValueError(
+            raise ArgumentError(
                 f"image {i} has {len(ranked)} ranked units but k={ks[-1]} was asked for: rank "
                 "more units (attribution over more layers/positions) or use smaller ks"
             )
@@ -351,7 +361,7 @@ def ablation_curve(
     """
     for column in (value, by):
         if column not in sweep:
-            raise ValueError(
+            raise TableError(
                 f"the sweep has no column {column!r}: choose from {list(sweep.columns)}"
             )
     per_image = sweep.groupby(["kind", "k", by])[value].mean().reset_index()

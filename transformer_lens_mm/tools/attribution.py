@@ -30,6 +30,7 @@ import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.contract import HookList, LanguageModel, MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.paper import TOP_K
+from transformer_lens_mm.errors import ArgumentError, InputShapeError, OutOfRangeError
 from transformer_lens_mm.fast.host import to_host
 
 __all__ = [
@@ -84,7 +85,7 @@ def _metric_of(
     if metric == "logprob":
         picked = picked.float().log_softmax(-1)
     elif metric != "logit":
-        raise ValueError(f"metric must be 'logit' or 'logprob', got {metric!r}")
+        raise ArgumentError(f"metric must be 'logit' or 'logprob', got {metric!r}")
     rows = torch.arange(picked.shape[0], device=picked.device)
     return picked[rows, target_ids.to(picked.device)]
 
@@ -146,7 +147,9 @@ class Attribution:
 
     def _require_full(self, what: str) -> Tensor:
         if self.scores is None:
-            raise ValueError(f"{what} needs the full score tensor: run attribute(..., top_k=None)")
+            raise ArgumentError(
+                f"{what} needs the full score tensor: run attribute(..., top_k=None)"
+            )
         return self.scores
 
     def unit_scores(
@@ -160,7 +163,7 @@ class Attribution:
             return scores.mean(2)
         if reduce == "max":
             return scores.max(2).values
-        raise ValueError(f"reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
+        raise ArgumentError(f"reduce must be 'sum', 'mean' or 'max', got {reduce!r}")
 
     def ranked_units(
         self, reduce: Literal["sum", "max", "mean"] = "max", limit: int | None = None
@@ -173,7 +176,7 @@ class Attribution:
         out: list[list[tuple[int, int]]] = []
         if self.scores is None and self.best_units is not None:
             if reduce != "max":
-                raise ValueError("rank_units keeps the max over positions: use reduce='max'")
+                raise ArgumentError("rank_units keeps the max over positions: use reduce='max'")
             return [[(a, b) for a, b in rows[:limit]] for rows in self.best_units.tolist()]
         if self.scores is None:
             assert self.best_index is not None
@@ -196,7 +199,7 @@ class Attribution:
         if self.scores is not None:
             b, n_l, n_p, d = self.scores.shape
             if not 1 <= k <= n_l * n_p * d:
-                raise ValueError(f"k={k} must be between 1 and the {n_l * n_p * d} scored units")
+                raise ArgumentError(f"k={k} must be between 1 and the {n_l * n_p * d} scored units")
             vals, flat = self.scores.reshape(b, -1).topk(k, dim=-1)
             unit = flat % d
             pos = (flat // d) % n_p
@@ -207,7 +210,7 @@ class Attribution:
             return vals, torch.stack([layer, pos, unit], -1), acts
         assert self.best_scores is not None and self.best_index is not None
         if not 1 <= k <= self.best_scores.shape[1]:
-            raise ValueError(
+            raise InputShapeError(
                 f"k={k} but only the top {self.best_scores.shape[1]} units were kept: "
                 f"rerun attribute(..., top_k={k}) or with top_k=None"
             )
@@ -253,7 +256,7 @@ class Attribution:
         """
         if self.scores is not None:
             if self.activations is None:
-                raise ValueError(
+                raise ArgumentError(
                     "top_k_maps needs the activations: attribute(..., keep_activations=True)"
                 )
             _, index, _ = self._topk_index(k)
@@ -261,7 +264,7 @@ class Attribution:
             maps = self.activations[rows, index[..., 0], :, index[..., 2]]  # [batch, k, n_pos]
             return maps.reshape(-1, maps.shape[-1])
         if self.best_maps is None:
-            raise ValueError("top_k_maps needs attribute(..., top_k=K, keep_maps=True)")
+            raise ArgumentError("top_k_maps needs attribute(..., top_k=K, keep_maps=True)")
         self._topk_index(k)  # checks k
         return self.best_maps[:, :k].reshape(-1, self.best_maps.shape[-1])
 
@@ -315,10 +318,10 @@ def check_targets(
     """``c`` per image as a long tensor, checked: one per image, inside the vocabulary."""
     tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
     if tids.shape[0] != n:
-        raise ValueError(f"got {tids.shape[0]} targets for {n} images: pass one per image")
+        raise InputShapeError(f"got {tids.shape[0]} targets for {n} images: pass one per image")
     d_vocab = int(model.cfg.d_vocab)
     if tids.numel() and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
-        raise ValueError(f"target ids must lie in 0..{d_vocab - 1}, got {tids.tolist()}")
+        raise ArgumentError(f"target ids must lie in 0..{d_vocab - 1}, got {tids.tolist()}")
     return tids
 
 
@@ -330,14 +333,18 @@ def select_positions(batch: MultimodalInput, positions: Positions | Tensor) -> T
             pos = pos.expand(len(batch), -1)
         seq = batch.tokens.shape[1]
         if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= seq):
-            raise IndexError(f"positions must lie in 0..{seq - 1} (the sequence length is {seq})")
+            raise OutOfRangeError(
+                f"positions must lie in 0..{seq - 1} (the sequence length is {seq})"
+            )
         return pos
     if positions == "image":
         return batch.image_positions
     if positions == "all":
         seq = batch.tokens.shape[1]
         return torch.arange(seq, device=batch.tokens.device).expand(len(batch), -1)
-    raise ValueError(f"positions must be 'image', 'all' or a tensor of indices, got {positions!r}")
+    raise ArgumentError(
+        f"positions must be 'image', 'all' or a tensor of indices, got {positions!r}"
+    )
 
 
 def attribute(
@@ -384,14 +391,14 @@ def attribute(
     sel = select_positions(batch, positions)
     rows = torch.arange(n, device=sel.device)[:, None]
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise ArgumentError(f"top_k must be >= 1, got {top_k}")
     if keep_maps and top_k is None:
-        raise ValueError(
+        raise ArgumentError(
             "keep_maps is for top_k mode; with the full tensor the maps are in activations "
             "(Attribution.top_k_maps)"
         )
     if rank_units is not None and (top_k is None or rank_units < 1):
-        raise ValueError(
+        raise ArgumentError(
             f"rank_units={rank_units} needs top_k (with the full tensor use ranked_units()) and "
             "must be >= 1"
         )

@@ -50,8 +50,8 @@ from tqdm.auto import tqdm
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.errors import CorpusError, LayerRangeError
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import ArgumentError, CorpusError, LayerRangeError, TableError
 from transformer_lens_mm.tools.decoding import vocab_mask
 from transformer_lens_mm.tools.words import same_word
 
@@ -301,7 +301,7 @@ def contextual_lens(
     layers = _check_layers(model, layers if layers is not None else index.layers)
     unknown = [name for name in lenses if name not in LENSES]
     if unknown:
-        raise ValueError(f"unknown lens {unknown}: use some of {LENSES}")
+        raise ArgumentError(f"unknown lens {unknown}: use some of {LENSES}")
     if "contextual" in lenses:  # refuse before the forward: a layer missing, too few vectors
         for layer in layers:
             index.check(layer, k)
@@ -311,7 +311,7 @@ def contextual_lens(
     if target_ids is not None:
         tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1).tolist()
         if len(tids) != n:
-            raise ValueError(f"need one target id per item ({n}), got {len(tids)}")
+            raise ArgumentError(f"need one target id per item ({n}), got {len(tids)}")
     store: dict[int, Tensor] = {}
     with model.hooks(fwd_hooks=_resid_hooks(layers, store)):
         model(batch)
@@ -380,6 +380,6 @@ def lens_shares(table: pd.DataFrame) -> pd.DataFrame:
         >>> lens_shares(table).query("kind == 'image'")  # doctest: +SKIP
     """
     if "names_c" not in table:
-        raise ValueError("the table has no names_c: run contextual_lens(..., target_ids=...)")
+        raise TableError("the table has no names_c: run contextual_lens(..., target_ids=...)")
     out = table.groupby(["layer", "lens", "kind"])["names_c"].agg(["mean", "size"]).reset_index()
     return out.rename(columns={"mean": "share", "size": "n_tokens"})

@@ -28,9 +28,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from transformer_lens_mm.core.contract import LanguageModel
-from transformer_lens_mm.core.errors import ReadoutError, UnitIndexError
 from transformer_lens_mm.core.hook_names import resolve_layer
 from transformer_lens_mm.core.paper import DECODED_TOKENS, RANDOM_SOFT_PROMPTS, SOFT_PROMPT_TOKENS
+from transformer_lens_mm.errors import ArgumentError, ReadoutError, UnitIndexError
 from transformer_lens_mm.tools.readout import (
     Readout,
     SignRule,
@@ -193,7 +193,7 @@ def decode_units(
     """
     keep = vocab_mask(model, special_tokens=mask_special)
     if k < 1 or k > int(keep.sum()):
-        raise ValueError(f"k={k} must be between 1 and the {int(keep.sum())} decodable tokens")
+        raise ArgumentError(f"k={k} must be between 1 and the {int(keep.sum())} decodable tokens")
     readout = readout or readout_for(model, sign=sign, final_norm=final_norm)
     results: dict[int, list[tuple[str, float]]] = {}
     text: dict[int, str] = {}  # token id -> its string, decoded once
@@ -290,14 +290,16 @@ def unit_token_ranks(
         tensor([0])
     """
     if len(units) != len(token_ids):
-        raise ValueError(f"got {len(units)} units and {len(token_ids)} tokens: pass one per unit")
+        raise ArgumentError(
+            f"got {len(units)} units and {len(token_ids)} tokens: pass one per unit"
+        )
     keep = vocab_mask(model, special_tokens=mask_special)
     d_vocab = int(keep.shape[0])
     tids = torch.as_tensor(list(token_ids), dtype=torch.long)
     if len(tids) and (int(tids.min()) < 0 or int(tids.max()) >= d_vocab):
-        raise ValueError(f"token ids must lie in 0..{d_vocab - 1}")
+        raise ArgumentError(f"token ids must lie in 0..{d_vocab - 1}")
     if len(tids) and not bool(keep[tids].all()):
-        raise ValueError("a token id is a special or unused token that decodings never rank")
+        raise ArgumentError("a token id is a special or unused token that decodings never rank")
     if not len(units):
         return torch.zeros(0, dtype=torch.long)
     readout = readout or readout_for(model, sign=sign, final_norm=final_norm)

@@ -43,6 +43,7 @@ import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.paper import TOP_K
+from transformer_lens_mm.errors import ArgumentError, InputShapeError
 from transformer_lens_mm.tools.attribution import (
     Attribution,
     Positions,
@@ -108,7 +109,7 @@ def direct_effect(
     n = len(batch)
     tids = check_targets(model, target_ids, n)
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise ArgumentError(f"top_k must be >= 1, got {top_k}")
     layer_list = check_layers(model, layers)
     batch = batch.to(model.lm_device)
     sel = select_positions(batch, positions)
@@ -161,7 +162,9 @@ def spearman(a: Float[Tensor, " n"], b: Float[Tensor, " n"]) -> float:
         0.5
     """
     if a.shape != b.shape or a.ndim != 1 or a.numel() < 2:
-        raise ValueError(f"need two 1-d vectors of the same length >= 2, got {a.shape}, {b.shape}")
+        raise InputShapeError(
+            f"need two 1-d vectors of the same length >= 2, got {a.shape}, {b.shape}"
+        )
     x = pd.Series(a.detach().double().cpu().numpy())
     return float(x.corr(pd.Series(b.detach().double().cpu().numpy()), method="spearman"))
 
@@ -183,12 +186,12 @@ def compare_rankings(a: Attribution, b: Attribution, *, k: int = TOP_K) -> pd.Da
         first).
     """
     if a.layers != b.layers or a.positions.shape != b.positions.shape:
-        raise ValueError(
+        raise ArgumentError(
             "the two scorings cover other layers or positions: score the same batch with the "
             "same layers= and positions="
         )
     if len(a) != len(b):
-        raise ValueError(f"the scorings have {len(a)} and {len(b)} images")
+        raise ArgumentError(f"the scorings have {len(a)} and {len(b)} images")
     ta, tb = a.top_k(k), b.top_k(k)
     rows = []
     for i in range(len(a)):

@@ -29,7 +29,7 @@ own attention runs there; the table's ``attrs["attention"]`` says so. Where a br
 whole attention to the Hugging Face module (TL fires ``hook_attn_scores`` after the fact and
 discards edits, e.g. Qwen2.5-VL), :func:`knocked_out` edits the attention mask that module is
 given instead: the same cut (whole layers only; per-head cuts raise
-:class:`~transformer_lens_mm.core.errors.UnsupportedModelError`).
+:class:`~transformer_lens_mm.errors.UnsupportedModelError`).
 
 Example:
     >>> table = knockout_table(model, batch, target_ids, window=4)  # doctest: +SKIP
@@ -53,12 +53,14 @@ from tqdm.auto import tqdm
 
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.errors import (
+from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import (
+    ArgumentError,
+    InputShapeError,
     LayerRangeError,
     PositionGroupError,
     UnsupportedModelError,
 )
-from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.tools.attribution import last_position_logits
 
 __all__ = [
@@ -417,7 +419,7 @@ def knockout_table(
     )
     _check_heads(heads, int(model.cfg.n_heads))
     if n_controls < 0:
-        raise ValueError(f"n_controls must be >= 0, got {n_controls}")
+        raise ArgumentError(f"n_controls must be >= 0, got {n_controls}")
     batch = batch.to(model.lm_device)
     groups = position_groups(batch)
     real = batch.attention_mask.bool()
@@ -430,7 +432,7 @@ def knockout_table(
     else:
         tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1).cpu()
         if tids.shape[0] != n:
-            raise ValueError(f"need one target id per item ({n}), got {tids.shape[0]}")
+            raise InputShapeError(f"need one target id per item ({n}), got {tids.shape[0]}")
     p_clean = clean[torch.arange(n), tids.to(clean.device)].exp().cpu()
 
     conditions: list[Knockout] = []

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import InputShapeError, OutOfRangeError
 
 __all__ = ["logit_lens", "logit_lens_logits"]
 
@@ -59,7 +60,7 @@ def logit_lens_logits(
         if pos.ndim == 1:
             pos = pos.expand(len(batch), -1)
     if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= seq):
-        raise IndexError(f"positions must lie in 0..{seq - 1} (the sequence length is {seq})")
+        raise OutOfRangeError(f"positions must lie in 0..{seq - 1} (the sequence length is {seq})")
     has_mid = "blocks.0.hook_resid_mid" in cache.cache_dict
     resid, labels = cache.accumulated_resid(incl_mid=incl_mid and has_mid, return_labels=True)
     rows = torch.arange(len(batch), device=pos.device)[:, None]
@@ -105,7 +106,7 @@ def logit_lens(
     rows = []
     tids = None if target_ids is None else torch.as_tensor(target_ids, dtype=torch.long)
     if tids is not None and tids.shape[0] != logits.shape[1]:
-        raise ValueError(f"got {tids.shape[0]} target ids for {logits.shape[1]} images")
+        raise InputShapeError(f"got {tids.shape[0]} target ids for {logits.shape[1]} images")
     for c, label in enumerate(labels):
         layer = _label_to_layer(label, n_layers)
         for b in range(logits.shape[1]):

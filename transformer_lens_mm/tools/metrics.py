@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from transformer_lens_mm.core.errors import MetricModelError
+from transformer_lens_mm.errors import ArgumentError, MetricModelError
 
 __all__ = ["BERT_SCORE_LAYERS", "MetricModelError", "bert_scorer", "clip_scorer"]
 
@@ -120,7 +120,7 @@ def bert_scorer(
     def score(preds: Sequence[str], refs: Sequence[str]) -> Tensor:
         preds, refs = list(preds), list(refs)
         if len(preds) != len(refs):
-            raise ValueError(f"got {len(preds)} predictions for {len(refs)} references")
+            raise ArgumentError(f"got {len(preds)} predictions for {len(refs)} references")
         out = []
         with torch.no_grad():
             # One pair per call: torchmetrics sorts preds and refs by length separately and
@@ -185,7 +185,7 @@ def clip_scorer(
     def score(images: Sequence[Any], texts: Sequence[str]) -> Tensor:
         images, texts = list(images), list(texts)
         if len(images) != len(texts):
-            raise ValueError(f"got {len(images)} images for {len(texts)} texts")
+            raise ArgumentError(f"got {len(images)} images for {len(texts)} texts")
         out = []
         with torch.no_grad():
             for image, text in zip(images, texts):

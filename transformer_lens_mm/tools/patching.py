@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import ArgumentError, OutOfRangeError
 from transformer_lens_mm.tools.attribution import target_metric
 
 __all__ = ["PatchingResult", "logit_metric", "patch_by_position", "patch_by_unit"]
@@ -56,17 +57,17 @@ class PatchingResult:
         """0 = no effect (corrupted), 1 = fully restored (clean)."""
         denom = self.clean - self.corrupted
         if abs(denom) < 1e-12:
-            raise ValueError("clean and corrupted runs give the same metric: nothing to restore")
+            raise ArgumentError("clean and corrupted runs give the same metric: nothing to restore")
         return (self.values - self.corrupted) / denom
 
 
 def _check_pair(clean: MultimodalInput, corrupted: MultimodalInput) -> None:
     if len(clean) != 1 or len(corrupted) != 1:
-        raise ValueError("patching compares one clean and one corrupted item: pass batches of 1")
+        raise ArgumentError("patching compares one clean and one corrupted item: pass batches of 1")
     if clean.tokens.shape != corrupted.tokens.shape or not torch.equal(
         clean.image_mask, corrupted.image_mask
     ):
-        raise ValueError(
+        raise ArgumentError(
             "clean and corrupted inputs must have the same layout (same prompt length and image "
             "positions): prepare them with the same prompt"
         )
@@ -178,7 +179,7 @@ def patch_by_position(
     seq = clean.tokens.shape[1]
     pos_list = list(range(seq)) if positions is None else [int(p) for p in positions]
     if any(not 0 <= p < seq for p in pos_list):
-        raise IndexError(f"positions must lie in 0..{seq - 1} (the sequence length is {seq})")
+        raise OutOfRangeError(f"positions must lie in 0..{seq - 1} (the sequence length is {seq})")
     names = [hook(layer) for layer in layer_list]
     return _patch_grid(
         model,
@@ -220,7 +221,7 @@ def patch_by_unit(
     layer_list = hook_names.resolve_layers(layers, n_layers)
     unit_list = list(range(d_mlp)) if units is None else [int(u) for u in units]
     if any(not 0 <= u < d_mlp for u in unit_list):
-        raise IndexError(f"units must lie in 0..{d_mlp - 1}")
+        raise OutOfRangeError(f"units must lie in 0..{d_mlp - 1}")
     if positions == "image":
         pos = clean.image_positions[0]
     elif positions == "all":
@@ -229,7 +230,7 @@ def patch_by_unit(
         pos = torch.as_tensor(list(positions), dtype=torch.long, device=clean.tokens.device)
         seq = clean.tokens.shape[1]
         if pos.numel() == 0 or int(pos.min()) < 0 or int(pos.max()) >= seq:
-            raise IndexError(
+            raise OutOfRangeError(
                 f"positions must be a non-empty list in 0..{seq - 1} (the sequence length is {seq})"
             )
     names = [hook_names.mlp_post(layer) for layer in layer_list]

@@ -50,8 +50,8 @@ from torch import Tensor
 
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.errors import ReadoutError
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import ArgumentError, ReadoutError
 from transformer_lens_mm.tools.readout import (
     final_norm_scale,
     is_gated,
@@ -148,9 +148,9 @@ def design_plant(
     if not is_gated(model):
         raise ReadoutError("design_plant builds units of gated MLPs (act(gate) * up)")
     if sign not in (1, -1):
-        raise ValueError(f"sign must be +1 or -1, got {sign}")
+        raise ArgumentError(f"sign must be +1 or -1, got {sign}")
     if len(inputs_object) < 2 or len(inputs_other) < 2:
-        raise ValueError(
+        raise ArgumentError(
             f"need object patches and other patches to calibrate on, got {len(inputs_object)} "
             f"and {len(inputs_other)}"
         )

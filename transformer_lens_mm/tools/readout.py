@@ -46,8 +46,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from transformer_lens_mm.core.contract import LanguageModel
-from transformer_lens_mm.core.errors import ReadoutError, UnitIndexError
 from transformer_lens_mm.core.hook_names import resolve_layer
+from transformer_lens_mm.errors import ReadoutError, UnitIndexError
 
 __all__ = [
     "Readout",

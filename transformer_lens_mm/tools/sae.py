@@ -19,8 +19,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.errors import HookShapeError
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import ArgumentError, ArgumentTypeError, HookShapeError
 
 __all__ = ["check_sae_width", "hook_width", "image_sae_features"]
 
@@ -51,7 +51,7 @@ def image_sae_features(
     """
     runner = getattr(model, "run_with_cache_with_saes", None)
     if runner is None:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{type(model).__name__} cannot run SAEs: give it SAELens's methods with "
             "MultimodalSAETransformerBridge.from_multimodal(model) (bridge), or build it from "
             "SAELens's HookedSAETransformer (from_parts(lm=HookedSAETransformer"
@@ -60,7 +60,7 @@ def image_sae_features(
     hook_name = sae.cfg.metadata.hook_name
     resolve = getattr(model, "_resolve_hook_name", lambda name: name)
     if resolve(hook_name) not in model.hook_dict and hook_name != "hook_embed":
-        raise ValueError(
+        raise ArgumentError(
             f"the SAE reads {hook_name!r}, which is not a hook point of this model; pick an SAE "
             "trained on one of model.hook_dict's names"
         )

@@ -30,6 +30,7 @@ import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.core.paper import REGION_QUANTILE
+from transformer_lens_mm.errors import ArgumentError, InputShapeError
 from transformer_lens_mm.fast.host import to_host
 from transformer_lens_mm.tools.readout import SignRule, dominant_signs, readout_for
 from transformer_lens_mm.tools.units import random_units_like
@@ -59,7 +60,7 @@ def patch_map(
     """
     h, w = grid_size
     if activations.shape[-1] != h * w:
-        raise ValueError(f"{activations.shape[-1]} values do not fill a {h}x{w} patch grid")
+        raise InputShapeError(f"{activations.shape[-1]} values do not fill a {h}x{w} patch grid")
     lead = activations.shape[:-1]
     grid = activations.detach().float().reshape(-1, 1, h, w)
     if size is not None and tuple(size) != (h, w):
@@ -74,7 +75,7 @@ def quantile_mask(
 ) -> Bool[Tensor, "*batch height width"]:
     """``values >= quantile(values, q)`` per map: the unit's most active region."""
     if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q must be in [0, 1], got {q}")
+        raise ArgumentError(f"q must be in [0, 1], got {q}")
     flat = values.float().reshape(*values.shape[:-2], -1)
     return values >= torch.quantile(flat, q, dim=-1)[..., None, None]
 
@@ -90,7 +91,7 @@ def mask_iou(a: Bool[Tensor, "*a h w"], b: Bool[Tensor, "*b h w"]) -> Float[Tens
         0.3333333432674408
     """
     if a.shape[-2:] != b.shape[-2:]:
-        raise ValueError(
+        raise InputShapeError(
             f"masks of different sizes: {tuple(a.shape[-2:])} vs {tuple(b.shape[-2:])}; "
             "upsample the patch map to the mask's size (patch_map(..., size=mask.shape))"
         )
@@ -132,7 +133,7 @@ def _as_entries(units: Sequence[Any]) -> list[tuple[int, int, int]]:
     out = []
     for entry in units:
         if len(entry) not in (2, 3):
-            raise ValueError(f"a unit is (layer, unit) or (layer, unit, sign), got {entry!r}")
+            raise ArgumentError(f"a unit is (layer, unit) or (layer, unit, sign), got {entry!r}")
         sign = int(np.sign(float(entry[2]))) if len(entry) == 3 else 0
         out.append((int(entry[0]), int(entry[1]), sign))
     return out
@@ -188,7 +189,7 @@ def spatial_selectivity(
     columns = ["image", "kind", "draw", "rank", "layer", "unit", "sign", "iou", "region", "object"]
     n = len(batch)
     if len(units) != n or len(masks) != n:
-        raise ValueError(
+        raise ArgumentError(
             f"need one unit list and one mask per image: {n} images, {len(units)} unit lists, "
             f"{len(masks)} masks"
         )
@@ -197,7 +198,7 @@ def spatial_selectivity(
     if grid_size is None:
         encoder = getattr(model, "image_encoder", None)
         if encoder is None:
-            raise ValueError("the model has no image encoder: pass grid_size=(h, w)")
+            raise ArgumentError("the model has no image encoder: pass grid_size=(h, w)")
         grid_size = tuple(encoder.grid_size)
     readout = readout_for(model, sign=sign)
     kinds: list[list[tuple[str, int, list[tuple[int, int, int]]]]] = []
@@ -218,7 +219,9 @@ def spatial_selectivity(
     for i, todo in enumerate(kinds):
         mask = torch.as_tensor(np.asarray(masks[i])).bool()
         if mask.ndim != 2:
-            raise ValueError(f"mask {i} must be 2-D [height, width], got shape {tuple(mask.shape)}")
+            raise InputShapeError(
+                f"mask {i} must be 2-D [height, width], got shape {tuple(mask.shape)}"
+            )
         size = tuple(mask.shape)
         for kind, draw, us in todo:
             if not us:
@@ -288,7 +291,9 @@ def spatial_ceiling(
     for i, mask in enumerate(masks):
         m = torch.as_tensor(np.asarray(mask)).bool()
         if m.ndim != 2:
-            raise ValueError(f"mask {i} must be 2-D [height, width], got shape {tuple(m.shape)}")
+            raise InputShapeError(
+                f"mask {i} must be 2-D [height, width], got shape {tuple(m.shape)}"
+            )
         coarse = torch.nn.functional.adaptive_avg_pool2d(m.float()[None, None], grid_size)[0, 0]
         region = quantile_mask(patch_map(coarse.reshape(-1), grid_size, tuple(m.shape)), q)
         share = float(m.float().mean())

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import ArgumentError, TableError
 from transformer_lens_mm.tools.ablation import ablation_sweep
 from transformer_lens_mm.tools.units import Unit
 
@@ -74,10 +75,10 @@ def _with_concepts(
     elif "target" in table:
         table["concept"] = table["target"].astype(str).str.strip().str.lower()
     else:
-        raise ValueError("the units table has no 'target' column: pass concepts={item: concept}")
+        raise TableError("the units table has no 'target' column: pass concepts={item: concept}")
     if table["concept"].isna().any():
         missing = table.loc[table["concept"].isna(), item_col].unique()[:5].tolist()
-        raise ValueError(f"no concept for items {missing}: complete the concepts mapping")
+        raise ArgumentError(f"no concept for items {missing}: complete the concepts mapping")
     return table
 
 
@@ -105,7 +106,7 @@ def generic_units(
         the units top for several images) or ``"single image"``; most widespread first.
     """
     if not 0 < min_share < 1:
-        raise ValueError(f"min_share must be in (0, 1), got {min_share}")
+        raise ArgumentError(f"min_share must be in (0, 1), got {min_share}")
     table = _with_concepts(units, concepts, item_col)
     n_concepts = table["concept"].nunique()
     per_unit = (
@@ -225,7 +226,7 @@ def cross_concept_ablation(
     n = len(batch)
     tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
     if not (tids.shape[0] == len(concepts) == len(ranked_units) == n):
-        raise ValueError(f"need one target, concept and ranked unit list per image ({n} images)")
+        raise ArgumentError(f"need one target, concept and ranked unit list per image ({n} images)")
     pairs: list[tuple[int, int]] = []
     for a in range(n):
         others = [b for b in range(n) if concepts[b] != concepts[a]]

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from transformer_lens_mm.errors import ArgumentError
+
 __all__ = ["ci_half_width", "mean_ci"]
 
 
@@ -26,7 +28,7 @@ def ci_half_width(std: Any, n: Any, ci: float = 0.95) -> Any:
     standard deviation, ``ddof=1``).
     """
     if not 0.0 < ci < 1.0:
-        raise ValueError(f"ci must be in (0, 1), got {ci}")
+        raise ArgumentError(f"ci must be in (0, 1), got {ci}")
     return NormalDist().inv_cdf(0.5 + ci / 2) * std / np.sqrt(n)
 
 

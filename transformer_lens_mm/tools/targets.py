@@ -22,6 +22,7 @@ import torch
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import ArgumentError, MissingPackageError, TargetError
 
 __all__ = [
     "LexiconNounFinder",
@@ -60,7 +61,7 @@ class LexiconNounFinder:
         try:
             import lemminflect
         except ImportError as err:  # pragma: no cover - it is a dependency
-            raise ImportError(
+            raise MissingPackageError(
                 "the default noun finder needs lemminflect: pip install lemminflect"
             ) from err
         self._lemmas = lemminflect.getAllLemmas
@@ -140,17 +141,17 @@ def token_id_of(tokenizer: Any, target: int | str, *, leading_space: bool = True
     if isinstance(target, int) or (isinstance(target, torch.Tensor) and target.ndim == 0):
         tid = int(target)
         if not 0 <= tid < vocab_size:
-            raise ValueError(
+            raise TargetError(
                 f"target token id {tid} is outside the vocabulary (0..{vocab_size - 1})"
             )
         return tid
     if not isinstance(target, str) or not target.strip():
-        raise ValueError(f"a target must be a token id or a non-empty string, got {target!r}")
+        raise TargetError(f"a target must be a token id or a non-empty string, got {target!r}")
     text = " " + target.lstrip() if leading_space and not target.startswith(" ") else target
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     unk = getattr(tokenizer, "unk_token_id", None)
     if not ids or (unk is not None and ids[0] == unk):
-        raise ValueError(
+        raise TargetError(
             f"target {target!r} is not in the model's vocabulary (it encodes to {ids}); "
             "pass a token id, or a word the tokenizer knows"
         )
@@ -229,11 +230,13 @@ def target_inputs(
     (the caption so far: the knockout's ``"caption"`` group).
     """
     if len(targets) != len(base):
-        raise ValueError(f"got {len(targets)} targets for {len(base)} images: pass one per image")
+        raise ArgumentError(
+            f"got {len(targets)} targets for {len(base)} images: pass one per image"
+        )
     if all(not t.prefix_ids for t in targets):
         return base
     if base.padding_side != "right":
-        raise ValueError("target_inputs needs a right-padded input (prepare_inputs default)")
+        raise TargetError("target_inputs needs a right-padded input (prepare_inputs default)")
     tok = model.tokenizer
     rows = [
         base.tokens[i, : int(base.last_positions[i]) + 1].tolist() + list(t.prefix_ids)

@@ -42,8 +42,14 @@ from tqdm.auto import tqdm
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.errors import HookShapeError, LayerRangeError
 from transformer_lens_mm.core.layout import MultimodalInput
+from transformer_lens_mm.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    HookShapeError,
+    InputShapeError,
+    LayerRangeError,
+)
 from transformer_lens_mm.tools.attribution import frozen_parameters, last_position_logits
 from transformer_lens_mm.tools.decoding import vocab_mask
 from transformer_lens_mm.tools.readout import readout_for, through_final_norm, unit_write_vectors
@@ -161,7 +167,7 @@ def _spec(transcoder: Any) -> _Spec:
     meta = getattr(cfg, "metadata", None)
     out = getattr(meta, "hook_name_out", None)
     if meta is None or not out:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{type(transcoder).__name__} is not a transcoder: pass a "
             "transformer_lens_mm.tools.transcoders.Transcoder or an SAELens Transcoder (with "
             "cfg.metadata.hook_name_out)"
@@ -258,12 +264,12 @@ def transcoder_attribution(
     spec = _spec(transcoder)
     _check(model, spec)
     if metric not in ("logit", "logprob"):
-        raise ValueError(f"metric must be 'logit' or 'logprob', got {metric!r}")
+        raise ArgumentError(f"metric must be 'logit' or 'logprob', got {metric!r}")
     batch = batch.to(model.lm_device)
     n = len(batch)
     tids = torch.as_tensor(target_ids, dtype=torch.long).reshape(-1)
     if tids.shape[0] != n:
-        raise ValueError(f"need one target id per item ({n}), got {tids.shape[0]}")
+        raise InputShapeError(f"need one target id per item ({n}), got {tids.shape[0]}")
     positions = batch.image_positions
     rows = torch.arange(n, device=positions.device)[:, None]
     state: dict[str, Tensor] = {}

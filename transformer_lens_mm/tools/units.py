@@ -22,7 +22,7 @@ from torch import Tensor
 
 import transformer_lens_mm.core.hook_names as hook_names
 from transformer_lens_mm.core.contract import LanguageModel
-from transformer_lens_mm.core.errors import UnitIndexError
+from transformer_lens_mm.errors import UnitIndexError, UnknownNameError
 
 __all__ = [
     "Unit",
@@ -129,7 +129,7 @@ def units_of(
         ([(1, 5)], [(1, 5, 1), (1, 5, -1)])
     """
     if column not in units:
-        raise KeyError(f"the units table has no {column!r} column: {list(units.columns)}")
+        raise UnknownNameError(f"the units table has no {column!r} column: {list(units.columns)}")
     rows = units[units[column] == item].sort_values("rank")
     if not signed:
         return list(dict.fromkeys(zip(rows["layer"].tolist(), rows["unit"].tolist())))

@@ -21,6 +21,7 @@ import functools
 from collections.abc import Sequence
 
 from transformer_lens_mm.core.paper import MIN_WORD_LETTERS, MIN_WORDS
+from transformer_lens_mm.errors import ArgumentError
 
 __all__ = [
     "DICTIONARIES",
@@ -56,7 +57,7 @@ def dictionary_words(dictionary: str = "scowl") -> frozenset[str]:
         from english_words import get_english_words_set
 
         return frozenset(get_english_words_set(["web2"], lower=True, alpha=True))
-    raise ValueError(f"dictionary must be one of {DICTIONARIES}, got {dictionary!r}")
+    raise ArgumentError(f"dictionary must be one of {DICTIONARIES}, got {dictionary!r}")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -101,7 +102,7 @@ def is_interpretable(
     """At least ``min_words`` of ``tokens`` are dictionary words of ``min_len``+ letters
     (``dictionary``: ``"scowl"``, the paper's, or ``"web2"``)."""
     if min_words > len(tokens):
-        raise ValueError(f"min_words={min_words} is more than the {len(tokens)} tokens given")
+        raise ArgumentError(f"min_words={min_words} is more than the {len(tokens)} tokens given")
     count = sum(is_dictionary_word(t, min_len=min_len, dictionary=dictionary) for t in tokens)
     return count >= min_words
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from helpers import APIS, WORDS, build_encoder, build_model, build_projection, random_images
 
-from transformer_lens_mm import ImageProjection, MultimodalInput, from_parts, generate_captions
+from transformer_lens_mm import ImageProjection, from_parts, generate_captions
+from transformer_lens_mm.core.layout import MultimodalInput
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 
 # Under jaxtyping's runtime checks (CI) annotated types are refused before our own checks.

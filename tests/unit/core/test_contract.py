@@ -13,7 +13,8 @@ import torch
 from helpers import APIS, build_model, random_images
 
 import transformer_lens_mm
-from transformer_lens_mm import LanguageModel, MultimodalModel
+from transformer_lens_mm import MultimodalModel
+from transformer_lens_mm.core.contract import LanguageModel
 from transformer_lens_mm.core.generation import generate_captions
 from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
 from transformer_lens_mm.pipelines.steps import ablation_step

@@ -16,8 +16,8 @@ from transformer_lens_mm.core.encoders import (
     encoder_kinds,
     register_encoder,
 )
-from transformer_lens_mm.core.errors import EncoderError, TLMMError
 from transformer_lens_mm.core.recipes import Recipe
+from transformer_lens_mm.errors import EncoderError, TLMMError
 
 
 class Quadrants(ImageEncoder):

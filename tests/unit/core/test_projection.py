@@ -7,12 +7,8 @@ import pytest
 import torch
 from helpers import APIS, build_encoder, build_model
 
-from transformer_lens_mm import (
-    ImageProjection,
-    ProjectionShapeError,
-    from_parts,
-    load_projection,
-)
+from transformer_lens_mm import ImageProjection, from_parts, load_projection
+from transformer_lens_mm.errors import ProjectionShapeError
 
 
 def write_limber_ckpt(path, d_image=24, d_model=32, seed=0):
@@ -124,7 +120,7 @@ def test_bos_token_other_than_the_tokenizers_is_kept_in_the_config(lm_dirs, tmp_
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_weights_are_refused_naming_the_file(tmp_path, bad):
-    from transformer_lens_mm import CorruptWeightsError
+    from transformer_lens_mm.errors import CorruptWeightsError
 
     weight = torch.zeros(4, 3)
     weight[1, 2] = bad

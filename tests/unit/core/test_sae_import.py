@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from transformer_lens_mm.core.errors import MissingPackageError
+from transformer_lens_mm.errors import MissingPackageError
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 
 

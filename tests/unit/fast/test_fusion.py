@@ -11,8 +11,8 @@ import torch
 from helpers import APIS, build_model, random_images
 
 import transformer_lens_mm.fast.versions as versions
-from transformer_lens_mm import from_parts, is_fused, set_fused
-from transformer_lens_mm.fast.fusion import check_fused_flag
+from transformer_lens_mm import from_parts, set_fused
+from transformer_lens_mm.fast.fusion import check_fused_flag, is_fused
 from transformer_lens_mm.fast.patches import KV_CACHE_PATCH, applied
 
 TYPECHECK = "Type-check error"  # jaxtyping's runtime checks (tests only) may refuse first

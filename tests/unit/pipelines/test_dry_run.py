@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer_lens_mm.core.errors import ConfigError
+from transformer_lens_mm.errors import ConfigError
 from transformer_lens_mm.pipelines.analyze import load_config, plan_run
 from transformer_lens_mm.pipelines.cli import main
 

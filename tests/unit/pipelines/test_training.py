@@ -7,7 +7,8 @@ import pytest
 import torch
 from helpers import APIS, build_model
 
-from transformer_lens_mm import TrainingConfig, caption_loss, load_projection, train_projection
+from transformer_lens_mm import TrainingConfig, load_projection, train_projection
+from transformer_lens_mm.pipelines.training import caption_loss
 
 COLOURS = {
     "red": (1.0, 0.0, 0.0),

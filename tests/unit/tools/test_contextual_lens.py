@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from helpers import APIS, build_hf_lm, build_model, load_hf, random_images
 
-from transformer_lens_mm.core.errors import CorpusError, LayerRangeError
 from transformer_lens_mm.data.corpora import reference_corpus
 from transformer_lens_mm.data.tiny_vlms import WORDS
+from transformer_lens_mm.errors import CorpusError, LayerRangeError
 from transformer_lens_mm.tools.contextual_lens import (
     ContextualIndex,
     build_contextual_index,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import APIS, build_hf_lm, build_model, load_hf, random_images
 
-from transformer_lens_mm.core.errors import LayerRangeError, PositionGroupError
+from transformer_lens_mm.errors import LayerRangeError, PositionGroupError
 from transformer_lens_mm.tools.knockout import (
     knockout_curve,
     knockout_hooks,

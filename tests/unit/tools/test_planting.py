@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import APIS, WORDS, build_model, random_images
 
-from transformer_lens_mm.core.errors import ReadoutError
+from transformer_lens_mm.errors import ReadoutError
 from transformer_lens_mm.tools.decoding import decode_units
 from transformer_lens_mm.tools.planting import design_plant, image_mlp_inputs, planted
 from transformer_lens_mm.tools.spatial import image_mlp_activations

@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import APIS, build_hf_lm, build_model, load_hf
 
-from transformer_lens_mm.core.errors import ReadoutError, TLMMError, UnitIndexError
+from transformer_lens_mm.errors import ReadoutError, TLMMError, UnitIndexError
 from transformer_lens_mm.tools import readout as ro
 from transformer_lens_mm.tools.decoding import decode_units, unit_token_ranks
 from transformer_lens_mm.tools.spatial import mask_iou, patch_map, quantile_mask, spatial_ceiling

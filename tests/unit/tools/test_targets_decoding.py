@@ -5,7 +5,7 @@ import torch
 from helpers import WORDS, build_model, random_images
 
 from transformer_lens_mm import generate_captions
-from transformer_lens_mm.core.errors import ReadoutError
+from transformer_lens_mm.errors import ReadoutError
 from transformer_lens_mm.tools.attribution import attribute
 from transformer_lens_mm.tools.decoding import (
     decode_soft_prompts,

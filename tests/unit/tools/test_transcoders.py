@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import APIS, build_hf_lm, build_model, random_images
 
-from transformer_lens_mm.core.errors import HookShapeError
+from transformer_lens_mm.errors import HookShapeError
 from transformer_lens_mm.fast.versions import HAS_HOOKED_TRANSFORMER
 from transformer_lens_mm.tools.readout import final_norm_scale, readout_for, unit_write_vectors
 from transformer_lens_mm.tools.transcoders import (

@@ -28,8 +28,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from transformer_lens_mm.core.errors import EncoderError, InputShapeError
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
+from transformer_lens_mm.errors import EncoderError, InputShapeError
 
 __all__ = ["ImageEncoder"]
 

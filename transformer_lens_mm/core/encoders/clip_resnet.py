@@ -20,6 +20,7 @@ import timm
 from torch import Tensor, nn
 
 from transformer_lens_mm.core.encoders.base import ImageEncoder
+from transformer_lens_mm.errors import EncoderError, MissingPackageError
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "CLIPResNetEncoder"]
 
@@ -56,15 +57,15 @@ class CLIPResNetEncoder(ImageEncoder):
     ) -> None:
         self.pool = None
         if not all(hasattr(visual, a) for a in ("stem", *_STAGES)):
-            raise TypeError(
+            raise EncoderError(
                 f"{type(visual).__name__} is not a CLIP ResNet tower (stem, layer1..layer4): "
                 "pass open_clip's model.visual of an RN50/RN50x4/RN50x16/RN50x64 model"
             )
         if layer is not None and not -4 <= layer < 4:
-            raise ValueError(f"layer={layer}: a CLIP ResNet has 4 stages (0..3, or None)")
+            raise EncoderError(f"layer={layer}: a CLIP ResNet has 4 stages (0..3, or None)")
         size = int(image_size if image_size is not None else getattr(visual, "image_size", 224))
         if size % 32:
-            raise ValueError(
+            raise EncoderError(
                 f"image_size={size} does not divide into a CLIP ResNet's grid (it downsamples by "
                 f"32): use {size // 32 * 32} or {(size // 32 + 1) * 32} "
                 f"(LiMBeR's clip_linear: 384 -> a 12x12 grid)"
@@ -109,13 +110,13 @@ class CLIPResNetEncoder(ImageEncoder):
         try:
             import open_clip
         except ImportError as err:  # pragma: no cover - open_clip is a dependency
-            raise ImportError(
+            raise MissingPackageError(
                 "CLIP ResNet towers need open_clip: pip install open_clip_torch"
             ) from err
 
         arch = LIMBER_NAMES.get(name, name)
         if not arch.startswith("RN"):
-            raise ValueError(f"{name!r} is not a CLIP ResNet (RN50, RN50x4, RN50x16, RN50x64)")
+            raise EncoderError(f"{name!r} is not a CLIP ResNet (RN50, RN50x4, RN50x16, RN50x64)")
         model = open_clip.create_model(arch, pretrained=pretrained, **kwargs)
         return cls(model.visual, image_size=image_size, layer=layer, name=f"open_clip:{arch}")
 

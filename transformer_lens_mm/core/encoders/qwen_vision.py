@@ -24,8 +24,8 @@ from PIL import Image
 from torch import Tensor
 
 from transformer_lens_mm.core.encoders.base import ImageEncoder
-from transformer_lens_mm.core.errors import ConfigError
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
+from transformer_lens_mm.errors import ConfigError, InputShapeError
 
 __all__ = ["FixedSizeTransform", "QwenMerger", "QwenVisionEncoder"]
 
@@ -112,7 +112,7 @@ class QwenVisionEncoder(ImageEncoder):
         """Encode preprocessed images (no gradient: the tower is frozen)."""
         expected = tuple(self.data_config["input_size"])
         if pixel_values.ndim != 3 or tuple(pixel_values.shape[1:]) != expected:
-            raise ValueError(
+            raise InputShapeError(
                 f"pixel_values must be [batch, {expected[0]}, {expected[1]}] (flattened patches "
                 f"of {self.data_config['size']} px images), got {tuple(pixel_values.shape)}: "
                 "pass raw images as images=..."

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from transformer_lens_mm.core.encoders.base import ImageEncoder
-from transformer_lens_mm.core.errors import EncoderError
+from transformer_lens_mm.errors import EncoderError
 
 __all__ = ["EncoderBuilder", "create_encoder", "encoder_kinds", "register_encoder"]
 

@@ -21,7 +21,7 @@ import timm
 from torch import Tensor, nn
 
 from transformer_lens_mm.core.encoders.base import ImageEncoder
-from transformer_lens_mm.core.errors import ConfigError, EncoderError
+from transformer_lens_mm.errors import ConfigError, EncoderError
 
 __all__ = ["TimmEncoder"]
 

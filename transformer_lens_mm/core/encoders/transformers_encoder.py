@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from transformer_lens_mm.core.encoders.base import ImageEncoder
 from transformer_lens_mm.core.images import ImageLike, to_rgb_images
+from transformer_lens_mm.errors import EncoderError
 
 __all__ = ["ProcessorTransform", "TransformersEncoder"]
 
@@ -91,7 +92,7 @@ class TransformersEncoder(ImageEncoder):
         self.pool = None
         model = _vision_part(model)
         if "pixel_values" not in inspect.signature(model.forward).parameters:
-            raise TypeError(
+            raise EncoderError(
                 f"{type(model).__name__} is not a vision model (its forward takes no "
                 "pixel_values); pass a vision model such as BeitModel, ViTModel, "
                 "CLIPVisionModel, SiglipVisionModel or Dinov2Model"
@@ -102,7 +103,7 @@ class TransformersEncoder(ImageEncoder):
             self.patch_size = int(self.patch_size[0])
         n_blocks = getattr(config, "num_hidden_layers", None)
         if layer is not None and n_blocks is not None and not -n_blocks <= layer < n_blocks:
-            raise ValueError(
+            raise EncoderError(
                 f"layer={layer} is out of range: {type(model).__name__} has {n_blocks} blocks "
                 f"(use 0..{n_blocks - 1}, negative from the end, or None for last_hidden_state)"
             )
@@ -166,7 +167,7 @@ class TransformersEncoder(ImageEncoder):
         else:
             feats = getattr(out, "last_hidden_state", None)
         if feats is None or feats.ndim not in (3, 4):
-            raise ValueError(
+            raise EncoderError(
                 f"{type(self.model).__name__} has no patch tokens (its output has no "
                 "last_hidden_state of [batch, tokens, d] or [batch, d, h, w]); use a model "
                 "that keeps them (e.g. BeitModel, ViTModel, CLIPVisionModel, Dinov2Model)"
@@ -174,14 +175,14 @@ class TransformersEncoder(ImageEncoder):
         if feats.ndim == 4:  # ConvNext/ResNet-style feature maps
             return self._flatten_map(feats)
         if self.patch_size is None:
-            raise ValueError(
+            raise EncoderError(
                 f"{type(self.model).__name__}'s config has no patch_size, so its patch tokens "
                 "cannot be told from prefix tokens; pass a ViT-style vision model"
             )
         h, w = (int(s) // self.patch_size for s in pixel_values.shape[-2:])
         n_prefix = feats.shape[1] - h * w
         if n_prefix < 0:
-            raise ValueError(
+            raise EncoderError(
                 f"{type(self.model).__name__} returned {feats.shape[1]} tokens for a {h}x{w} "
                 f"patch grid ({tuple(pixel_values.shape[-2:])} px, patch {self.patch_size}): it "
                 "has no patch tokens to read"

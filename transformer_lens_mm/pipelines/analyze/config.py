@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.errors import ConfigError
 from transformer_lens_mm.core.paper import SOFT_PROMPT_TOKENS, TOP_K
 from transformer_lens_mm.data.datasets import (
     CaptionFolder,
@@ -31,6 +30,7 @@ from transformer_lens_mm.data.datasets import (
     SceneDataset,
 )
 from transformer_lens_mm.data.pretrained import SHIPPED_PROJECTIONS
+from transformer_lens_mm.errors import ConfigError, MissingFileError
 
 __all__ = [
     "RUN_TABLES",
@@ -146,7 +146,7 @@ def load_config(path: str | os.PathLike) -> AnalysisConfig:
     """Read a TOML or YAML config: top-level ``out``, tables ``[data]``, ``[model]``, ``[run]``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
+        raise MissingFileError(f"config file {path} does not exist")
     text = path.read_text()
     if path.suffix == ".toml":
         try:

@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.errors import ConfigError, StoreError
 from transformer_lens_mm.data.datasets import Item, LoadedBatch, image_loader
+from transformer_lens_mm.errors import ConfigError, StoreError
 from transformer_lens_mm.pipelines.analyze.config import (
     TABLES,
     AnalysisConfig,

@@ -16,7 +16,7 @@ Per shard (``shards/b<first batch>-<table>``):
 The run folder also holds ``store.json`` (the store format and the package version: a folder in
 another format is refused), ``config.json`` (a resumed run must have the same settings) and
 ``run.lock`` (held by the process writing the run: a second one is refused). A disk that fills up
-mid-write raises :class:`~transformer_lens_mm.core.errors.DiskFullError` and leaves every finished
+mid-write raises :class:`~transformer_lens_mm.errors.DiskFullError` and leaves every finished
 shard intact.
 
 The merged run has ``items.parquet``, ``units.parquet``, ``maps.safetensors``, one parquet
@@ -54,7 +54,7 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 
 from transformer_lens_mm.core.atomic import atomic_write
-from transformer_lens_mm.core.errors import ConfigError, DiskFullError, StoreError
+from transformer_lens_mm.errors import ConfigError, DiskFullError, MissingFileError, StoreError
 from transformer_lens_mm.pipelines.analyze.config import (
     RUN_TABLES,
     TABLE_SWITCHES,
@@ -427,7 +427,7 @@ def load_results(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, to
     """``(items, units, maps)`` of a finished run (``maps[i]`` belongs to ``units.iloc[i]``)."""
     out = Path(out)
     if not (out / "items.parquet").is_file():
-        raise FileNotFoundError(f"{out} holds no merged results: run or resume the analysis first")
+        raise MissingFileError(f"{out} holds no merged results: run or resume the analysis first")
     maps = load_file(out / "maps.safetensors")["maps"]
     return pd.read_parquet(out / "items.parquet"), pd.read_parquet(out / "units.parquet"), maps
 
@@ -444,7 +444,7 @@ def load_table(out: str | os.PathLike, name: str) -> pd.DataFrame:
         raise ConfigError(f"table must be one of {TABLES + RUN_TABLES}, got {name!r}")
     path = Path(out) / f"{name}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path} does not exist: set {TABLE_SWITCHES[name]} in the run's config and run or "
             "resume it"
         )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformer_lens_mm.core.errors import OutputExistsError
 from transformer_lens_mm.core.paper import REGION_QUANTILE, TOP_K
+from transformer_lens_mm.errors import ConfigError, OutputExistsError
 
 __all__ = ["FILES", "PHOTOS", "QUICK", "DemoConfig", "prepare_output"]
 
@@ -80,20 +80,20 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if self.n_scenes < 1 and not self.photos:
-            raise ValueError("nothing to analyse: n_scenes must be >= 1 or photos True")
+            raise ConfigError("nothing to analyse: n_scenes must be >= 1 or photos True")
         if self.k < 1 or self.batch_size < 1 or self.n_random < 1:
-            raise ValueError("k, batch_size and n_random must be >= 1")
+            raise ConfigError("k, batch_size and n_random must be >= 1")
         if any(k < 0 for k in self.ks) or any(k < 1 for k in self.cross_ks):
-            raise ValueError(f"ks must be >= 0 and cross_ks >= 1, got {self.ks}, {self.cross_ks}")
+            raise ConfigError(f"ks must be >= 0 and cross_ks >= 1, got {self.ks}, {self.cross_ks}")
         if self.scene_set not in SCENE_SETS:
-            raise ValueError(f"scene_set must be one of {SCENE_SETS}, got {self.scene_set!r}")
+            raise ConfigError(f"scene_set must be one of {SCENE_SETS}, got {self.scene_set!r}")
         if self.knockout_window < 0 or self.lens_every < 0 or self.lens_texts < 1:
-            raise ValueError(
+            raise ConfigError(
                 "knockout_window and lens_every must be >= 0 (0 skips the step) and lens_texts "
                 f">= 1, got {self.knockout_window}, {self.lens_every}, {self.lens_texts}"
             )
         if not 0 < self.generic_share < 1:
-            raise ValueError(f"generic_share must be in (0, 1), got {self.generic_share}")
+            raise ConfigError(f"generic_share must be in (0, 1), got {self.generic_share}")
 
 
 #: ``tlmm demo --quick``: a few scenes and a short sweep (a smoke test, ~1-2 minutes).

@@ -58,6 +58,7 @@ from transformer_lens_mm.data.datasets import Item, SceneDataset
 from transformer_lens_mm.data.natural_scenes import BACKGROUND_REGIONS, NOUNS, NaturalSceneSet
 from transformer_lens_mm.data.pretrained import demo_projection_path, load_demo_model
 from transformer_lens_mm.data.scenes import SceneSet
+from transformer_lens_mm.errors import NoUsableItemError
 from transformer_lens_mm.pipelines.demo.config import PHOTOS, DemoConfig, prepare_output
 from transformer_lens_mm.pipelines.demo.report import card_groups, write_report
 from transformer_lens_mm.pipelines.demo.summary import (
@@ -353,7 +354,7 @@ def run_demo(
     searches, captions = step("search", lambda: _search(model, items, truths, config))
     _write_csv(out, "captions.csv", captions)
     if not any(len(found) for found in searches):
-        raise RuntimeError("no image got a caption with a noun: nothing to attribute")
+        raise NoUsableItemError("no image got a caption with a noun: nothing to attribute")
     units = pd.concat([f.units for f in searches if len(f)], ignore_index=True)
     maps = torch.cat([f.maps for f in searches if f.maps is not None])
     generic, specificity = _controls(units, config)

@@ -12,24 +12,37 @@ Example:
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
+    "CheckpointError",
     "ConfigError",
     "CorpusError",
     "CorruptWeightsError",
+    "DataSetError",
     "DiskFullError",
     "EncoderError",
     "HookShapeError",
+    "ImageInputError",
     "InputShapeError",
     "LayerRangeError",
     "MetricModelError",
+    "MissingFileError",
     "MissingPackageError",
     "MissingWeightsError",
+    "ModelSetupError",
+    "NoUsableItemError",
+    "OutOfRangeError",
     "OutputExistsError",
     "PositionGroupError",
     "ProjectionShapeError",
     "ReadoutError",
     "StoreError",
     "TLMMError",
+    "TableError",
+    "TargetError",
+    "TrainingError",
     "UnitIndexError",
+    "UnknownNameError",
     "UnsupportedModelError",
 ]
 
@@ -120,3 +133,67 @@ class EncoderError(TLMMError, TypeError, ValueError):
 class InputShapeError(TLMMError, ValueError):
     """A tensor or batch given to the package has the wrong shape for the model (pixels, image
     features, token ids, masks); the message says what shape was expected and how to make it."""
+
+
+class ArgumentError(TLMMError, ValueError):
+    """An argument's value is not one the function takes: out of its range, an unknown option,
+    arguments that exclude each other, or counts that do not match (one per image)."""
+
+
+class ArgumentTypeError(TLMMError, TypeError):
+    """An argument is of a type the function cannot use (the message names the types it takes)."""
+
+
+class CheckpointError(TLMMError, ValueError):
+    """A checkpoint's contents are not what its loader reads: other keys or shapes, or a pickle
+    that carries code (refused by ``torch.load(weights_only=True)``)."""
+
+
+class DataSetError(TLMMError, ValueError):
+    """A data set's files or options cannot give items: a malformed annotation or caption file,
+    an option that leaves nothing to draw."""
+
+
+class ImageInputError(TLMMError, TypeError, ValueError):
+    """An object given as an image cannot be read as one (type, dtype, value range, an unreadable
+    file); the message says which inputs are images."""
+
+
+class MissingFileError(TLMMError, FileNotFoundError):
+    """A file or folder the call reads does not exist (a config, a checkpoint, a run's results)."""
+
+
+class ModelSetupError(TLMMError, RuntimeError):
+    """The model lacks a part the call needs (an image encoder, a projection, a hook point to
+    inject at, the last input to take positions from); the message says how to add it."""
+
+
+class NoUsableItemError(TLMMError, ValueError, RuntimeError):
+    """Every item of a batch or run failed before the step (no caption with a noun, unreadable
+    images): there is nothing to attribute, ablate or decode."""
+
+
+class OutOfRangeError(TLMMError, IndexError):
+    """An index lies outside its range (a sequence position, a unit, an item of a generated set)."""
+
+
+class TableError(TLMMError, ValueError):
+    """A results table lacks the columns or rows a function needs; the message names the function
+    that makes them."""
+
+
+class TargetError(TLMMError, ValueError):
+    """A target token cannot be used: not in the vocabulary, not one token, a special token, or
+    an input not laid out for its caption."""
+
+
+class TrainingError(TLMMError, FloatingPointError):
+    """Training diverged (a non-finite loss); the message says which setting to change."""
+
+
+class UnknownNameError(TLMMError, KeyError):
+    """A name is not among the ones known (an id in an annotation file, a column, a part of
+    the speed layer); the message lists them."""
+
+    def __str__(self) -> str:  # a KeyError would print its message quoted
+        return str(self.args[0]) if self.args else ""
