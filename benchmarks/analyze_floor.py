@@ -36,7 +36,8 @@ from attribution_and_sweep import scratch_dir
 
 import transformer_lens_mm.pipelines.analyze.runner as runner
 import transformer_lens_mm.pipelines.search as search
-import transformer_lens_mm.pipelines.steps as steps
+import transformer_lens_mm.pipelines.steps.ablation as ablation_steps
+import transformer_lens_mm.pipelines.steps.soft_prompts as soft_prompt_steps
 from transformer_lens_mm.core.encoders import ImageEncoder
 from transformer_lens_mm.core.lm_loading import default_api
 from transformer_lens_mm.data.datasets import SceneDataset
@@ -85,9 +86,9 @@ RUN_PARTS = [
     (search, "generate_captions", "captions"),
     (search, "attribute", "attribution (+ patch maps)"),
     (search, "decode_unit_table", "unit decoding"),
-    (steps, "ablation_sweep", "ablation sweep"),
-    (steps, "captions_under_ablation", "captions under ablation"),
-    (runner, "soft_prompt_step", "soft prompts"),
+    (ablation_steps, "ablation_sweep", "ablation sweep"),
+    (ablation_steps, "captions_under_ablation", "captions under ablation"),
+    (soft_prompt_steps, "soft_prompt_step", "soft prompts"),
     (runner, "write_shard", "shard files"),
     (runner, "write_merged", "merged files"),
     (runner, "analysis_report", "report"),

@@ -127,15 +127,28 @@ def test_the_search_step_is_written_once():
 
 def test_unit_cards_soft_prompts_ablation_captions_and_intervals_are_written_once():
     assert calls("UnitCard") == ["transformer_lens_mm.report.cards"]
-    assert calls("captions_under_ablation") == ["transformer_lens_mm.pipelines.steps"]
-    assert calls("soft_prompt_table") == ["transformer_lens_mm.pipelines.steps"]
+    assert calls("captions_under_ablation") == ["transformer_lens_mm.pipelines.steps.ablation"]
+    assert calls("soft_prompt_table") == ["transformer_lens_mm.pipelines.steps.soft_prompts"]
     # the pipelines run the sweep in one step; a tool may build a new analysis on it (the
     # cross-concept ablation of tools.specificity evaluates other images under it)
     assert calls("ablation_sweep") == [
-        "transformer_lens_mm.pipelines.steps",
+        "transformer_lens_mm.pipelines.steps.ablation",
         "transformer_lens_mm.tools.specificity",
     ]
     assert calls("NormalDist") == ["transformer_lens_mm.tools.stats"]
+
+
+def test_every_step_is_registered_from_its_own_module():
+    """A step is one module of pipelines/steps/ that registers it; the runners call steps only
+    through the registry (no ``if config.wants(...)`` chain)."""
+    from transformer_lens_mm.pipelines.steps import STEPS
+
+    for step in STEPS.values():
+        for work in (step.batch, step.run):
+            if work is not None:
+                assert work.__module__.startswith("transformer_lens_mm.pipelines.steps."), step
+    runner = (PACKAGE / "pipelines" / "analyze" / "runner.py").read_text()
+    assert ".wants(" not in runner and "ablation_step" not in runner
 
 
 def test_a_units_output_weights_are_read_in_one_place():

@@ -45,7 +45,7 @@ def _analyze(args: argparse.Namespace) -> int:
         print("\n".join(plan_run(config)))
         print("config OK (dry run: nothing loaded, nothing written)")
         return 0
-    run_analysis(config)
+    run_analysis(config, strict=args.strict)
     return 0
 
 
@@ -101,7 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     analyze.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the config and print the plan; load no weights, read no data",
+        help="check the config and print the plan (the steps, their tables and LM passes per "
+        "image); load no weights, read no data",
+    )
+    analyze.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a step the data cannot feed (no masks, no categories) instead of "
+        "skipping it with the reason in the summary",
     )
     analyze.set_defaults(run=_analyze)
     power = sub.add_parser(

@@ -3,10 +3,17 @@
 A config has a top-level ``out`` and three tables: ``[data]`` (:func:`load_dataset`),
 ``[model]`` (:func:`load_model`) and ``[run]`` (the other fields of :class:`AnalysisConfig`).
 
+Which experiments run: ``[run] steps`` names them (the registry's steps,
+:data:`~transformer_lens_mm.pipelines.steps.STEPS`); without it, every step whose switch is on
+(``ablation_ks`` not empty, ``soft_prompts = true``, ...). A step listed in ``steps`` whose
+parameter is unset takes the paper's value (or ours, for our steps).
+
 Example:
     >>> config = AnalysisConfig(out="runs/x", ablation_ks=[0, 25])
     >>> config.wants("ablation"), config.wants("soft_prompts"), config.units_to_rank
     (True, False, 25)
+    >>> AnalysisConfig(out="runs/x", steps=["ablation"]).ablation_ks[-1]  # the paper's sweep
+    6400
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import Any
 import torch
 
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.core.paper import SOFT_PROMPT_TOKENS, TOP_K
+from transformer_lens_mm.core.paper import ABLATION_KS, REGION_QUANTILE, SOFT_PROMPT_TOKENS, TOP_K
 from transformer_lens_mm.data.datasets import (
     CaptionFolder,
     ClassFolders,
@@ -33,30 +40,38 @@ from transformer_lens_mm.data.pretrained import SHIPPED_PROJECTIONS
 from transformer_lens_mm.errors import ConfigError, MissingFileError
 
 __all__ = [
-    "RUN_TABLES",
-    "TABLES",
-    "TABLE_SWITCHES",
+    "STEP_DEFAULTS",
     "AnalysisConfig",
     "load_config",
     "load_dataset",
     "load_model",
     "plan_run",
+    "table_steps",
 ]
 
-#: optional per-run tables (besides items/units/maps), each written per shard and merged, and
-#: the config field that turns each on
-TABLE_SWITCHES = {
-    "ablation": "ablation_ks",
-    "ablation_captions": "ablation_captions_k",
-    "soft_prompts": "soft_prompts",
-    "units_direct": "direct_scores",
-    "ranking_agreement": "direct_scores",
-    "cross_concept": "cross_concept_ks",
-    "knockout": "knockout_window",
+#: a step listed in ``[run] steps`` whose switch is off gets these values (the paper's where
+#: it has one)
+STEP_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ablation": {"ablation_ks": list(ABLATION_KS)},
+    "ablation_captions": {"ablation_captions_k": ABLATION_KS[-1]},
+    "cross_concept": {"cross_concept_ks": [25, 100, 400]},
+    "unit_effects": {"unit_effects": 3},
+    "soft_prompts": {"soft_prompts": True},
+    "direct_scores": {"direct_scores": True},
+    "knockout": {"knockout_window": 5},
+    "logit_lens": {"logit_lens": True},
+    "contextual_lens": {"lens_every": 3},
+    "spatial": {"spatial": True},
+    "category_selectivity": {"category_selectivity": 10},
+    "target_ranks": {"target_ranks": True},
 }
-#: tables of the whole run, made from the merged units table after the last batch
-RUN_TABLES = ("generic_units", "concept_specificity")
-TABLES = tuple(TABLE_SWITCHES)
+
+
+def table_steps() -> dict[str, str]:
+    """Every table a step writes -> the step's name (per batch and per run)."""
+    from transformer_lens_mm.pipelines.steps import STEPS
+
+    return {t: s.name for s in STEPS.values() for t in (*s.tables, *s.run_tables)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,6 +106,19 @@ class AnalysisConfig:
     # attention knockout (tools.knockout) of image -> last in windows of this many layers,
     # against random position groups (0: off; knockout table)
     knockout_window: int = 0
+    # single-unit effects: each image's best N units zeroed one at a time (0: off)
+    unit_effects: int = 0
+    logit_lens: bool = False  # p(c) after every block at the position that predicts c
+    target_ranks: bool = False  # where c ranks in the top units' decodings vs random units
+    # contextual lens every N layers (0: off) against a reference corpus of lens_texts texts
+    lens_every: int = 0
+    lens_corpus: str = "general"
+    lens_texts: int = 300
+    spatial: bool = False  # IoU of top units' regions with the mask of c's object (masks)
+    quantile: float = REGION_QUANTILE  # the region of a patch map: above this quantile
+    category_selectivity: int = 0  # held-out images per class (0: off; needs categories)
+    # the experiments to run (names of the step registry); None: every step whose switch is on
+    steps: list[str] | None = None
     # a unit top for the images of more than this share of the concepts is generic
     # (generic_units and concept_specificity tables, always made)
     generic_share: float = 0.5
@@ -108,10 +136,22 @@ class AnalysisConfig:
         return max([*self.ablation_ks, *self.cross_concept_ks, self.ablation_captions_k])
 
     def wants(self, table: str) -> bool:
-        """Whether this run makes the optional ``table`` (see ``TABLE_SWITCHES``)."""
-        return bool(getattr(self, TABLE_SWITCHES[table]))
+        """Whether this run makes ``table`` (a table of one of its active steps)."""
+        from transformer_lens_mm.pipelines.steps import active_steps
+
+        return any(table in (*s.tables, *s.run_tables) for s in active_steps(self))
 
     def __post_init__(self) -> None:
+        if self.steps is not None:
+            from transformer_lens_mm.pipelines.steps import STEPS
+
+            unknown = [n for n in self.steps if n not in STEPS]
+            if unknown:
+                raise ConfigError(f"unknown steps {unknown}; the steps are {sorted(STEPS)}")
+            for name in self.steps:  # a listed step runs: its unset parameters get defaults
+                for key, value in STEP_DEFAULTS.get(name, {}).items():
+                    if not getattr(self, key):
+                        object.__setattr__(self, key, value)
         if self.caption_source not in ("model", "data"):
             raise ConfigError(
                 f"caption_source must be 'model' or 'data', got {self.caption_source!r}"
@@ -128,8 +168,13 @@ class AnalysisConfig:
                 "ablation_ks, ablation_random and ablation_captions_k must be >= 0, got "
                 f"{self.ablation_ks}, {self.ablation_random}, {self.ablation_captions_k}"
             )
-        if self.knockout_window < 0:
-            raise ConfigError(f"knockout_window must be >= 0 (0: off), got {self.knockout_window}")
+        for name in ("knockout_window", "unit_effects", "lens_every", "category_selectivity"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
+        if self.lens_texts < 1:
+            raise ConfigError(f"lens_texts must be >= 1, got {self.lens_texts}")
+        if not 0 < self.quantile < 1:
+            raise ConfigError(f"quantile must be in (0, 1), got {self.quantile}")
         if any(int(k) < 1 for k in self.cross_concept_ks):
             raise ConfigError(f"cross_concept_ks must be >= 1, got {self.cross_concept_ks}")
         if not 0 < self.generic_share < 1:
@@ -318,12 +363,28 @@ def _native_lines(model: dict[str, Any]) -> list[str]:
 
 
 def _run_lines(config: AnalysisConfig) -> list[str]:
+    from transformer_lens_mm.pipelines.steps import step_plan
+
     skip = {"out", "data", "model"}
-    return ["run:"] + [
+    fields = [
         f"  {f.name} = {getattr(config, f.name)}"
         for f in dataclasses.fields(config)
         if f.name not in skip
     ]
+    return ["run:", *fields, *step_plan(config, _known_depth(config.model))]
+
+
+def _known_depth(model: dict[str, Any]) -> int | None:
+    """The LM's number of layers where its config can be read without loading weights."""
+    lm = model.get("lm", "smollm2" if model.get("demo") else None)
+    folder = Path(str(lm)) if lm is not None else None
+    if folder is not None and (folder / "config.json").is_file():
+        import json
+
+        cfg = json.loads((folder / "config.json").read_text())
+        depth = cfg.get("num_hidden_layers", cfg.get("n_layer", cfg.get("n_layers")))
+        return int(depth) if depth is not None else None
+    return {"smollm2": 30, "gemma3": 18, "EleutherAI/gpt-j-6b": 28}.get(str(lm))
 
 
 def load_model(spec: dict[str, Any]) -> MultimodalModel:

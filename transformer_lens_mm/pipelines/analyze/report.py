@@ -28,6 +28,8 @@ from transformer_lens_mm.report.plotting import (
     plot_cross_concept,
     plot_iou_by_category,
     plot_knockout,
+    plot_lens_by_layer,
+    plot_lens_shares,
     plot_soft_prompts,
     plot_top_units_per_layer,
 )
@@ -81,7 +83,10 @@ def analysis_report(
     items, units, maps = load_results(out)
     summary = json.loads((out / "summary.json").read_text())
     report = Report(f"Multimodal-neuron analysis: {out.name}")
-    report.key_values({k: v for k, v in summary.items() if k not in ("failures", "controls")})
+    skip = ("failures", "controls", "step_seconds", "steps_skipped")
+    report.key_values({k: v for k, v in summary.items() if k not in skip})
+    if summary.get("steps_skipped"):
+        report.key_values({f"skipped: {k}": v for k, v in summary["steps_skipped"].items()})
     report.section("Items", "Caption, target token c (first noun) and failure of every item.")
     report.table(items, max_rows=100, collapsed="Items")
     if len(units):
@@ -199,6 +204,47 @@ def analysis_report(
             .T.round(4)
             .reset_index(names="texts")
         )
+    shares = _made_table(out, "lens_shares")
+    lens = _made_table(out, "logit_lens")
+    if lens is not None or shares is not None:
+        report.section(
+            "Where c appears, layer by layer",
+            "The logit lens of c at the position that predicts it (median probability of c "
+            "after every block over images), and the share of image tokens whose 5 "
+            "nearest tokens name c by the contextual, logit and embedding lenses, vs random "
+            "vectors matched to the image tokens.",
+        )
+        if lens is not None:
+            report.figure(plot_lens_by_layer(lens))
+        if shares is not None:
+            report.figure(plot_lens_shares(shares))
+    effects = _made_table(out, "unit_effects")
+    if effects is not None:
+        report.section(
+            "Single-unit effects",
+            "p(c) kept when one of each image's best units is zeroed at the image positions, "
+            "vs one random unit of the same layer.",
+        )
+        report.table(
+            effects.groupby("kind")["rel_p"].agg(["mean", "median", "count"]).round(4).reset_index()
+        )
+    ranks = _made_table(out, "target_ranks")
+    if ranks is not None:
+        report.section(
+            "Where c ranks in the top units' decodings",
+            "Percentile of c among each top unit's decoded tokens (100: first), vs random units "
+            "of the same layers.",
+        )
+        report.table(
+            ranks.groupby("kind")["target_percentile"]
+            .agg(["mean", "median", "count"])
+            .round(2)
+            .reset_index()
+        )
+    iou = iou if iou is not None else _made_table(out, "spatial")
+    selectivity = (
+        selectivity if selectivity is not None else _made_table(out, "category_selectivity")
+    )
     if iou is not None and len(iou):
         report.section("Spatial selectivity by category", "Top units vs random same-layer units.")
         report.figure(plot_iou_by_category(iou))

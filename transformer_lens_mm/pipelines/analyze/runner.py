@@ -39,7 +39,6 @@ from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.data.datasets import Item, LoadedBatch, image_loader
 from transformer_lens_mm.errors import ConfigError, StoreError
 from transformer_lens_mm.pipelines.analyze.config import (
-    TABLES,
     AnalysisConfig,
     load_config,
     load_dataset,
@@ -47,26 +46,21 @@ from transformer_lens_mm.pipelines.analyze.config import (
 )
 from transformer_lens_mm.pipelines.analyze.report import analysis_report
 from transformer_lens_mm.pipelines.analyze.store import (
+    RunTables,
     check_same_run,
     check_store,
     done_batches,
     merge_shards,
     run_lock,
     write_config,
-    write_controls,
     write_merged,
+    write_parquet,
     write_shard,
     write_store_version,
 )
+from transformer_lens_mm.pipelines.experiments import controls_summary
 from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
-from transformer_lens_mm.pipelines.steps import (
-    ablation_captions_step,
-    ablation_step,
-    cross_concept_step,
-    direct_score_step,
-    knockout_step,
-    soft_prompt_step,
-)
+from transformer_lens_mm.pipelines.steps import Step, StepContext, active_steps
 
 __all__ = ["run_analysis"]
 
@@ -88,20 +82,25 @@ def _settings(config: AnalysisConfig) -> SearchSettings:
 
 
 def _analyse_batch(
-    model: MultimodalModel,
-    data: Sequence[Item],
+    ctx: StepContext,
+    steps: Sequence[Step],
     loaded: LoadedBatch,
     batch_index: int,
-    config: AnalysisConfig,
     decoded: dict,
+    seconds: dict[str, float],
+    bar: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor | None, dict[str, pd.DataFrame]]:
-    """The search and the configured steps of one batch (seeded by the batch index)."""
+    """The search and the active steps' batch work on one batch (seeded by the batch index);
+    each step's seconds are added to ``seconds`` and shown on the progress bar."""
+    config, data = ctx.config, ctx.data
     tables: dict[str, pd.DataFrame] = {}
+    t0 = time.perf_counter()
+    bar.set_postfix_str("search")
     if loaded.pixel_values is None:  # nothing in this batch could be read
-        found = search_batch(model, indices=[], unreadable=loaded.failed)
+        found = search_batch(ctx.model, indices=[], unreadable=loaded.failed)
     else:
         found = search_batch(
-            model,
+            ctx.model,
             indices=loaded.indices,
             ids=loaded.ids,
             pixel_values=loaded.pixel_values,
@@ -114,49 +113,51 @@ def _analyse_batch(
             settings=_settings(config),
             decoded=decoded,
         )
+    seconds["search"] = seconds.get("search", 0.0) + time.perf_counter() - t0
     if len(found):
-        if config.wants("ablation"):
-            tables["ablation"] = ablation_step(
-                model,
-                found,
-                ks=config.ablation_ks,
-                n_random=config.ablation_random,
-                seed=batch_index,
-                chunk_size=config.ablation_chunk,
-            )
-        if config.wants("ablation_captions"):
-            tables["ablation_captions"] = ablation_captions_step(
-                model,
-                found,
-                k=config.ablation_captions_k,
-                seeds=[batch_index * 10_007 + i for i in range(len(found))],
-                max_new_tokens=config.max_new_tokens,
-            )
-        if config.wants("soft_prompts"):
-            tables["soft_prompts"] = soft_prompt_step(
-                model, [found], seed=batch_index, k=config.soft_prompt_tokens
-            )
-        if config.wants("cross_concept"):
-            tables["cross_concept"] = cross_concept_step(
-                model,
-                found,
-                ks=config.cross_concept_ks,
-                n_random=max(config.ablation_random, 1),
-                seed=batch_index,
-                chunk_size=config.ablation_chunk,
-            )
-        if config.wants("knockout"):
-            tables["knockout"] = knockout_step(
-                model, found, window=config.knockout_window, seed=batch_index
-            )
-        if config.direct_scores:
-            direct, tables["units_direct"], tables["ranking_agreement"] = direct_score_step(
-                model, found
-            )
-            found.units["direct_score"] = direct
+        for step in steps:
+            if step.batch is None:
+                continue
+            bar.set_postfix_str(step.name)
+            t0 = time.perf_counter()
+            tables.update(step.batch(ctx, found, batch_index))
+            seconds[step.name] = seconds.get(step.name, 0.0) + time.perf_counter() - t0
     items = found.items.copy()
     items.insert(2, "batch", batch_index)
     return items, found.units, found.maps, tables
+
+
+def _has(data: Sequence[Item], what: str, n: int) -> bool:
+    """Whether the run's first items carry ``what`` (``"masks"``, ``"categories"``)."""
+    for i in range(min(n, 16)):
+        try:
+            if data[i].masks() if what == "masks" else data[i].categories:
+                return True
+        except (OSError, ValueError):  # an unreadable annotation: look at the next item
+            continue
+    return False
+
+
+def _usable_steps(
+    config: AnalysisConfig, data: Sequence[Item], n: int, strict: bool
+) -> tuple[list[Step], dict[str, str]]:
+    """The active steps whose data needs are met, and the skipped ones with the reason
+    (``strict``: a step that cannot run is an error instead)."""
+    steps, skipped = [], {}
+    for step in active_steps(config):
+        missing = [w for w in step.needs if w in ("masks", "categories") and not _has(data, w, n)]
+        if missing:
+            reason = f"the data set has no {' or '.join(missing)} (needed by {step.name})"
+            if strict:
+                raise ConfigError(
+                    f"step {step.name!r} cannot run: {reason}. Use a data set with "
+                    f"{'/'.join(missing)} (e.g. COCO with instances=...), or drop the step "
+                    "(or run without --strict to skip it)"
+                )
+            skipped[step.name] = reason
+            continue
+        steps.append(step)
+    return steps, skipped
 
 
 def run_analysis(
@@ -165,6 +166,7 @@ def run_analysis(
     model: MultimodalModel | None = None,
     data: Sequence[Item] | None = None,
     verbose: bool = True,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a dataset-scale analysis; return the summary (also ``summary.json``).
 
@@ -172,7 +174,9 @@ def run_analysis(
         config: An :class:`AnalysisConfig` or the path of a TOML/YAML config.
         model: A loaded model (default: built from ``config.model``).
         data: A data set (default: built from ``config.data``).
-        verbose: Progress bar (images/s, ETA) and the printed summary.
+        verbose: Progress bar (images/s, ETA; the step running) and the printed summary.
+        strict: A step the data cannot feed (no masks, no categories) is an error; by default
+            it is skipped and the reason written into the summary.
     """
     if not isinstance(config, AnalysisConfig):
         config = load_config(config)
@@ -181,7 +185,9 @@ def run_analysis(
         torch.distributed.init_process_group("gloo")
     out = Path(config.out)
     with _held(out, rank, world):
-        return _run(config, out, rank, world, model=model, data=data, verbose=verbose)
+        return _run(
+            config, out, rank, world, model=model, data=data, verbose=verbose, strict=strict
+        )
 
 
 @contextmanager
@@ -218,6 +224,7 @@ def _run(
     model: MultimodalModel | None,
     data: Sequence[Item] | None,
     verbose: bool,
+    strict: bool,
 ) -> dict[str, Any]:
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
@@ -240,6 +247,11 @@ def _run(
             f"{n_layers * int(model.cfg.d_mlp)} MLP units: use smaller ks"
         )
 
+    steps, not_run = _usable_steps(config, data, n, strict)
+    ctx = StepContext(model=model, config=config, data=data)
+    seconds: dict[str, float] = {}
+    log = _Log(out / "run.log", rank)
+    log.write(f"start: {n} items, steps {[s.name for s in steps]}, skipped {not_run or 'none'}")
     bs = config.batch_size
     n_batches = (n + bs - 1) // bs
     mine = [b for b in range(n_batches) if b % world == rank]
@@ -258,7 +270,7 @@ def _run(
         group = todo[s : s + config.shard_batches]
         indices = [i for b in group for i in range(b * bs, min((b + 1) * bs, n))]
         items, units, maps = [], [], []
-        tables: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
+        tables: dict[str, list[pd.DataFrame]] = {t: [] for step in steps for t in step.tables}
         loader = image_loader(
             data,
             model.image_encoder.transform,
@@ -266,8 +278,9 @@ def _run(
             batch_size=bs,
             num_workers=config.num_workers,
         )
+        before = dict(seconds)
         for b, loaded in zip(group, loader):
-            it, un, mp, tb = _analyse_batch(model, data, loaded, b, config, decoded)
+            it, un, mp, tb = _analyse_batch(ctx, steps, loaded, b, decoded, seconds, bar)
             items.append(it)
             if len(un):
                 units.append(un)
@@ -279,7 +292,6 @@ def _run(
         extra = {
             name: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
             for name, parts in tables.items()
-            if config.wants(name)
         }
         write_shard(
             shards,
@@ -289,6 +301,8 @@ def _run(
             torch.cat(maps) if maps else torch.zeros(0, 0, dtype=torch.float16),
             extra,
         )
+        spent = {k: round(v - before.get(k, 0.0), 2) for k, v in seconds.items()}
+        log.write(f"shard b{group[0]:07d}: batches {group}, {len(indices)} items, seconds {spent}")
     bar.close()
     if world > 1:
         torch.distributed.barrier()
@@ -296,7 +310,7 @@ def _run(
     if rank == 0:
         merged = merge_shards(shards)
         write_merged(out, merged)
-        controls = write_controls(out, merged.units, merged.table("cross_concept"), config)
+        run_tables = _run_steps(ctx, steps, merged, out, seconds, log, verbose)
         items_all = merged.items
         failed = items_all[items_all["failure"].notna()] if len(items_all) else items_all
         summary = {
@@ -306,12 +320,22 @@ def _run(
             "skipped_already_done": skipped,
             "seconds": round(time.perf_counter() - t0, 1),
             "failures": dict(zip(failed["item"], failed["failure"])) if len(failed) else {},
-            "controls": controls,
+            "steps": [s.name for s in steps],
+            "steps_skipped": not_run,
+            "step_seconds": {k: round(v, 2) for k, v in seconds.items()},
+            "controls": controls_summary(
+                merged.units,
+                generic=run_tables.get("generic_units"),
+                cross=merged.table("cross_concept"),
+            )
+            if len(merged.units)
+            else {},
         }
         atomic_write(
             out / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=1))
         )
         analysis_report(out, data)
+        log.write(f"done: {summary['done']} done, {summary['failed']} failed")
         if verbose:
             print(
                 f"analyze: {summary['done']} done, {summary['failed']} failed, "
@@ -321,3 +345,48 @@ def _run(
     if world > 1:
         torch.distributed.barrier()
     return summary
+
+
+def _run_steps(
+    ctx: StepContext,
+    steps: Sequence[Step],
+    merged: RunTables,
+    out: Path,
+    seconds: dict[str, float],
+    log: _Log,
+    verbose: bool,
+) -> dict[str, pd.DataFrame]:
+    """The active steps' per-run reductions over the merged tables, each table written as it
+    is made (the run's tables and the earlier steps' run tables are their input)."""
+    tables: dict[str, pd.DataFrame] = {
+        "items": merged.items,
+        "units": merged.units,
+        **merged.tables,
+    }
+    made: dict[str, pd.DataFrame] = {}
+    for step in steps:
+        if step.run is None:
+            continue
+        if verbose:
+            print(f"analyze: {step.name} over the run ...", flush=True)
+        t0 = time.perf_counter()
+        result = step.run(ctx, {**tables, **made})
+        for name, table in result.items():
+            write_parquet(out / f"{name}.parquet", table)
+        made.update(result)
+        seconds[step.name] = seconds.get(step.name, 0.0) + time.perf_counter() - t0
+        log.write(f"run step {step.name}: {round(time.perf_counter() - t0, 2)} s, {list(result)}")
+    return made
+
+
+class _Log:
+    """The run's log (``run.log``, appended by rank 0; other ranks log nothing): one line per
+    shard with each step's seconds, one per run step."""
+
+    def __init__(self, path: Path, rank: int) -> None:
+        self.path, self.rank = path, rank
+
+    def write(self, line: str) -> None:
+        if self.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")

@@ -20,9 +20,9 @@ mid-write raises :class:`~transformer_lens_mm.errors.DiskFullError` and leaves e
 shard intact.
 
 The merged run has ``items.parquet``, ``units.parquet``, ``maps.safetensors``, one parquet
-file per optional table, and the run-level controls ``generic_units.parquet`` and
-``concept_specificity.parquet`` (:func:`write_controls`); :func:`load_results` and
-:func:`load_table` read them.
+file per step table, and the steps' run tables (``generic_units.parquet``,
+``concept_specificity.parquet``, ``lens_shares.parquet``, ...: the runner writes them);
+:func:`load_results` and :func:`load_table` read them.
 
 Example:
     >>> items, units, maps = load_results("runs/coco-gptj")  # doctest: +SKIP
@@ -55,14 +55,7 @@ from safetensors.torch import load_file, save_file
 
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.errors import ConfigError, DiskFullError, MissingFileError, StoreError
-from transformer_lens_mm.pipelines.analyze.config import (
-    RUN_TABLES,
-    TABLE_SWITCHES,
-    TABLES,
-    AnalysisConfig,
-)
-from transformer_lens_mm.pipelines.experiments import controls_summary
-from transformer_lens_mm.tools.specificity import concept_specificity, generic_units
+from transformer_lens_mm.pipelines.analyze.config import AnalysisConfig, table_steps
 
 __all__ = [
     "STORE_FORMAT",
@@ -75,7 +68,6 @@ __all__ = [
     "merge_shards",
     "run_lock",
     "write_config",
-    "write_controls",
     "write_merged",
     "write_parquet",
     "write_shard",
@@ -290,9 +282,9 @@ def merge_shards(shards: Path) -> RunTables:
         if len(table):
             units.append(table)
             maps.append(m)
-        for extra in TABLES:
-            file = f"{name}-{extra}.parquet"
-            if file in entry["files"]:
+        for file in entry["files"]:  # the steps' tables: b<batch>-<table>.parquet
+            extra = file[len(name) + 1 : -len(".parquet")]
+            if file.endswith(".parquet") and extra not in ("items", "units"):
                 tables.setdefault(extra, []).append(pd.read_parquet(shards / file))
     if bad:
         for name in bad:
@@ -409,20 +401,6 @@ def run_lock(out: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def write_controls(
-    out: Path, units: pd.DataFrame, cross: pd.DataFrame | None, config: AnalysisConfig
-) -> dict:
-    """The run-level controls from the merged units (and cross-concept) tables: write the
-    ``generic_units`` and ``concept_specificity`` tables, return their numbers
-    (:func:`~transformer_lens_mm.pipelines.experiments.controls_summary`)."""
-    if not len(units):
-        return {}
-    generic = generic_units(units, min_share=config.generic_share)
-    write_parquet(out / "generic_units.parquet", generic)
-    write_parquet(out / "concept_specificity.parquet", concept_specificity(units))
-    return controls_summary(units, generic=generic, cross=cross)
-
-
 def load_results(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor]:
     """``(items, units, maps)`` of a finished run (``maps[i]`` belongs to ``units.iloc[i]``)."""
     out = Path(out)
@@ -433,19 +411,21 @@ def load_results(out: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame, to
 
 
 def load_table(out: str | os.PathLike, name: str) -> pd.DataFrame:
-    """An optional table of a finished run: ``"ablation"``, ``"ablation_captions"`` or
-    ``"soft_prompts"``.
+    """A step's table of a finished run (``"ablation"``, ``"soft_prompts"``, ``"spatial"``,
+    ``"generic_units"``, ...: :func:`~transformer_lens_mm.pipelines.analyze.config.
+    table_steps` lists them with their steps).
 
     Example:
         >>> sweep = load_table("runs/coco-gptj", "ablation")  # doctest: +SKIP
         >>> ablation_curve(sweep)  # doctest: +SKIP
     """
-    if name not in TABLES + RUN_TABLES:
-        raise ConfigError(f"table must be one of {TABLES + RUN_TABLES}, got {name!r}")
+    steps = table_steps()
+    if name not in steps:
+        raise ConfigError(f"table must be one of {sorted(steps)}, got {name!r}")
     path = Path(out) / f"{name}.parquet"
     if not path.is_file():
         raise MissingFileError(
-            f"{path} does not exist: set {TABLE_SWITCHES[name]} in the run's config and run or "
-            "resume it"
+            f"{path} does not exist: add the step {steps[name]!r} to [run] steps (or turn on "
+            "its switch) and run or resume the analysis"
         )
     return pd.read_parquet(path)

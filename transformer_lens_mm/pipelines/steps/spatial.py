@@ -1,0 +1,95 @@
+"""Spatial and category selectivity: IoU of each image's top units' patch regions with the
+mask of the object ``c`` names, against random same-layer units (the paper's Figure 5, sec.
+3.2), and the supplement's category selectivity (S.4, Figure S.2).
+
+Example:
+    >>> from transformer_lens_mm.pipelines.steps import STEPS
+    >>> STEPS["spatial"].needs, STEPS["category_selectivity"].needs
+    (('masks',), ('categories',))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pandas as pd
+
+from transformer_lens_mm.pipelines.experiments import category_selectivity, spatial_iou_by_category
+from transformer_lens_mm.pipelines.search import BatchSearch
+from transformer_lens_mm.pipelines.steps.registry import (
+    Step,
+    StepContext,
+    register_step,
+    require_usable,
+)
+
+__all__: list[str] = []
+
+
+def _spatial(ctx: StepContext, found: BatchSearch, seed: int) -> dict[str, pd.DataFrame]:
+    require_usable(found)
+    config = ctx.config
+    table = spatial_iou_by_category(
+        ctx.model,
+        ctx.items_of(found),
+        found.items,
+        found.units,
+        q=config.quantile,
+        n_random=max(config.ablation_random, 1),
+        batch_size=config.batch_size,
+        seed=seed,
+    )
+    index = {item: int(i) for item, i, _ in found.rows}
+    if len(table):
+        table.insert(1, "index", [index[item] for item in table["item"]])
+    return {"spatial": table}
+
+
+def _selectivity(ctx: StepContext, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Held-out images per class: items of the data set beyond the run's ``limit`` when there
+    are any (the paper's held-out images), else the run's own items (in-sample; noted in the
+    table's ``held_out`` column)."""
+    config, data = ctx.config, ctx.data
+    n_run = len(data) if config.limit is None else min(config.limit, len(data))
+    pool = range(n_run, len(data)) if n_run < len(data) else range(len(data))
+    per_class: dict[str, list] = {}
+    for i in pool:
+        item = data[i]
+        if item.categories and len(per_class.setdefault(item.categories[0], [])) < (
+            config.category_selectivity
+        ):
+            per_class[item.categories[0]].append(item)
+    held = [item for items in per_class.values() for item in items]
+    table = category_selectivity(
+        ctx.model, tables["units"], tables["items"], held, batch_size=config.batch_size
+    )
+    table["held_out"] = n_run < len(data)
+    return {"category_selectivity": table}
+
+
+register_step(
+    Step(
+        "spatial",
+        "IoU of each top unit's 0.95-quantile patch region with the mask of the object c "
+        "names, vs random same-layer units",
+        on=lambda c: bool(c.spatial),
+        tables=("spatial",),
+        batch=_spatial,
+        needs=("masks",),
+        forwards=lambda c, n_layers: 1,
+        paper="Figure 5, sec. 3.2",
+    )
+)
+register_step(
+    Step(
+        "category_selectivity",
+        "each class's most frequent interpretable units, their mean activation over images "
+        "of every class",
+        on=lambda c: c.category_selectivity > 0,
+        run_tables=("category_selectivity",),
+        run=_selectivity,
+        needs=("categories",),
+        forwards=lambda c, n_layers: 0,
+        paper="supplement S.4, Figure S.2",
+    )
+)
