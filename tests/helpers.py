@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -352,3 +353,86 @@ def planted_features(
 def build_native_vlm(folder: Path, kind: str = "llava", seed: int = 0, chat: bool = True) -> Path:
     """:func:`~transformer_lens_mm.data.tiny_vlms.build_tiny_vlm` (LLaVA, Gemma 3, Qwen2.5-VL)."""
     return build_tiny_vlm(folder, kind, seed=seed, chat=chat)
+
+
+METRIC_WORDS = [
+    "a",
+    "dog",
+    "cat",
+    "on",
+    "the",
+    "grass",
+    "red",
+    "ball",
+    "picture",
+    "of",
+    "blue",
+    "sky",
+]
+
+
+def build_tiny_bert(path: Path) -> Path:
+    """A tiny random BERT + word-piece tokenizer saved to ``path`` (BERTScore offline)."""
+    import transformers
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *METRIC_WORDS]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    transformers.BertModel(cfg).save_pretrained(path)
+    return path
+
+
+def build_tiny_clip(path: Path) -> Path:
+    """A tiny random CLIP + processor saved to ``path`` (CLIPScore offline)."""
+    import transformers
+
+    path.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "<|pad|>": 2}
+    for ch in letters:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\n")
+    tok = transformers.CLIPTokenizer(
+        str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|pad|>"
+    )
+    images = transformers.CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    transformers.CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = transformers.CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 24,
+            "eos_token_id": 1,
+            "bos_token_id": 0,
+            "pad_token_id": 2,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        projection_dim=16,
+    )
+    transformers.CLIPModel(cfg).save_pretrained(path)
+    return path

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import build_model
+from helpers import build_model, build_tiny_bert, build_tiny_clip
 from PIL import Image
 from pycocotools import mask as mask_utils
 from safetensors.torch import load_file
@@ -30,7 +30,7 @@ from transformer_lens_mm.pipelines.analyze.config import table_steps
 from transformer_lens_mm.pipelines.cli import main
 from transformer_lens_mm.pipelines.experiments import spatial_iou_by_category
 from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
-from transformer_lens_mm.pipelines.steps import STEPS, Step
+from transformer_lens_mm.pipelines.steps import STEPS, Step, active_steps
 from transformer_lens_mm.pipelines.steps.lenses import contextual_lens_step, logit_lens_step
 from transformer_lens_mm.tools.contextual_lens import lens_shares
 
@@ -112,14 +112,26 @@ def paper_run(lm_dirs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paper")
     data = write_coco(tmp / "coco", 16)
     model = build_model(lm_dirs["llama"], "bridge")
-    cfg = paper_config(tmp / "run", data)
+    metrics = {  # Tables 1-2's scorers: tiny random BERT and CLIP written by the test
+        "bert_model": str(build_tiny_bert(tmp / "bert")),
+        "clip_model": str(build_tiny_clip(tmp / "clip")),
+    }
+    cfg = paper_config(tmp / "run", data, **metrics)
     summary = run_analysis(cfg, model=model, verbose=False)
     return model, cfg, summary, CocoDataset(data["images"], data["captions"], data["instances"])
 
 
 def test_every_step_runs_and_writes_its_tables(paper_run):
     _, cfg, summary, _ = paper_run
-    assert summary["done"] == 8 and summary["steps"] == [s for s in STEPS if s in ALL]
+    assert summary["done"] == 8 and summary["steps"] == [s.name for s in active_steps(cfg)]
+    assert summary["steps"][:6] == [
+        "text_scores",
+        "soft_prompts",
+        "spatial",
+        "category_selectivity",
+        "ablation",
+        "ablation_captions",
+    ]  # the paper's order
     assert summary["steps_skipped"] == {}
     for table, step in table_steps().items():
         got = load_table(cfg.out, table)
@@ -183,6 +195,19 @@ def test_the_new_steps_equal_their_tools_called_directly(paper_run):
     sel = load_table(cfg.out, "category_selectivity")
     assert sel["held_out"].all()  # items 8..15 are not in the run (limit = 8)
 
+    from transformer_lens_mm.pipelines.analyze import load_results
+    from transformer_lens_mm.pipelines.experiments import unit_decoding_scores
+    from transformer_lens_mm.tools.metrics import bert_scorer, clip_scorer
+
+    items, units, _ = load_results(cfg.out)
+    bert, clip = bert_scorer(cfg.bert_model), clip_scorer(cfg.clip_model)
+    want = unit_decoding_scores(units, data, bert=bert, clip=clip, items=items)
+    got = load_table(cfg.out, "decoding_scores")
+    pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-5)
+    assert {"bertscore", "clipscore_random_pair"} <= set(got.columns)
+    ks = load_table(cfg.out, "soft_prompt_ks")
+    assert set(ks["metric"]) == {"clipscore", "bertscore"} and ks["pvalue"].between(0, 1).all()
+
 
 def test_a_data_set_without_masks_skips_the_step_or_refuses_it(paper_run, tmp_path):
     model, _, _, _ = paper_run
@@ -190,7 +215,7 @@ def test_a_data_set_without_masks_skips_the_step_or_refuses_it(paper_run, tmp_pa
     data.pop("instances")  # captions only: no masks, no categories
     cfg = paper_config(tmp_path / "run", data, steps=["spatial", "ablation"], limit=None)
     summary = run_analysis(cfg, model=model, verbose=False)
-    assert summary["steps"] == ["ablation", "controls"]
+    assert summary["steps"] == ["ablation", "controls"]  # controls: always
     assert "no masks" in summary["steps_skipped"]["spatial"]
     strict = paper_config(tmp_path / "strict", data, steps=["spatial"], limit=None)
     with pytest.raises(ConfigError, match="step 'spatial' cannot run: the data set has no masks"):
@@ -233,7 +258,7 @@ SCRIPT = """
 import json, sys, torch
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
-from helpers import build_model
+from helpers import build_model, build_tiny_bert, build_tiny_clip
 from test_paper_run import paper_config
 model = build_model({lm!r}, "bridge")
 run_analysis = __import__("transformer_lens_mm.pipelines.analyze", fromlist=["x"]).run_analysis
@@ -277,3 +302,58 @@ def test_every_step_survives_sigkill_and_equals_two_torchrun_ranks(lm_dirs, tmp_
     _same_tables(tmp_path / "one", tmp_path / "two")
     maps = [load_file(tmp_path / run / "maps.safetensors")["maps"] for run in ("one", "two")]
     assert maps[0].shape[0] == 24 * 5 and torch.equal(*maps)
+
+
+def test_a_run_step_that_fails_is_recorded_and_the_run_kept(paper_run, tmp_path):
+    """A metric model that cannot load fails the text_scores step after the merge: the run's
+    tables stay, the reason is in the summary; --strict raises it."""
+    model, _, _, _ = paper_run
+    data = write_coco(tmp_path / "coco", 4)
+    missing = str(tmp_path / "no-such-bert")
+    cfg = paper_config(tmp_path / "run", data, steps=["text_scores"], limit=None,
+                       bert_model=missing, clip_model=None)  # fmt: skip
+    summary = run_analysis(cfg, model=model, verbose=False)
+    assert summary["done"] == 4 and "no-such-bert" in summary["steps_failed"]["text_scores"]
+    assert len(load_table(cfg.out, "generic_units"))  # the other run steps still ran
+    from transformer_lens_mm.errors import MetricModelError
+
+    with pytest.raises(MetricModelError, match="no-such-bert"):
+        run_analysis(cfg, model=model, verbose=False, strict=True)
+
+
+def test_the_report_sets_the_papers_results_beside_the_runs(paper_run):
+    _, cfg, _, _ = paper_run
+    from transformer_lens_mm.pipelines.analyze.report import paper_comparison
+
+    table = paper_comparison(cfg.out)
+    where = dict(zip(table["what"].str.slice(0, 30), table["where"]))
+    assert {"Table 1", "Table 2", "sec. 2.2", "sec. 3.1", "sec. 3.3"} <= set(where.values())
+    row = table[table["where"] == "Figure 5, sec. 3.2"].iloc[0]
+    assert row["paper"] == "12 of 12" and row["this run"].endswith("of 4")
+    sweep = load_table(cfg.out, "ablation")
+    top = sweep[(sweep["kind"] == "top") & (sweep["k"] == 8)].groupby("item")["rel_p"].mean()
+    lost = table[table["what"].str.startswith("p(c) lost with the top")]["this run"].iloc[0]
+    assert lost == f"{100 * (1 - top.mean()):.1f}% on average (k = 8)"
+    page = (Path(cfg.out) / "report.html").read_text()
+    assert "The paper vs this run" in page and "Spatial selectivity by category" in page
+    assert "Category selectivity" in page and "Decodings vs captions" in page
+
+
+def test_the_run_report_loads_in_a_browser_with_every_figure(paper_run, tmp_path):
+    from test_report_in_browser import BROWSER, load_in_browser
+
+    if BROWSER is None:
+        pytest.skip("apt install chromium")
+    _, cfg, _, _ = paper_run
+    page = Path(cfg.out) / "report.html"
+    dom, log = load_in_browser(page, tmp_path)
+    assert "TLMM-CONSOLE" not in log, [line for line in log.splitlines() if "TLMM" in line]
+    assert "Uncaught" not in log
+    figures = page.read_text().count('class="plotly-graph-div"')
+    assert figures >= 9 and dom.count('class="main-svg"') >= figures
+    # sections in the paper's order, then ours
+    order = ["The paper vs this run", "Decodings vs captions", "Soft prompts (Table 2",
+             "Spatial selectivity", "Category selectivity", "Ablation (Figure 6",
+             "Generic vs concept-specific", "Attention knockout"]  # fmt: skip
+    where = [dom.index(title) for title in order]
+    assert where == sorted(where)

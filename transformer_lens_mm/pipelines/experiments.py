@@ -405,8 +405,9 @@ def soft_prompt_summary(soft: pd.DataFrame, *, ci: float = 0.95) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def _text_of(tokens: Sequence[str]) -> str:
-    return " ".join(t.strip() for t in tokens if t.strip())
+def _text_of(tokens: Sequence[str] | np.ndarray) -> str:
+    """A unit's decoded tokens as one text (a list, or the array a parquet round trip gives)."""
+    return " ".join(str(t).strip() for t in tokens if str(t).strip())
 
 
 def unit_decoding_texts(units: pd.DataFrame, *, interpretable_only: bool = True) -> pd.Series:

@@ -1,82 +1,27 @@
 """BERTScore/CLIPScore scorers: loaded from local folders the test writes (tiny random models),
 checked against the metrics computed by hand from the same models."""
 
-import json
 import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import build_tiny_bert, build_tiny_clip
 
 from transformer_lens_mm.tools.metrics import MetricModelError, bert_scorer, clip_scorer
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("torchmetrics")
 
-WORDS = ["a", "dog", "cat", "on", "the", "grass", "red", "ball", "picture", "of", "blue", "sky"]
-
 
 @pytest.fixture(scope="module")
 def bert_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    transformers.BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    transformers.BertModel(cfg).save_pretrained(path)
-    return path
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-clip")
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "<|pad|>": 2}
-    for ch in letters:
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (path / "vocab.json").write_text(json.dumps(vocab))
-    (path / "merges.txt").write_text("#version: 0.2\n")
-    tok = transformers.CLIPTokenizer(
-        str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|pad|>"
-    )
-    images = transformers.CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
-    transformers.CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(path)
-    torch.manual_seed(0)
-    cfg = transformers.CLIPConfig(
-        text_config={
-            "vocab_size": len(vocab),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 24,
-            "eos_token_id": 1,
-            "bos_token_id": 0,
-            "pad_token_id": 2,
-        },
-        vision_config={
-            "image_size": 32,
-            "patch_size": 8,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-        },
-        projection_dim=16,
-    )
-    transformers.CLIPModel(cfg).save_pretrained(path)
-    return path
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 def _bert_f1_by_hand(model, tok, pred: str, ref: str, layer: int) -> float:

@@ -64,6 +64,8 @@ STEP_DEFAULTS: dict[str, dict[str, Any]] = {
     "spatial": {"spatial": True},
     "category_selectivity": {"category_selectivity": 10},
     "target_ranks": {"target_ranks": True},
+    # tools.metrics' defaults (the paper does not name its BERTScore model)
+    "text_scores": {"bert_model": "roberta-large", "clip_model": "openai/clip-vit-large-patch14"},
 }
 
 
@@ -117,6 +119,9 @@ class AnalysisConfig:
     spatial: bool = False  # IoU of top units' regions with the mask of c's object (masks)
     quantile: float = REGION_QUANTILE  # the region of a patch map: above this quantile
     category_selectivity: int = 0  # held-out images per class (0: off; needs categories)
+    # Tables 1 and 2 scored by BERTScore / CLIPScore (hub names or local folders; None: off)
+    bert_model: str | None = None
+    clip_model: str | None = None
     # the experiments to run (names of the step registry); None: every step whose switch is on
     steps: list[str] | None = None
     # a unit top for the images of more than this share of the concepts is generic

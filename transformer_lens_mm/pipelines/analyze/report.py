@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from transformer_lens_mm.core.paper import PAPER_RESULTS
 from transformer_lens_mm.data.datasets import Item
 from transformer_lens_mm.pipelines.analyze.store import load_results, load_table
 from transformer_lens_mm.pipelines.experiments import (
@@ -37,7 +38,7 @@ from transformer_lens_mm.tools.ablation import ablation_curve
 from transformer_lens_mm.tools.knockout import knockout_curve
 from transformer_lens_mm.tools.specificity import specificity_ratio
 
-__all__ = ["analysis_report"]
+__all__ = ["analysis_report", "paper_comparison"]
 
 
 def _made_table(out: Path, name: str) -> pd.DataFrame | None:
@@ -46,6 +47,71 @@ def _made_table(out: Path, name: str) -> pd.DataFrame | None:
         return None
     table = load_table(out, name)
     return table if len(table) else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def paper_comparison(out: str | Path) -> pd.DataFrame:
+    """The paper's reported results beside this run's, one row per quantity the run measured
+    (``what``, ``paper``, ``where`` in the paper, ``this run``), from the run's tables.
+
+    Example:
+        >>> paper_comparison("runs/coco-gptj")  # doctest: +SKIP
+    """
+    out = Path(out)
+    _, units, _ = load_results(out)
+    ours: dict[str, str] = {}
+    if len(units) and "interpretable" in units:
+        ours["interpretable_share"] = _pct(float(units["interpretable"].mean()))
+    if len(units):
+        layers = units["layer"].astype(int)
+        lo, hi = layers.quantile(0.25), layers.quantile(0.75)
+        ours["top_layers"] = (
+            f"half of top entries in layers {lo:g}-{hi:g} (median {layers.median():g})"
+        )
+    scores = _made_table(out, "decoding_scores")
+    if scores is not None:
+        for metric in ("bertscore", "clipscore"):
+            if metric in scores:
+                fmt = "{:.4f}" if metric == "bertscore" else "{:.2f}"
+                ours[f"{metric}_units"] = fmt.format(scores[metric].mean())
+                ours[f"{metric}_units_random"] = fmt.format(scores[f"{metric}_random_pair"].mean())
+    soft = _made_table(out, "soft_prompt_scores")
+    if soft is not None:
+        for metric in ("bertscore", "clipscore"):
+            if metric in soft:
+                fmt = "{:.4f}" if metric == "bertscore" else "{:.2f}"
+                means = soft.groupby("kind")[metric].mean()
+                ours[f"{metric}_prompts"] = fmt.format(means.get("image", float("nan")))
+                ours[f"{metric}_prompts_random"] = fmt.format(means.get("random", float("nan")))
+    ks = _made_table(out, "soft_prompt_ks")
+    if ks is not None and (ks["metric"] == "clipscore").any():
+        row = ks[ks["metric"] == "clipscore"].iloc[0]
+        ours["prompts_ks"] = f"D = {row['statistic']:.3f}, p = {row['pvalue']:.3g}"
+    spatial = _made_table(out, "spatial")
+    if spatial is not None and "category" in spatial:
+        means = spatial.groupby(["category", "kind"])["iou"].mean().unstack()
+        if {"top", "random"} <= set(means.columns):
+            better = int((means["top"] > means["random"]).sum())
+            ours["iou_top_beats_random"] = f"{better} of {len(means)}"
+    sweep = _made_table(out, "ablation")
+    if sweep is not None:
+        curve = ablation_curve(sweep, by="item")
+        k = int(curve["k"].max())
+        for kind in ("top", "random"):
+            rows = curve[(curve["kind"] == kind) & (curve["k"] == k)]
+            if len(rows):
+                lost = 1 - float(rows["mean"].iloc[0])
+                ours[f"ablation_{kind}"] = f"{_pct(lost)} on average (k = {k})"
+    return pd.DataFrame(
+        [
+            {"what": what, "paper": value, "where": where, "this run": ours[key]}
+            for key, (what, value, where) in PAPER_RESULTS.items()
+            if key in ours
+        ]
+    )
 
 
 def analysis_report(
@@ -83,10 +149,20 @@ def analysis_report(
     items, units, maps = load_results(out)
     summary = json.loads((out / "summary.json").read_text())
     report = Report(f"Multimodal-neuron analysis: {out.name}")
-    skip = ("failures", "controls", "step_seconds", "steps_skipped")
+    skip = ("failures", "controls", "step_seconds", "steps_skipped", "steps_failed")
     report.key_values({k: v for k, v in summary.items() if k not in skip})
     if summary.get("steps_skipped"):
         report.key_values({f"skipped: {k}": v for k, v in summary["steps_skipped"].items()})
+    if summary.get("steps_failed"):
+        report.key_values({f"failed: {k}": v for k, v in summary["steps_failed"].items()})
+    comparison = paper_comparison(out)
+    if len(comparison):
+        report.section(
+            "The paper vs this run",
+            "Each result the paper reports (GPT-J-6B + LiMBeR-BEiT on COCO val2017, arXiv "
+            "2308.01544v2; where in the paper) beside the same quantity measured by this run.",
+        )
+        report.table(comparison)
     report.section("Items", "Caption, target token c (first noun) and failure of every item.")
     report.table(items, max_rows=100, collapsed="Items")
     if len(units):
@@ -122,6 +198,74 @@ def analysis_report(
                 n_cards=n_cards,
             )
         )
+    if text_scores is None:
+        text_scores = {
+            label: table
+            for label, name in (("best unit decodings", "decoding_scores"),
+                                ("soft prompts", "soft_prompt_scores"))
+            if (table := _made_table(out, name)) is not None
+        }  # fmt: skip
+    if text_scores:
+        report.section(
+            "Decodings vs captions (Table 1, sec. 2.2; Table 2, sec. 3.1)",
+            "BERTScore against the image's captions and CLIPScore against the image, vs random "
+            "re-pairings of images and decodings (soft prompts: vs random vectors; KS test).",
+        )
+        rows = {}
+        for label, table in text_scores.items():
+            numbers = table.drop(columns=["item", "text", "caption", "patch"], errors="ignore")
+            if "kind" in numbers:  # soft prompts: the image's vectors vs random vectors
+                for kind, part in numbers.groupby("kind"):
+                    rows[f"{label} ({kind})"] = part.mean(numeric_only=True)
+            else:
+                rows[label] = numbers.mean(numeric_only=True)
+        report.table(pd.DataFrame(rows).T.round(4).reset_index(names="texts"))
+        ks = _made_table(out, "soft_prompt_ks")
+        if ks is not None:
+            report.table(ks.round(4))
+    soft = _made_table(out, "soft_prompts")
+    if soft is not None:
+        report.section(
+            "Soft prompts (Table 2, sec. 3.1)",
+            "Nearest vocabulary tokens (cosine) of every soft-prompt vector vs as many random "
+            "vectors with the same norms.",
+        )
+        report.figure(plot_soft_prompts(soft))
+        report.table(soft_prompt_summary(soft).round(4))
+    iou = iou if iou is not None else _made_table(out, "spatial")
+    selectivity = (
+        selectivity if selectivity is not None else _made_table(out, "category_selectivity")
+    )
+    if iou is not None and len(iou):
+        report.section(
+            "Spatial selectivity by category (Figure 5, sec. 3.2)",
+            "IoU of each top unit's 0.95-quantile region with the mask of c's object, vs random "
+            "same-layer units.",
+        )
+        report.figure(plot_iou_by_category(iou))
+        report.table(iou.groupby(["category", "kind"])["iou"].agg(["mean", "count"]).reset_index())
+    if selectivity is not None and len(selectivity):
+        report.section("Category selectivity (supplement S.4)")
+        report.figure(plot_category_selectivity(selectivity))
+    sweep = _made_table(out, "ablation")
+    if sweep is not None:
+        report.section(
+            "Ablation (Figure 6, sec. 3.3)",
+            "p(c) kept (over the unablated p(c)) when each image's top-k units are zeroed at "
+            "the image positions, vs k random units of the same layers; 95% intervals over "
+            "images.",
+        )
+        report.figure(plot_ablation_curves(sweep, by="item"))
+        report.table(ablation_curve(sweep, by="item").round(4))
+    caps = _made_table(out, "ablation_captions")
+    if caps is not None:
+        report.section(
+            "Captions under ablation (Figure 6, sec. 3.3)",
+            f"Greedy captions with each image's top-{int(caps['k'].max())} units zeroed at "
+            "the image positions, vs as many random units of the same layers.",
+        )
+        report.table(ablation_caption_summary(caps).round(4))
+        report.table(caps.drop(columns=["index"]), max_rows=30)
     generic = _made_table(out, "generic_units")
     cross = _made_table(out, "cross_concept")
     if generic is not None:
@@ -154,70 +298,6 @@ def analysis_report(
         )
         report.figure(plot_cross_concept(cross))
         report.table(specificity_ratio(cross).round(4))
-    sweep = _made_table(out, "ablation")
-    if sweep is not None:
-        report.section(
-            "Ablation",
-            "p(c) kept (over the unablated p(c)) when each image's top-k units are zeroed at "
-            "the image positions, vs k random units of the same layers; 95% intervals over "
-            "images.",
-        )
-        report.figure(plot_ablation_curves(sweep, by="item"))
-        report.table(ablation_curve(sweep, by="item").round(4))
-    knockout = _made_table(out, "knockout")
-    if knockout is not None:
-        report.section(
-            "Attention knockout",
-            "p(c) when the position that predicts c may not attend to the image positions in a "
-            "window of layers, over p(c) without the cut (1 = no effect), vs the same cut from "
-            "as many random positions.",
-        )
-        report.figure(plot_knockout(knockout))
-        report.table(knockout_curve(knockout).round(4))
-    caps = _made_table(out, "ablation_captions")
-    if caps is not None:
-        report.section(
-            "Captions under ablation",
-            f"Greedy captions with each image's top-{int(caps['k'].max())} units zeroed at "
-            "the image positions, vs as many random units of the same layers.",
-        )
-        report.table(ablation_caption_summary(caps).round(4))
-        report.table(caps.drop(columns=["index"]), max_rows=30)
-    soft = _made_table(out, "soft_prompts")
-    if soft is not None:
-        report.section(
-            "Soft prompts",
-            "Nearest vocabulary tokens (cosine) of every soft-prompt vector vs as many random "
-            "vectors with the same norms.",
-        )
-        report.figure(plot_soft_prompts(soft))
-        report.table(soft_prompt_summary(soft).round(4))
-    if text_scores:
-        report.section("Decodings vs captions", "BERTScore/CLIPScore vs re-paired captions.")
-        report.table(
-            pd.DataFrame(
-                {
-                    label: table.drop(columns=["item", "text", "caption"]).mean()
-                    for label, table in text_scores.items()
-                }
-            )
-            .T.round(4)
-            .reset_index(names="texts")
-        )
-    shares = _made_table(out, "lens_shares")
-    lens = _made_table(out, "logit_lens")
-    if lens is not None or shares is not None:
-        report.section(
-            "Where c appears, layer by layer",
-            "The logit lens of c at the position that predicts it (median probability of c "
-            "after every block over images), and the share of image tokens whose 5 "
-            "nearest tokens name c by the contextual, logit and embedding lenses, vs random "
-            "vectors matched to the image tokens.",
-        )
-        if lens is not None:
-            report.figure(plot_lens_by_layer(lens))
-        if shares is not None:
-            report.figure(plot_lens_shares(shares))
     effects = _made_table(out, "unit_effects")
     if effects is not None:
         report.section(
@@ -241,15 +321,28 @@ def analysis_report(
             .round(2)
             .reset_index()
         )
-    iou = iou if iou is not None else _made_table(out, "spatial")
-    selectivity = (
-        selectivity if selectivity is not None else _made_table(out, "category_selectivity")
-    )
-    if iou is not None and len(iou):
-        report.section("Spatial selectivity by category", "Top units vs random same-layer units.")
-        report.figure(plot_iou_by_category(iou))
-        report.table(iou.groupby(["category", "kind"])["iou"].agg(["mean", "count"]).reset_index())
-    if selectivity is not None and len(selectivity):
-        report.section("Category selectivity")
-        report.figure(plot_category_selectivity(selectivity))
+    shares = _made_table(out, "lens_shares")
+    lens = _made_table(out, "logit_lens")
+    if lens is not None or shares is not None:
+        report.section(
+            "Where c appears, layer by layer",
+            "The logit lens of c at the position that predicts it (median probability of c "
+            "after every block over images), and the share of image tokens whose 5 "
+            "nearest tokens name c by the contextual, logit and embedding lenses, vs random "
+            "vectors matched to the image tokens.",
+        )
+        if lens is not None:
+            report.figure(plot_lens_by_layer(lens))
+        if shares is not None:
+            report.figure(plot_lens_shares(shares))
+    knockout = _made_table(out, "knockout")
+    if knockout is not None:
+        report.section(
+            "Attention knockout",
+            "p(c) when the position that predicts c may not attend to the image positions in a "
+            "window of layers, over p(c) without the cut (1 = no effect), vs the same cut from "
+            "as many random positions.",
+        )
+        report.figure(plot_knockout(knockout))
+        report.table(knockout_curve(knockout).round(4))
     return report.write(out / "report.html")

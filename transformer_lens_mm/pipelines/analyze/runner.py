@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.data.datasets import Item, LoadedBatch, image_loader
-from transformer_lens_mm.errors import ConfigError, StoreError
+from transformer_lens_mm.errors import ConfigError, StoreError, TLMMError
 from transformer_lens_mm.pipelines.analyze.config import (
     AnalysisConfig,
     load_config,
@@ -310,7 +310,10 @@ def _run(
     if rank == 0:
         merged = merge_shards(shards)
         write_merged(out, merged)
-        run_tables = _run_steps(ctx, steps, merged, out, seconds, log, verbose)
+        step_failures: dict[str, str] = {}
+        run_tables = _run_steps(
+            ctx, steps, merged, out, seconds, log, verbose, strict, step_failures
+        )
         items_all = merged.items
         failed = items_all[items_all["failure"].notna()] if len(items_all) else items_all
         summary = {
@@ -322,6 +325,7 @@ def _run(
             "failures": dict(zip(failed["item"], failed["failure"])) if len(failed) else {},
             "steps": [s.name for s in steps],
             "steps_skipped": not_run,
+            "steps_failed": step_failures,
             "step_seconds": {k: round(v, 2) for k, v in seconds.items()},
             "controls": controls_summary(
                 merged.units,
@@ -355,9 +359,13 @@ def _run_steps(
     seconds: dict[str, float],
     log: _Log,
     verbose: bool,
+    strict: bool,
+    failed: dict[str, str],
 ) -> dict[str, pd.DataFrame]:
     """The active steps' per-run reductions over the merged tables, each table written as it
-    is made (the run's tables and the earlier steps' run tables are their input)."""
+    is made (the run's tables and the earlier steps' run tables are their input). A step that
+    raises a :class:`~transformer_lens_mm.errors.TLMMError` (a metric model that cannot load)
+    is recorded in ``failed`` and the others still run; ``strict`` re-raises."""
     tables: dict[str, pd.DataFrame] = {
         "items": merged.items,
         "units": merged.units,
@@ -370,7 +378,14 @@ def _run_steps(
         if verbose:
             print(f"analyze: {step.name} over the run ...", flush=True)
         t0 = time.perf_counter()
-        result = step.run(ctx, {**tables, **made})
+        try:
+            result = step.run(ctx, {**tables, **made})
+        except TLMMError as e:  # the merged run is kept; the step's reason goes in the summary
+            if strict:
+                raise
+            failed[step.name] = str(e)
+            log.write(f"run step {step.name} failed: {e}")
+            continue
         for name, table in result.items():
             write_parquet(out / f"{name}.parquet", table)
         made.update(result)

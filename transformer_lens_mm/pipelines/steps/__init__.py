@@ -5,7 +5,8 @@ schema out: ``item``, ``index``, ``target`` in front) and registers the step
 (:mod:`~transformer_lens_mm.pipelines.steps.registry`): ``ablation``, ``ablation_captions``,
 ``cross_concept``, ``unit_effects`` (:mod:`.ablation`), ``soft_prompts``, ``direct_scores``,
 ``knockout``, ``logit_lens``, ``contextual_lens`` (:mod:`.lenses`), ``spatial``,
-``category_selectivity`` (:mod:`.spatial`), ``controls``, ``target_ranks`` (:mod:`.controls`).
+``category_selectivity`` (:mod:`.spatial`), ``controls``, ``target_ranks`` (:mod:`.controls`),
+``text_scores`` (:mod:`.text_scores`).
 A new step: one module here calling ``register_step``, and one import line below.
 
 Example:
@@ -22,6 +23,7 @@ from transformer_lens_mm.pipelines.steps import knockout as knockout
 from transformer_lens_mm.pipelines.steps import lenses as lenses
 from transformer_lens_mm.pipelines.steps import soft_prompts as soft_prompts
 from transformer_lens_mm.pipelines.steps import spatial as spatial
+from transformer_lens_mm.pipelines.steps import text_scores as text_scores
 from transformer_lens_mm.pipelines.steps.ablation import (
     ablation_captions_step,
     ablation_step,

@@ -232,6 +232,7 @@ register_step(
         "ablation",
         "p(c) with each image's top-k units zeroed at the image positions vs k random units "
         "of the same layers, for every k",
+        order=5,
         on=lambda c: bool(c.ablation_ks),
         tables=("ablation",),
         batch=lambda ctx, found, seed: {
@@ -254,6 +255,7 @@ register_step(
     Step(
         "ablation_captions",
         "captions regenerated with each image's top-k units zeroed, and with k random units",
+        order=6,
         on=lambda c: c.ablation_captions_k > 0,
         tables=("ablation_captions",),
         batch=lambda ctx, found, seed: {
@@ -274,6 +276,7 @@ register_step(
         "cross_concept",
         "each image's top-k units zeroed on the batch's images of other concepts vs random "
         "units (is a unit specific to its concept?)",
+        order=11,
         on=lambda c: bool(c.cross_concept_ks),
         tables=("cross_concept",),
         batch=lambda ctx, found, seed: {
@@ -296,6 +299,7 @@ register_step(
         "unit_effects",
         "p(c) with one of each image's best units zeroed (one at a time) vs one random unit "
         "of the same layer",
+        order=12,
         on=lambda c: c.unit_effects > 0,
         tables=("unit_effects",),
         batch=lambda ctx, found, seed: {

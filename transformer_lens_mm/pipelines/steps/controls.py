@@ -45,6 +45,7 @@ register_step(
     Step(
         "controls",
         "generic units (top for the images of most concepts) and per-concept specificity",
+        order=10,
         on=lambda c: True,
         run_tables=("generic_units", "concept_specificity"),
         run=_controls,
@@ -55,6 +56,7 @@ register_step(
     Step(
         "target_ranks",
         "where c ranks in the decodings of each image's top units vs random same-layer units",
+        order=13,
         on=lambda c: bool(c.target_ranks),
         tables=("target_ranks",),
         batch=_target_ranks,

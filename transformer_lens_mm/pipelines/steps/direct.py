@@ -98,6 +98,7 @@ register_step(
         "direct_scores",
         "the gradient-free direct score beside the attribution (units.direct_score), each "
         "image's top-k by it, and how the two rankings agree",
+        order=14,
         on=lambda c: bool(c.direct_scores),
         tables=("units_direct", "ranking_agreement"),
         batch=_direct,

@@ -56,6 +56,7 @@ register_step(
     Step(
         "knockout",
         "image -> last attention cut in windows of layers vs random position groups",
+        order=17,
         on=lambda c: c.knockout_window > 0,
         tables=("knockout",),
         batch=lambda ctx, found, seed: {

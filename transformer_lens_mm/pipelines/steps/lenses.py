@@ -90,6 +90,7 @@ register_step(
     Step(
         "logit_lens",
         "p(c) and the top tokens after every block at the position that predicts c",
+        order=15,
         on=lambda c: bool(c.logit_lens),
         tables=("logit_lens",),
         batch=lambda ctx, found, seed: {"logit_lens": logit_lens_step(ctx.model, found)},
@@ -101,6 +102,7 @@ register_step(
         "contextual_lens",
         "share of image tokens whose nearest contextual text representations name c, per "
         "layer, beside the logit and embedding lenses and random vectors",
+        order=16,
         on=lambda c: c.lens_every > 0,
         tables=("lens_counts",),
         batch=_lens_counts,

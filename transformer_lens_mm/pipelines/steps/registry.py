@@ -83,6 +83,8 @@ class Step:
             model's number of layers (``None`` when not known without loading it).
         paper: Where the paper has this experiment (empty: ours).
         always: Runs in every run, listed in ``steps`` or not (the controls).
+        order: Where the step comes in listings and reports: the paper's order first (its
+            sections), then ours.
     """
 
     name: str
@@ -96,6 +98,7 @@ class Step:
     forwards: Callable[[Any, int | None], float | None] = lambda config, n_layers: 0.0
     paper: str = ""
     always: bool = False
+    order: int = 100
 
 
 STEPS: dict[str, Step] = {}
@@ -129,12 +132,13 @@ def active_steps(config: Any) -> list[Step]:
             not run (naming the step that produces it).
     """
     names = getattr(config, "steps", None)
+    ordered = sorted(STEPS.values(), key=lambda s: s.order)
     if names is None:
-        return [s for s in STEPS.values() if s.on(config)]
+        return [s for s in ordered if s.on(config)]
     unknown = [n for n in names if n not in STEPS]
     if unknown:
         raise ConfigError(f"unknown steps {unknown}; the steps are {sorted(STEPS)}")
-    chosen = [s for s in STEPS.values() if s.name in names or s.always]
+    chosen = [s for s in ordered if s.name in names or s.always]
     for step in chosen:
         for need in step.needs:
             if need in STEPS and need not in names:

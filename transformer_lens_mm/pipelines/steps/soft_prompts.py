@@ -63,6 +63,7 @@ register_step(
         "soft_prompts",
         "nearest vocabulary tokens of every soft-prompt vector vs as many norm-matched random "
         "vectors",
+        order=2,
         on=lambda c: bool(c.soft_prompts),
         tables=("soft_prompts",),
         batch=lambda ctx, found, seed: {

@@ -72,6 +72,7 @@ register_step(
         "spatial",
         "IoU of each top unit's 0.95-quantile patch region with the mask of the object c "
         "names, vs random same-layer units",
+        order=3,
         on=lambda c: bool(c.spatial),
         tables=("spatial",),
         batch=_spatial,
@@ -85,6 +86,7 @@ register_step(
         "category_selectivity",
         "each class's most frequent interpretable units, their mean activation over images "
         "of every class",
+        order=4,
         on=lambda c: c.category_selectivity > 0,
         run_tables=("category_selectivity",),
         run=_selectivity,
