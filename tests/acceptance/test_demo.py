@@ -1,6 +1,7 @@
 """`tlmm demo` and `tlmm analyze` from the command line: the output-folder rules, and missing or
 corrupt weight packages reported with the command that fixes them."""
 
+import pandas as pd
 import pytest
 
 from transformer_lens_mm.data import pretrained
@@ -102,3 +103,16 @@ def test_the_demo_runs_any_model_and_its_report_names_it(lm_dirs, tmp_path):
     assert "<title>Multimodal neurons in tiny-llama (tlmm demo)</title>" in page
     assert "SmolLM2" not in page and "EfficientNet" not in page
     assert "4x4 = 16 patch tokens" in page
+    # typed tables read back equal what the run kept; the printed summary survives an
+    # undefined specificity ratio (no cross-concept drop on a random tiny model)
+    from transformer_lens_mm.pipelines.demo.summary import summary_text
+    from transformer_lens_mm.pipelines.demo.tables import DemoTables
+
+    tables = DemoTables.read(tmp_path / "demo")
+    assert len(tables.units) == len(pd.read_csv(tmp_path / "demo" / "units.csv"))
+    ratios = summary["controls"]["specificity_ratio"]
+    ratios[next(iter(ratios))]["ratio"] = None
+    assert "undefined: no cross-concept drop" in summary_text(summary)
+    assert "The paper vs this run" in page and "sec. 3.3" in page
+    log = (tmp_path / "demo" / "run.log").read_text()
+    assert "search:" in log and "unit effects:" in log

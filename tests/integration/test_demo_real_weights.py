@@ -47,7 +47,7 @@ def test_reduced_demo_on_real_weights(tmp_path):
     assert "Multimodal neurons in SmolLM2-135M-Instruct" in page and "tf_efficientnet_lite0" in page
     # the shipped projection captions held-out scenes; the photos are analysed too
     assert summary["n_images"] == 8 and summary["n_scenes"] == 4
-    assert summary["captions"]["scenes_shape_right"] >= 0.75
+    assert summary["captions"]["scenes_object_right"] >= 0.75
     # ablating each image's top units lowers p(c) more than as many random same-layer units
     top, rnd = summary["ablation_rel_p"]["top"], summary["ablation_rel_p"]["random"]
     assert top["100"] < rnd["100"] and top["25"] < rnd["25"]

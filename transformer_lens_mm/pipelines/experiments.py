@@ -41,9 +41,10 @@ import pandas as pd
 import torch
 
 from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
-from transformer_lens_mm.core.paper import CATEGORY_UNITS, REGION_QUANTILE
+from transformer_lens_mm.core.paper import CATEGORY_UNITS, PAPER_RESULTS, REGION_QUANTILE
 from transformer_lens_mm.data.datasets import Item
 from transformer_lens_mm.errors import TableError
+from transformer_lens_mm.tools.ablation import ablation_curve
 from transformer_lens_mm.tools.decoding import unit_token_ranks, vocab_mask
 from transformer_lens_mm.tools.readout import readout_for
 from transformer_lens_mm.tools.spatial import (
@@ -63,6 +64,7 @@ __all__ = [
     "controls_summary",
     "decoding_target_ranks",
     "layer_distribution",
+    "paper_comparison_table",
     "score_texts",
     "selectivity_by_class",
     "soft_prompt_ks",
@@ -687,6 +689,75 @@ def soft_prompt_ks(
         "n_image": len(values["image"]),
         "n_random": len(values["random"]),
     }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def paper_comparison_table(units: pd.DataFrame, tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The paper's reported results (:data:`~transformer_lens_mm.core.paper.PAPER_RESULTS`)
+    beside a run's, one row per quantity the run measured: ``what``, ``paper``, ``where`` (in
+    the paper), ``this run``.
+
+    Args:
+        units: The run's top-k table.
+        tables: The run's other tables by name (``decoding_scores``, ``soft_prompt_scores``,
+            ``soft_prompt_ks``, ``spatial``, ``ablation``; each optional).
+
+    Example:
+        >>> paper_comparison_table(units, {"ablation": sweep})  # doctest: +SKIP
+    """
+    ours: dict[str, str] = {}
+    if len(units) and "interpretable" in units:
+        ours["interpretable_share"] = _pct(float(units["interpretable"].mean()))
+    if len(units):
+        layers = units["layer"].astype(int)
+        lo, hi = layers.quantile(0.25), layers.quantile(0.75)
+        ours["top_layers"] = (
+            f"half of top entries in layers {lo:g}-{hi:g} (median {layers.median():g})"
+        )
+    scores = tables.get("decoding_scores")
+    if scores is not None and len(scores):
+        for metric in ("bertscore", "clipscore"):
+            if metric in scores:
+                fmt = "{:.4f}" if metric == "bertscore" else "{:.2f}"
+                ours[f"{metric}_units"] = fmt.format(scores[metric].mean())
+                ours[f"{metric}_units_random"] = fmt.format(scores[f"{metric}_random_pair"].mean())
+    soft = tables.get("soft_prompt_scores")
+    if soft is not None and len(soft):
+        for metric in ("bertscore", "clipscore"):
+            if metric in soft:
+                fmt = "{:.4f}" if metric == "bertscore" else "{:.2f}"
+                means = soft.groupby("kind")[metric].mean()
+                ours[f"{metric}_prompts"] = fmt.format(means.get("image", float("nan")))
+                ours[f"{metric}_prompts_random"] = fmt.format(means.get("random", float("nan")))
+    ks = tables.get("soft_prompt_ks")
+    if ks is not None and len(ks) and (ks["metric"] == "clipscore").any():
+        row = ks[ks["metric"] == "clipscore"].iloc[0]
+        ours["prompts_ks"] = f"D = {row['statistic']:.3f}, p = {row['pvalue']:.3g}"
+    spatial = tables.get("spatial")
+    if spatial is not None and "category" in spatial and len(spatial):
+        means = spatial.groupby(["category", "kind"])["iou"].mean().unstack()
+        if {"top", "random"} <= set(means.columns):
+            better = int((means["top"] > means["random"]).sum())
+            ours["iou_top_beats_random"] = f"{better} of {len(means)}"
+    sweep = tables.get("ablation")
+    if sweep is not None and len(sweep):
+        curve = ablation_curve(sweep, by="item")
+        k = int(curve["k"].max())
+        for kind in ("top", "random"):
+            rows = curve[(curve["kind"] == kind) & (curve["k"] == k)]
+            if len(rows):
+                lost = 1 - float(rows["mean"].iloc[0])
+                ours[f"ablation_{kind}"] = f"{_pct(lost)} on average (k = {k})"
+    return pd.DataFrame(
+        [
+            {"what": what, "paper": value, "where": where, "this run": ours[key]}
+            for key, (what, value, where) in PAPER_RESULTS.items()
+            if key in ours
+        ]
+    )
 
 
 def _r(x: Any) -> float | None:

@@ -28,3 +28,29 @@ def test_one_number_is_written_one_way():
     }
     shown = [c["shown"] for c in target_checks(summary)]
     assert shown[0] == "2.5%" and shown[2] == "1.10x"
+
+
+def test_the_demo_tables_and_its_files_agree():
+    """Every typed table is a file the demo writes (parquet + CSV export) and replaces."""
+    from transformer_lens_mm.pipelines.demo.config import FILES
+    from transformer_lens_mm.pipelines.demo.tables import DemoTables
+
+    tables = {f"{n}.{e}" for n in DemoTables.names() for e in ("parquet", "csv")}
+    assert tables == set(FILES) - {"summary.json", "report.html", "run.log"}
+
+
+def test_demo_tables_round_trip_awkward_tokens(tmp_path):
+    """A bare CR, LF, quotes, commas and a lone byte of a multi-byte character survive both
+    the parquet file and the CSV export (the CSV once split rows at a bare CR)."""
+    import pandas as pd
+
+    from transformer_lens_mm.pipelines.demo.tables import DemoTables
+
+    tokens = ["\r", "\n", '"', "a,b", "\ufffd", "\xe2", " x "]
+    soft = pd.DataFrame({"token": tokens, "rank": range(len(tokens)), "cosine": 0.5})
+    tables = DemoTables()
+    tables.set(tmp_path, "soft_prompts", soft)
+    back = DemoTables.read(tmp_path).soft_prompts
+    pd.testing.assert_frame_equal(back, soft)
+    csv = pd.read_csv(tmp_path / "soft_prompts.csv", keep_default_na=False)
+    assert csv["token"].tolist() == tokens and csv["rank"].tolist() == list(range(len(tokens)))

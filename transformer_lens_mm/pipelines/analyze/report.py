@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from transformer_lens_mm.core.paper import PAPER_RESULTS
 from transformer_lens_mm.data.datasets import Item
 from transformer_lens_mm.pipelines.analyze.store import load_results, load_table
 from transformer_lens_mm.pipelines.experiments import (
     ablation_caption_summary,
+    paper_comparison_table,
     soft_prompt_summary,
 )
 from transformer_lens_mm.report.cards import unit_cards
@@ -49,69 +49,19 @@ def _made_table(out: Path, name: str) -> pd.DataFrame | None:
     return table if len(table) else None
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
 def paper_comparison(out: str | Path) -> pd.DataFrame:
-    """The paper's reported results beside this run's, one row per quantity the run measured
-    (``what``, ``paper``, ``where`` in the paper, ``this run``), from the run's tables.
+    """The paper's reported results beside this run's (see
+    :func:`~transformer_lens_mm.pipelines.experiments.paper_comparison_table`), from the run
+    folder's tables.
 
     Example:
         >>> paper_comparison("runs/coco-gptj")  # doctest: +SKIP
     """
     out = Path(out)
     _, units, _ = load_results(out)
-    ours: dict[str, str] = {}
-    if len(units) and "interpretable" in units:
-        ours["interpretable_share"] = _pct(float(units["interpretable"].mean()))
-    if len(units):
-        layers = units["layer"].astype(int)
-        lo, hi = layers.quantile(0.25), layers.quantile(0.75)
-        ours["top_layers"] = (
-            f"half of top entries in layers {lo:g}-{hi:g} (median {layers.median():g})"
-        )
-    scores = _made_table(out, "decoding_scores")
-    if scores is not None:
-        for metric in ("bertscore", "clipscore"):
-            if metric in scores:
-                fmt = "{:.4f}" if metric == "bertscore" else "{:.2f}"
-                ours[f"{metric}_units"] = fmt.format(scores[metric].mean())
-                ours[f"{metric}_units_random"] = fmt.format(scores[f"{metric}_random_pair"].mean())
-    soft = _made_table(out, "soft_prompt_scores")
-    if soft is not None:
-        for metric in ("bertscore", "clipscore"):
-            if metric in soft:
-                fmt = "{:.4f}" if metric == "bertscore" else "{:.2f}"
-                means = soft.groupby("kind")[metric].mean()
-                ours[f"{metric}_prompts"] = fmt.format(means.get("image", float("nan")))
-                ours[f"{metric}_prompts_random"] = fmt.format(means.get("random", float("nan")))
-    ks = _made_table(out, "soft_prompt_ks")
-    if ks is not None and (ks["metric"] == "clipscore").any():
-        row = ks[ks["metric"] == "clipscore"].iloc[0]
-        ours["prompts_ks"] = f"D = {row['statistic']:.3f}, p = {row['pvalue']:.3g}"
-    spatial = _made_table(out, "spatial")
-    if spatial is not None and "category" in spatial:
-        means = spatial.groupby(["category", "kind"])["iou"].mean().unstack()
-        if {"top", "random"} <= set(means.columns):
-            better = int((means["top"] > means["random"]).sum())
-            ours["iou_top_beats_random"] = f"{better} of {len(means)}"
-    sweep = _made_table(out, "ablation")
-    if sweep is not None:
-        curve = ablation_curve(sweep, by="item")
-        k = int(curve["k"].max())
-        for kind in ("top", "random"):
-            rows = curve[(curve["kind"] == kind) & (curve["k"] == k)]
-            if len(rows):
-                lost = 1 - float(rows["mean"].iloc[0])
-                ours[f"ablation_{kind}"] = f"{_pct(lost)} on average (k = {k})"
-    return pd.DataFrame(
-        [
-            {"what": what, "paper": value, "where": where, "this run": ours[key]}
-            for key, (what, value, where) in PAPER_RESULTS.items()
-            if key in ours
-        ]
-    )
+    names = ("decoding_scores", "soft_prompt_scores", "soft_prompt_ks", "spatial", "ablation")
+    tables = {name: table for name in names if (table := _made_table(out, name)) is not None}
+    return paper_comparison_table(units, tables)
 
 
 def analysis_report(

@@ -20,24 +20,28 @@ __all__ = ["FILES", "PHOTOS", "QUICK", "DemoConfig", "prepare_output"]
 #: scikit-image's bundled photos captioned as out-of-distribution examples.
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 #: The files the demo writes (and replaces with ``overwrite``); nothing else is touched.
+_TABLES = (
+    "captions",
+    "units",
+    "target_ranks",
+    "soft_prompts",
+    "logit_lens",
+    "knockout",
+    "lens_shares",
+    "spatial",
+    "ablation",
+    "ablation_captions",
+    "generic_units",
+    "concept_specificity",
+    "cross_concept",
+    "category_selectivity",
+    "unit_effects",
+)
 FILES = (
     "summary.json",
     "report.html",
-    "captions.csv",
-    "units.csv",
-    "target_ranks.csv",
-    "soft_prompts.csv",
-    "logit_lens.csv",
-    "knockout.csv",
-    "lens_shares.csv",
-    "spatial.csv",
-    "ablation.csv",
-    "ablation_captions.csv",
-    "generic_units.csv",
-    "concept_specificity.csv",
-    "cross_concept.csv",
-    "category_selectivity.csv",
-    "unit_effects.csv",
+    "run.log",
+    *(f"{name}.{ext}" for name in _TABLES for ext in ("parquet", "csv")),
 )
 #: the scene sets the demo draws held-out images from (each with a shipped projection)
 SCENE_SETS = ("natural", "shapes")

@@ -21,6 +21,8 @@ from transformer_lens_mm.data.natural_scenes import NATURAL_BACKGROUNDS, NOUNS
 from transformer_lens_mm.data.scenes import SHAPES
 from transformer_lens_mm.pipelines.demo.config import DemoConfig
 from transformer_lens_mm.pipelines.demo.summary import percent, target_checks
+from transformer_lens_mm.pipelines.demo.tables import DemoTables
+from transformer_lens_mm.pipelines.experiments import paper_comparison_table
 from transformer_lens_mm.report.cards import unit_cards, visible_token
 from transformer_lens_mm.report.html import Report, Tile
 from transformer_lens_mm.report.plotting import (
@@ -52,7 +54,7 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
     tiles = [
         Tile(
             "Captions name the object",
-            percent(cap["scenes_shape_right"]),
+            percent(cap["scenes_object_right"]),
             f"chance: 1 in {n_classes} ({percent(1 / n_classes)}); "
             f"{summary['n_scenes']} held-out scenes",
             "How often the greedy caption names the first object: the model sees the images.",
@@ -199,7 +201,7 @@ def write_report(
     config: DemoConfig,
     summary: dict[str, Any],
     *,
-    tables: dict[str, pd.DataFrame],
+    tables: DemoTables,
     maps: Tensor | None,
     image_of: Callable[[Hashable], Any],
     caption_of: Callable[[Hashable], str],
@@ -211,18 +213,16 @@ def write_report(
         model: The model the demo ran (named on the page).
         config: The demo's settings.
         summary: :func:`~transformer_lens_mm.pipelines.demo.summary.summarise`'s numbers.
-        tables: The demo's tables by name (``captions``, ``units``, ``soft_prompts``,
-            ``logit_lens``, ``spatial``, ``ablation``, ``ablation_captions``, ``generic_units``,
-            ``concept_specificity``, ``cross_concept``, ``category_selectivity``,
-            ``unit_effects``, ``knockout``, ``lens_shares``).
-        maps: ``maps[i]``: the patch map of ``tables["units"].iloc[i]``.
+        tables: The demo's tables (:class:`~transformer_lens_mm.pipelines.demo.tables.
+            DemoTables`).
+        maps: ``maps[i]``: the patch map of ``tables.units.iloc[i]``.
         image_of: ``item -> image`` for the unit cards.
         caption_of: ``item -> caption`` under each card's maps.
     """
     about = summary["model"]
-    units, lens, spatial = tables["units"], tables["logit_lens"], tables["spatial"]
-    sweep, cross = tables["ablation"], tables.get("cross_concept", pd.DataFrame())
-    selectivity = tables.get("category_selectivity", pd.DataFrame())
+    units, lens, spatial = tables.units, tables.logit_lens, tables.spatial
+    sweep, cross = tables.ablation, tables.cross_concept
+    selectivity = tables.category_selectivity
     grid = about["grid"] or [0, 0]
     report = Report(f"Multimodal neurons in {about['lm']} (tlmm demo)")
     report.text(
@@ -242,6 +242,18 @@ def write_report(
     checks["met"] = checks["met"].map({True: "met", False: "NOT met"})
     checks = checks.drop(columns="value").rename(columns={"shown": "value"})
     report.table(checks)
+    caption_spatial = (  # the paper's Figure 5: objects named by the caption, not backgrounds
+        spatial[spatial["target_from"] == "caption"] if "target_from" in spatial else spatial
+    )
+    comparison = paper_comparison_table(units, {"spatial": caption_spatial, "ablation": sweep})
+    if len(comparison):
+        report.section(
+            "The paper vs this run",
+            "Each result the paper reports for GPT-J-6B + LiMBeR-BEiT on COCO (arXiv "
+            "2308.01544v2; where in the paper) beside the same quantity in this run, a much "
+            "smaller LM on generated scenes: a reading aid, not a replication.",
+        )
+        report.table(comparison)
 
     report.section(
         "Unit cards",
@@ -250,8 +262,8 @@ def write_report(
         "(the 0.95-quantile region outlined), the concepts whose images they are top for, "
         "generic or specific, and the effect of zeroing the unit alone.",
     )
-    specificity = tables.get("concept_specificity", pd.DataFrame())
-    effects = tables.get("unit_effects", pd.DataFrame())
+    specificity = tables.concept_specificity
+    effects = tables.unit_effects
     highlight = list(NOUNS) + list(NATURAL_BACKGROUNDS) + list(SHAPES)
     for title, rows, n in card_groups(units, config.n_cards):
         report.text(f"{title}:", note=True)
@@ -304,7 +316,7 @@ def write_report(
         report.figure(plot_category_selectivity(selectivity))
     report.section("Logit lens", "p(c) read from the residual stream with the final norm + W_U.")
     report.figure(plot_lens_by_layer(lens))
-    knockout = tables.get("knockout", pd.DataFrame())
+    knockout = tables.knockout
     if len(knockout):
         report.section(
             "Attention knockout",
@@ -315,7 +327,7 @@ def write_report(
             "is shorter than the image, so the control cuts it from the rest of the text).",
         )
         report.figure(plot_knockout(knockout))
-    shares = tables.get("lens_shares", pd.DataFrame())
+    shares = tables.lens_shares
     if len(shares):
         corpus = summary.get("contextual_lens", {}).get("corpus", "")
         report.section(
@@ -328,7 +340,7 @@ def write_report(
         report.figure(plot_lens_shares(shares))
 
     report.section("Tables", "Every table is also a CSV file beside this page.")
-    report.table(tables["captions"], max_rows=100, collapsed="Captions")
+    report.table(tables.captions, max_rows=100, collapsed="Captions")
     shown = signed_view(units)
     shown["tokens"] = [" ".join(visible_token(t) for t in toks) for toks in shown["tokens"]]
     report.table(
@@ -336,16 +348,16 @@ def write_report(
         max_rows=200,
         collapsed="Top 5 units per image",
     )
-    report.table(tables.get("generic_units", pd.DataFrame()), collapsed="Units by spread")
+    report.table(tables.generic_units, collapsed="Units by spread")
     if len(specificity):
         report.table(
             specificity[specificity["rank"] < 3], collapsed="The 3 most specific units per concept"
         )
-    soft = tables["soft_prompts"]
+    soft = tables.soft_prompts
     report.table(
         soft[(soft.kind == "image") & (soft["rank"] == 0)], collapsed="Soft prompts (nearest token)"
     )
-    report.table(tables["ablation_captions"], collapsed="Captions under ablation")
+    report.table(tables.ablation_captions, collapsed="Captions under ablation")
     if len(effects):
         report.table(effects, collapsed="Single-unit ablation of the card units")
     report.section("Run")

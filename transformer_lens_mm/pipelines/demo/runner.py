@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from transformer_lens_mm.core.atomic import atomic_csv, atomic_write
+from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.data.corpora import reference_corpus
 from transformer_lens_mm.data.datasets import Item, SceneDataset
@@ -67,6 +67,7 @@ from transformer_lens_mm.pipelines.demo.summary import (
     summary_text,
     where_translation,
 )
+from transformer_lens_mm.pipelines.demo.tables import DemoTables
 from transformer_lens_mm.pipelines.experiments import (
     add_spatial_ceiling,
     category_selectivity,
@@ -89,10 +90,6 @@ from transformer_lens_mm.tools.lens import logit_lens
 from transformer_lens_mm.tools.specificity import concept_specificity, generic_units
 
 __all__ = ["run_demo"]
-
-
-def _write_csv(out: Path, name: str, df: pd.DataFrame) -> None:
-    atomic_csv(out / name, df)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -183,7 +180,7 @@ def _search(
         None if c is None else (c in w or len(NOUNS.get(noun, (c, c))) == 1)
         for (_, c, noun), w in zip(truth, words)
     ]
-    captions["shape_right"] = [
+    captions["object_right"] = [
         None if noun is None else noun in w for (_, _, noun), w in zip(truth, words)
     ]
     return searches, captions
@@ -262,20 +259,31 @@ def _background_spatial(
 
 
 def _per_batch(
-    searches: list[BatchSearch], step: Callable[[BatchSearch, int], pd.DataFrame]
+    searches: list[BatchSearch],
+    step: Callable[[BatchSearch, int], pd.DataFrame],
+    *,
+    desc: str = "",
+    verbose: bool = False,
 ) -> pd.DataFrame:
     """A step over every batch with a usable item, seeded by the batch's first usable item's
-    position among all usable items."""
+    position among all usable items; ``verbose`` shows its own progress (images done, of how
+    many) under the demo's bar."""
     tables, offset = [], 0
+    total = sum(len(found) for found in searches)
+    bar = tqdm(total=total, desc=f"  {desc}", unit="img", leave=False, disable=not verbose)
     for found in searches:
         if len(found):
             tables.append(step(found, offset))
         offset += len(found)
+        bar.update(len(found))
+    bar.close()
     tables = [t for t in tables if len(t)]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def _ablation_captions(model: MultimodalModel, searches: list[BatchSearch], config) -> pd.DataFrame:
+def _ablation_captions(
+    model: MultimodalModel, searches: list[BatchSearch], config, verbose: bool = False
+) -> pd.DataFrame:
     """Captions under ablation of the first ``n_ablation_captions`` usable images."""
 
     def step(found: BatchSearch, offset: int) -> pd.DataFrame:
@@ -291,7 +299,7 @@ def _ablation_captions(model: MultimodalModel, searches: list[BatchSearch], conf
             only=only,
         )
 
-    return _per_batch(searches, step)
+    return _per_batch(searches, step, desc="ablation captions", verbose=verbose)
 
 
 def _controls(units: pd.DataFrame, config: DemoConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -330,6 +338,7 @@ def run_demo(
     if model is None:  # a pair without a shipped projection fails before anything is written
         demo_projection_path(config.lm, config.scene_set)
     out = prepare_output(out, overwrite)
+    tables = DemoTables()
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     steps = tqdm(total=14, desc="tlmm demo", disable=not verbose)
@@ -339,6 +348,8 @@ def run_demo(
         t0 = time.perf_counter()
         result = fn()
         timings[name] = round(time.perf_counter() - t0, 2)
+        with open(out / "run.log", "a") as log:  # the run's log: each step's seconds
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {timings[name]} s\n")
         steps.update()
         return result
 
@@ -352,22 +363,22 @@ def run_demo(
     items, truths = _load_items(config)
     by_id = {it.id: it for it in items}
     searches, captions = step("search", lambda: _search(model, items, truths, config))
-    _write_csv(out, "captions.csv", captions)
+    tables.set(out, "captions", captions)
     if not any(len(found) for found in searches):
         raise NoUsableItemError("no image got a caption with a noun: nothing to attribute")
     units = pd.concat([f.units for f in searches if len(f)], ignore_index=True)
     maps = torch.cat([f.maps for f in searches if f.maps is not None])
     generic, specificity = _controls(units, config)
-    _write_csv(out, "units.csv", units)
-    _write_csv(out, "generic_units.csv", generic)
-    _write_csv(out, "concept_specificity.csv", specificity)
+    tables.set(out, "units", units)
+    tables.set(out, "generic_units", generic)
+    tables.set(out, "concept_specificity", specificity)
     target_ids = {row[0]: t.token_id for f in searches for row, t in zip(f.rows, f.targets)}
     target_ranks = decoding_target_ranks(model, units, target_ids)
-    _write_csv(out, "target_ranks.csv", target_ranks)
+    tables.set(out, "target_ranks", target_ranks)
     soft = step("soft prompts", lambda: soft_prompt_step(model, searches, seed=0))
-    _write_csv(out, "soft_prompts.csv", soft)
+    tables.set(out, "soft_prompts", soft)
     lens = step("logit lens", lambda: _lens(model, searches))
-    _write_csv(out, "logit_lens.csv", lens)
+    tables.set(out, "logit_lens", lens)
     knockout = pd.DataFrame()
     if config.knockout_window:
         knockout = step(
@@ -375,15 +386,17 @@ def run_demo(
             lambda: _per_batch(
                 searches,
                 lambda f, seed: knockout_step(model, f, window=config.knockout_window, seed=seed),
+                desc="attention knockout",
+                verbose=verbose,
             ),
         )
-        _write_csv(out, "knockout.csv", knockout)
+        tables.set(out, "knockout", knockout)
     else:
         steps.update()
     shares = pd.DataFrame()
     if config.lens_every:
         shares = step("contextual lens", lambda: _contextual_lens(model, searches, config))
-        _write_csv(out, "lens_shares.csv", shares)
+        tables.set(out, "lens_shares", shares)
     else:
         steps.update()
     spatial = step(
@@ -410,14 +423,14 @@ def run_demo(
         spatial = add_spatial_ceiling(
             spatial, items, tuple(model.image_encoder.grid_size), q=config.quantile
         )
-    _write_csv(out, "spatial.csv", spatial)
+    tables.set(out, "spatial", spatial)
     selectivity = step(
         "category selectivity",
         lambda: category_selectivity(
             model, units, captions, _selectivity_images(config), batch_size=config.batch_size
         ),
     )
-    _write_csv(out, "category_selectivity.csv", selectivity)
+    tables.set(out, "category_selectivity", selectivity)
     total = int(model.cfg.n_layers) * int(model.cfg.d_mlp)
     ks = [k for k in config.ks if k <= total]
     sweep = step(
@@ -427,9 +440,11 @@ def run_demo(
             lambda f, seed: ablation_step(
                 model, f, ks=ks, n_random=config.n_random, seed=seed, chunk_size=16
             ),
+            desc="ablation",
+            verbose=verbose,
         ),
     )
-    _write_csv(out, "ablation.csv", sweep)
+    tables.set(out, "ablation", sweep)
     cross_ks = [k for k in config.cross_ks if k <= total]
     cross = step(
         "cross-concept ablation",
@@ -438,9 +453,11 @@ def run_demo(
             lambda f, seed: cross_concept_step(
                 model, f, ks=cross_ks, seed=seed, max_others=config.cross_others, chunk_size=16
             ),
+            desc="cross-concept ablation",
+            verbose=verbose,
         ),
     )
-    _write_csv(out, "cross_concept.csv", cross)
+    tables.set(out, "cross_concept", cross)
     cards = pd.concat(
         [card_units(rows, n_cards=n) for _, rows, n in card_groups(units, config.n_cards)]
     )
@@ -455,27 +472,20 @@ def run_demo(
     effects = step(
         "unit effects",
         lambda: _per_batch(
-            searches, lambda f, seed: unit_effect_step(model, f, per_item, seed=seed)
+            searches,
+            lambda f, seed: unit_effect_step(model, f, per_item, seed=seed),
+            desc="unit effects",
+            verbose=verbose,
         ),
     )
-    _write_csv(out, "unit_effects.csv", effects)
-    abl_caps = step("ablation captions", lambda: _ablation_captions(model, searches, config))
-    _write_csv(out, "ablation_captions.csv", abl_caps)
+    tables.set(out, "unit_effects", effects)
+    abl_caps = step(
+        "ablation captions", lambda: _ablation_captions(model, searches, config, verbose)
+    )
+    tables.set(out, "ablation_captions", abl_caps)
     steps.close()
 
-    summary = summarise(
-        config,
-        captions,
-        units,
-        target_ranks,
-        soft,
-        lens,
-        spatial,
-        sweep,
-        generic=generic,
-        cross=cross,
-        selectivity=selectivity,
-    )
+    summary = summarise(config, tables)
     summary.update(where_translation(knockout, shares))
     summary["seconds"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
     summary["model"] = describe_model(model)
@@ -486,22 +496,7 @@ def run_demo(
         model,
         config,
         summary,
-        tables={
-            "captions": captions,
-            "units": units,
-            "soft_prompts": soft,
-            "logit_lens": lens,
-            "spatial": spatial,
-            "ablation": sweep,
-            "ablation_captions": abl_caps,
-            "generic_units": generic,
-            "concept_specificity": specificity,
-            "cross_concept": cross,
-            "category_selectivity": selectivity,
-            "unit_effects": effects,
-            "knockout": knockout,
-            "lens_shares": shares,
-        },
+        tables=tables,
         maps=maps,
         image_of=lambda name: by_id[name].image(),
         caption_of=lambda name: str(captions_by_item.get(name, "")),

@@ -14,6 +14,7 @@ import pandas as pd
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.pipelines.demo.config import DemoConfig
+from transformer_lens_mm.pipelines.demo.tables import DemoTables
 from transformer_lens_mm.pipelines.experiments import controls_summary, soft_prompt_summary
 from transformer_lens_mm.tools.knockout import knockout_curve
 from transformer_lens_mm.tools.stats import mean_ci
@@ -50,22 +51,21 @@ def describe_model(model: MultimodalModel) -> dict[str, Any]:
     }
 
 
-def summarise(
-    config: DemoConfig,
-    captions: pd.DataFrame,
-    units: pd.DataFrame,
-    target_ranks: pd.DataFrame,
-    soft: pd.DataFrame,
-    lens: pd.DataFrame,
-    spatial: pd.DataFrame,
-    sweep: pd.DataFrame,
-    *,
-    generic: pd.DataFrame | None = None,
-    cross: pd.DataFrame | None = None,
-    selectivity: pd.DataFrame | None = None,
-) -> dict[str, Any]:
-    """The headline numbers of a demo run, from its tables (the controls' with ``generic``,
-    ``cross`` and ``selectivity``: see :func:`controls_summary`)."""
+def summarise(config: DemoConfig, tables: DemoTables) -> dict[str, Any]:
+    """The headline numbers of a demo run, from its tables (the controls': see
+    :func:`controls_summary`)."""
+    captions, units, target_ranks = tables.captions, tables.units, tables.target_ranks
+    soft, lens, spatial, sweep = (
+        tables.soft_prompts,
+        tables.logit_lens,
+        tables.spatial,
+        tables.ablation,
+    )
+    generic, cross, selectivity = (
+        tables.generic_units if len(tables.generic_units) else None,
+        tables.cross_concept if len(tables.cross_concept) else None,
+        tables.category_selectivity if len(tables.category_selectivity) else None,
+    )
     scenes = captions[captions.truth.notna()]
     top = units[units["rank"] < config.k]
     per_image_hit = top.groupby("item")["decodes_to_target"].any()
@@ -116,12 +116,12 @@ def summarise(
         "n_scenes": len(scenes),
         "failures": dict(zip(failures["item"], failures["failure"])),
         "captions": {
-            "scenes_colour_and_shape_right": float(
-                (scenes.colour_right.astype(bool) & scenes.shape_right.astype(bool)).mean()
+            "scenes_colour_and_object_right": float(
+                (scenes.colour_right.astype(bool) & scenes.object_right.astype(bool)).mean()
             )
             if len(scenes)
             else None,
-            "scenes_shape_right": float(scenes.shape_right.astype(bool).mean())
+            "scenes_object_right": float(scenes.object_right.astype(bool).mean())
             if len(scenes)
             else None,
             "scenes_target_is_the_shape": float(
@@ -190,7 +190,9 @@ def target_checks(summary: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "name": "concepts where spatial IoU of top units > random units",
             "value": controls.get("concepts_iou_top_above_random"),
-            "shown": str(controls.get("concepts_iou_top_above_random")),
+            "shown": "n/a"
+            if controls.get("concepts_iou_top_above_random") is None
+            else str(controls.get("concepts_iou_top_above_random")),
             "target": "every concept",
             "met": bool(iou) and not below,
         },
@@ -223,10 +225,10 @@ def summary_text(summary: dict[str, Any]) -> str:
     top = summary["top_units"]
     soft = summary["soft_prompts"]
     lines = [f"images: {summary['n_images']} ({summary['n_scenes']} scenes)"]
-    if cap["scenes_colour_and_shape_right"] is not None:
+    if cap["scenes_colour_and_object_right"] is not None:
         lines.append(
-            f"captions: colour+shape right {percent(cap['scenes_colour_and_shape_right'])}, "
-            f"shape right {percent(cap['scenes_shape_right'])}"
+            f"captions: colour+object right {percent(cap['scenes_colour_and_object_right'])}, "
+            f"object right {percent(cap['scenes_object_right'])}"
         )
     lines.append(
         f"top-{top['k']} units: {percent(top['interpretable_share'])} interpretable; "
@@ -271,7 +273,13 @@ def summary_text(summary: dict[str, Any]) -> str:
         lines.append(
             "same- / cross-concept drop of p(c): "
             + ", ".join(
-                f"k={k}: {v['same_drop']:.2f}/{v['cross_drop']:.2f} (ratio {v['ratio']:.2f}x)"
+                f"k={k}: {v['same_drop']:.2f}/{v['cross_drop']:.2f} (ratio "
+                + (
+                    "undefined: no cross-concept drop"
+                    if v["ratio"] is None
+                    else f"{v['ratio']:.2f}x"
+                )
+                + ")"
                 for k, v in ratios.items()
             )
         )
