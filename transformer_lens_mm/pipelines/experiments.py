@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from transformer_lens_mm.core.contract import LanguageModel, MultimodalModel
 from transformer_lens_mm.core.paper import CATEGORY_UNITS, PAPER_RESULTS, REGION_QUANTILE
@@ -181,6 +182,7 @@ def spatial_iou_by_category(
     q: float = REGION_QUANTILE,
     n_random: int = 1,
     batch_size: int = 8,
+    verbose: bool = False,
     seed: int = 0,
 ) -> pd.DataFrame:
     """IoU of each image's top units with the mask of the category its caption's noun names
@@ -190,7 +192,8 @@ def spatial_iou_by_category(
     ``attrs["unmatched"]`` of the result). Random units: as many, from the same layers. Each top
     entry's map is its signed activation ``sign * Z`` (the table's ``sign``), each random
     unit's is oriented by its strongest activation on the image
-    (:func:`~transformer_lens_mm.tools.spatial.spatial_selectivity`).
+    (:func:`~transformer_lens_mm.tools.spatial.spatial_selectivity`). ``verbose``: a progress
+    bar over the batches.
 
     Returns:
         :func:`~transformer_lens_mm.tools.spatial.spatial_selectivity`'s columns + ``item`` and
@@ -208,7 +211,8 @@ def spatial_iou_by_category(
             continue
         todo.append((item, cat, masks[cat], units_of(units, row.item, signed=True)))
     tables = []
-    for start in range(0, len(todo), batch_size):
+    starts = range(0, len(todo), batch_size)
+    for start in tqdm(starts, disable=not verbose, desc="spatial IoU", leave=False):
         chunk = todo[start : start + batch_size]
         batch = model.prepare_inputs([it.image() for it, _, _, _ in chunk])
         table = spatial_selectivity(
@@ -263,6 +267,7 @@ def category_selectivity(
     interpretable_only: bool = True,
     category_of: str = "noun",
     batch_size: int = 8,
+    verbose: bool = False,
 ) -> pd.DataFrame:
     """The paper's category selectivity (supplement S.4, Figure S.2): per class, the
     ``n_units`` interpretable units that appear in the top-k of the most images of that class,
@@ -284,6 +289,7 @@ def category_selectivity(
         interpretable_only: Only units that pass the interpretability filter (the paper).
         category_of: Column of ``items`` naming the class (``noun`` or ``target``).
         batch_size: Images per forward.
+        verbose: A progress bar over the held-out images' batches.
 
     Returns:
         One row per (unit class, unit, sign, image class): ``n_train_images`` (images of its
@@ -323,7 +329,8 @@ def category_selectivity(
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     usable = [it for it in held_out if it.categories]
-    for start in range(0, len(usable), batch_size):
+    starts = range(0, len(usable), batch_size)
+    for start in tqdm(starts, disable=not verbose, desc="category selectivity", leave=False):
         chunk = usable[start : start + batch_size]
         batch = model.prepare_inputs([it.image() for it in chunk])
         acts = image_mlp_activations(model, batch, layers)  # [n, L, n_img, d_mlp]

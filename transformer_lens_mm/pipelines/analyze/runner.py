@@ -248,7 +248,7 @@ def _run(
         )
 
     steps, not_run = _usable_steps(config, data, n, strict)
-    ctx = StepContext(model=model, config=config, data=data)
+    ctx = StepContext(model=model, config=config, data=data, verbose=verbose)
     seconds: dict[str, float] = {}
     log = _Log(out / "run.log", rank)
     log.write(f"start: {n} items, steps {[s.name for s in steps]}, skipped {not_run or 'none'}")

@@ -203,14 +203,16 @@ def _lens(model: MultimodalModel, searches: list[BatchSearch]) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def _contextual_lens(model: MultimodalModel, searches: list[BatchSearch], config) -> pd.DataFrame:
+def _contextual_lens(
+    model: MultimodalModel, searches: list[BatchSearch], config, verbose: bool = False
+) -> pd.DataFrame:
     """Per layer and lens, the share of image tokens whose 5 nearest tokens name c."""
     n_layers = int(model.cfg.n_layers)
     layers = sorted({*range(0, n_layers, config.lens_every), n_layers - 1})
     # seed + 1000: with "scenes", other scenes than the demo's, whose captions do not describe
     # its images
     texts = reference_corpus(config.lens_corpus, n=config.lens_texts, seed=config.seed + 1000)
-    index = build_contextual_index(model, texts, layers=layers)
+    index = build_contextual_index(model, texts, layers=layers, verbose=verbose)
     tables = [contextual_lens_step(model, found, index) for found in searches if len(found)]
     shares = lens_shares(pd.concat(tables, ignore_index=True))
     shares.attrs["corpus"] = f"{config.lens_corpus}: {len(texts)} texts, {len(index)} vectors"
@@ -395,7 +397,7 @@ def run_demo(
         steps.update()
     shares = pd.DataFrame()
     if config.lens_every:
-        shares = step("contextual lens", lambda: _contextual_lens(model, searches, config))
+        shares = step("contextual lens", lambda: _contextual_lens(model, searches, config, verbose))
         tables.set(out, "lens_shares", shares)
     else:
         steps.update()
@@ -409,6 +411,7 @@ def run_demo(
             q=config.quantile,
             n_random=config.n_random,
             batch_size=config.batch_size,
+            verbose=verbose,
         ),
     )
     if config.scene_set == "natural":
@@ -427,7 +430,12 @@ def run_demo(
     selectivity = step(
         "category selectivity",
         lambda: category_selectivity(
-            model, units, captions, _selectivity_images(config), batch_size=config.batch_size
+            model,
+            units,
+            captions,
+            _selectivity_images(config),
+            batch_size=config.batch_size,
+            verbose=verbose,
         ),
     )
     tables.set(out, "category_selectivity", selectivity)

@@ -50,6 +50,7 @@ class StepContext:
     config: Any  # AnalysisConfig
     data: Sequence[Item]
     state: dict[str, Any] = field(default_factory=dict)
+    verbose: bool = False  # steps show their own progress bars
 
     def items_of(self, found: BatchSearch) -> list[Item]:
         """The data-set items of a batch's usable rows, in batch order."""

@@ -61,7 +61,12 @@ def _selectivity(ctx: StepContext, tables: Mapping[str, pd.DataFrame]) -> dict[s
             per_class[item.categories[0]].append(item)
     held = [item for items in per_class.values() for item in items]
     table = category_selectivity(
-        ctx.model, tables["units"], tables["items"], held, batch_size=config.batch_size
+        ctx.model,
+        tables["units"],
+        tables["items"],
+        held,
+        batch_size=config.batch_size,
+        verbose=ctx.verbose,
     )
     table["held_out"] = n_run < len(data)
     return {"category_selectivity": table}
