@@ -62,6 +62,7 @@ STEP_DEFAULTS: dict[str, dict[str, Any]] = {
     "logit_lens": {"logit_lens": True},
     "contextual_lens": {"lens_every": 3},
     "spatial": {"spatial": True},
+    "background": {"background": True},
     "category_selectivity": {"category_selectivity": 10},
     "target_ranks": {"target_ranks": True},
     # tools.metrics' defaults (the paper does not name its BERTScore model)
@@ -117,6 +118,7 @@ class AnalysisConfig:
     lens_corpus: str = "general"
     lens_texts: int = 300
     spatial: bool = False  # IoU of top units' regions with the mask of c's object (masks)
+    background: bool = False  # the same for each image's largest background region (masks)
     quantile: float = REGION_QUANTILE  # the region of a patch map: above this quantile
     category_selectivity: int = 0  # held-out images per class (0: off; needs categories)
     # Tables 1 and 2 scored by BERTScore / CLIPScore (hub names or local folders; None: off)

@@ -55,7 +55,7 @@ from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.data.corpora import reference_corpus
 from transformer_lens_mm.data.datasets import Item, SceneDataset
-from transformer_lens_mm.data.natural_scenes import BACKGROUND_REGIONS, NOUNS, NaturalSceneSet
+from transformer_lens_mm.data.natural_scenes import NOUNS, NaturalSceneSet
 from transformer_lens_mm.data.pretrained import demo_projection_path, load_demo_model
 from transformer_lens_mm.data.scenes import SceneSet
 from transformer_lens_mm.errors import NoUsableItemError
@@ -84,6 +84,7 @@ from transformer_lens_mm.pipelines.steps import (
     soft_prompt_step,
     unit_effect_step,
 )
+from transformer_lens_mm.pipelines.steps.spatial import background_spatial
 from transformer_lens_mm.report.cards import card_units
 from transformer_lens_mm.tools.contextual_lens import build_contextual_index, lens_shares
 from transformer_lens_mm.tools.lens import logit_lens
@@ -217,47 +218,6 @@ def _contextual_lens(
     shares = lens_shares(pd.concat(tables, ignore_index=True))
     shares.attrs["corpus"] = f"{config.lens_corpus}: {len(texts)} texts, {len(index)} vectors"
     return shares
-
-
-def _background_spatial(
-    model: MultimodalModel, items: list[Item], config: DemoConfig
-) -> pd.DataFrame:
-    """Spatial selectivity for background concepts: each natural scene's largest background
-    region (sky, grass, water, wall, floor) is given as the explicit target c (captions name
-    objects, never the background), its top units are found by the same search step, and their
-    IoU with the region's mask is measured against random same-layer units."""
-    chosen = []
-    for it in items:
-        regions = {k: m for k, m in it.masks().items() if k in BACKGROUND_REGIONS and m.any()}
-        if regions:
-            chosen.append((it, max(regions, key=lambda k: int(regions[k].sum()))))
-    if not chosen:
-        return pd.DataFrame()
-    settings = SearchSettings(k=config.k, maps=False)
-    tables, rows = [], []
-    for start in range(0, len(chosen), config.batch_size):
-        chunk = chosen[start : start + config.batch_size]
-        found = search_batch(
-            model,
-            indices=range(start, start + len(chunk)),
-            ids=[it.id for it, _ in chunk],
-            images=[it.image() for it, _ in chunk],
-            targets=[region for _, region in chunk],
-            settings=settings,
-        )
-        tables.append(found.units)
-        rows.append(found.items.assign(noun=[region for _, region in chunk]))
-    spatial = spatial_iou_by_category(
-        model,
-        [it for it, _ in chosen],
-        pd.concat(rows, ignore_index=True),
-        pd.concat(tables, ignore_index=True),
-        q=config.quantile,
-        n_random=config.n_random,
-        batch_size=config.batch_size,
-        seed=10_000,
-    )
-    return spatial
 
 
 def _per_batch(
@@ -415,7 +375,18 @@ def run_demo(
         ),
     )
     if config.scene_set == "natural":
-        background = step("background IoU", lambda: _background_spatial(model, items, config))
+        background = step(
+            "background IoU",
+            lambda: background_spatial(
+                model,
+                items,
+                k=config.k,
+                q=config.quantile,
+                n_random=config.n_random,
+                batch_size=config.batch_size,
+                verbose=verbose,
+            ),
+        )
         spatial = pd.concat(
             [spatial.assign(target_from="caption"), background.assign(target_from="background")],
             ignore_index=True,
