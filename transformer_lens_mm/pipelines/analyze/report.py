@@ -58,7 +58,10 @@ def paper_comparison(out: str | Path) -> pd.DataFrame:
         >>> paper_comparison("runs/coco-gptj")  # doctest: +SKIP
     """
     out = Path(out)
-    _, units, _ = load_results(out)
+    return _comparison(out, load_results(out)[1])
+
+
+def _comparison(out: Path, units: pd.DataFrame) -> pd.DataFrame:
     names = ("decoding_scores", "soft_prompt_scores", "soft_prompt_ks", "spatial", "ablation")
     tables = {name: table for name in names if (table := _made_table(out, name)) is not None}
     return paper_comparison_table(units, tables)
@@ -105,7 +108,7 @@ def analysis_report(
         report.key_values({f"skipped: {k}": v for k, v in summary["steps_skipped"].items()})
     if summary.get("steps_failed"):
         report.key_values({f"failed: {k}": v for k, v in summary["steps_failed"].items()})
-    comparison = paper_comparison(out)
+    comparison = _comparison(out, units)  # the units already read above
     if len(comparison):
         report.section(
             "The paper vs this run",

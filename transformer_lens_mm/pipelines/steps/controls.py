@@ -15,7 +15,12 @@ import pandas as pd
 
 from transformer_lens_mm.pipelines.experiments import decoding_target_ranks
 from transformer_lens_mm.pipelines.search import BatchSearch
-from transformer_lens_mm.pipelines.steps.registry import Step, StepContext, register_step
+from transformer_lens_mm.pipelines.steps.registry import (
+    Step,
+    StepContext,
+    insert_index,
+    register_step,
+)
 from transformer_lens_mm.tools.specificity import concept_specificity, generic_units
 
 __all__: list[str] = []
@@ -36,9 +41,7 @@ def _target_ranks(ctx: StepContext, found: BatchSearch, seed: int) -> dict[str, 
         return {}
     targets = {row[0]: t.token_id for row, t in zip(found.rows, found.targets)}
     table = decoding_target_ranks(ctx.model, found.units, targets, seed=seed * 10_007)
-    index = {item: int(i) for item, i, _ in found.rows}
-    table.insert(1, "index", [index[item] for item in table["item"]])
-    return {"target_ranks": table}
+    return {"target_ranks": insert_index(table, found)}
 
 
 register_step(

@@ -34,6 +34,7 @@ __all__ = [
     "Step",
     "StepContext",
     "active_steps",
+    "insert_index",
     "register_step",
     "require_usable",
     "step_plan",
@@ -122,6 +123,15 @@ def require_usable(found: BatchSearch) -> None:
         raise NoUsableItemError(
             "the batch has no usable item (every item failed): nothing to ablate"
         )
+
+
+def insert_index(table: pd.DataFrame, found: BatchSearch) -> pd.DataFrame:
+    """Give a table keyed by ``item`` the ``index`` column of the search's schema (each item's
+    position in the data set: what the merge orders a step's rows by); an empty table as is."""
+    if len(table):
+        index = {item: int(i) for item, i, _ in found.rows}
+        table.insert(1, "index", [index[item] for item in table["item"]])
+    return table
 
 
 def active_steps(config: Any) -> list[Step]:

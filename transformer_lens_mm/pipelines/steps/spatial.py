@@ -23,6 +23,7 @@ from transformer_lens_mm.pipelines.search import BatchSearch, SearchSettings, se
 from transformer_lens_mm.pipelines.steps.registry import (
     Step,
     StepContext,
+    insert_index,
     register_step,
     require_usable,
 )
@@ -43,10 +44,7 @@ def _spatial(ctx: StepContext, found: BatchSearch, seed: int) -> dict[str, pd.Da
         batch_size=config.batch_size,
         seed=seed,
     )
-    index = {item: int(i) for item, i, _ in found.rows}
-    if len(table):
-        table.insert(1, "index", [index[item] for item in table["item"]])
-    return {"spatial": table}
+    return {"spatial": insert_index(table, found)}
 
 
 def background_spatial(
@@ -118,10 +116,7 @@ def _background(ctx: StepContext, found: BatchSearch, seed: int) -> dict[str, pd
         batch_size=config.batch_size,
         seed=10_000 + seed,
     )
-    index = {item: int(i) for item, i, _ in found.rows}
-    if len(table):
-        table.insert(1, "index", [index[item] for item in table["item"]])
-    return {"background": table}
+    return {"background": insert_index(table, found)}
 
 
 def _selectivity(ctx: StepContext, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
