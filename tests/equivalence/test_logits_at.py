@@ -78,3 +78,33 @@ def test_maps_from_the_attribution_pass_equal_a_separate_forward(model):
     torch.testing.assert_close(full.top_k_maps(7), maps, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="keep_maps"):
         attribute(model, batch, [12, 13], top_k=7).top_k_maps(7)
+
+
+def test_lm_blocks_fires_every_block_hook_as_a_full_forward_and_skips_the_unembedding(model):
+    """``lm_blocks`` (the contextual index's forward): every block's ``hook_resid_post`` sees
+    what a full forward's does; the unembedding runs on no position (hooked) or one per row
+    (the bridge's ``logits_to_keep``), not on every position."""
+    from transformer_lens_mm import hook_names
+
+    tokens = torch.randint(3, int(model.cfg.d_vocab), (2, 7))
+    names = [hook_names.resid_post(layer) for layer in range(int(model.cfg.n_layers))]
+    seen: dict[str, list[torch.Tensor]] = {"full": [], "blocks": []}
+
+    def keep(where):
+        return [(n, lambda x, hook: seen[where].append(x.detach().clone())) for n in names]
+
+    unembedded: list[int] = []
+    count = model.unembed.register_forward_hook(lambda m, i, o: unembedded.append(o.shape[-2]))
+    try:
+        with torch.no_grad():
+            with model.hooks(fwd_hooks=keep("full")):
+                model.lm_forward(tokens)
+            assert unembedded == [7]
+            with model.hooks(fwd_hooks=keep("blocks")):
+                assert model.lm_blocks(tokens) is None
+    finally:
+        count.remove()
+    assert unembedded[1:] in ([], [1])
+    assert len(seen["blocks"]) == len(names)
+    for a, b in zip(seen["full"], seen["blocks"]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)

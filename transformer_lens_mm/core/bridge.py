@@ -130,6 +130,13 @@ class MultimodalTransformerBridge(MultimodalMixin, TransformerBridge):
         logits = self(batch, logits_to_keep=keep)
         return logits[rows, torch.searchsorted(keep, positions)]
 
+    def lm_blocks(self, tokens: Int[Tensor, "batch pos"], **kwargs: Any) -> None:
+        """Every block on ``tokens`` (hooks fire); only the last position is unembedded where
+        the wrapped model takes ``logits_to_keep``."""
+        if self._hf_accepts("logits_to_keep"):
+            kwargs.setdefault("logits_to_keep", 1)
+        self.lm_forward(tokens, **kwargs)
+
     def kv_first_step(
         self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
     ) -> tuple[Tensor, Any]:

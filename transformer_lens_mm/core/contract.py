@@ -125,6 +125,11 @@ class MultimodalModel(LanguageModel, Protocol):
         """The language model's own forward on token ids (no image handling)."""
         ...
 
+    def lm_blocks(self, tokens: Int[Tensor, "batch pos"], **kwargs: Any) -> None:
+        """The language model on token ids for its hook points' sake (every block runs; the
+        unembedding of every position is skipped where the model can)."""
+        ...
+
     def kv_first_step(
         self, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
     ) -> tuple[Float[Tensor, "batch n d_vocab"], Any]:

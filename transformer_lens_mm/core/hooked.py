@@ -100,6 +100,10 @@ if HAS_HOOKED_TRANSFORMER:
             resid = self(batch, stop_at_layer=self.cfg.n_layers)
             return self._unembed_resid(resid[rows, positions][None])[0]
 
+        def lm_blocks(self, tokens: Int[Tensor, "batch pos"], **kwargs: Any) -> None:
+            """Every block on ``tokens`` (hooks fire), without ``ln_final`` and the unembedding."""
+            self.lm_forward(tokens, stop_at_layer=self.cfg.n_layers, **kwargs)
+
         def input_to_embed(self, *args: Any, **kwargs: Any) -> Any:
             """TL's ``input_to_embed``; fused, an attention mask of all ones is dropped.
 

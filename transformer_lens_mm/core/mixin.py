@@ -409,6 +409,12 @@ class MultimodalMixin:
         """The plain language-model forward of the TL class (no image handling)."""
         return super().forward(tokens, *args, **kwargs)  # type: ignore[misc]
 
+    def lm_blocks(self, tokens: Int[Tensor, "batch pos"], **kwargs: Any) -> None:
+        """The language model on token ids for what its hooks see: every block runs, the
+        result is not returned (a full forward here; the TransformerLens classes skip the
+        unembedding, ~20% of a small model's forward with a 50k vocabulary)."""
+        self.lm_forward(tokens, **kwargs)
+
     def logits_at(
         self, batch: MultimodalInput, rows: Int[Tensor, " n"], positions: Int[Tensor, " n"]
     ) -> Float[Tensor, "n d_vocab"]:

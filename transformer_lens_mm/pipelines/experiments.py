@@ -140,24 +140,26 @@ def decoding_target_ranks(
         (100: c first, over the decodable vocabulary).
     """
     readout = readout_for(model)
-    rows = []
+    todo: list[tuple[Hashable, str, int, int, float]] = []
+    tids: list[int] = []
     for i, (item, tid) in enumerate(targets.items()):
         top = units_of(units, item, signed=True)
         pairs = list(dict.fromkeys((la, u) for la, u, _ in top))
         rnd = random_units_like(model, pairs, seed=seed + i)
         orientations = (1, -1) if readout.signed else (1,)
-        todo = [("top", la, u, sg) for la, u, sg in top]
-        todo += [("random", la, u, sg) for la, u in rnd for sg in orientations]
-        if not todo:
-            continue
-        ranks = unit_token_ranks(
-            model,
-            [(la, u) for _, la, u, _ in todo],
-            [tid] * len(todo),
-            signs=[sg for *_, sg in todo],
-            readout=readout,
-        )
-        rows += [(item, *entry, int(r)) for entry, r in zip(todo, ranks.tolist())]
+        mine = [(item, "top", la, u, sg) for la, u, sg in top]
+        mine += [(item, "random", la, u, sg) for la, u in rnd for sg in orientations]
+        todo += mine
+        tids += [tid] * len(mine)
+    # every item's units in one call: each layer's entries are unembedded together
+    ranks = unit_token_ranks(
+        model,
+        [(la, u) for _, _, la, u, _ in todo],
+        tids,
+        signs=[sg for *_, sg in todo],
+        readout=readout,
+    )
+    rows = [(*entry, int(r)) for entry, r in zip(todo, ranks.tolist())]
     table = pd.DataFrame(rows, columns=["item", "kind", "layer", "unit", "sign", "target_rank"])
     n_vocab = int(vocab_mask(model).sum())
     table["target_percentile"] = 100.0 * (1 - table["target_rank"] / n_vocab)

@@ -113,6 +113,9 @@ class BatchSearch:
     targets: list[Target] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)  # (item, index, target) per usable item
     captions: list[str] = field(default_factory=list)  # caption per usable item
+    # p(c), logit(c) of the ablation forwards already run on ``inputs`` (by row, c, mode and
+    # unit set): the ablation steps of one batch share them instead of rerunning them
+    ablations: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         """Number of usable items."""

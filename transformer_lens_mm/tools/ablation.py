@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, MutableMapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -234,13 +234,16 @@ def ablation_sweep(
     means: dict[int, Tensor] | None = None,
     chunk_size: int = 32,
     verbose: bool = False,
+    images: Sequence[Hashable] | None = None,
+    memo: MutableMapping[Hashable, tuple[float, float]] | None = None,
 ) -> pd.DataFrame:
     """p(c) and logit(c) when ablating each image's top-k units vs k random units, for each k.
 
     Random units are drawn from the same layers in the same numbers as the top-k set (seeded,
     ``n_random`` draws). All conditions are stacked along the batch dimension and run in
-    chunks of ``chunk_size`` rows; the conditions that ablate nothing (k = 0, for top and
-    every random draw) share one forward per image.
+    chunks of ``chunk_size`` rows. Conditions that are the same forward (the same image, ``c``
+    and set of ablated units: k = 0 of top and of every random draw, or a row repeated with
+    ``images``) run once; with ``memo``, so do those an earlier sweep on the same images ran.
 
     Args:
         model: A multimodal model.
@@ -254,6 +257,12 @@ def ablation_sweep(
         mode: ``"zero"`` or ``"mean"`` (with ``means``).
         chunk_size: Rows per forward.
         verbose: Progress bar over chunks.
+        images: Which image each row of ``batch`` is (default: every row its own): rows of
+            one image (the same input row repeated, e.g. ``batch.select([0, 0, 1])``) share
+            their forwards where the same units are ablated.
+        memo: Results of forwards already run, read and filled (``(image, c, mode, units) ->
+            (p_c, logit_c)``; ``mode="zero"`` only): pass the same dict to sweeps on the same
+            images (their ``images`` naming rows of one input) to run each forward once.
 
     Returns:
         One row per (image, kind, k, draw): ``p_c``, ``logit_c``, ``delta_p``, ``delta_logit``
@@ -289,19 +298,21 @@ def ablation_sweep(
                 rnd = random_like(top, n_layers, d_mlp, seed * 1_000_003 + i * 10_007 + k * 31 + d)
                 conditions.append((i, "random", k, d, rnd))
 
-    # every condition that ablates nothing (k = 0, top and each random draw) of an image is
-    # the same forward: run it once
+    # conditions that are the same forward (image, c, mode, set of units) run once; the memo
+    # holds those run before
+    if images is not None and len(images) != n:
+        raise ArgumentError(f"images names {len(images)} rows but the batch has {n}")
+    ids = list(range(n)) if images is None else list(images)
+    shared = memo if memo is not None and mode == "zero" else {}
+    keys = [
+        (ids[i], int(tids[i]), mode, _units_key(units, d_mlp)) for i, _, _, _, units in conditions
+    ]
     runs: list[tuple[int, Tensor]] = []
-    run_of: list[int] = []
-    unablated: dict[int, int] = {}
-    for i, _, _, _, units in conditions:
-        if not len(units) and i in unablated:
-            run_of.append(unablated[i])
-            continue
-        if not len(units):
-            unablated[i] = len(runs)
-        run_of.append(len(runs))
-        runs.append((i, units))
+    todo: dict[Hashable, int] = {}
+    for key, (i, _, _, _, units) in zip(keys, conditions):
+        if key not in shared and key not in todo:
+            todo[key] = len(runs)
+            runs.append((i, units))
 
     batch = batch.to(model.lm_device)
     values: list[list[float]] = []
@@ -322,9 +333,14 @@ def ablation_sweep(
             logit_c = logits[torch.arange(len(chunk)), tids[rows].to(logits.device)]
             logp_c = logit_c.float() - logits.float().logsumexp(-1)
         values += torch.stack([logp_c.exp(), logit_c.float()], 1).cpu().tolist()
+    found: MutableMapping[Hashable, tuple[float, float]] = {
+        key: (values[j][0], values[j][1]) for key, j in todo.items()
+    }
+    if memo is not None and mode == "zero":
+        memo.update(found)
+        found = memo
     results = [
-        (cond[0], cond[1], cond[2], cond[3], *values[run_of[j]])
-        for j, cond in enumerate(conditions)
+        (cond[0], cond[1], cond[2], cond[3], *found[key]) for key, cond in zip(keys, conditions)
     ]
     table = pd.DataFrame(results, columns=["image", "kind", "k", "draw", "p_c", "logit_c"])
     base = table[table.k == 0].groupby("image")[["p_c", "logit_c"]].first()
@@ -335,6 +351,14 @@ def ablation_sweep(
             lower=np.finfo(float).tiny
         )
     return table
+
+
+def _units_key(units: Tensor, d_mlp: int) -> bytes:
+    """A set of ``(layer, unit)`` rows as hashable bytes (order and repeats do not matter)."""
+    if not len(units):
+        return b""
+    flat = units[:, 0].long() * d_mlp + units[:, 1].long()
+    return torch.unique(flat).cpu().numpy().tobytes()
 
 
 def ablation_curve(

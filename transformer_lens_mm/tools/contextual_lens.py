@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -196,53 +197,58 @@ def build_contextual_index(
     """
     layers = _check_layers(model, layers)
     tok = model.tokenizer
-    rows: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    ids = [tok(t)["input_ids"][:max_tokens] for t in texts]
+    # which (text, position) each vector is, in corpus order: the first ``max_contexts_per_token``
+    # contexts of each token string, each distinct prefix once (token ids alone decide)
+    kept: list[list[int]] = [[] for _ in texts]
     token_ids: list[int] = []
     text_index: list[int] = []
     positions: list[int] = []
     seen: set[tuple[int, ...]] = set()
     counts: dict[str, int] = {}
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    starts = range(0, len(texts), batch_size)
-    for start in tqdm(starts, disable=not verbose, desc="contextual index"):
-        chunk = list(texts[start : start + batch_size])
-        ids = [tok(t)["input_ids"][:max_tokens] for t in chunk]
-        longest = max(len(i) for i in ids)
-        if longest <= skip_first:
-            continue
-        tokens = torch.full((len(ids), longest), pad, dtype=torch.long)
-        for i, row in enumerate(ids):
-            tokens[i, : len(row)] = torch.tensor(row)
-        store: dict[int, Tensor] = {}
-        # right padding needs no mask: a causal model's real positions never see the padding
-        with model.hooks(fwd_hooks=_resid_hooks(layers, store)):
-            model.lm_forward(tokens.to(model.lm_device))
-        keep_rows: list[tuple[int, int]] = []
-        for i, row in enumerate(ids):
-            for pos in range(skip_first, len(row)):
-                prefix = tuple(row[: pos + 1])
-                if prefix in seen:
-                    continue
-                word = tok.decode([row[pos]])
-                if counts.get(word, 0) >= max_contexts_per_token:
-                    continue
-                seen.add(prefix)
-                counts[word] = counts.get(word, 0) + 1
-                keep_rows.append((i, pos))
-                token_ids.append(row[pos])
-                text_index.append(start + i)
-                positions.append(pos)
-        if keep_rows:
-            r = torch.tensor([i for i, _ in keep_rows])
-            p = torch.tensor([pos for _, pos in keep_rows])
-            for layer in layers:
-                rows[layer].append(store[layer][r.to(store[layer].device), p].float().cpu())
+    words: dict[int, str] = {}
+    for t, row in enumerate(ids):
+        for pos in range(skip_first, len(row)):
+            prefix = tuple(row[: pos + 1])
+            if prefix in seen:
+                continue
+            if row[pos] not in words:
+                words[row[pos]] = tok.decode([row[pos]])
+            word = words[row[pos]]
+            if counts.get(word, 0) >= max_contexts_per_token:
+                continue
+            seen.add(prefix)
+            counts[word] = counts.get(word, 0) + 1
+            kept[t].append(len(token_ids))
+            token_ids.append(row[pos])
+            text_index.append(t)
+            positions.append(pos)
     if not token_ids:
         raise CorpusError(
             f"no contextual vector kept: every text has at most skip_first={skip_first} tokens; "
             "use longer texts or a smaller skip_first"
         )
-    vectors = {layer: F.normalize(torch.cat(v), dim=-1) for layer, v in rows.items()}
+    # the forwards take the texts by length (little padding), each vector goes to its slot
+    d_model = int(model.cfg.d_model)
+    rows = {layer: torch.zeros(len(token_ids), d_model) for layer in layers}
+    todo = sorted((t for t in range(len(texts)) if kept[t]), key=lambda t: len(ids[t]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    starts = range(0, len(todo), batch_size)
+    for start in tqdm(starts, disable=not verbose, desc="contextual index"):
+        chunk = todo[start : start + batch_size]
+        tokens = torch.full((len(chunk), max(len(ids[t]) for t in chunk)), pad, dtype=torch.long)
+        for i, t in enumerate(chunk):
+            tokens[i, : len(ids[t])] = torch.tensor(ids[t])
+        store: dict[int, Tensor] = {}
+        # right padding needs no mask: a causal model's real positions never see the padding
+        with model.hooks(fwd_hooks=_resid_hooks(layers, store)):
+            model.lm_blocks(tokens.to(model.lm_device))
+        r = torch.tensor([i for i, t in enumerate(chunk) for _ in kept[t]])
+        p = torch.tensor([positions[slot] for t in chunk for slot in kept[t]])
+        slots = torch.tensor([slot for t in chunk for slot in kept[t]])
+        for layer in layers:
+            rows[layer][slots] = store[layer][r.to(store[layer].device), p].float().cpu()
+    vectors = {layer: F.normalize(v, dim=-1) for layer, v in rows.items()}
     return ContextualIndex(
         vectors,
         torch.tensor(token_ids),
@@ -328,16 +334,19 @@ def contextual_lens(
             words[t] = tok.decode([t])
         return words[t]
 
-    def names(t: int, item: int) -> bool:
-        """Whether token ``t`` is item's ``c`` (its id, or the same word)."""
-        key = (t, tids[item])
-        if key not in hits:
-            hits[key] = t == tids[item] or same_word(word_of(t), word_of(tids[item]))
-        return hits[key]
+    def names(t: int, c: int) -> bool:
+        """Whether token ``t`` is ``c`` (its id, or the same word)."""
+        if (t, c) not in hits:
+            hits[(t, c)] = t == c or same_word(word_of(t), word_of(c))
+        return hits[(t, c)]
 
     gen = torch.Generator().manual_seed(seed)
-    out: list[dict] = []
+    out: list[pd.DataFrame] = []
     n_img = img.shape[1]
+    item_of = np.repeat(np.arange(n), n_img)
+    index_of = np.tile(np.arange(n_img), n)
+    targets = sorted(set(tids)) if tids is not None else []
+    target_row = np.array([targets.index(t) for t in tids])[item_of] if tids is not None else None
     for layer in layers:
         hidden = store[layer][rows_ix, img].float()  # [batch, n_img, d]
         flat = hidden.reshape(n * n_img, -1)
@@ -356,20 +365,23 @@ def contextual_lens(
                 else:
                     sims = F.normalize(vecs, dim=-1) @ w_e.T
                     score, ids = sims.masked_fill(~keep, float("-inf")).topk(k, dim=-1)
-                ids = ids.cpu().tolist()
-                score = score[:, 0].cpu().tolist()
-                for r in range(n * n_img):
-                    item, pos = divmod(r, n_img)
-                    id_row = ids[r]
-                    row = dict(
-                        item=item, index=pos, layer=layer, lens=lens, kind=kind,
-                        tokens=[word_of(t) for t in id_row], token_ids=id_row,
-                        top_score=score[r],
-                    )  # fmt: skip
-                    if tids is not None:
-                        row["names_c"] = any(names(t, item) for t in id_row)
-                    out.append(row)
-    return pd.DataFrame(out)
+                id_array = ids.cpu().numpy()
+                uniq, inverse = np.unique(id_array, return_inverse=True)
+                inverse = inverse.reshape(id_array.shape)
+                spelled = np.array([word_of(int(t)) for t in uniq], dtype=object)
+                block = pd.DataFrame(
+                    {
+                        "item": item_of, "index": index_of, "layer": layer, "lens": lens,
+                        "kind": kind, "tokens": list(spelled[inverse].tolist()),
+                        "token_ids": id_array.tolist(),
+                        "top_score": score[:, 0].double().cpu().numpy(),
+                    }
+                )  # fmt: skip
+                if target_row is not None:
+                    named = np.array([[names(int(t), c) for t in uniq] for c in targets])
+                    block["names_c"] = named[target_row[:, None], inverse].any(1)
+                out.append(block)
+    return pd.concat(out, ignore_index=True)
 
 
 def lens_shares(table: pd.DataFrame) -> pd.DataFrame:

@@ -124,8 +124,7 @@ def _unit_logit_chunks(
                 None if values is None else [values[i] for i in part],
                 readout=readout,
             )
-            logits = vecs.to(w_u.device) @ w_u
-            logits[:, drop] = float("-inf")
+            logits = (vecs.to(w_u.device) @ w_u).masked_fill_(drop, float("-inf"))
             yield part, logits
 
 

@@ -30,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -202,8 +202,13 @@ def cross_concept_ablation(
     seed: int = 0,
     max_others: int | None = None,
     chunk_size: int = 32,
+    memo: MutableMapping[Hashable, tuple[float, float]] | None = None,
 ) -> pd.DataFrame:
     """Zero each image's top-k units on itself and on images of other concepts.
+
+    Every evaluated image's unablated forward runs once (not once per source image), and with
+    ``memo`` the forwards an :func:`~transformer_lens_mm.tools.ablation.ablation_sweep` of the
+    same ``batch`` already ran (its top-k on the image itself, its references) are not rerun.
 
     Args:
         model: A multimodal model.
@@ -216,6 +221,8 @@ def cross_concept_ablation(
         seed: Seed of the random draws.
         max_others: At most this many other-concept images per source image (the first ones).
         chunk_size: Rows per forward.
+        memo: Forwards already run on ``batch`` (``ablation_sweep``'s ``memo``), read and
+            filled.
 
     Returns:
         One row per (source image, evaluated image, kind, k, draw): ``source``, ``image``,
@@ -243,6 +250,8 @@ def cross_concept_ablation(
         n_random=n_random,
         seed=seed,
         chunk_size=chunk_size,
+        images=rows,
+        memo=memo,
     )
     source = np.array([a for a, _ in pairs])
     evaluated = np.array(rows)

@@ -80,3 +80,52 @@ def test_cross_concept_step_zeroes_the_source_units_on_the_other_images(searched
         by_hand = p_c_by_hand(model, found, row, ranked[src][:4])
         assert r.p_c == pytest.approx(by_hand, rel=1e-4)
         assert r.source_target == found.rows[src][2] and r.target == found.rows[row][2]
+
+
+def test_ablation_steps_share_forwards_and_give_the_same_tables(searched):
+    """The sweep, cross-concept ablation and unit effects of one batch share their forwards
+    (``found.ablations``): the tables equal those of each step run alone, with fewer rows run."""
+    from dataclasses import replace
+
+    from transformer_lens_mm.pipelines.steps import ablation_step
+
+    model, found = searched
+    units = {"a": [(0, 3), (1, 5)], "b": [(1, 2)]}
+
+    def run_all(shared: bool):
+        rows_run = []
+        logits_at = model.logits_at
+
+        def counting(batch, rows, positions):
+            rows_run.append(len(rows))
+            return logits_at(batch, rows, positions)
+
+        fresh = lambda: replace(found, ablations={})  # noqa: E731
+        one = fresh()
+        model.logits_at = counting
+        try:
+            tables = [
+                ablation_step(model, one if shared else fresh(), ks=[0, 2, 4], seed=3),
+                cross_concept_step(model, one if shared else fresh(), ks=[2, 4], seed=3),
+                unit_effect_step(model, one if shared else fresh(), units, seed=3),
+            ]
+        finally:
+            del model.logits_at
+        return tables, sum(rows_run)
+
+    alone, n_alone = run_all(shared=False)
+    shared, n_shared = run_all(shared=True)
+    for a, b in zip(alone, shared):
+        values = ["p_c", "rel_p", "logit_c", "delta_p", "delta_logit"]
+        assert a.drop(columns=values, errors="ignore").equals(
+            b.drop(columns=values, errors="ignore")
+        )
+        for column in ("p_c", "rel_p"):
+            assert b[column].to_numpy() == pytest.approx(a[column].to_numpy(), rel=1e-5, abs=1e-9)
+    # run alone: sweep 3 refs + 2 ks x 2 kinds x 3 images = 15; cross: 7 pairs x (1 ref + 2 ks
+    # x 2 kinds) = 35 minus the refs of repeated images (7 - 3) = 31; unit effects: 3 pairs x
+    # 2 + 2 refs = 8. Shared: the cross step reuses the 3 refs and the 3 images' own top-k at
+    # k = 2, 4 (6), unit effects the 2 refs (random draws that happen to coincide with one
+    # already run on the same image are shared too)
+    assert n_alone == 15 + 31 + 8
+    assert n_shared <= n_alone - 3 - 6 - 2

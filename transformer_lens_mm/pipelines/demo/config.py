@@ -49,7 +49,7 @@ SCENE_SETS = ("natural", "shapes")
 
 @dataclass(frozen=True, kw_only=True)
 class DemoConfig:
-    """What the demo runs (the defaults take about 10 minutes on 2 CPU cores)."""
+    """What the demo runs (the defaults take about 6.5 minutes on 2 CPU cores)."""
 
     # "smollm2" (SmolLM2-135M) or "gemma3" (Gemma 3 270M): the shipped LMs. SmolLM2 by default:
     # on the same held-out natural scenes it captions better and comes closer on each of the

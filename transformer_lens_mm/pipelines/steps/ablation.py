@@ -61,6 +61,7 @@ def ablation_step(
         n_random=n_random,
         seed=seed,
         chunk_size=chunk_size,
+        memo=found.ablations,
     )
     return tag_rows(table, found.rows)
 
@@ -112,6 +113,7 @@ def cross_concept_step(
         seed=seed,
         max_others=max_others,
         chunk_size=chunk_size,
+        memo=found.ablations,
     )
     source = table.pop("source").tolist()
     table = tag_rows(table, found.rows)
@@ -162,6 +164,8 @@ def unit_effect_step(
         n_random=1,
         seed=seed,
         chunk_size=chunk_size,
+        images=rows,
+        memo=found.ablations,
     )
     table = table[table["k"] == 1]
     pair = table.pop("image").to_numpy()
