@@ -74,6 +74,20 @@ def count_ops(fn) -> int:
     return counter.count
 
 
+def count_python_calls(fn) -> int:
+    """Python function calls (builtins included) that one call of ``fn`` makes (cProfile's
+    count; deterministic, so it compares across processes, e.g. TL 4.3's bridge against TL 3.9's
+    hooked path run in its own environment)."""
+    import cProfile
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    fn()
+    profile.disable()
+    return pstats.Stats(profile).total_calls  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -151,6 +165,7 @@ def main() -> None:
 
     same = torch.equal(ours().cpu(), theirs().cpu())
     ops_ours, ops_hf = count_ops(ours), count_ops(theirs)
+    calls_ours, calls_hf = count_python_calls(ours), count_python_calls(theirs)
     ratios, ours_tps, hf_tps = [], [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -172,6 +187,10 @@ def main() -> None:
     print(
         f"tensor operations per caption batch (one kernel each on a GPU): ours {ops_ours}, "
         f"HF generate {ops_hf} ({ops_ours / max(ops_hf, 1):.2f}x)"
+    )
+    print(
+        f"Python calls per caption batch (cProfile): ours {calls_ours}, HF generate {calls_hf} "
+        f"({calls_ours / max(calls_hf, 1):.2f}x)"
     )
     print(summary("captioning tokens/s vs HF generate", ratios, ">= 0.9"))
 

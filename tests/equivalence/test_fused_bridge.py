@@ -353,6 +353,13 @@ def test_gpt2_q_k_v_are_one_product_of_c_attn_and_follow_weight_edits(models):
             fused, reference = both_ways(model, lambda: model(batch))
         torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
         assert (fused - logits).abs().max() > 1e-3
+        view = original.data
+        original.data = view.clone()  # the same Parameter on its own storage: not a view
+        with torch.no_grad():
+            assert attn._joint_qkv() is None
+        original.data = view  # a view again
+        with torch.no_grad():
+            assert attn._joint_qkv() is not None
         q.weight = torch.nn.Parameter(original.detach() * 0.5)  # a new tensor, not a view
         with torch.no_grad():
             assert attn._joint_qkv() is None

@@ -133,7 +133,8 @@ def _call(self: Any, *args: Any, **kwargs: Any) -> Any:
     """``GeneralizedComponent.__call__`` without Accelerate's ``align_module_device`` where the
     wrapped module has no Accelerate hook (then that context manager does nothing, at ~10 us per
     call of every component)."""
-    if self.fused and getattr(self._modules.get("_original_component"), "_hf_hook", None) is None:
+    inner = self._modules.get("_original_component")
+    if self.fused and (inner is None or "_hf_hook" not in inner.__dict__):
         return torch.nn.Module.__call__(self, *args, **kwargs)
     return self._tl.__call__(self, *args, **kwargs)
 
@@ -145,30 +146,55 @@ _GLOBAL_HOOKS = [
     for kind in ("forward", "forward_pre", "backward", "backward_pre")
 ]
 _GLOBAL_HOOKS_KNOWN = all(isinstance(hooks, dict) for hooks in _GLOBAL_HOOKS)
+_G_FWD, _G_PRE, _G_BWD, _G_BWD_PRE = (h if isinstance(h, dict) else {} for h in _GLOBAL_HOOKS)
+_tracing = torch._C._get_tracing_state
+
+# The checks below run on every module call of a decoding step (thousands per caption batch),
+# where a Python function call costs about what the module's own work does on a small model:
+# they are written out inline (attribute and dict lookups, no helper calls).
 
 
 def _plain_dispatch() -> bool:
     """No global module hook is registered and nothing traces: skipping a module call (or
     ``nn.Module.__call__``) changes nothing anyone can observe. False on a torch whose global
     hook registries are not where this looks (then every call goes through torch)."""
-    return _GLOBAL_HOOKS_KNOWN and not any(_GLOBAL_HOOKS) and not torch._C._get_tracing_state()
+    return _GLOBAL_HOOKS_KNOWN and not (_G_FWD or _G_PRE or _G_BWD or _G_BWD_PRE) and not _tracing()
 
 
 def _unhooked(module: torch.nn.Module) -> bool:
     """No hook of its own, not compiled, and its ``forward`` not wrapped on the instance (as
     nnsight's tracing and other wrapping tools do): its call is its class's plain
     ``forward``, so skipping the call (or calling what it wraps) changes nothing."""
-    return (
-        not has_hooks(module)
-        and getattr(module, "_compiled_call_impl", None) is None
-        and "forward" not in module.__dict__
+    return not (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+        or module._compiled_call_impl is not None
+        or "forward" in module.__dict__
     )
 
 
 def _hook_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     """``HookPoint.__call__``: its input itself while no hook is attached (TL's ``forward`` is
     the identity; ``nn.Module.__call__`` around it costs ~2 us, ~3000 times per caption)."""
-    if self.fused and len(args) == 1 and not kwargs and _unhooked(self) and _plain_dispatch():
+    if (
+        self.fused
+        and not kwargs
+        and args
+        and not args[1:]  # one argument (a slice: no function call)
+        and not (
+            self._forward_hooks
+            or self._forward_pre_hooks
+            or self._backward_hooks
+            or self._backward_pre_hooks
+            or self._compiled_call_impl is not None
+            or "forward" in self.__dict__
+        )
+        and _GLOBAL_HOOKS_KNOWN
+        and not (_G_FWD or _G_PRE or _G_BWD or _G_BWD_PRE)
+        and not _tracing()
+    ):
         return args[0]
     return torch.nn.Module.__call__(self, *args, **kwargs)
 
@@ -178,16 +204,19 @@ def _bypassable(linear: Any) -> torch.nn.Module | None:
     its ``hook_in``/``hook_out`` (nor an Accelerate hook): what may run in its place."""
     modules = linear._modules
     inner = modules.get("_original_component")
-    if (
-        getattr(linear, "fused", False)
-        and inner is not None
-        and getattr(inner, "_hf_hook", None) is None
-        and _unhooked(linear)
-        and _unhooked(modules["hook_in"])
-        and _unhooked(modules["hook_out"])
-    ):
-        return inner
-    return None
+    if inner is None or "_hf_hook" in inner.__dict__ or not getattr(linear, "fused", False):
+        return None
+    for module in (linear, modules["hook_in"], modules["hook_out"]):
+        if (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or module._backward_hooks
+            or module._backward_pre_hooks
+            or module._compiled_call_impl is not None
+            or "forward" in module.__dict__
+        ):
+            return None
+    return inner
 
 
 def _record_call(linear: Any) -> None:
@@ -201,11 +230,19 @@ def _linear_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     """``LinearBridge.__call__``: while neither it nor its ``hook_in``/``hook_out`` has a hook,
     its wrapped module's call with TL's bookkeeping (``LinearBridge.forward`` without the three
     module calls around it)."""
-    inner = _bypassable(self) if _plain_dispatch() else None
+    inner = (
+        _bypassable(self)
+        if self.fused
+        and _GLOBAL_HOOKS_KNOWN
+        and not (_G_FWD or _G_PRE or _G_BWD or _G_BWD_PRE)
+        and not _tracing()
+        else None
+    )
     if inner is None:
         return _call(self, *args, **kwargs)
     out = inner(*args, **kwargs)
-    _record_call(self)
+    object.__setattr__(self, "_suppress_next_hook_in", False)
+    object.__setattr__(self, "_fired_hook_out", True)
     return out
 
 
@@ -261,21 +298,34 @@ class _FusedNorm:
     fused: bool = True
 
     def forward(self, hidden_states: Tensor, **kwargs: Any) -> Tensor:
-        hf_norm = self.original_component  # type: ignore[attr-defined]
+        modules = self._modules  # submodules read from it: no TL ``__getattr__`` per call
+        hf_norm = modules.get("_original_component")
+        scale, normalized = modules.get("hook_scale"), modules.get("hook_normalized")
         if (
             not self.fused
             or kwargs
             or hf_norm is None
-            or isinstance(hf_norm, torch.nn.Identity)
+            or type(hf_norm) is torch.nn.Identity
             or getattr(self.config, "layer_norm_folding", False)  # type: ignore[attr-defined]
-            or has_hooks(self.hook_scale, self.hook_normalized)  # type: ignore[attr-defined]
+            or (scale is not None and _any_hook(scale))
+            or (normalized is not None and _any_hook(normalized))
         ):
             return self._tl.forward(self, hidden_states, **kwargs)
-        x = self.hook_in(hidden_states)  # type: ignore[attr-defined]
+        x = modules["hook_in"](hidden_states)
         out = hf_norm(x)
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
-        return self.hook_out(out)  # type: ignore[attr-defined]
+        return modules["hook_out"](out)
+
+
+def _any_hook(point: torch.nn.Module) -> bool:
+    """``classes.has_hooks`` of one hook point, inline."""
+    return bool(
+        point._forward_hooks
+        or point._forward_pre_hooks
+        or point._backward_hooks
+        or point._backward_pre_hooks
+    )
 
 
 class _FusedAttentionCommon:
@@ -295,7 +345,7 @@ class _FusedAttentionCommon:
             and not getattr(cfg, "use_split_qkv_input", False)
             and not getattr(cfg, "use_attn_in", False)
             and (attention_mask is None or isinstance(attention_mask, Tensor))
-            and not has_hooks(self.hook_attn_scores, self.hook_pattern)  # type: ignore[attr-defined]
+            and not has_hooks(self._modules["hook_attn_scores"], self._modules["hook_pattern"])
         )
 
     def _plan(
@@ -345,14 +395,19 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
     def _joint_qkv(self) -> tuple[Tensor, Tensor | None, list[Any]] | None:
         """``c_attn``'s weight and bias, and the q/k/v bridges, when one product can stand for
         the three projections; ``None`` when TL's own projections must run."""
-        modules = self._modules
+        modules = self._modules  # modules and parameters read from their dicts: this runs
+        # in every layer of every decoding step
         projections = [modules.get(name) for name in ("q", "k", "v")]
-        joint = getattr(modules.get("_original_component"), "c_attn", None)
+        hf_attn = modules.get("_original_component")
+        joint = None if hf_attn is None else hf_attn._modules.get("c_attn")
+        if joint is not None and "_original_component" in joint._modules:  # TL's bridge of it
+            joint = joint._modules["_original_component"]
+        weight = None if joint is None else joint._parameters.get("weight")
         if (
             joint is None
-            or getattr(joint, "_hf_hook", None) is not None
-            or not isinstance(getattr(joint, "weight", None), Tensor)
-            or joint.weight.dim() != 2
+            or "_hf_hook" in joint.__dict__
+            or not isinstance(weight, Tensor)
+            or weight.dim() != 2
             or self._is_split_qkv_fork_active()  # type: ignore[attr-defined]
         ):
             return None
@@ -363,14 +418,30 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
             if type(inner) is not torch.nn.Linear or not _unhooked(inner):
                 return None
             inners.append(inner)
-        weight, bias = joint.weight, getattr(joint, "bias", None)
-        tensors = [weight, bias] + [t for m in inners for t in (m.weight, m.bias)]
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-            return None  # gradients belong to TL's q/k/v parameters: their own products
-        if not (
-            _views_of_joint([m.weight for m in inners], weight)
-            and _views_of_joint([m.bias for m in inners], bias)
-        ):
+        bias = joint._parameters.get("bias")  # type: ignore[union-attr]
+        tensors = [weight, bias]
+        for m in inners:
+            tensors += (m._parameters.get("weight"), m._parameters.get("bias"))
+        if torch.is_grad_enabled():
+            for t in tensors:
+                if t is not None and t.requires_grad:
+                    return None  # gradients belong to TL's q/k/v parameters: their products
+        # whether q/k/v are views of c_attn changes only with a tensor or its storage: the
+        # verdict is kept for the same tensors (held, so their ids stay theirs) at the same
+        # addresses (``.data = ...`` moves one)
+        ptrs = [0 if t is None else t.data_ptr() for t in tensors]
+        known = self.__dict__.get("_tlmm_joint_views")
+        same = known is not None and known[1] == ptrs
+        if same:
+            for held, t in zip(known[0], tensors):
+                if held is not t:
+                    same = False
+                    break
+        if not same:
+            views = _views_of_joint(tensors[2::2], weight) and _views_of_joint(tensors[3::2], bias)
+            known = (tensors, ptrs, views)
+            object.__setattr__(self, "_tlmm_joint_views", known)
+        if not known[2]:
             return None
         return weight, bias, projections
 
