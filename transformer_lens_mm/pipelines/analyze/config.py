@@ -92,7 +92,8 @@ class AnalysisConfig:
     max_new_tokens: int = 20
     layers: list[int] | None = None  # layers to score (default all)
     feature_cache: str | None = None  # folder of the encoder-feature cache
-    limit: int | None = None  # only the first N items
+    # only the first N items (default: all, or a data set's searched part: kind "demo")
+    limit: int | None = None
     # ablation sweep per image (empty: off); the paper: 0, 50, ..., 6400
     ablation_ks: list[int] = field(default_factory=list)
     ablation_random: int = 1  # random same-layer draws per k
@@ -106,6 +107,7 @@ class AnalysisConfig:
     # same- vs cross-concept ablation within each batch (empty: off): each image's top-k zeroed
     # on the batch's images of other concepts (tools.specificity; cross_concept table)
     cross_concept_ks: list[int] = field(default_factory=list)
+    cross_concept_others: int | None = None  # at most this many per source image (None: all)
     # attention knockout (tools.knockout) of image -> last in windows of this many layers,
     # against random position groups (0: off; knockout table)
     knockout_window: int = 0
@@ -117,6 +119,8 @@ class AnalysisConfig:
     lens_every: int = 0
     lens_corpus: str = "general"
     lens_texts: int = 300
+    # seed of the corpus sample (with lens_corpus = "scenes": other scenes than the run's)
+    lens_seed: int = 1000
     spatial: bool = False  # IoU of top units' regions with the mask of c's object (masks)
     background: bool = False  # the same for each image's largest background region (masks)
     quantile: float = REGION_QUANTILE  # the region of a patch map: above this quantile
@@ -182,6 +186,11 @@ class AnalysisConfig:
             raise ConfigError(f"lens_texts must be >= 1, got {self.lens_texts}")
         if not 0 < self.quantile < 1:
             raise ConfigError(f"quantile must be in (0, 1), got {self.quantile}")
+        if self.cross_concept_others is not None and self.cross_concept_others < 1:
+            raise ConfigError(
+                f"cross_concept_others must be >= 1 (or left out: all), got "
+                f"{self.cross_concept_others}"
+            )
         if any(int(k) < 1 for k in self.cross_concept_ks):
             raise ConfigError(f"cross_concept_ks must be >= 1, got {self.cross_concept_ks}")
         if not 0 < self.generic_share < 1:
@@ -227,7 +236,10 @@ def load_config(path: str | os.PathLike) -> AnalysisConfig:
 def load_dataset(spec: dict[str, Any]) -> Sequence[Item]:
     """A data set from its config table: ``kind`` = ``coco`` (``images``, ``captions``,
     ``instances``), ``folder`` (``root``, ``captions``), ``classes`` (``root``), ``scenes``
-    or ``natural`` (natural-object scenes; both ``n``, ``seed``)."""
+    or ``natural`` (natural-object scenes; both ``n``, ``seed``), or ``demo`` (``tlmm demo``'s
+    images, :class:`~transformer_lens_mm.data.demo_set.DemoSet`: ``scene_set``, ``n``,
+    ``photos``, ``n_selectivity``, ``seed``; a run without ``limit`` searches its scenes and
+    photos, the category-selectivity images after them are the held-out ones)."""
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind == "coco":
@@ -244,7 +256,19 @@ def load_dataset(spec: dict[str, Any]) -> Sequence[Item]:
         from transformer_lens_mm.data.natural_scenes import NaturalSceneSet
 
         return SceneDataset(NaturalSceneSet(int(spec.get("n", 100)), seed=int(spec.get("seed", 0))))
-    raise ConfigError(f"data.kind must be coco, folder, classes, scenes or natural, got {kind!r}")
+    if kind == "demo":
+        from transformer_lens_mm.data.demo_set import DemoSet
+
+        return DemoSet(
+            str(spec.get("scene_set", "natural")),
+            int(spec.get("n", 40)),
+            photos=bool(spec.get("photos", True)),
+            n_selectivity=int(spec.get("n_selectivity", 2)),
+            seed=int(spec.get("seed", 2)),
+        )
+    raise ConfigError(
+        f"data.kind must be coco, folder, classes, scenes, natural or demo, got {kind!r}"
+    )
 
 
 #: [data] keys each kind reads, the paths among them
@@ -254,6 +278,7 @@ _DATA_KEYS = {
     "classes": ({"root"}, {"root"}),
     "scenes": ({"n", "seed"}, set()),
     "natural": ({"n", "seed"}, set()),
+    "demo": ({"scene_set", "n", "photos", "n_selectivity", "seed"}, set()),
 }
 
 

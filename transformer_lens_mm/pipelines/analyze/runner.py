@@ -233,7 +233,9 @@ def _run(
         write_store_version(out)
         write_config(out, config)
     data = data if data is not None else load_dataset(config.data)
-    n = len(data) if config.limit is None else min(config.limit, len(data))
+    # a data set with a searched part (the demo's: its selectivity images come after) stops there
+    limit = config.limit if config.limit is not None else getattr(data, "n_search", None)
+    n = len(data) if limit is None else min(limit, len(data))
     model = model if model is not None else load_model(config.model)
     if model.image_encoder is None:
         raise ConfigError("run_analysis reads images: the model needs an image encoder")
@@ -248,7 +250,7 @@ def _run(
         )
 
     steps, not_run = _usable_steps(config, data, n, strict)
-    ctx = StepContext(model=model, config=config, data=data, verbose=verbose)
+    ctx = StepContext(model=model, config=config, data=data, verbose=verbose, n_run=n)
     seconds: dict[str, float] = {}
     log = _Log(out / "run.log", rank)
     log.write(f"start: {n} items, steps {[s.name for s in steps]}, skipped {not_run or 'none'}")

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transformer_lens_mm.core.paper import REGION_QUANTILE, TOP_K
+from transformer_lens_mm.data.demo_set import PHOTOS, SCENE_SETS
 from transformer_lens_mm.errors import ConfigError, OutputExistsError
 
 __all__ = ["FILES", "PHOTOS", "QUICK", "DemoConfig", "prepare_output"]
 
-#: scikit-image's bundled photos captioned as out-of-distribution examples.
-PHOTOS = ("chelsea", "astronaut", "coffee", "rocket")
 #: The files the demo writes (and replaces with ``overwrite``); nothing else is touched.
 _TABLES = (
     "captions",
@@ -43,8 +42,6 @@ FILES = (
     "run.log",
     *(f"{name}.{ext}" for name in _TABLES for ext in ("parquet", "csv")),
 )
-#: the scene sets the demo draws held-out images from (each with a shipped projection)
-SCENE_SETS = ("natural", "shapes")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -40,7 +40,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -54,12 +53,12 @@ from tqdm.auto import tqdm
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.data.corpora import reference_corpus
-from transformer_lens_mm.data.datasets import Item, SceneDataset
-from transformer_lens_mm.data.natural_scenes import NOUNS, NaturalSceneSet
+from transformer_lens_mm.data.datasets import Item
+from transformer_lens_mm.data.demo_set import DemoSet
+from transformer_lens_mm.data.natural_scenes import NOUNS
 from transformer_lens_mm.data.pretrained import demo_projection_path, load_demo_model
-from transformer_lens_mm.data.scenes import SceneSet
 from transformer_lens_mm.errors import NoUsableItemError
-from transformer_lens_mm.pipelines.demo.config import PHOTOS, DemoConfig, prepare_output
+from transformer_lens_mm.pipelines.demo.config import DemoConfig, prepare_output
 from transformer_lens_mm.pipelines.demo.report import card_groups, write_report
 from transformer_lens_mm.pipelines.demo.summary import (
     describe_model,
@@ -96,55 +95,6 @@ __all__ = ["run_demo"]
 def _write_json(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=1, default=float)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _photos() -> list[tuple[str, Any]]:
-    try:
-        import skimage.data
-    except ImportError:
-        return []
-    return [(name, getattr(skimage.data, name)()) for name in PHOTOS]
-
-
-def _held_out_split() -> list:
-    """The combinations the natural-scene projections never saw (their training records')."""
-    colour_pairs, noun_pairs = NaturalSceneSet.split(10, 10, seed=0)
-    return colour_pairs + noun_pairs
-
-
-def _load_items(config: DemoConfig) -> tuple[list[Item], dict[str, tuple[str, str, str]]]:
-    """The held-out scenes and photos as data-set items (scene masks by object name and
-    background region), and each scene's (short caption, colour, noun) of its first object."""
-    if config.scene_set == "natural":
-        scenes: Any = NaturalSceneSet(config.n_scenes, seed=config.seed, exclude=_held_out_split())
-    else:
-        seen, _ = SceneSet.split_pairs(8, seed=0)
-        scenes = SceneSet(config.n_scenes, seed=config.seed, max_objects=1, pairs=seen)
-    data = SceneDataset(scenes)
-    items, truths = [], {}
-    for i in range(len(scenes)):
-        item = dataclasses.replace(data[i], id=f"scene-{i:03d}")
-        first = scenes[i].objects[0]
-        truths[item.id] = (scenes[i].short_caption.strip(" ."), first.colour, first.shape)
-        items.append(item)
-    if config.photos:
-        items += [Item(f"photo-{name}", img) for name, img in _photos()]
-    return items, truths
-
-
-def _selectivity_images(config: DemoConfig) -> list[Item]:
-    """Held-out one-object images, ``n_selectivity`` per concept (their one category)."""
-    if config.scene_set == "natural":
-        held = _held_out_split()
-        sets = [
-            NaturalSceneSet(config.n_selectivity, seed=100 + j, nouns=[noun], max_objects=1,
-                            exclude=held)
-            for j, noun in enumerate(NOUNS)
-        ]  # fmt: skip
-        return [item for s in sets for item in SceneDataset(s)]
-    seen, _ = SceneSet.split_pairs(8, seed=0)
-    n = config.n_selectivity * 8
-    return list(SceneDataset(SceneSet(n, seed=100, max_objects=1, pairs=seen)))
 
 
 def _search(
@@ -322,7 +272,14 @@ def run_demo(
     else:
         steps.update()
     assert model is not None
-    items, truths = _load_items(config)
+    data = DemoSet(
+        config.scene_set,
+        config.n_scenes,
+        photos=config.photos,
+        n_selectivity=config.n_selectivity,
+        seed=config.seed,
+    )
+    items, truths = data.searched, data.truths
     by_id = {it.id: it for it in items}
     searches, captions = step("search", lambda: _search(model, items, truths, config))
     tables.set(out, "captions", captions)
@@ -404,7 +361,7 @@ def run_demo(
             model,
             units,
             captions,
-            _selectivity_images(config),
+            data.selectivity,
             batch_size=config.batch_size,
             verbose=verbose,
         ),

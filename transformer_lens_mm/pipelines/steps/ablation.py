@@ -290,11 +290,14 @@ register_step(
                 ks=ctx.config.cross_concept_ks,
                 n_random=max(ctx.config.ablation_random, 1),
                 seed=seed,
+                max_others=ctx.config.cross_concept_others,
                 chunk_size=ctx.config.ablation_chunk,
             )
         },
         forwards=lambda c, n_layers: (
-            len(c.cross_concept_ks) * (1 + max(c.ablation_random, 1)) * max(c.batch_size - 1, 1)
+            len(c.cross_concept_ks)
+            * (1 + max(c.ablation_random, 1))
+            * min(max(c.batch_size - 1, 1), c.cross_concept_others or c.batch_size)
         ),
     )
 )

@@ -66,7 +66,7 @@ def contextual_index(ctx: StepContext) -> ContextualIndex:
     if "contextual_index" not in ctx.state:
         config, n_layers = ctx.config, int(ctx.model.cfg.n_layers)
         layers = sorted({*range(0, n_layers, config.lens_every), n_layers - 1})
-        texts = reference_corpus(config.lens_corpus, n=config.lens_texts, seed=1000)
+        texts = reference_corpus(config.lens_corpus, n=config.lens_texts, seed=config.lens_seed)
         ctx.state["contextual_index"] = build_contextual_index(
             ctx.model, texts, layers=layers, verbose=ctx.verbose
         )

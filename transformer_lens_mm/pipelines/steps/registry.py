@@ -52,6 +52,7 @@ class StepContext:
     data: Sequence[Item]
     state: dict[str, Any] = field(default_factory=dict)
     verbose: bool = False  # steps show their own progress bars
+    n_run: int | None = None  # items the run searches (the first ones; None: all)
 
     def items_of(self, found: BatchSearch) -> list[Item]:
         """The data-set items of a batch's usable rows, in batch order."""

@@ -120,11 +120,11 @@ def _background(ctx: StepContext, found: BatchSearch, seed: int) -> dict[str, pd
 
 
 def _selectivity(ctx: StepContext, tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Held-out images per class: items of the data set beyond the run's ``limit`` when there
-    are any (the paper's held-out images), else the run's own items (in-sample; noted in the
-    table's ``held_out`` column)."""
+    """Held-out images per class: items of the data set beyond the run's searched items when
+    there are any (the paper's held-out images), else the run's own items (in-sample; noted in
+    the table's ``held_out`` column)."""
     config, data = ctx.config, ctx.data
-    n_run = len(data) if config.limit is None else min(config.limit, len(data))
+    n_run = len(data) if ctx.n_run is None else min(ctx.n_run, len(data))
     pool = range(n_run, len(data)) if n_run < len(data) else range(len(data))
     per_class: dict[str, list] = {}
     for i in pool:
