@@ -115,7 +115,7 @@ class BatchSearch:
     captions: list[str] = field(default_factory=list)  # caption per usable item
     # p(c), logit(c) of the ablation forwards already run on ``inputs`` (by row, c, mode and
     # unit set): the ablation steps of one batch share them instead of rerunning them
-    ablations: dict = field(default_factory=dict)
+    ablations: dict[Hashable, tuple[float, float]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         """Number of usable items."""

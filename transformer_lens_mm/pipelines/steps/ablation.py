@@ -2,7 +2,10 @@
 vs cross-concept ablation, and single-unit effects.
 
 Random draws are seeded by the caller (``tlmm analyze``: by the batch index), so a resumed or
-sharded run draws the same units.
+sharded run draws the same units. The steps of one batch share their forwards through
+``found.ablations``: a forward one step ran (the same image, ``c`` and set of zeroed units, e.g.
+each image's unablated reference, or its own top-k in the sweep and in the cross-concept
+ablation) is not run again by the next.
 
 Example:
     >>> found = search_batch(model, indices=[0, 1], images=images)  # doctest: +SKIP
