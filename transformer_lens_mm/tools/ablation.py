@@ -234,7 +234,7 @@ def ablation_sweep(
     means: dict[int, Tensor] | None = None,
     chunk_size: int = 32,
     verbose: bool = False,
-    images: Sequence[Hashable] | None = None,
+    image_ids: Sequence[Hashable] | None = None,
     memo: MutableMapping[Hashable, tuple[float, float]] | None = None,
 ) -> pd.DataFrame:
     """p(c) and logit(c) when ablating each image's top-k units vs k random units, for each k.
@@ -243,7 +243,7 @@ def ablation_sweep(
     ``n_random`` draws). All conditions are stacked along the batch dimension and run in
     chunks of ``chunk_size`` rows. Conditions that are the same forward (the same image, ``c``
     and set of ablated units: k = 0 of top and of every random draw, or a row repeated with
-    ``images``) run once; with ``memo``, so do those an earlier sweep on the same images ran.
+    ``image_ids``) run once; with ``memo``, so do those an earlier sweep on the same images ran.
 
     Args:
         model: A multimodal model.
@@ -257,12 +257,12 @@ def ablation_sweep(
         mode: ``"zero"`` or ``"mean"`` (with ``means``).
         chunk_size: Rows per forward.
         verbose: Progress bar over chunks.
-        images: Which image each row of ``batch`` is (default: every row its own): rows of
+        image_ids: Which image each row of ``batch`` is (default: every row its own): rows of
             one image (the same input row repeated, e.g. ``batch.select([0, 0, 1])``) share
             their forwards where the same units are ablated.
         memo: Results of forwards already run, read and filled (``(image, c, mode, units) ->
             (p_c, logit_c)``; ``mode="zero"`` only): pass the same dict to sweeps on the same
-            images (their ``images`` naming rows of one input) to run each forward once.
+            images (their ``image_ids`` naming rows of one input) to run each forward once.
 
     Returns:
         One row per (image, kind, k, draw): ``p_c``, ``logit_c``, ``delta_p``, ``delta_logit``
@@ -300,9 +300,9 @@ def ablation_sweep(
 
     # conditions that are the same forward (image, c, mode, set of units) run once; the memo
     # holds those run before
-    if images is not None and len(images) != n:
-        raise ArgumentError(f"images names {len(images)} rows but the batch has {n}")
-    ids = list(range(n)) if images is None else list(images)
+    if image_ids is not None and len(image_ids) != n:
+        raise ArgumentError(f"image_ids names {len(image_ids)} rows but the batch has {n}")
+    ids = list(range(n)) if image_ids is None else list(image_ids)
     shared = memo if memo is not None and mode == "zero" else {}
     keys = [
         (ids[i], int(tids[i]), mode, _units_key(units, d_mlp)) for i, _, _, _, units in conditions

@@ -250,7 +250,7 @@ def cross_concept_ablation(
         n_random=n_random,
         seed=seed,
         chunk_size=chunk_size,
-        images=rows,
+        image_ids=rows,
         memo=memo,
     )
     source = np.array([a for a, _ in pairs])

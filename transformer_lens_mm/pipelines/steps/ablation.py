@@ -167,7 +167,7 @@ def unit_effect_step(
         n_random=1,
         seed=seed,
         chunk_size=chunk_size,
-        images=rows,
+        image_ids=rows,
         memo=found.ablations,
     )
     table = table[table["k"] == 1]
