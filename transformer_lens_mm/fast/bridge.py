@@ -161,23 +161,28 @@ def _plain_dispatch() -> bool:
     return _GLOBAL_HOOKS_KNOWN and not (_G_FWD or _G_PRE or _G_BWD or _G_BWD_PRE) and not _tracing()
 
 
-def _unhooked(module: torch.nn.Module) -> bool:
-    """No hook of its own, not compiled, and its ``forward`` not wrapped on the instance (as
-    nnsight's tracing and other wrapping tools do): its call is its class's plain
-    ``forward``, so skipping the call (or calling what it wraps) changes nothing."""
-    return not (
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module._backward_hooks
-        or module._backward_pre_hooks
-        or module._compiled_call_impl is not None
-        or "forward" in module.__dict__
-    )
+def _unhooked(*modules: torch.nn.Module) -> bool:
+    """None of ``modules`` has a hook of its own, is compiled or has its ``forward`` wrapped on
+    the instance (as nnsight's tracing and other wrapping tools do): each call is its class's
+    plain ``forward``, so skipping the call (or calling what it wraps) changes nothing."""
+    for module in modules:  # a loop, not any(<generator>): one call checks them all
+        if (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or module._backward_hooks
+            or module._backward_pre_hooks
+            or module._compiled_call_impl is not None
+            or "forward" in module.__dict__
+        ):
+            return False
+    return True
 
 
 def _hook_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     """``HookPoint.__call__``: its input itself while no hook is attached (TL's ``forward`` is
-    the identity; ``nn.Module.__call__`` around it costs ~2 us, ~3000 times per caption)."""
+    the identity; ``nn.Module.__call__`` around it costs ~2 us, ~3000 times per caption).
+    The most frequent call of a decoding step: ``_unhooked`` and ``_plain_dispatch`` are
+    written out here rather than called (keep the three in step)."""
     if (
         self.fused
         and not kwargs
@@ -204,18 +209,13 @@ def _bypassable(linear: Any) -> torch.nn.Module | None:
     its ``hook_in``/``hook_out`` (nor an Accelerate hook): what may run in its place."""
     modules = linear._modules
     inner = modules.get("_original_component")
-    if inner is None or "_hf_hook" in inner.__dict__ or not getattr(linear, "fused", False):
+    if (
+        inner is None
+        or "_hf_hook" in inner.__dict__
+        or not getattr(linear, "fused", False)
+        or not _unhooked(linear, modules["hook_in"], modules["hook_out"])
+    ):
         return None
-    for module in (linear, modules["hook_in"], modules["hook_out"]):
-        if (
-            module._forward_hooks
-            or module._forward_pre_hooks
-            or module._backward_hooks
-            or module._backward_pre_hooks
-            or module._compiled_call_impl is not None
-            or "forward" in module.__dict__
-        ):
-            return None
     return inner
 
 
@@ -230,19 +230,11 @@ def _linear_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     """``LinearBridge.__call__``: while neither it nor its ``hook_in``/``hook_out`` has a hook,
     its wrapped module's call with TL's bookkeeping (``LinearBridge.forward`` without the three
     module calls around it)."""
-    inner = (
-        _bypassable(self)
-        if self.fused
-        and _GLOBAL_HOOKS_KNOWN
-        and not (_G_FWD or _G_PRE or _G_BWD or _G_BWD_PRE)
-        and not _tracing()
-        else None
-    )
+    inner = _bypassable(self) if self.fused and _plain_dispatch() else None
     if inner is None:
         return _call(self, *args, **kwargs)
     out = inner(*args, **kwargs)
-    object.__setattr__(self, "_suppress_next_hook_in", False)
-    object.__setattr__(self, "_fired_hook_out", True)
+    _record_call(self)
     return out
 
 
@@ -300,15 +292,13 @@ class _FusedNorm:
     def forward(self, hidden_states: Tensor, **kwargs: Any) -> Tensor:
         modules = self._modules  # submodules read from it: no TL ``__getattr__`` per call
         hf_norm = modules.get("_original_component")
-        scale, normalized = modules.get("hook_scale"), modules.get("hook_normalized")
         if (
             not self.fused
             or kwargs
             or hf_norm is None
             or type(hf_norm) is torch.nn.Identity
             or getattr(self.config, "layer_norm_folding", False)  # type: ignore[attr-defined]
-            or (scale is not None and _any_hook(scale))
-            or (normalized is not None and _any_hook(normalized))
+            or has_hooks(modules["hook_scale"], modules["hook_normalized"])
         ):
             return self._tl.forward(self, hidden_states, **kwargs)
         x = modules["hook_in"](hidden_states)
@@ -316,16 +306,6 @@ class _FusedNorm:
         if out.dtype != x.dtype:
             out = out.to(x.dtype)
         return modules["hook_out"](out)
-
-
-def _any_hook(point: torch.nn.Module) -> bool:
-    """``classes.has_hooks`` of one hook point, inline."""
-    return bool(
-        point._forward_hooks
-        or point._forward_pre_hooks
-        or point._backward_hooks
-        or point._backward_pre_hooks
-    )
 
 
 class _FusedAttentionCommon:

@@ -372,7 +372,7 @@ def contextual_lens(
                 block = pd.DataFrame(
                     {
                         "item": item_of, "index": index_of, "layer": layer, "lens": lens,
-                        "kind": kind, "tokens": list(spelled[inverse].tolist()),
+                        "kind": kind, "tokens": spelled[inverse].tolist(),
                         "token_ids": id_array.tolist(),
                         "top_score": score[:, 0].double().cpu().numpy(),
                     }

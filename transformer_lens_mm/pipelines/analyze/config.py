@@ -259,18 +259,18 @@ def load_dataset(spec: dict[str, Any]) -> Sequence[Item]:
     if kind == "demo":
         from transformer_lens_mm.data.demo_set import DemoSet
 
-        return DemoSet(
-            str(spec.get("scene_set", "natural")),
-            int(spec.get("n", 40)),
-            photos=bool(spec.get("photos", True)),
-            n_selectivity=int(spec.get("n_selectivity", 2)),
-            seed=int(spec.get("seed", 2)),
-        )
+        # the keys given (DemoSet's own defaults for the others); [data] n is its n_scenes
+        given = {k: _DEMO_KEYS[k](v) for k, v in spec.items() if k in _DEMO_KEYS}
+        if "n" in given:
+            given["n_scenes"] = given.pop("n")
+        return DemoSet(**given)
     raise ConfigError(
         f"data.kind must be coco, folder, classes, scenes, natural or demo, got {kind!r}"
     )
 
 
+#: [data] keys of kind "demo" and their types
+_DEMO_KEYS = {"scene_set": str, "n": int, "photos": bool, "n_selectivity": int, "seed": int}
 #: [data] keys each kind reads, the paths among them
 _DATA_KEYS = {
     "coco": ({"images", "captions", "instances"}, {"images", "captions", "instances"}),
@@ -278,7 +278,7 @@ _DATA_KEYS = {
     "classes": ({"root"}, {"root"}),
     "scenes": ({"n", "seed"}, set()),
     "natural": ({"n", "seed"}, set()),
-    "demo": ({"scene_set", "n", "photos", "n_selectivity", "seed"}, set()),
+    "demo": (set(_DEMO_KEYS), set()),
 }
 
 
