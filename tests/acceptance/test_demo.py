@@ -1,11 +1,13 @@
 """`tlmm demo` and `tlmm analyze` from the command line: the output-folder rules, and missing or
 corrupt weight packages reported with the command that fixes them."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
 from transformer_lens_mm.data import pretrained
-from transformer_lens_mm.errors import OutputExistsError
+from transformer_lens_mm.errors import ConfigError, OutputExistsError
 from transformer_lens_mm.pipelines.cli import main
 from transformer_lens_mm.pipelines.demo import prepare_output
 
@@ -19,7 +21,16 @@ def test_output_folder_is_never_clobbered(tmp_path, capsys):
     prepare_output(out, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
     assert main(["demo", "--out", str(out)]) == 2  # refused before any model is loaded
-    assert "already exists" in capsys.readouterr().err
+    assert "does not hold a demo run to resume" in capsys.readouterr().err
+    (out / "store.json").write_text("{}")  # a folder holding a run is resumed, not refused
+    assert prepare_output(out, resume=True) == out
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        prepare_output(out)  # without resume (tlmm power): refused
+    (out / "shards").mkdir()
+    (out / "shards" / "b0000000-manifest.json").write_text("{}")
+    prepare_output(out, overwrite=True)  # the run's files go, the user's stay
+    assert not (out / "store.json").exists() and not (out / "shards").exists()
+    assert (out / "notes.txt").read_text() == "mine"
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputExistsError, match="not a folder"):
         prepare_output(tmp_path / "file", overwrite=True)
@@ -115,4 +126,15 @@ def test_the_demo_runs_any_model_and_its_report_names_it(lm_dirs, tmp_path):
     assert "undefined: no cross-concept drop" in summary_text(summary)
     assert "The paper vs this run" in page and "sec. 3.3" in page
     log = (tmp_path / "demo" / "run.log").read_text()
-    assert "search:" in log and "unit effects:" in log
+    assert "shard b0000001" in log and "revisit step card_effects" in log
+    assert len(tables.unit_effects) and set(tables.unit_effects["kind"]) == {"top", "random"}
+    # the same command on the folder resumes it: a batch whose shard was lost (a kill while it
+    # was written) is recomputed, the others are kept; the tables are the same
+    (tmp_path / "demo" / "shards" / "b0000001-manifest.json").unlink()
+    again = run_demo(tmp_path / "demo", config, model=model, verbose=False)
+    assert again["run"]["resumed_items"] == 2 and summary["run"]["resumed_items"] == 0
+    resumed = DemoTables.read(tmp_path / "demo")
+    for name in DemoTables.names():
+        pd.testing.assert_frame_equal(getattr(resumed, name), getattr(tables, name), obj=name)
+    with pytest.raises(ConfigError, match="other settings"):  # another config: refused
+        run_demo(tmp_path / "demo", replace(config, k=3), model=model, verbose=False)

@@ -161,7 +161,7 @@ def test_the_new_steps_equal_their_tools_called_directly(paper_run):
     spatial = load_table(cfg.out, "spatial")
     want = spatial_iou_by_category(
         model, [data[i] for i in range(4, 8)], found.items, found.units,
-        q=cfg.quantile, n_random=1, batch_size=4, seed=1,
+        q=cfg.quantile, n_random=1, batch_size=4, seed=4,  # batch 1 starts at item 4
     )  # fmt: skip
     got = spatial[spatial["index"].between(4, 7)].drop(columns="index").reset_index(drop=True)
     assert len(want) and set(want["category"]) <= {"square", "dog", "circle", "star"}
@@ -196,6 +196,22 @@ def test_the_new_steps_equal_their_tools_called_directly(paper_run):
     assert effects.groupby("item").size().eq(2 * cfg.unit_effects).all()
     sel = load_table(cfg.out, "category_selectivity")
     assert sel["held_out"].all()  # items 8..15 are not in the run (limit = 8)
+
+    # the card units' effects, a step after the merge (the batch rebuilt from the items table,
+    # units chosen over the whole run), equal the tool on the original search's batch
+    from transformer_lens_mm.pipelines.steps import unit_effect_step
+    from transformer_lens_mm.report.cards import card_pairs
+
+    units = pd.read_parquet(Path(cfg.out) / "units.parquet")
+    generic = load_table(cfg.out, "generic_units").set_index(["layer", "unit"])["breadth"]
+    units = units.assign(breadth=generic.reindex(list(zip(units.layer, units.unit))).to_numpy())
+    pairs = card_pairs(units, cfg.card_effects)
+    assert sum(len(v) for v in pairs.values()) >= 2
+    want = unit_effect_step(model, found, pairs, seed=4)
+    got = load_table(cfg.out, "card_effects")
+    got = got[got["index"].between(4, 7)].reset_index(drop=True)
+    assert len(want) and set(want["kind"]) == {"top", "random"}
+    pd.testing.assert_frame_equal(got, want, check_exact=False, rtol=1e-4, atol=1e-7)
 
     from transformer_lens_mm.pipelines.analyze import load_results
     from transformer_lens_mm.pipelines.experiments import unit_decoding_scores

@@ -120,9 +120,19 @@ def test_the_search_step_is_written_once():
     ]
     assert {m for m in calls("search_batch")} >= {
         "transformer_lens_mm.pipelines.analyze.runner",
-        "transformer_lens_mm.pipelines.demo.runner",
         "transformer_lens_mm.pipelines.search",  # find_multimodal_neurons
     }
+
+
+def test_the_demo_is_a_run_of_the_runner():
+    """``tlmm demo`` runs no step itself: it calls the dataset runner (its preset config) and
+    builds its report on the run's tables."""
+    demo = "transformer_lens_mm.pipelines.demo.runner"
+    assert demo in calls("run_analysis")
+    for fn in ("search_batch", "ablation_step", "cross_concept_step", "unit_effect_step",
+               "knockout_step", "soft_prompt_step", "logit_lens", "category_selectivity",
+               "spatial_iou_by_category", "background_spatial"):  # fmt: skip
+        assert demo not in calls(fn), fn
 
 
 def test_unit_cards_soft_prompts_ablation_captions_and_intervals_are_written_once():

@@ -10,7 +10,9 @@ without a noun, a target outside the vocabulary) are recorded as failures; the o
 Its two tables have the one schema every pipeline writes and every experiment reads:
 
 * ``items``: one row per item: ``index`` (position in the data set or input list), ``item``
-  (its id), ``caption``, ``target`` (c as a string), ``target_id``, ``noun``, ``failure``;
+  (its id), ``caption``, ``target`` (c as a string), ``target_id``, ``noun``, ``failure``,
+  ``target_prefix`` (the caption's token ids before c: what :func:`revisit_batch` rebuilds the
+  batch's inputs from);
 * ``units``: the top-k rows: ``item``, ``index``, ``target``, ``rank``, ``layer``, ``unit``,
   ``position``, ``score``, ``activation`` (``Z``), ``sign`` (the orientation of the row's
   readout: ``sign(Z)`` on gated MLPs, ``+1`` on ungated ones; :mod:`~transformer_lens_mm.tools.
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -62,6 +65,7 @@ __all__ = [
     "NeuronSearch",
     "SearchSettings",
     "find_multimodal_neurons",
+    "revisit_batch",
     "search_batch",
     "tag_rows",
 ]
@@ -149,6 +153,7 @@ def _item_row(index: int, item: Hashable, caption: str | None, target: Target | 
         "target_id": None if target is None else target.token_id,
         "noun": None if target is None else target.word,
         "failure": failure,
+        "target_prefix": None if target is None else [int(t) for t in target.prefix_ids],
     }
 
 
@@ -319,6 +324,73 @@ def search_batch(
     result.base, result.inputs, result.attribution = base, batch, attr
     result.targets, result.rows = kept, rows
     result.captions = [str(texts[j]) for j in keep]
+    return result
+
+
+def revisit_batch(
+    model: MultimodalModel,
+    items: pd.DataFrame,
+    *,
+    pixel_values: Float[Tensor, "batch 3 height width"] | None = None,
+    image_features: Float[Tensor, "batch n_image_tokens d_image"] | None = None,
+    prompts: str | Sequence[str] | None = None,
+) -> BatchSearch:
+    """A searched batch rebuilt from its rows of a run's ``items`` table, without captioning or
+    attributing again: the inputs a step after the merge runs its forwards on (the same tokens
+    as the search's: the stored target ids and caption prefixes, not re-tokenised text).
+
+    Args:
+        model: The model the run searched with.
+        items: The batch's rows of the ``items`` table (failures are skipped).
+        pixel_values: The batch's images, one per row of ``items``, or ...
+        image_features: ... their encoder features.
+        prompts: The prompt(s) the search used (``None``: the model's).
+
+    Returns:
+        A :class:`BatchSearch` with ``base``, ``inputs``, ``targets``, ``rows`` and
+        ``captions`` (no ``attribution``, ``units`` or ``maps``).
+
+    Example:
+        >>> rows = items[items.batch == 3]  # doctest: +SKIP
+        >>> found = revisit_batch(model, rows, pixel_values=pixels)  # doctest: +SKIP
+    """
+    if (pixel_values is None) == (image_features is None):
+        raise ArgumentError("pass exactly one of pixel_values=... or image_features=...")
+    given = pixel_values if pixel_values is not None else image_features
+    assert given is not None
+    if len(given) != len(items):
+        raise ArgumentError(f"got {len(given)} images for {len(items)} item rows: one each")
+    if "target_prefix" not in items:
+        raise ConfigError(
+            "this items table has no target_prefix column (written before it existed): "
+            "re-run the search to revisit its batches"
+        )
+    keep = [j for j, tid in enumerate(items["target_id"]) if pd.notna(tid)]
+    result = BatchSearch(items=items.reset_index(drop=True), units=pd.DataFrame())
+    if not keep:
+        return result
+    rows_of = items.iloc[keep]
+    features = image_features if pixel_values is None else model.encode_pixels(pixel_values)
+    assert features is not None
+    targets = [
+        Target(int(tid), str(tok), noun, [int(t) for t in prefix], caption)
+        for tid, tok, noun, prefix, caption in zip(
+            rows_of["target_id"],
+            rows_of["target"],
+            rows_of["noun"],
+            rows_of["target_prefix"],
+            rows_of["caption"],
+        )
+    ]
+    item_prompts = [prompts[j] for j in keep] if isinstance(prompts, (list, tuple)) else prompts
+    base = model.prepare_inputs(image_features=features[keep], prompts=item_prompts)
+    result.base, result.inputs = base, target_inputs(model, base, targets)
+    result.targets = targets
+    result.rows = [
+        (item, int(index), str(tok))
+        for item, index, tok in zip(rows_of["item"], rows_of["index"], rows_of["target"])
+    ]
+    result.captions = [str(c) for c in rows_of["caption"]]
     return result
 
 

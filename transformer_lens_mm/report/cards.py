@@ -32,7 +32,15 @@ from transformer_lens_mm.core.paper import REGION_QUANTILE
 from transformer_lens_mm.report.html import img_tag
 from transformer_lens_mm.tools.spatial import patch_map, quantile_mask
 
-__all__ = ["UnitCard", "card_units", "unit_cards", "unit_map_png", "visible_token"]
+__all__ = [
+    "UnitCard",
+    "card_groups",
+    "card_pairs",
+    "card_units",
+    "unit_cards",
+    "unit_map_png",
+    "visible_token",
+]
 
 
 @functools.lru_cache(maxsize=4)
@@ -170,6 +178,43 @@ def card_units(units: pd.DataFrame, *, n_cards: int = 12) -> pd.DataFrame:
         .head(n_cards)
         .reset_index(drop=True)
     )
+
+
+def card_groups(units: pd.DataFrame, n_cards: int) -> list[tuple[str, pd.DataFrame, int]]:
+    """The report's groups of unit cards: (title, their rows of ``units``, how many cards):
+    concept-specific units first (the paper's multimodal-neuron candidates: top for two or more
+    images, more than half of them of one concept), then units top across several concepts, then
+    a few generic ones (top for the images of most concepts), each ranked by
+    :func:`~transformer_lens_mm.report.cards.card_units`."""
+    breadth = units["breadth"] if "breadth" in units else pd.Series("broad", units.index)
+    return [
+        ("Concept-specific units", units[breadth == "specific"], n_cards),
+        ("Units top across several concepts", units[breadth == "broad"], max(1, n_cards // 3)),
+        ("Generic units", units[breadth == "generic"], max(1, n_cards // 3)),
+    ]
+
+
+def card_pairs(units: pd.DataFrame, n_cards: int) -> dict[Hashable, list[tuple[int, int]]]:
+    """Item -> the card units (:func:`card_groups`) among its top rows, ``(layer, unit)`` in the
+    units table's order: what a report's single-unit effects test on each image.
+
+    Example:
+        >>> units = pd.DataFrame({"item": ["a", "a", "b"], "layer": [0, 1, 0], "unit": [5, 6, 5],
+        ...     "score": [3.0, 2.0, 1.0], "breadth": "specific"})
+        >>> card_pairs(units, 4)
+        {'a': [(0, 5), (1, 6)], 'b': [(0, 5)]}
+    """
+    if not len(units):
+        return {}
+    groups = [card_units(rows, n_cards=n) for _, rows, n in card_groups(units, n_cards)]
+    cards = pd.concat(groups)
+    tested = {(int(a), int(b)) for a, b in zip(cards.layer, cards.unit)}
+    hit = units[[(int(a), int(b)) in tested for a, b in zip(units.layer, units.unit)]]
+    hit = hit.drop_duplicates(["item", "layer", "unit"])
+    pairs: dict[Hashable, list[tuple[int, int]]] = {}
+    for item, layer, unit in zip(hit["item"], hit["layer"], hit["unit"]):
+        pairs.setdefault(item, []).append((int(layer), int(unit)))
+    return pairs
 
 
 def unit_cards(

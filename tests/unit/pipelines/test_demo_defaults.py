@@ -3,6 +3,8 @@ demo agree without arguments."""
 
 import inspect
 
+import pytest
+
 from transformer_lens_mm.data.pretrained import demo_projection_path, load_demo_model
 from transformer_lens_mm.pipelines.demo.config import DemoConfig
 
@@ -14,6 +16,26 @@ def test_load_demo_model_defaults_are_the_demos():
     assert params["scenes"].default == config.scene_set
     path = inspect.signature(demo_projection_path).parameters
     assert path["lm"].default == config.lm and path["scenes"].default == config.scene_set
+
+
+def test_a_config_with_demo_true_loads_the_demos_pair(monkeypatch):
+    """``[model] demo = true`` without ``lm``/``scenes`` is tlmm demo's model, not another."""
+    from transformer_lens_mm.data import pretrained
+    from transformer_lens_mm.pipelines.analyze import AnalysisConfig, plan_run
+    from transformer_lens_mm.pipelines.analyze.config import load_model
+
+    class Called(Exception):
+        pass
+
+    def fake(api=None, **kw):
+        raise Called(kw)
+
+    monkeypatch.setattr(pretrained, "load_demo_model", fake)
+    with pytest.raises(Called) as called:
+        load_model({"demo": True})
+    assert called.value.args == ({},)  # load_demo_model's own defaults: the demo's
+    plan = "\n".join(plan_run(AnalysisConfig(out="x", data={"kind": "natural", "n": 2})))
+    assert "trained on natural scenes" in plan
 
 
 def test_one_number_is_written_one_way():

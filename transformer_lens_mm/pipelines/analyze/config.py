@@ -56,6 +56,7 @@ STEP_DEFAULTS: dict[str, dict[str, Any]] = {
     "ablation_captions": {"ablation_captions_k": ABLATION_KS[-1]},
     "cross_concept": {"cross_concept_ks": [25, 100, 400]},
     "unit_effects": {"unit_effects": 3},
+    "card_effects": {"card_effects": 12},
     "soft_prompts": {"soft_prompts": True},
     "direct_scores": {"direct_scores": True},
     "knockout": {"knockout_window": 5},
@@ -99,6 +100,7 @@ class AnalysisConfig:
     ablation_random: int = 1  # random same-layer draws per k
     ablation_chunk: int = 32  # rows (image x condition) per no-grad forward
     ablation_captions_k: int = 0  # >0: captions regenerated with top-k / k random units zeroed
+    ablation_captions_n: int | None = None  # only for the run's first N items (None: all)
     soft_prompts: bool = False  # decode the soft prompts (and random vectors) per image
     soft_prompt_tokens: int = SOFT_PROMPT_TOKENS  # nearest tokens per vector (the paper: 5)
     # also the gradient-free (MM_Neurons-style) score: units.direct_score, units_direct and
@@ -108,11 +110,16 @@ class AnalysisConfig:
     # on the batch's images of other concepts (tools.specificity; cross_concept table)
     cross_concept_ks: list[int] = field(default_factory=list)
     cross_concept_others: int | None = None  # at most this many per source image (None: all)
+    # random same-layer draws per k in its control (None: ablation_random, at least 1)
+    cross_concept_random: int | None = None
     # attention knockout (tools.knockout) of image -> last in windows of this many layers,
     # against random position groups (0: off; knockout table)
     knockout_window: int = 0
     # single-unit effects: each image's best N units zeroed one at a time (0: off)
     unit_effects: int = 0
+    # single-unit effects of the report's N card units (chosen over the whole run, after the
+    # merge: the demo's; 0: off; card_effects table)
+    card_effects: int = 0
     logit_lens: bool = False  # p(c) after every block at the position that predicts c
     target_ranks: bool = False  # where c ranks in the top units' decodings vs random units
     # contextual lens every N layers (0: off) against a reference corpus of lens_texts texts
@@ -179,7 +186,18 @@ class AnalysisConfig:
                 "ablation_ks, ablation_random and ablation_captions_k must be >= 0, got "
                 f"{self.ablation_ks}, {self.ablation_random}, {self.ablation_captions_k}"
             )
-        for name in ("knockout_window", "unit_effects", "lens_every", "category_selectivity"):
+        if self.ablation_captions_n is not None and self.ablation_captions_n < 1:
+            raise ConfigError(
+                f"ablation_captions_n must be >= 1 (or left out: all), got "
+                f"{self.ablation_captions_n}"
+            )
+        for name in (
+            "knockout_window",
+            "unit_effects",
+            "card_effects",
+            "lens_every",
+            "category_selectivity",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if self.lens_texts < 1:
@@ -190,6 +208,11 @@ class AnalysisConfig:
             raise ConfigError(
                 f"cross_concept_others must be >= 1 (or left out: all), got "
                 f"{self.cross_concept_others}"
+            )
+        if self.cross_concept_random is not None and self.cross_concept_random < 1:
+            raise ConfigError(
+                f"cross_concept_random must be >= 1 (or left out: ablation_random), got "
+                f"{self.cross_concept_random}"
             )
         if any(int(k) < 1 for k in self.cross_concept_ks):
             raise ConfigError(f"cross_concept_ks must be >= 1, got {self.cross_concept_ks}")
@@ -314,7 +337,7 @@ def plan_run(config: AnalysisConfig) -> list[str]:
     lines += [f"  {k} = {v}{path_note(v) if k in paths else ''}" for k, v in sorted(data.items())]
     model = dict(config.model)
     if model.pop("demo", False):
-        pair = (model.get("lm", "smollm2"), model.get("scenes", "shapes"))
+        pair = (model.get("lm", "smollm2"), model.get("scenes", "natural"))  # load_demo_model's
         if pair not in SHIPPED_PROJECTIONS:
             raise ConfigError(
                 f"[model] demo = true with lm = {pair[0]!r}, scenes = {pair[1]!r}: no such shipped "
@@ -432,12 +455,9 @@ def load_model(spec: dict[str, Any]) -> MultimodalModel:
     if spec.pop("demo", False):
         from transformer_lens_mm.data.pretrained import load_demo_model
 
-        return load_demo_model(
-            spec.get("api"),
-            lm=spec.get("lm", "smollm2"),
-            scenes=spec.get("scenes", "shapes"),
-            device=spec.get("device"),
-        )
+        # only the keys given: load_demo_model's defaults are tlmm demo's (natural scenes)
+        given = {key: spec[key] for key in ("lm", "scenes", "device") if key in spec}
+        return load_demo_model(spec.get("api"), **given)
     from transformer_lens_mm.core.loading import from_parts
 
     if "dtype" in spec:

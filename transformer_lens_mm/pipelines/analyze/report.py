@@ -251,12 +251,17 @@ def analysis_report(
         )
         report.figure(plot_cross_concept(cross))
         report.table(specificity_ratio(cross).round(4))
-    effects = _made_table(out, "unit_effects")
-    if effects is not None:
+    for name, which in (
+        ("unit_effects", "one of each image's best units"),
+        ("card_effects", "one of the card units (on each image whose top units hold it)"),
+    ):
+        effects = _made_table(out, name)
+        if effects is None or not len(effects):
+            continue
         report.section(
-            "Single-unit effects",
-            "p(c) kept when one of each image's best units is zeroed at the image positions, "
-            "vs one random unit of the same layer.",
+            "Single-unit effects" + (" of the card units" if name == "card_effects" else ""),
+            f"p(c) kept when {which} is zeroed at the image positions, vs one random unit of "
+            "the same layer.",
         )
         report.table(
             effects.groupby("kind")["rel_p"].agg(["mean", "median", "count"]).round(4).reset_index()

@@ -59,7 +59,7 @@ from transformer_lens_mm.pipelines.analyze.store import (
     write_store_version,
 )
 from transformer_lens_mm.pipelines.experiments import controls_summary
-from transformer_lens_mm.pipelines.search import SearchSettings, search_batch
+from transformer_lens_mm.pipelines.search import SearchSettings, revisit_batch, search_batch
 from transformer_lens_mm.pipelines.steps import Step, StepContext, active_steps
 
 __all__ = ["run_analysis"]
@@ -90,7 +90,8 @@ def _analyse_batch(
     seconds: dict[str, float],
     bar: Any,
 ) -> tuple[pd.DataFrame, pd.DataFrame, torch.Tensor | None, dict[str, pd.DataFrame]]:
-    """The search and the active steps' batch work on one batch (seeded by the batch index);
+    """The search and the active steps' batch work on one batch (seeded by the data-set index
+    of the batch's first item: the same draws whatever the resumes or the number of processes);
     each step's seconds are added to ``seconds`` and shown on the progress bar."""
     config, data = ctx.config, ctx.data
     tables: dict[str, pd.DataFrame] = {}
@@ -120,7 +121,7 @@ def _analyse_batch(
                 continue
             bar.set_postfix_str(step.name)
             t0 = time.perf_counter()
-            tables.update(step.batch(ctx, found, batch_index))
+            tables.update(step.batch(ctx, found, batch_index * config.batch_size))
             seconds[step.name] = seconds.get(step.name, 0.0) + time.perf_counter() - t0
     items = found.items.copy()
     items.insert(2, "batch", batch_index)
@@ -167,6 +168,7 @@ def run_analysis(
     data: Sequence[Item] | None = None,
     verbose: bool = True,
     strict: bool = False,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a dataset-scale analysis; return the summary (also ``summary.json``).
 
@@ -177,6 +179,7 @@ def run_analysis(
         verbose: Progress bar (images/s, ETA; the step running) and the printed summary.
         strict: A step the data cannot feed (no masks, no categories) is an error; by default
             it is skipped and the reason written into the summary.
+        report: Write the run's ``report.html`` (``tlmm demo`` writes its own).
     """
     if not isinstance(config, AnalysisConfig):
         config = load_config(config)
@@ -186,7 +189,15 @@ def run_analysis(
     out = Path(config.out)
     with _held(out, rank, world):
         return _run(
-            config, out, rank, world, model=model, data=data, verbose=verbose, strict=strict
+            config,
+            out,
+            rank,
+            world,
+            model=model,
+            data=data,
+            verbose=verbose,
+            strict=strict,
+            report=report,
         )
 
 
@@ -225,6 +236,7 @@ def _run(
     data: Sequence[Item] | None,
     verbose: bool,
     strict: bool,
+    report: bool = True,
 ) -> dict[str, Any]:
     shards = out / "shards"
     shards.mkdir(parents=True, exist_ok=True)
@@ -316,6 +328,7 @@ def _run(
         run_tables = _run_steps(
             ctx, steps, merged, out, seconds, log, verbose, strict, step_failures
         )
+        run_tables.update(_revisit_steps(ctx, steps, merged, run_tables, out, seconds, log))
         items_all = merged.items
         failed = items_all[items_all["failure"].notna()] if len(items_all) else items_all
         summary = {
@@ -340,7 +353,8 @@ def _run(
         atomic_write(
             out / "summary.json", lambda t: Path(t).write_text(json.dumps(summary, indent=1))
         )
-        analysis_report(out, data)
+        if report:
+            analysis_report(out, data)
         log.write(f"done: {summary['done']} done, {summary['failed']} failed")
         if verbose:
             print(
@@ -394,6 +408,80 @@ def _run_steps(
         seconds[step.name] = seconds.get(step.name, 0.0) + time.perf_counter() - t0
         log.write(f"run step {step.name}: {round(time.perf_counter() - t0, 2)} s, {list(result)}")
     return made
+
+
+def _revisit_steps(
+    ctx: StepContext,
+    steps: Sequence[Step],
+    merged: RunTables,
+    made: dict[str, pd.DataFrame],
+    out: Path,
+    seconds: dict[str, float],
+    log: _Log,
+) -> dict[str, pd.DataFrame]:
+    """The active steps' ``revisit`` work: every batch with a usable item rebuilt from the
+    merged ``items`` (:func:`~transformer_lens_mm.pipelines.search.revisit_batch`), given the
+    run's tables, its tables written into ``revisits/<step>/`` shards (checksummed; a resumed
+    run skips the finished ones), then merged and written like the search's."""
+    config, model = ctx.config, ctx.model
+    tables = {"items": merged.items, "units": merged.units, **merged.tables, **made}
+    items = merged.items
+    usable = items[items["target_id"].notna()] if len(items) else items
+    result: dict[str, pd.DataFrame] = {}
+    for step in steps:
+        if step.revisit is None:
+            continue
+        where = out / "revisits" / step.name
+        where.mkdir(parents=True, exist_ok=True)
+        done = done_batches(where)
+        todo = [int(b) for b in sorted(usable["batch"].unique()) if int(b) not in done]
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=int(usable["batch"].isin(todo).sum()),
+            unit="img",
+            desc=f"analyze: {step.name}",
+            disable=not ctx.verbose,
+        )
+        for b in todo:
+            rows = usable[usable["batch"] == b]
+            loader = image_loader(
+                ctx.data,
+                model.image_encoder.transform,
+                indices=[int(i) for i in rows["index"]],
+                batch_size=len(rows),
+                num_workers=0,
+            )
+            loaded = next(iter(loader))
+            part: dict[str, pd.DataFrame] = {}
+            if loaded.pixel_values is not None:  # an image read at the search but not now: skip
+                found = revisit_batch(
+                    model,
+                    rows.set_index("index", drop=False).loc[loaded.indices].reset_index(drop=True),
+                    pixel_values=loaded.pixel_values,
+                )
+                if len(found):
+                    part = step.revisit(ctx, found, b * config.batch_size, tables)
+            part = {name: part.get(name, pd.DataFrame()) for name in step.tables}
+            write_shard(
+                where,
+                [b],
+                pd.DataFrame(),
+                pd.DataFrame(),
+                torch.zeros(0, 0, dtype=torch.float16),
+                part,
+            )
+            bar.update(len(rows))
+        bar.close()
+        result.update(merge_shards(where).tables)
+        for name in step.tables:
+            result.setdefault(name, pd.DataFrame())
+            write_parquet(out / f"{name}.parquet", result[name])
+        seconds[step.name] = seconds.get(step.name, 0.0) + time.perf_counter() - t0
+        log.write(
+            f"revisit step {step.name}: {len(todo)} batches ({len(done)} done before), "
+            f"{round(time.perf_counter() - t0, 2)} s"
+        )
+    return result
 
 
 class _Log:

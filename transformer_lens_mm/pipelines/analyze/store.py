@@ -74,8 +74,10 @@ __all__ = [
     "write_store_version",
 ]
 
-#: version of the on-disk layout (2: per-shard manifests with checksums, ``store.json``)
-STORE_FORMAT = 2
+#: version of the on-disk layout (2: per-shard manifests with checksums, ``store.json``; 3: the
+#: items' ``target_prefix`` (what a ``revisit`` step rebuilds a batch from), random draws seeded
+#: by the data-set index of each batch's first item: a format-2 run resumed now would mix draws)
+STORE_FORMAT = 3
 
 #: config fields that do not change the results (may differ when a run is resumed)
 _FREE_FIELDS = {"out", "num_workers", "feature_cache", "shard_batches", "ablation_chunk"}
@@ -347,8 +349,9 @@ def check_store(out: Path) -> None:
         return
     raise StoreError(
         f"{out} was written by {what}; this is transformer_lens_mm {_version()} with store "
-        f"format {STORE_FORMAT}, which cannot check or merge those shards. Finish that run with "
-        "the version that began it, or choose another `out` (or delete the folder) to start again."
+        f"format {STORE_FORMAT}, which cannot resume it (its shards are laid out, checked or "
+        "seeded differently: a resumed run would mix them). Finish that run with the version "
+        "that began it, or choose another `out` (or delete the folder) to start again."
     )
 
 

@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from transformer_lens_mm.core.paper import REGION_QUANTILE, TOP_K
 from transformer_lens_mm.data.demo_set import PHOTOS, SCENE_SETS
 from transformer_lens_mm.errors import ConfigError, OutputExistsError
 
-__all__ = ["FILES", "PHOTOS", "QUICK", "DemoConfig", "prepare_output"]
+__all__ = ["FILES", "PHOTOS", "QUICK", "RUN_FILES", "DemoConfig", "prepare_output"]
 
-#: The files the demo writes (and replaces with ``overwrite``); nothing else is touched.
+#: The files the demo writes besides its run's (and replaces with ``overwrite``); nothing else
+#: is touched.
 _TABLES = (
     "captions",
     "units",
@@ -42,6 +44,9 @@ FILES = (
     "run.log",
     *(f"{name}.{ext}" for name in _TABLES for ext in ("parquet", "csv")),
 )
+#: The run store's own files and folders (``tlmm analyze``'s; the demo is a run of it).
+RUN_FILES = ("store.json", "config.json", "items.parquet", "maps.safetensors", "run.lock")
+RUN_FOLDERS = ("shards", "revisits")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,16 +114,29 @@ QUICK = {
 }
 
 
-def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
-    """Create ``out``; refuse an existing one unless ``overwrite`` (nothing is ever deleted:
-    the demo's own files are replaced, other files are left alone)."""
+def prepare_output(out: str | Path, overwrite: bool = False, *, resume: bool = False) -> Path:
+    """Create ``out``; an existing one is refused unless ``overwrite`` (the demo's and its run's
+    own files are removed, other files are left alone) or, with ``resume``, it holds a run of
+    the runner (``store.json``: the caller resumes it; a run of other settings is refused by
+    the runner).
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a folder: choose another --out")
-    if out.exists() and not overwrite:
+    if out.exists() and overwrite:
+        from transformer_lens_mm.pipelines.analyze.config import table_steps
+
+        for name in (*FILES, *RUN_FILES, *(f"{t}.parquet" for t in table_steps())):
+            (out / name).unlink(missing_ok=True)
+        for folder in RUN_FOLDERS:
+            if (out / folder).is_dir():
+                shutil.rmtree(out / folder)
+    elif out.exists() and not (resume and (out / "store.json").is_file()):
+        what = "does not hold a demo run to resume" if resume else "already exists"
         raise OutputExistsError(
-            f"{out} already exists: choose a new --out, or pass --overwrite to replace the demo's "
-            f"files in it ({', '.join(FILES)}); other files are never touched"
+            f"{out} {what}: choose a new --out, or pass --overwrite to replace the demo's "
+            f"files in it ({', '.join(FILES[:3])}, its tables and its run's shards); other files "
+            "are never touched"
         )
     out.mkdir(parents=True, exist_ok=True)
     return out

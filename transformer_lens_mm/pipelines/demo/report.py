@@ -23,7 +23,7 @@ from transformer_lens_mm.pipelines.demo.config import DemoConfig
 from transformer_lens_mm.pipelines.demo.summary import percent, target_checks
 from transformer_lens_mm.pipelines.demo.tables import DemoTables
 from transformer_lens_mm.pipelines.experiments import paper_comparison_table
-from transformer_lens_mm.report.cards import unit_cards, visible_token
+from transformer_lens_mm.report.cards import card_groups, unit_cards, visible_token
 from transformer_lens_mm.report.html import Report, Tile
 from transformer_lens_mm.report.plotting import (
     plot_ablation_curves,
@@ -37,7 +37,7 @@ from transformer_lens_mm.report.plotting import (
 )
 from transformer_lens_mm.tools.readout import signed_view
 
-__all__ = ["card_groups", "headline_tiles", "write_report"]
+__all__ = ["headline_tiles", "write_report"]
 
 
 def _num(x: Any, fmt: str = "{:.2f}") -> str:
@@ -145,20 +145,6 @@ def headline_tiles(summary: dict[str, Any], config: DemoConfig) -> list[Tile]:
         )
     )
     return tiles
-
-
-def card_groups(units: pd.DataFrame, n_cards: int) -> list[tuple[str, pd.DataFrame, int]]:
-    """The report's groups of unit cards: (title, their rows of ``units``, how many cards):
-    concept-specific units first (the paper's multimodal-neuron candidates: top for two or more
-    images, more than half of them of one concept), then units top across several concepts, then
-    a few generic ones (top for the images of most concepts), each ranked by
-    :func:`~transformer_lens_mm.report.cards.card_units`."""
-    breadth = units["breadth"] if "breadth" in units else pd.Series("broad", units.index)
-    return [
-        ("Concept-specific units", units[breadth == "specific"], n_cards),
-        ("Units top across several concepts", units[breadth == "broad"], max(1, n_cards // 3)),
-        ("Generic units", units[breadth == "generic"], max(1, n_cards // 3)),
-    ]
 
 
 def _effect_facts(effects: pd.DataFrame, specificity: pd.DataFrame) -> Callable:

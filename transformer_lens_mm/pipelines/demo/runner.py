@@ -24,14 +24,20 @@ concept-specific units from generic ones:
 6. the ablation sweep (top-k vs random units of the same layers, for every k);
 7. same- vs cross-concept ablation: each image's top-k zeroed on images of other concepts;
 8. generic units (top for the images of most concepts) and per-concept specificity;
-9. single-unit ablation of the report's card units, and captions regenerated under ablation;
+9. single-unit ablation of the report's card units, and captions regenerated under ablation
+   (the run's first ``n_ablation_captions`` images);
 10. where translation happens, two more ways: attention knockout of image -> last in windows
     of layers (against random same-size position groups), and the contextual
     lens (each image token's nearest contextual text representations per layer, beside the
     logit and embedding lenses and random vectors).
 
-Every table is written as CSV the moment it is computed (atomically); ``summary.json`` holds the
-headline numbers and ``report.html`` a headline panel, the unit cards, figures and tables.
+It is a preset of the dataset runner (:func:`~transformer_lens_mm.pipelines.analyze.
+run_analysis`, :func:`demo_analysis_config`): the search and the per-batch steps are written in
+checksummed shards as each batch finishes, so ``tlmm demo --out DIR`` on a folder holding an
+unfinished (or finished) demo run resumes it; the card units' effects run after the merge (a
+``revisit`` step: the units are chosen over the whole run). Then the demo's own layer: the
+scene truth beside the captions, the tables also exported as CSV, ``summary.json`` with the
+headline numbers and ``report.html`` (a headline panel, the unit cards, figures and tables).
 
 Example:
     >>> summary = run_demo("runs/demo", DemoConfig(n_scenes=8))  # doctest: +SKIP
@@ -42,24 +48,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
+from safetensors.torch import load_file
 
 from transformer_lens_mm.core.atomic import atomic_write
 from transformer_lens_mm.core.contract import MultimodalModel
-from transformer_lens_mm.data.corpora import reference_corpus
-from transformer_lens_mm.data.datasets import Item
 from transformer_lens_mm.data.demo_set import DemoSet
 from transformer_lens_mm.data.natural_scenes import NOUNS
 from transformer_lens_mm.data.pretrained import demo_projection_path, load_demo_model
 from transformer_lens_mm.errors import NoUsableItemError
+from transformer_lens_mm.pipelines.analyze.config import AnalysisConfig
+from transformer_lens_mm.pipelines.analyze.runner import run_analysis
 from transformer_lens_mm.pipelines.demo.config import DemoConfig, prepare_output
-from transformer_lens_mm.pipelines.demo.report import card_groups, write_report
+from transformer_lens_mm.pipelines.demo.report import write_report
 from transformer_lens_mm.pipelines.demo.summary import (
     describe_model,
     summarise,
@@ -67,63 +71,92 @@ from transformer_lens_mm.pipelines.demo.summary import (
     where_translation,
 )
 from transformer_lens_mm.pipelines.demo.tables import DemoTables
-from transformer_lens_mm.pipelines.experiments import (
-    add_spatial_ceiling,
-    category_selectivity,
-    decoding_target_ranks,
-    spatial_iou_by_category,
-)
-from transformer_lens_mm.pipelines.search import BatchSearch, SearchSettings, search_batch, tag_rows
-from transformer_lens_mm.pipelines.steps import (
-    ablation_captions_step,
-    ablation_step,
-    contextual_lens_step,
-    cross_concept_step,
-    knockout_step,
-    soft_prompt_step,
-    unit_effect_step,
-)
-from transformer_lens_mm.pipelines.steps.spatial import background_spatial
-from transformer_lens_mm.report.cards import card_units
-from transformer_lens_mm.tools.contextual_lens import build_contextual_index, lens_shares
-from transformer_lens_mm.tools.lens import logit_lens
-from transformer_lens_mm.tools.specificity import concept_specificity, generic_units
+from transformer_lens_mm.pipelines.experiments import add_spatial_ceiling
 
-__all__ = ["run_demo"]
+__all__ = ["demo_analysis_config", "run_demo"]
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=1, default=float)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def demo_analysis_config(
+    config: DemoConfig, out: str | Path, *, n_units: int | None = None
+) -> AnalysisConfig:
+    """The runner's config that does what ``config`` asks (``configs/demo_natural_smollm2.toml``
+    is this preset written out).
 
+    Args:
+        config: The demo's settings.
+        out: The run folder.
+        n_units: MLP units of the model (``n_layers * d_mlp``): sweep sizes above it are
+            dropped (a small model), as the demo always did.
 
-def _search(
-    model: MultimodalModel,
-    items: list[Item],
-    truths: dict[str, tuple[str, str, str]],
-    config: DemoConfig,
-) -> tuple[list[BatchSearch], pd.DataFrame]:
-    """The search step per batch; the captions table (search items + scene truth)."""
-    settings = SearchSettings(
+    Example:
+        >>> demo_analysis_config(DemoConfig(), "runs/demo").steps[:3]
+        ['ablation', 'ablation_captions', 'soft_prompts']
+    """
+    fits = lambda ks: [int(k) for k in ks if n_units is None or k <= n_units]  # noqa: E731
+    ks, cross_ks = fits(config.ks), fits(config.cross_ks)
+    steps = ["ablation", "ablation_captions", "soft_prompts", "spatial"]
+    steps += ["background"] if config.scene_set == "natural" else []
+    steps += ["category_selectivity", "logit_lens", "target_ranks"]
+    steps += ["cross_concept"] if cross_ks else []
+    steps += ["card_effects"] if config.n_cards else []
+    steps += ["knockout"] if config.knockout_window else []
+    steps += ["contextual_lens"] if config.lens_every else []
+    model = {"demo": True, "lm": config.lm, "scenes": config.scene_set}
+    return AnalysisConfig(
+        out=str(out),
+        data={
+            "kind": "demo",
+            "scene_set": config.scene_set,
+            "n": config.n_scenes,
+            "photos": config.photos,
+            "n_selectivity": config.n_selectivity,
+            "seed": config.seed,
+        },
+        model={**model, "api": config.api} if config.api else model,
         k=config.k,
-        rank_units=max(max(config.ks, default=0), max(config.cross_ks, default=0), config.k),
+        batch_size=config.batch_size,
+        shard_batches=1,  # a shard per batch: a resumed demo loses at most one batch
         max_new_tokens=config.max_new_tokens,
+        ablation_ks=ks,
+        ablation_random=config.n_random,
+        ablation_chunk=16,
+        ablation_captions_k=max(ks, default=0),
+        ablation_captions_n=config.n_ablation_captions,
+        cross_concept_ks=cross_ks,
+        cross_concept_others=config.cross_others,
+        cross_concept_random=1,
+        knockout_window=config.knockout_window,
+        card_effects=config.n_cards,
+        logit_lens=True,
+        target_ranks=True,
+        soft_prompts=True,
+        spatial=True,
+        background=config.scene_set == "natural",
+        quantile=config.quantile,
+        category_selectivity=config.n_selectivity,
+        lens_every=config.lens_every,
+        lens_corpus=config.lens_corpus,
+        lens_texts=config.lens_texts,
+        # with "scenes", other scenes than the demo's, whose captions do not describe its images
+        lens_seed=config.seed + 1000,
+        generic_share=config.generic_share,
+        steps=steps,
     )
-    searches, tables, decoded = [], [], {}
-    for start in range(0, len(items), config.batch_size):
-        chunk = items[start : start + config.batch_size]
-        found = search_batch(
-            model,
-            indices=range(start, start + len(chunk)),
-            ids=[it.id for it in chunk],
-            images=[it.image() for it in chunk],
-            settings=settings,
-            decoded=decoded,
-        )
-        searches.append(found)
-        tables.append(found.items)
-    captions = pd.concat(tables, ignore_index=True)
-    truth = [truths.get(n, (None, None, None)) for n in captions["item"]]
+
+
+def _table(out: Path, name: str) -> pd.DataFrame:
+    path = out / f"{name}.parquet"
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame()
+
+
+def demo_tables(out: str | Path, data: DemoSet, config: DemoConfig, grid: Any) -> DemoTables:
+    """The demo's tables from its run folder: the runner's, with the scene truth beside each
+    caption (``truth``, ``colour_right``, ``object_right``), each unit's ``generic`` and
+    ``breadth``, the caption and background IoU in one ``spatial`` table (``target_from``, and
+    the best IoU a map on the encoder's ``grid`` reaches), the card units' effects."""
+    out = Path(out)
+    captions = _table(out, "items").drop(columns=["batch", "target_prefix"], errors="ignore")
+    truth = [data.truths.get(n, (None, None, None)) for n in captions["item"]]
     captions["truth"] = [t[0] for t in truth]
     words = [str(c or "").lower().replace(".", " ").split() for c in captions["caption"]]
     # a noun drawn in one colour only is captioned without it (the natural scenes' captions)
@@ -134,95 +167,27 @@ def _search(
     captions["object_right"] = [
         None if noun is None else noun in w for (_, _, noun), w in zip(truth, words)
     ]
-    return searches, captions
-
-
-def _lens(model: MultimodalModel, searches: list[BatchSearch]) -> pd.DataFrame:
-    tables = []
-    for found in searches:
-        if not len(found):
-            continue
-        assert found.inputs is not None
-        table = logit_lens(
-            model,
-            found.inputs,
-            k=3,
-            incl_mid=False,
-            target_ids=[t.token_id for t in found.targets],
+    units, generic = _table(out, "units"), _table(out, "generic_units")
+    if len(units) and len(generic):
+        per_unit = generic.set_index(["layer", "unit"])
+        key = list(zip(units.layer, units.unit))
+        units["generic"] = per_unit["generic"].reindex(key).to_numpy(dtype=bool)
+        units["breadth"] = per_unit["breadth"].reindex(key).to_numpy()
+    spatial = _table(out, "spatial").assign(target_from="caption")
+    background = _table(out, "background")
+    if len(background):
+        spatial = pd.concat(
+            [spatial, background.assign(target_from="background")], ignore_index=True
         )
-        tables.append(tag_rows(table, found.rows))
-    return pd.concat(tables, ignore_index=True)
-
-
-def _contextual_lens(
-    model: MultimodalModel, searches: list[BatchSearch], config, verbose: bool = False
-) -> pd.DataFrame:
-    """Per layer and lens, the share of image tokens whose 5 nearest tokens name c."""
-    n_layers = int(model.cfg.n_layers)
-    layers = sorted({*range(0, n_layers, config.lens_every), n_layers - 1})
-    # seed + 1000: with "scenes", other scenes than the demo's, whose captions do not describe
-    # its images
-    texts = reference_corpus(config.lens_corpus, n=config.lens_texts, seed=config.seed + 1000)
-    index = build_contextual_index(model, texts, layers=layers, verbose=verbose)
-    tables = [contextual_lens_step(model, found, index) for found in searches if len(found)]
-    shares = lens_shares(pd.concat(tables, ignore_index=True))
-    shares.attrs["corpus"] = f"{config.lens_corpus}: {len(texts)} texts, {len(index)} vectors"
-    return shares
-
-
-def _per_batch(
-    searches: list[BatchSearch],
-    step: Callable[[BatchSearch, int], pd.DataFrame],
-    *,
-    desc: str = "",
-    verbose: bool = False,
-) -> pd.DataFrame:
-    """A step over every batch with a usable item, seeded by the batch's first usable item's
-    position among all usable items; ``verbose`` shows its own progress (images done, of how
-    many) under the demo's bar."""
-    tables, offset = [], 0
-    total = sum(len(found) for found in searches)
-    bar = tqdm(total=total, desc=f"  {desc}", unit="img", leave=False, disable=not verbose)
-    for found in searches:
-        if len(found):
-            tables.append(step(found, offset))
-        offset += len(found)
-        bar.update(len(found))
-    bar.close()
-    tables = [t for t in tables if len(t)]
-    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
-
-
-def _ablation_captions(
-    model: MultimodalModel, searches: list[BatchSearch], config, verbose: bool = False
-) -> pd.DataFrame:
-    """Captions under ablation of the first ``n_ablation_captions`` usable images."""
-
-    def step(found: BatchSearch, offset: int) -> pd.DataFrame:
-        only = [j for j in range(len(found)) if offset + j < config.n_ablation_captions]
-        if not only:
-            return pd.DataFrame()
-        return ablation_captions_step(
-            model,
-            found,
-            k=max(config.ks, default=0),
-            seeds=[offset + j for j in range(len(found))],
-            max_new_tokens=config.max_new_tokens,
-            only=only,
-        )
-
-    return _per_batch(searches, step, desc="ablation captions", verbose=verbose)
-
-
-def _controls(units: pd.DataFrame, config: DemoConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Generic units (top for the images of most concepts) and per-concept specificity, from
-    the top-k table; the units table gets ``generic`` and ``breadth`` columns."""
-    generic = generic_units(units, min_share=config.generic_share)
-    per_unit = generic.set_index(["layer", "unit"])
-    key = list(zip(units.layer, units.unit))
-    units["generic"] = per_unit["generic"].reindex(key).to_numpy(dtype=bool)
-    units["breadth"] = per_unit["breadth"].reindex(key).to_numpy()
-    return generic, concept_specificity(units)
+    if len(spatial) and grid is not None:  # the best IoU a map on the grid reaches on each mask
+        spatial = add_spatial_ceiling(spatial, data.searched, tuple(grid), q=config.quantile)
+    shares = _table(out, "lens_shares")
+    shares.attrs["corpus"] = f"{config.lens_corpus}: {config.lens_texts} texts"
+    named = {"captions": captions, "units": units, "spatial": spatial, "lens_shares": shares}
+    named["unit_effects"] = _table(out, "card_effects")
+    return DemoTables(
+        **{name: named[name] if name in named else _table(out, name) for name in DemoTables.names()}
+    )
 
 
 def run_demo(
@@ -233,12 +198,15 @@ def run_demo(
     model: MultimodalModel | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole analysis, write results and the report into ``out``; return the summary.
+    """Run the whole analysis (or resume it), write results and the report into ``out``;
+    return the summary.
 
     Args:
-        out: Output folder; must not exist unless ``overwrite``.
+        out: Output folder: a new one, or one holding a demo run of the same settings (it is
+            resumed: finished batches are kept).
         config: What to run (:class:`DemoConfig`).
-        overwrite: Replace the demo's files in an existing folder (nothing else is touched).
+        overwrite: Start again in an existing folder (the demo's and its run's files are
+            replaced; nothing else is touched).
         model: A loaded model (default: ``config.lm`` with the projection shipped for
             ``config.scene_set``, :func:`~transformer_lens_mm.data.pretrained.load_demo_model`).
         verbose: Progress bars and the printed summary.
@@ -249,29 +217,14 @@ def run_demo(
     config = config or DemoConfig()
     if model is None:  # a pair without a shipped projection fails before anything is written
         demo_projection_path(config.lm, config.scene_set)
-    out = prepare_output(out, overwrite)
-    tables = DemoTables()
-    timings: dict[str, float] = {}
+    out = prepare_output(out, overwrite, resume=True)
     t_start = time.perf_counter()
-    steps = tqdm(total=14, desc="tlmm demo", disable=not verbose)
-
-    def step(name: str, fn: Callable[[], Any]) -> Any:
-        steps.set_postfix_str(name)
-        t0 = time.perf_counter()
-        result = fn()
-        timings[name] = round(time.perf_counter() - t0, 2)
-        with open(out / "run.log", "a") as log:  # the run's log: each step's seconds
-            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {timings[name]} s\n")
-        steps.update()
-        return result
-
+    seconds: dict[str, float] = {}
     if model is None:
-        model = step(
-            "load", lambda: load_demo_model(config.api, lm=config.lm, scenes=config.scene_set)
-        )
-    else:
-        steps.update()
-    assert model is not None
+        model = load_demo_model(config.api, lm=config.lm, scenes=config.scene_set)
+        seconds["load"] = round(time.perf_counter() - t_start, 2)
+    n_units = int(model.cfg.n_layers) * int(model.cfg.d_mlp)
+    run_config = demo_analysis_config(config, out, n_units=n_units)
     data = DemoSet(
         config.scene_set,
         config.n_scenes,
@@ -279,154 +232,24 @@ def run_demo(
         n_selectivity=config.n_selectivity,
         seed=config.seed,
     )
-    items, truths = data.searched, data.truths
-    by_id = {it.id: it for it in items}
-    searches, captions = step("search", lambda: _search(model, items, truths, config))
-    tables.set(out, "captions", captions)
-    if not any(len(found) for found in searches):
+    run = run_analysis(run_config, model=model, data=data, verbose=verbose, report=False)
+    if not run.get("done"):
         raise NoUsableItemError("no image got a caption with a noun: nothing to attribute")
-    units = pd.concat([f.units for f in searches if len(f)], ignore_index=True)
-    maps = torch.cat([f.maps for f in searches if f.maps is not None])
-    generic, specificity = _controls(units, config)
-    tables.set(out, "units", units)
-    tables.set(out, "generic_units", generic)
-    tables.set(out, "concept_specificity", specificity)
-    target_ids = {row[0]: t.token_id for f in searches for row, t in zip(f.rows, f.targets)}
-    target_ranks = decoding_target_ranks(model, units, target_ids)
-    tables.set(out, "target_ranks", target_ranks)
-    soft = step("soft prompts", lambda: soft_prompt_step(model, searches, seed=0))
-    tables.set(out, "soft_prompts", soft)
-    lens = step("logit lens", lambda: _lens(model, searches))
-    tables.set(out, "logit_lens", lens)
-    knockout = pd.DataFrame()
-    if config.knockout_window:
-        knockout = step(
-            "attention knockout",
-            lambda: _per_batch(
-                searches,
-                lambda f, seed: knockout_step(model, f, window=config.knockout_window, seed=seed),
-                desc="attention knockout",
-                verbose=verbose,
-            ),
-        )
-        tables.set(out, "knockout", knockout)
-    else:
-        steps.update()
-    shares = pd.DataFrame()
-    if config.lens_every:
-        shares = step("contextual lens", lambda: _contextual_lens(model, searches, config, verbose))
-        tables.set(out, "lens_shares", shares)
-    else:
-        steps.update()
-    spatial = step(
-        "spatial",
-        lambda: spatial_iou_by_category(
-            model,
-            items,
-            captions,
-            units,
-            q=config.quantile,
-            n_random=config.n_random,
-            batch_size=config.batch_size,
-            verbose=verbose,
-        ),
-    )
-    if config.scene_set == "natural":
-        background = step(
-            "background IoU",
-            lambda: background_spatial(
-                model,
-                items,
-                k=config.k,
-                q=config.quantile,
-                n_random=config.n_random,
-                batch_size=config.batch_size,
-                verbose=verbose,
-            ),
-        )
-        spatial = pd.concat(
-            [spatial.assign(target_from="caption"), background.assign(target_from="background")],
-            ignore_index=True,
-        )
-    else:
-        steps.update()
-    if model.image_encoder is not None:  # the best IoU a map on the grid reaches on each mask
-        spatial = add_spatial_ceiling(
-            spatial, items, tuple(model.image_encoder.grid_size), q=config.quantile
-        )
-    tables.set(out, "spatial", spatial)
-    selectivity = step(
-        "category selectivity",
-        lambda: category_selectivity(
-            model,
-            units,
-            captions,
-            data.selectivity,
-            batch_size=config.batch_size,
-            verbose=verbose,
-        ),
-    )
-    tables.set(out, "category_selectivity", selectivity)
-    total = int(model.cfg.n_layers) * int(model.cfg.d_mlp)
-    ks = [k for k in config.ks if k <= total]
-    sweep = step(
-        "ablation",
-        lambda: _per_batch(
-            searches,
-            lambda f, seed: ablation_step(
-                model, f, ks=ks, n_random=config.n_random, seed=seed, chunk_size=16
-            ),
-            desc="ablation",
-            verbose=verbose,
-        ),
-    )
-    tables.set(out, "ablation", sweep)
-    cross_ks = [k for k in config.cross_ks if k <= total]
-    cross = step(
-        "cross-concept ablation",
-        lambda: _per_batch(
-            searches,
-            lambda f, seed: cross_concept_step(
-                model, f, ks=cross_ks, seed=seed, max_others=config.cross_others, chunk_size=16
-            ),
-            desc="cross-concept ablation",
-            verbose=verbose,
-        ),
-    )
-    tables.set(out, "cross_concept", cross)
-    cards = pd.concat(
-        [card_units(rows, n_cards=n) for _, rows, n in card_groups(units, config.n_cards)]
-    )
-    tested = {(int(a), int(b)) for a, b in zip(cards.layer, cards.unit)}
-    per_item = (
-        units[[(a, b) in tested for a, b in zip(units.layer, units.unit)]]
-        .drop_duplicates(["item", "layer", "unit"])
-        .groupby("item")
-        .apply(lambda g: list(zip(g.layer, g.unit)), include_groups=False)
-        .to_dict()
-    )
-    effects = step(
-        "unit effects",
-        lambda: _per_batch(
-            searches,
-            lambda f, seed: unit_effect_step(model, f, per_item, seed=seed),
-            desc="unit effects",
-            verbose=verbose,
-        ),
-    )
-    tables.set(out, "unit_effects", effects)
-    abl_caps = step(
-        "ablation captions", lambda: _ablation_captions(model, searches, config, verbose)
-    )
-    tables.set(out, "ablation_captions", abl_caps)
-    steps.close()
-
+    encoder = model.image_encoder
+    tables = demo_tables(out, data, config, None if encoder is None else encoder.grid_size)
+    for name in DemoTables.names():  # parquet (the store's format) and a CSV export of each
+        tables.write(out, name)
     summary = summarise(config, tables)
-    summary.update(where_translation(knockout, shares))
-    summary["seconds"] = {**timings, "total": round(time.perf_counter() - t_start, 1)}
+    summary.update(where_translation(tables.knockout, tables.lens_shares))
+    seconds.update(run["step_seconds"])
+    summary["seconds"] = {**seconds, "total": round(time.perf_counter() - t_start, 1)}
     summary["model"] = describe_model(model)
-    _write_json(out / "summary.json", summary)
-    captions_by_item = dict(zip(captions["item"], captions["caption"]))
+    summary["run"] = {"folder": str(out), "resumed_items": run["skipped_already_done"]}
+    text = json.dumps(summary, indent=1, default=float)
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
+    maps = load_file(out / "maps.safetensors")["maps"].float()
+    by_id = {it.id: it for it in data.searched}
+    captions_by_item = dict(zip(tables.captions["item"], tables.captions["caption"]))
     write_report(
         out / "report.html",
         model,

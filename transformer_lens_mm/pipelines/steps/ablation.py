@@ -1,11 +1,11 @@
 """Ablation steps: the sweep (the paper's Figure 6, sec. 3.3), captions under ablation, same-
 vs cross-concept ablation, and single-unit effects.
 
-Random draws are seeded by the caller (``tlmm analyze``: by the batch index), so a resumed or
-sharded run draws the same units. The steps of one batch share their forwards through
-``found.ablations``: a forward one step ran (the same image, ``c`` and set of zeroed units, e.g.
-each image's unablated reference, or its own top-k in the sweep and in the cross-concept
-ablation) is not run again by the next.
+Random draws are seeded by the caller (``tlmm analyze``: by the data-set index of the batch's
+first item), so a resumed or sharded run draws the same units. The steps of one batch share
+their forwards through ``found.ablations``: a forward one step ran (the same image, ``c`` and
+set of zeroed units, e.g. each image's unablated reference, or its own top-k in the sweep and
+in the cross-concept ablation) is not run again by the next.
 
 Example:
     >>> found = search_batch(model, indices=[0, 1], images=images)  # doctest: +SKIP
@@ -15,13 +15,20 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
 from transformer_lens_mm.core.contract import MultimodalModel
 from transformer_lens_mm.errors import ArgumentError
 from transformer_lens_mm.pipelines.search import BatchSearch, tag_rows
-from transformer_lens_mm.pipelines.steps.registry import Step, register_step, require_usable
+from transformer_lens_mm.pipelines.steps.registry import (
+    Step,
+    StepContext,
+    register_step,
+    require_usable,
+)
+from transformer_lens_mm.report.cards import card_pairs
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
 from transformer_lens_mm.tools.specificity import concept_of, cross_concept_ablation
 from transformer_lens_mm.tools.units import Unit, per_row_masks, random_units_like
@@ -148,7 +155,7 @@ def unit_effect_step(
         One row per (image, unit, kind): ``item``, ``index``, ``target``, ``layer``, ``unit``,
         ``kind`` (``top``: the unit itself, ``random``), ``p_c``, ``rel_p``.
     """
-    require_usable(found)
+    require_usable(found, attributed=False)
     assert found.inputs is not None
     pairs = [
         (j, (int(layer), int(unit)))
@@ -170,7 +177,7 @@ def unit_effect_step(
         image_ids=rows,
         memo=found.ablations,
     )
-    table = table[table["k"] == 1]
+    table = table[table["k"] == 1].reset_index(drop=True)
     pair = table.pop("image").to_numpy()
     table.insert(0, "layer", [pairs[i][1][0] for i in pair])
     table.insert(1, "unit", [pairs[i][1][1] for i in pair])
@@ -227,6 +234,41 @@ def ablation_captions_step(
     return table
 
 
+def _cross_random(config: Any) -> int:
+    """Random draws per k of the cross-concept control (default: the sweep's, at least 1)."""
+    given = config.cross_concept_random
+    return max(config.ablation_random, 1) if given is None else int(given)
+
+
+def _first_items(found: BatchSearch, n: int | None) -> list[int]:
+    """The batch rows among the run's first ``n`` items (by data-set index; ``None``: all)."""
+    return [j for j, (_, index, _) in enumerate(found.rows) if n is None or index < n]
+
+
+def _card_effects(
+    ctx: StepContext, found: BatchSearch, seed: int, tables: Mapping[str, pd.DataFrame]
+) -> dict[str, pd.DataFrame]:
+    """Single-unit effects of the report's card units (chosen over the whole run, with each
+    unit's breadth from the controls) on the images whose top units hold them."""
+    if "card_pairs" not in ctx.state:
+        units, generic = tables["units"], tables.get("generic_units")
+        if generic is not None and len(generic) and len(units):
+            per_unit = generic.set_index(["layer", "unit"])["breadth"]
+            units = units.assign(
+                breadth=per_unit.reindex(list(zip(units.layer, units.unit))).to_numpy()
+            )
+        ctx.state["card_pairs"] = card_pairs(units, ctx.config.card_effects)
+    return {
+        "card_effects": unit_effect_step(
+            ctx.model,
+            found,
+            ctx.state["card_pairs"],
+            seed=seed,
+            chunk_size=ctx.config.ablation_chunk,
+        )
+    }
+
+
 def _top_units(found: BatchSearch, n: int) -> dict[Hashable, list[Unit]]:
     """Each usable item's ``n`` best distinct units (by their best score over the positions)."""
     assert found.attribution is not None
@@ -266,15 +308,18 @@ register_step(
         on=lambda c: c.ablation_captions_k > 0,
         tables=("ablation_captions",),
         batch=lambda ctx, found, seed: {
-            "ablation_captions": ablation_captions_step(
+            "ablation_captions": pd.DataFrame()
+            if not _first_items(found, ctx.config.ablation_captions_n)
+            else ablation_captions_step(
                 ctx.model,
                 found,
                 k=ctx.config.ablation_captions_k,
-                seeds=[seed * 10_007 + i for i in range(len(found))],
+                seeds=[seed + i for i in range(len(found))],
                 max_new_tokens=ctx.config.max_new_tokens,
+                only=_first_items(found, ctx.config.ablation_captions_n),
             )
         },
-        forwards=lambda c, n_layers: 2 * c.max_new_tokens,
+        forwards=lambda c, n_layers: 2 * c.max_new_tokens,  # an upper bound with _n
         paper="Figure 6 (captions), sec. 3.3",
     )
 )
@@ -291,7 +336,7 @@ register_step(
                 ctx.model,
                 found,
                 ks=ctx.config.cross_concept_ks,
-                n_random=max(ctx.config.ablation_random, 1),
+                n_random=_cross_random(ctx.config),
                 seed=seed,
                 max_others=ctx.config.cross_concept_others,
                 chunk_size=ctx.config.ablation_chunk,
@@ -299,7 +344,7 @@ register_step(
         },
         forwards=lambda c, n_layers: (
             len(c.cross_concept_ks)
-            * (1 + max(c.ablation_random, 1))
+            * (1 + _cross_random(c))
             * min(max(c.batch_size - 1, 1), c.cross_concept_others or c.batch_size)
         ),
     )
@@ -322,5 +367,19 @@ register_step(
             )
         },
         forwards=lambda c, n_layers: 1 + 2 * c.unit_effects,
+    )
+)
+register_step(
+    Step(
+        "card_effects",
+        "p(c) with one of the report's card units zeroed (chosen over the whole run; one at a "
+        "time, on each image whose top units hold it) vs one random unit of the same layer",
+        order=12,
+        on=lambda c: c.card_effects > 0,
+        tables=("card_effects",),
+        revisit=_card_effects,
+        # an upper bound: the reference and, per card unit among the image's top units, the
+        # unit and one random unit
+        forwards=lambda c, n_layers: 1 + 2 * (c.card_effects + 2 * max(1, c.card_effects // 3)),
     )
 )

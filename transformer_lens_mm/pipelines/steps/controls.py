@@ -40,7 +40,7 @@ def _target_ranks(ctx: StepContext, found: BatchSearch, seed: int) -> dict[str, 
     if not len(found):
         return {}
     targets = {row[0]: t.token_id for row, t in zip(found.rows, found.targets)}
-    table = decoding_target_ranks(ctx.model, found.units, targets, seed=seed * 10_007)
+    table = decoding_target_ranks(ctx.model, found.units, targets, seed=seed)
     return {"target_ranks": insert_index(table, found)}
 
 

@@ -5,8 +5,9 @@ work, its optional per-run reduction, the tables it writes, what it needs, and a
 active step's ``batch`` on the batch's :class:`~transformer_lens_mm.pipelines.search.
 BatchSearch` (its tables are written into the batch's shard, merged at the end, so they are
 resumable and identical under torchrun), then, on the merged tables, each active step's
-``run`` (tables of the whole run). A new step is one module in ``pipelines/steps/`` that calls
-:func:`register_step`, and one import line in ``pipelines/steps/__init__.py``.
+``run`` (tables of the whole run), then each active step's ``revisit`` (per batch again, for
+work that needs the whole run first). A new step is one module in ``pipelines/steps/`` that
+calls :func:`register_step`, and one import line in ``pipelines/steps/__init__.py``.
 
 Example:
     >>> from transformer_lens_mm.pipelines.steps import STEPS
@@ -63,6 +64,11 @@ class StepContext:
 BatchWork = Callable[["StepContext", "BatchSearch", int], dict[str, pd.DataFrame]]
 #: ``run(ctx, tables) -> {table: rows}``: the step's reduction over the merged run
 RunWork = Callable[["StepContext", Mapping[str, pd.DataFrame]], dict[str, pd.DataFrame]]
+#: ``revisit(ctx, found, seed, tables) -> {table: rows}``: the step's work on one batch rebuilt
+#: after the merge (no attribution), given the whole run's tables
+RevisitWork = Callable[
+    ["StepContext", "BatchSearch", int, Mapping[str, pd.DataFrame]], dict[str, pd.DataFrame]
+]
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,15 @@ class Step:
         what: One line: what it measures (and where the paper has it).
         on: Whether a config runs it when ``steps`` is not given (its switch, e.g.
             ``ablation_ks`` not empty).
-        tables: The tables ``batch`` writes (per shard, merged per run).
+        tables: The tables ``batch`` (or ``revisit``) writes (per shard, merged per run).
         batch: The per-batch work, or ``None``.
         run_tables: The tables ``run`` writes (once, after the merge).
         run: The per-run reduction, or ``None``.
+        revisit: Per-batch work that needs the whole run first (e.g. units chosen over every
+            image): after the merge and the ``run`` reductions, each batch is rebuilt from the
+            run's tables (:func:`~transformer_lens_mm.pipelines.search.revisit_batch`: the same
+            inputs, no caption or attribution again) and given with the run's tables; its
+            results go into shards of their own (resumable, checksummed), then merged.
         needs: What the step needs: ``"masks"`` (a data set with object masks: skipped with
             the reason in the summary otherwise, refused under ``--strict``), or the name of
             another step whose tables it reads.
@@ -97,6 +108,7 @@ class Step:
     batch: BatchWork | None = None
     run_tables: tuple[str, ...] = ()
     run: RunWork | None = None
+    revisit: RevisitWork | None = None
     needs: tuple[str, ...] = ()
     forwards: Callable[[Any, int | None], float | None] = lambda config, n_layers: 0.0
     paper: str = ""
@@ -109,6 +121,8 @@ STEPS: dict[str, Step] = {}
 
 def register_step(step: Step) -> Step:
     """Add ``step`` to :data:`STEPS` (its tables must not clash with another step's)."""
+    if step.batch is not None and step.revisit is not None:
+        raise ConfigError(f"step {step.name!r}: give it batch or revisit work, not both")
     taken = {t: s.name for s in STEPS.values() for t in (*s.tables, *s.run_tables)}
     clash = [t for t in (*step.tables, *step.run_tables) if taken.get(t, step.name) != step.name]
     if clash:
@@ -117,10 +131,12 @@ def register_step(step: Step) -> Step:
     return step
 
 
-def require_usable(found: BatchSearch) -> None:
+def require_usable(found: BatchSearch, *, attributed: bool = True) -> None:
     """Raise :class:`~transformer_lens_mm.errors.NoUsableItemError` for a batch with no
-    usable item (every item failed before the attribution)."""
-    if not len(found) or found.attribution is None:
+    usable item (every item failed before the attribution); ``attributed=False``: a batch
+    rebuilt after the merge (:func:`~transformer_lens_mm.pipelines.search.revisit_batch`)
+    only needs its inputs."""
+    if not len(found) or (found.attribution if attributed else found.inputs) is None:
         raise NoUsableItemError(
             "the batch has no usable item (every item failed): nothing to ablate"
         )
