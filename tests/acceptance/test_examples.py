@@ -56,7 +56,7 @@ def test_dataset_experiments_example_on_a_cli_run(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text(
         f'out = "{tmp_path / "run"}"\n[data]\nkind = "scenes"\nn = 8\nseed = 5\n'
-        "[model]\ndemo = true\nscenes = \"shapes\"\n[run]\nk = 10\nbatch_size = 4\n"
+        '[model]\ndemo = true\nscenes = "shapes"\n[run]\nk = 10\nbatch_size = 4\n'
         "ablation_ks = [0, 10]\nablation_captions_k = 10\nsoft_prompts = true\n"
         "soft_prompt_tokens = 2\n"
     )
