@@ -344,6 +344,27 @@ def test_a_run_step_that_fails_is_recorded_and_the_run_kept(paper_run, tmp_path)
         run_analysis(cfg, model=model, verbose=False, strict=True)
 
 
+def test_a_revisit_steps_shards_resume_and_a_damaged_one_is_recomputed(paper_run, tmp_path):
+    """The card units' effects run after the merge into shards of their own: a run resumed
+    with one of them truncated on disk recomputes that batch only, and the table is the same."""
+    model, _, _, _ = paper_run
+    data = write_coco(tmp_path / "coco", 8)
+    cfg = paper_config(tmp_path / "run", data, steps=["card_effects"], limit=None,
+                       card_effects=3)  # fmt: skip
+    run_analysis(cfg, model=model, verbose=False)
+    first = load_table(cfg.out, "card_effects")
+    assert len(first) and set(first["index"]) <= set(range(8))
+    shards = Path(cfg.out) / "revisits" / "card_effects"
+    damaged = shards / "b0000001-card_effects.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:-7])
+    run_analysis(cfg, model=model, verbose=False)
+    log = (Path(cfg.out) / "run.log").read_text().splitlines()
+    revisits = [line for line in log if "revisit step card_effects" in line]
+    assert "2 batches (0 done before)" in revisits[0]
+    assert "1 batches (1 done before)" in revisits[1]
+    pd.testing.assert_frame_equal(load_table(cfg.out, "card_effects"), first)
+
+
 def test_the_report_sets_the_papers_results_beside_the_runs(paper_run):
     _, cfg, _, _ = paper_run
     from transformer_lens_mm.pipelines.analyze.report import paper_comparison

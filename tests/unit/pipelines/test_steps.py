@@ -129,3 +129,14 @@ def test_ablation_steps_share_forwards_and_give_the_same_tables(searched):
     # already run on the same image are shared too)
     assert n_alone == 15 + 31 + 8
     assert n_shared <= n_alone - 3 - 6 - 2
+
+
+def test_a_step_has_batch_or_revisit_work_not_both():
+    from transformer_lens_mm.errors import ConfigError
+    from transformer_lens_mm.pipelines.steps import STEPS, Step, register_step
+
+    work = lambda *args: {}  # noqa: E731
+    with pytest.raises(ConfigError, match="batch or revisit work, not both"):
+        register_step(Step("both", "x", on=lambda c: False, batch=work, revisit=work))
+    assert "both" not in STEPS
+    assert STEPS["card_effects"].revisit is not None and STEPS["card_effects"].batch is None

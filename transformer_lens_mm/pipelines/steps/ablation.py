@@ -373,7 +373,8 @@ register_step(
     Step(
         "card_effects",
         "p(c) with one of the report's card units zeroed (chosen over the whole run; one at a "
-        "time, on each image whose top units hold it) vs one random unit of the same layer",
+        "time, on each image whose top units hold it) vs one random unit of the same layer "
+        "(passes: an upper bound, every card unit on every image)",
         order=12,
         on=lambda c: c.card_effects > 0,
         tables=("card_effects",),
