@@ -1,6 +1,7 @@
 """The ``tlmm`` command line.
 
-tlmm demo --out runs/demo                 # the paper's analysis + controls, ~10 min on CPU
+tlmm demo --out runs/demo                 # the paper's analysis + controls, ~7 min on CPU
+tlmm demo --out runs/demo                 # again on the same folder: resumes an unfinished run
 tlmm demo --out runs/demo --lm gemma3     # on Gemma 3 270M instead of SmolLM2-135M
 tlmm demo --out runs/demo --quick         # a few scenes, for a smoke test
 tlmm power --out runs/power               # planted multimodal neurons: the tests' power
@@ -74,8 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Caption held-out scenes and photos, attribute, decode, lens, spatial "
         "selectivity and ablation; writes report.html, summary.json and CSV tables to --out.",
     )
-    demo.add_argument("--out", required=True, help="output folder (must not exist)")
-    demo.add_argument("--overwrite", action="store_true", help="reuse an existing --out folder")
+    demo.add_argument(
+        "--out", required=True, help="output folder: a new one, or a demo run to resume"
+    )
+    demo.add_argument(
+        "--overwrite", action="store_true", help="start again in an existing --out folder"
+    )
     demo.add_argument("--api", choices=["hooked", "bridge"], default=None)
     demo.add_argument("--scenes", type=int, default=None, help="held-out scenes (default 40)")
     demo.add_argument(
