@@ -73,7 +73,7 @@ from transformer_lens_mm.pipelines.demo.summary import (
 from transformer_lens_mm.pipelines.demo.tables import DemoTables
 from transformer_lens_mm.pipelines.experiments import add_spatial_ceiling
 
-__all__ = ["demo_analysis_config", "run_demo"]
+__all__ = ["demo_analysis_config", "demo_tables", "run_demo"]
 
 
 def demo_analysis_config(
