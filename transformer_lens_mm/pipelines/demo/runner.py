@@ -153,7 +153,13 @@ def demo_tables(out: str | Path, data: DemoSet, config: DemoConfig, grid: Any) -
     """The demo's tables from its run folder: the runner's, with the scene truth beside each
     caption (``truth``, ``colour_right``, ``object_right``), each unit's ``generic`` and
     ``breadth``, the caption and background IoU in one ``spatial`` table (``target_from``, and
-    the best IoU a map on the encoder's ``grid`` reaches), the card units' effects."""
+    the best IoU a map on the encoder's ``grid`` reaches), the card units' effects.
+
+    Example:
+        >>> data = DemoSet("natural", 40)  # doctest: +SKIP
+        >>> tables = demo_tables("runs/demo", data, DemoConfig(), grid=(7, 7))  # doctest: +SKIP
+        >>> tables.captions[["item", "caption", "object_right"]].head()  # doctest: +SKIP
+    """
     out = Path(out)
     captions = _table(out, "items").drop(columns=["batch", "target_prefix"], errors="ignore")
     truth = [data.truths.get(n, (None, None, None)) for n in captions["item"]]
