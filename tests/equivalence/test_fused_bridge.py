@@ -369,3 +369,49 @@ def test_gpt2_q_k_v_are_one_product_of_c_attn_and_follow_weight_edits(models):
         q.weight = original
         with torch.no_grad():
             original.div_(-2.0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unhooked_block_is_its_layers_call_and_a_hooked_one_runs_tls_forward(
+    models, kind, monkeypatch
+):
+    """A block whose hook_in/hook_out/hook_mlp_in have no hook skips TL's BlockBridge.forward
+    (the wrapped layer's call alone); a hook on one block's residual brings TL's forward back
+    for that block only, the hook fires, and the output is the same."""
+    from transformer_lens.model_bridge.generalized_components.block import BlockBridge
+
+    model = models[kind]
+    batch = batch_of(model, "right")
+    tl_forward = BlockBridge.forward
+    ran = []
+
+    def counting(self, *args, **kwargs):
+        ran.append(self)
+        return tl_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlockBridge, "forward", counting)
+    with torch.no_grad():
+        plain = model(batch)
+    assert ran == []
+    seen = []
+    with torch.no_grad():
+        hooked = model.run_with_hooks(
+            batch, fwd_hooks=[("blocks.1.hook_resid_pre", lambda x, hook: seen.append(x.shape))]
+        )
+    assert ran == [model.blocks[1]] and len(seen) == 1
+    torch.testing.assert_close(hooked, plain, atol=0, rtol=0)
+    ran.clear()
+    with torch.no_grad():  # the bridge's own computation: TL's forward in every block
+        set_fused_bridge(model, False)
+        try:
+            reference = model(batch)
+        finally:
+            set_fused_bridge(model, True)
+    assert len(ran) == model.cfg.n_layers
+    torch.testing.assert_close(plain, reference, atol=1e-5, rtol=1e-5)
+    if kind == "gpt2":  # a direct block(hidden_states) call keeps TL's tuple convention
+        x = torch.randn(2, 5, model.cfg.d_model)
+        with torch.no_grad():
+            got, want = model.blocks[0](x), tl_forward(model.blocks[0], x)
+        assert type(got) is type(want) and len(got) == len(want)
+        torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)

@@ -23,7 +23,9 @@ Same values up to float rounding (tested: ``tests/test_fused_bridge.py``);
 ``set_fused_bridge(model, False)`` restores TL's computation.
 
 Per-call overhead goes too (with launches, Python time per decoding step is what bounds a small
-model): every component call enters Accelerate's ``align_module_device`` even when no weight is
+model): a block without hooks on its own hook points is its Hugging Face layer's call (TL's
+block forward wires and clears capture hooks and calls two identity hook points on every call);
+every component call enters Accelerate's ``align_module_device`` even when no weight is
 offloaded (skipped where the wrapped module has no Accelerate hook); every block call runs
 ``inspect.signature`` on its Hugging Face layer (read once per class); hook points without a hook
 return their input without ``nn.Module.__call__``, and linear bridges without hooks call their
@@ -253,11 +255,46 @@ _SIGNATURES: dict[Any, tuple[list[str], bool]] = {}
 
 class _FusedBlock:
     """The methods of a ``BlockBridge``: its keyword filter with the wrapped module's signature
-    read once per ``forward`` function instead of by ``inspect.signature`` on every call."""
+    read once per ``forward`` function instead of by ``inspect.signature`` on every call, and
+    its ``forward`` without TL's bookkeeping while nothing could observe the difference."""
 
     _tl: Any
     _counted = False
     fused: bool = True
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``BlockBridge.forward`` as the wrapped layer's call alone (TL's keyword filter and
+        output convention kept) while ``hook_in``, ``hook_out`` and ``hook_mlp_in`` have no
+        hook, no global module hook is registered, no ``start_at_layer``/``stop_at_layer`` run
+        is under way and the config asks for no pre-norm fork (``use_split_qkv_input``,
+        ``use_attn_in``, ``use_hook_mlp_in``): TL's forward would then call two identity hook
+        points, wire and clear capture hooks that nothing reads, and check layer indices that
+        are unset. The layer's bridged submodules still run with their own hooks."""
+        modules, state = self._modules, self.__dict__
+        layer = modules.get("_original_component")
+        config = state.get("config")
+        if (
+            not self.fused
+            or layer is None
+            or state.get("_stop_at_layer_idx") is not None
+            or state.get("_start_at_layer_idx") is not None
+            or getattr(config, "use_split_qkv_input", False)
+            or getattr(config, "use_attn_in", False)
+            or getattr(config, "use_hook_mlp_in", False)
+            or state.get("_use_hook_mlp_in")  # TL's fallback when the config has no such flag
+            or not _plain_dispatch()
+            or not _unhooked(modules["hook_in"], modules["hook_out"], modules["hook_mlp_in"])
+        ):
+            return self._tl.forward(self, *args, **kwargs)
+        filtered = self._filter_kwargs_for_forward(kwargs, len(args))
+        output = layer(*args, **filtered)
+        if state.get("_capture_hooks_wired"):  # an earlier TL forward wired ln1's capture
+            attn = (state.get("submodules") or {}).get("attn")
+            if attn is not None and "_captured_pre_ln_residual" in attn.__dict__:
+                attn.__dict__["_captured_pre_ln_residual"] = None
+        if isinstance(output, Tensor) and self._is_standalone_hidden_state_call(args, filtered):
+            return (output,)  # TL's convention for a direct block(hidden_states) call
+        return output
 
     def _filter_kwargs_for_forward(
         self, kwargs: dict[str, Any], num_positional_args: int = 0
