@@ -415,3 +415,35 @@ def test_an_unhooked_block_is_its_layers_call_and_a_hooked_one_runs_tls_forward(
             got, want = model.blocks[0](x), tl_forward(model.blocks[0], x)
         assert type(got) is type(want) and len(got) == len(want)
         torch.testing.assert_close(got[0], want[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unhooked_mlp_is_its_modules_call_and_a_hooked_one_runs_tls_forward(
+    models, kind, monkeypatch
+):
+    """An MLP bridge without hooks on its own or its projections' hook points skips TL's
+    forward; a hook on one of them brings it back for that MLP only, and it fires."""
+    model = models[kind]
+    tl_class = type(model.blocks[0].mlp)._tl
+    batch = batch_of(model, "right")
+    tl_forward = tl_class.forward
+    ran = []
+
+    def counting(self, *args, **kwargs):
+        ran.append(self)
+        return tl_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(tl_class, "forward", counting)
+    with torch.no_grad():
+        plain = model(batch)
+    assert ran == []
+    seen = []
+    for name in ("blocks.1.mlp.hook_out", "blocks.1.mlp.out.hook_in"):
+        seen.clear()
+        ran.clear()
+        with torch.no_grad():
+            hooked = model.run_with_hooks(
+                batch, fwd_hooks=[(name, lambda x, hook: seen.append(x.shape))]
+            )
+        assert ran == [model.blocks[1].mlp] and len(seen) == 1, name
+        torch.testing.assert_close(hooked, plain, atol=0, rtol=0)

@@ -23,8 +23,9 @@ Same values up to float rounding (tested: ``tests/test_fused_bridge.py``);
 ``set_fused_bridge(model, False)`` restores TL's computation.
 
 Per-call overhead goes too (with launches, Python time per decoding step is what bounds a small
-model): a block without hooks on its own hook points is its Hugging Face layer's call (TL's
-block forward wires and clears capture hooks and calls two identity hook points on every call);
+model): a block or an MLP without hooks on its own hook points (an MLP: nor on its
+projections') is its Hugging Face module's call (TL's block forward wires and clears capture
+hooks and calls two identity hook points on every call, the MLP's two more and sets flags);
 every component call enters Accelerate's ``align_module_device`` even when no weight is
 offloaded (skipped where the wrapped module has no Accelerate hook); every block call runs
 ``inspect.signature`` on its Hugging Face layer (read once per class); hook points without a hook
@@ -319,6 +320,39 @@ class _FusedBlock:
         return {k: v for k, v in kwargs.items() if k in valid}
 
 
+class _FusedMLP:
+    """The methods of an ``MLPBridge`` / ``GatedMLPBridge``: ``forward`` as the wrapped MLP's
+    call alone while neither the bridge's ``hook_in``/``hook_out`` nor its projections'
+    ``hook_in``/``hook_out`` have a hook and no global module hook is registered (TL's forward
+    would call identity hook points around it and set two flags its projections set again);
+    the projections inside still run with their own hooks."""
+
+    _tl: Any
+    _counted = False
+    fused: bool = True
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        modules, state = self._modules, self.__dict__
+        inner = modules.get("_original_component")
+        points = [modules["hook_in"], modules["hook_out"]]
+        for name in ("in", "input", "out"):
+            projection = modules.get(name)
+            if projection is not None:
+                own = projection._modules
+                points += [own[p] for p in ("hook_in", "hook_out") if p in own]
+        if (
+            not self.fused
+            or inner is None
+            or not args
+            or state.get("name") is None  # containerless: TL refuses the call
+            or state.get("_use_processed_weights")  # TL's folded-weight path
+            or not _plain_dispatch()
+            or not _unhooked(*points)
+        ):
+            return self._tl.forward(self, *args, **kwargs)
+        return inner(*args, **kwargs)
+
+
 class _FusedNorm:
     """The methods of a fused norm bridge: the wrapped Hugging Face module's own forward."""
 
@@ -572,10 +606,12 @@ class _FusedRotaryAttention(_FusedAttentionCommon):
 def _spec() -> list[tuple[type, type, dict[str, Any]]]:
     from transformer_lens.hook_points import HookPoint
     from transformer_lens.model_bridge.generalized_components.block import BlockBridge
+    from transformer_lens.model_bridge.generalized_components.gated_mlp import GatedMLPBridge
     from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import (
         JointQKVAttentionBridge,
     )
     from transformer_lens.model_bridge.generalized_components.linear import LinearBridge
+    from transformer_lens.model_bridge.generalized_components.mlp import MLPBridge
     from transformer_lens.model_bridge.generalized_components.normalization import (
         NormalizationBridge,
     )
@@ -595,6 +631,8 @@ def _spec() -> list[tuple[type, type, dict[str, Any]]]:
         (PositionEmbeddingsAttentionBridge, _FusedRotaryAttention, call),
         (LinearBridge, _PlainCall, {"__call__": _linear_call}),
         (BlockBridge, _FusedBlock, call),
+        (MLPBridge, _FusedMLP, call),
+        (GatedMLPBridge, _FusedMLP, call),
     ]
 
 
