@@ -52,6 +52,7 @@ __all__ = [
     "generic_units",
     "selectivity_by_class",
     "specificity_ratio",
+    "with_breadth",
 ]
 
 
@@ -139,6 +140,24 @@ def generic_units(
     return per_unit.sort_values(
         ["n_concepts", "n_items", "layer", "unit"], ascending=[False, False, True, True]
     ).reset_index(drop=True)
+
+
+def with_breadth(units: pd.DataFrame, generic: pd.DataFrame) -> pd.DataFrame:
+    """``units`` with each row's unit's ``generic`` and ``breadth`` from :func:`generic_units`'s
+    table (``generic``), e.g. to pick a report's concept-specific cards.
+
+    Example:
+        >>> units = pd.DataFrame({"item": ["a", "b"], "layer": [0, 0], "unit": [1, 1],
+        ...                       "target": [" dog", " cat"]})
+        >>> with_breadth(units, generic_units(units))["breadth"].tolist()
+        ['generic', 'generic']
+    """
+    per_unit = generic.set_index(["layer", "unit"])
+    key = list(zip(units.layer, units.unit))
+    return units.assign(
+        generic=per_unit["generic"].reindex(key).to_numpy(dtype=bool),
+        breadth=per_unit["breadth"].reindex(key).to_numpy(),
+    )
 
 
 def concept_specificity(

@@ -121,11 +121,17 @@ def _analyse_batch(
                 continue
             bar.set_postfix_str(step.name)
             t0 = time.perf_counter()
-            tables.update(step.batch(ctx, found, batch_index * config.batch_size))
+            tables.update(step.batch(ctx, found, _batch_seed(config, batch_index)))
             seconds[step.name] = seconds.get(step.name, 0.0) + time.perf_counter() - t0
     items = found.items.copy()
     items.insert(2, "batch", batch_index)
     return items, found.units, found.maps, tables
+
+
+def _batch_seed(config: AnalysisConfig, batch: int) -> int:
+    """A batch's seed: the data-set index of its first item (batches are fixed runs of
+    ``batch_size`` items), the same whatever the resumes or the number of processes."""
+    return batch * config.batch_size
 
 
 def _has(data: Sequence[Item], what: str, n: int) -> bool:
@@ -460,7 +466,7 @@ def _revisit_steps(
                     pixel_values=loaded.pixel_values,
                 )
                 if len(found):
-                    part = step.revisit(ctx, found, b * config.batch_size, tables)
+                    part = step.revisit(ctx, found, _batch_seed(config, b), tables)
             part = {name: part.get(name, pd.DataFrame()) for name in step.tables}
             write_shard(
                 where,

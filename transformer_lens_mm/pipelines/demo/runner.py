@@ -72,6 +72,7 @@ from transformer_lens_mm.pipelines.demo.summary import (
 )
 from transformer_lens_mm.pipelines.demo.tables import DemoTables
 from transformer_lens_mm.pipelines.experiments import add_spatial_ceiling
+from transformer_lens_mm.tools.specificity import with_breadth
 
 __all__ = ["demo_analysis_config", "demo_tables", "run_demo"]
 
@@ -175,10 +176,7 @@ def demo_tables(out: str | Path, data: DemoSet, config: DemoConfig, grid: Any) -
     ]
     units, generic = _table(out, "units"), _table(out, "generic_units")
     if len(units) and len(generic):
-        per_unit = generic.set_index(["layer", "unit"])
-        key = list(zip(units.layer, units.unit))
-        units["generic"] = per_unit["generic"].reindex(key).to_numpy(dtype=bool)
-        units["breadth"] = per_unit["breadth"].reindex(key).to_numpy()
+        units = with_breadth(units, generic)
     spatial = _table(out, "spatial").assign(target_from="caption")
     background = _table(out, "background")
     if len(background):

@@ -30,7 +30,11 @@ from transformer_lens_mm.pipelines.steps.registry import (
 )
 from transformer_lens_mm.report.cards import card_pairs
 from transformer_lens_mm.tools.ablation import ablation_sweep, captions_under_ablation
-from transformer_lens_mm.tools.specificity import concept_of, cross_concept_ablation
+from transformer_lens_mm.tools.specificity import (
+    concept_of,
+    cross_concept_ablation,
+    with_breadth,
+)
 from transformer_lens_mm.tools.units import Unit, per_row_masks, random_units_like
 from transformer_lens_mm.tools.words import same_word
 
@@ -245,6 +249,23 @@ def _first_items(found: BatchSearch, n: int | None) -> list[int]:
     return [j for j, (_, index, _) in enumerate(found.rows) if n is None or index < n]
 
 
+def _ablation_captions(ctx: StepContext, found: BatchSearch, seed: int) -> dict[str, pd.DataFrame]:
+    """Captions under ablation of the batch's items among the run's first
+    ``ablation_captions_n`` (all by default); item ``j`` of the batch draws ``seed + j``."""
+    only = _first_items(found, ctx.config.ablation_captions_n)
+    if not only:
+        return {"ablation_captions": pd.DataFrame()}
+    table = ablation_captions_step(
+        ctx.model,
+        found,
+        k=ctx.config.ablation_captions_k,
+        seeds=[seed + i for i in range(len(found))],
+        max_new_tokens=ctx.config.max_new_tokens,
+        only=only,
+    )
+    return {"ablation_captions": table}
+
+
 def _card_effects(
     ctx: StepContext, found: BatchSearch, seed: int, tables: Mapping[str, pd.DataFrame]
 ) -> dict[str, pd.DataFrame]:
@@ -253,10 +274,7 @@ def _card_effects(
     if "card_pairs" not in ctx.state:
         units, generic = tables["units"], tables.get("generic_units")
         if generic is not None and len(generic) and len(units):
-            per_unit = generic.set_index(["layer", "unit"])["breadth"]
-            units = units.assign(
-                breadth=per_unit.reindex(list(zip(units.layer, units.unit))).to_numpy()
-            )
+            units = with_breadth(units, generic)
         ctx.state["card_pairs"] = card_pairs(units, ctx.config.card_effects)
     return {
         "card_effects": unit_effect_step(
@@ -307,18 +325,7 @@ register_step(
         order=6,
         on=lambda c: c.ablation_captions_k > 0,
         tables=("ablation_captions",),
-        batch=lambda ctx, found, seed: {
-            "ablation_captions": pd.DataFrame()
-            if not _first_items(found, ctx.config.ablation_captions_n)
-            else ablation_captions_step(
-                ctx.model,
-                found,
-                k=ctx.config.ablation_captions_k,
-                seeds=[seed + i for i in range(len(found))],
-                max_new_tokens=ctx.config.max_new_tokens,
-                only=_first_items(found, ctx.config.ablation_captions_n),
-            )
-        },
+        batch=_ablation_captions,
         forwards=lambda c, n_layers: 2 * c.max_new_tokens,  # an upper bound with _n
         paper="Figure 6 (captions), sec. 3.3",
     )
