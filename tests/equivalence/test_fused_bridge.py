@@ -447,3 +447,64 @@ def test_an_unhooked_mlp_is_its_modules_call_and_a_hooked_one_runs_tls_forward(
             )
         assert ran == [model.blocks[1].mlp] and len(seen) == 1, name
         torch.testing.assert_close(hooked, plain, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_an_unhooked_attention_is_one_function_and_a_hook_brings_the_hook_points_back(
+    models, kind, padding_side, monkeypatch
+):
+    """Without a hook on the attention's or its projections' hook points every layer computes
+    its whole attention in one function (none of TL's per-call helpers runs); a hook on one
+    layer's ``hook_z``/``hook_in`` or one projection's hook point brings that layer's hook
+    points back (the hook fires) and only that layer's; the outputs are identical, and equal
+    the bridge's own computation."""
+    model = models[kind]
+    batch = batch_of(model, padding_side)
+    fused_class = type(model.blocks[0].attn)
+    helper = "_apply_output_projection" if kind == "gpt2" else "_apply_position_embedding_hooks"
+    tl_helper = getattr(fused_class, helper)
+    ran = []
+
+    def counting(self, *args, **kwargs):
+        ran.append(self)
+        return tl_helper(self, *args, **kwargs)
+
+    monkeypatch.setattr(fused_class, helper, counting)
+    with torch.no_grad():
+        plain = model(batch)
+    assert ran == []
+    points = ["blocks.1.attn.hook_z", "blocks.1.attn.hook_in", "blocks.1.attn.k.hook_out"]
+    if kind == "llama":
+        points.append("blocks.1.attn.hook_rot_q")
+    seen = []
+    for name in points:
+        seen.clear()
+        ran.clear()
+        with torch.no_grad():
+            hooked = model.run_with_hooks(
+                batch, fwd_hooks=[(name, lambda x, hook: seen.append(x.shape))]
+            )
+        assert ran == [model.blocks[1].attn] and len(seen) == 1, name
+        torch.testing.assert_close(hooked, plain, atol=0, rtol=0, msg=name)
+    ran.clear()
+    with torch.no_grad():  # KV-cached captions: the cache is written once per layer and step
+        caps = generate_captions(
+            model, image_features=features(2), prompts=PROMPTS, max_new_tokens=4, stop_at_eos=False
+        )
+    assert ran == []
+    set_fused_bridge(model, False)
+    try:
+        with torch.no_grad():
+            reference = model(batch)
+            ref_caps = generate_captions(
+                model,
+                image_features=features(2),
+                prompts=PROMPTS,
+                max_new_tokens=4,
+                stop_at_eos=False,
+            )
+    finally:
+        set_fused_bridge(model, True)
+    torch.testing.assert_close(plain, reference, atol=1e-5, rtol=1e-5)
+    assert torch.equal(caps.tokens, ref_caps.tokens)

@@ -180,7 +180,11 @@ def generate_captions(
             model.hooks(fwd_hooks=list(prompt_hooks)) if prompt_hooks else contextlib.nullcontext()
         )
 
-    with model.hooks(fwd_hooks=list(fwd_hooks)):
+    # no context without hooks: TL's builds the model's hook dictionary on every entry
+    hooks_context = (
+        model.hooks(fwd_hooks=list(fwd_hooks)) if fwd_hooks else contextlib.nullcontext()
+    )
+    with hooks_context:
         with on_prompt():
             model.last_input = batch
             image_embeds = model.embed_images(batch)
