@@ -508,3 +508,35 @@ def test_an_unhooked_attention_is_one_function_and_a_hook_brings_the_hook_points
         set_fused_bridge(model, True)
     torch.testing.assert_close(plain, reference, atol=1e-5, rtol=1e-5)
     assert torch.equal(caps.tokens, ref_caps.tokens)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_torch_hook_on_a_wrapped_projection_fires_on_the_fused_bridge(models, kind):
+    """The short paths read the weights of the modules TL wraps: a plain torch hook on one of
+    those modules (an MLP's input projection, an attention's output projection) still fires,
+    with the module's own output, and changes what it returns."""
+    model = models[kind]
+    batch = batch_of(model, "right")
+    with torch.no_grad():
+        plain = model(batch)
+    seen = []
+    for module in (
+        model.blocks[1].mlp.out.original_component,
+        model.blocks[0].attn.o.original_component,
+    ):
+        seen.clear()
+
+        def double(mod, inputs, output):
+            seen.append(output.shape)
+            return output * 2
+
+        handle = module.register_forward_hook(double)
+        try:
+            with torch.no_grad():
+                hooked = model(batch)
+        finally:
+            handle.remove()
+        assert len(seen) == 1
+        assert (hooked - plain).abs().max() > 1e-4  # the doubled output reached the logits
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), plain, atol=0, rtol=0)

@@ -23,9 +23,15 @@ Same values up to float rounding (tested: ``tests/test_fused_bridge.py``);
 ``set_fused_bridge(model, False)`` restores TL's computation.
 
 Per-call overhead goes too (with launches, Python time per decoding step is what bounds a small
-model): a block or an MLP without hooks on its own hook points (an MLP: nor on its
-projections') is its Hugging Face module's call (TL's block forward wires and clears capture
-hooks and calls two identity hook points on every call, the MLP's two more and sets flags);
+model): an attention none of whose hook points (nor its projections' or their wrapped modules')
+has a hook is one function, ``_whole`` (the q/k/v products, GPT-2's as one, the rotary
+embedding, the KV cache, one SDPA call, the output projection, with no TL helper between; a
+hook on any of those points brings TL's per-component path back for that layer, where the
+point fires); a component, norm, MLP or block without hooks of its own calls its ``forward``
+directly (what ``nn.Module.__call__`` would do); a block or an MLP without hooks on its own
+hook points (an MLP: nor on its projections') is its Hugging Face module's call (TL's block
+forward wires and clears capture hooks and calls two identity hook points on every call, the
+MLP's two more and sets flags);
 every component call enters Accelerate's ``align_module_device`` even when no weight is
 offloaded (skipped where the wrapped module has no Accelerate hook); every block call runs
 ``inspect.signature`` on its Hugging Face layer (read once per class); hook points without a hook
@@ -168,6 +174,7 @@ _GLOBAL_HOOKS = [
 _GLOBAL_HOOKS_KNOWN = all(isinstance(hooks, dict) for hooks in _GLOBAL_HOOKS)
 _G_FWD, _G_PRE, _G_BWD, _G_BWD_PRE = (h if isinstance(h, dict) else {} for h in _GLOBAL_HOOKS)
 _tracing = torch._C._get_tracing_state
+_CONV1D: list[Any] = [None]  # transformers' Conv1D class, once ``_conv1d`` has imported it
 
 # The checks below run on every module call of a decoding step (thousands per caption batch),
 # where a Python function call costs about what the module's own work does on a small model:
@@ -253,9 +260,16 @@ def _linear_call(self: Any, *args: Any, **kwargs: Any) -> Any:
     inner = _bypassable(self) if self.fused and _plain_dispatch() else None
     if inner is None:
         return _call(self, *args, **kwargs)
-    if inner.__class__ is torch.nn.Linear and len(args) == 1 and not kwargs:
+    cls = inner.__class__
+    direct = len(args) == 1 and not kwargs and _unhooked(inner)
+    if direct and cls is torch.nn.Linear:
         params = inner._parameters  # ``Linear.forward`` itself, its call not repeated
         out = F.linear(args[0], params["weight"], params["bias"])
+    elif direct and cls is _CONV1D[0]:
+        x, params = args[0], inner._parameters  # ``Conv1D.forward`` (GPT-2), the same way
+        flat = x.view(-1, x.shape[-1]) if x.is_contiguous() else x.reshape(-1, x.shape[-1])
+        out = torch.addmm(params["bias"], flat, params["weight"])
+        out = out.view(*x.shape[:-1], out.shape[-1])
     else:
         out = inner(*args, **kwargs)
     state = self.__dict__  # ``_record_call``, written out
@@ -319,7 +333,11 @@ class _FusedBlock:
             attn = (state.get("submodules") or {}).get("attn")
             if attn is not None and "_captured_pre_ln_residual" in attn.__dict__:
                 attn.__dict__["_captured_pre_ln_residual"] = None
-        if isinstance(output, Tensor) and self._is_standalone_hidden_state_call(args, filtered):
+        if (
+            len(filtered) < 2  # TL's check below never holds for the model's (many keywords)
+            and isinstance(output, Tensor)
+            and self._is_standalone_hidden_state_call(args, filtered)
+        ):
             return (output,)  # TL's convention for a direct block(hidden_states) call
         return output
 
@@ -497,9 +515,11 @@ def _flag(config: Any, name: str) -> bool:
 
 
 def _conv1d() -> type:
-    from transformers.pytorch_utils import Conv1D
+    if _CONV1D[0] is None:
+        from transformers.pytorch_utils import Conv1D
 
-    return Conv1D
+        _CONV1D[0] = Conv1D
+    return _CONV1D[0]
 
 
 class _FusedJointQKVAttention(_FusedAttentionCommon):
@@ -939,6 +959,7 @@ def _spec() -> list[tuple[type, type, dict[str, Any]]]:
         RMSNormalizationBridge,
     )
 
+    _conv1d()  # the class ``_linear_call`` compares with
     call = {"__call__": _call}
     return [
         (HookPoint, _PlainCall, {"__call__": _hook_call}),
