@@ -540,3 +540,39 @@ def test_a_torch_hook_on_a_wrapped_projection_fires_on_the_fused_bridge(models, 
         assert (hooked - plain).abs().max() > 1e-4  # the doubled output reached the logits
     with torch.no_grad():
         torch.testing.assert_close(model(batch), plain, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_fused_bridge_has_hugging_face_build_boolean_masks_and_gives_them_back(
+    models, kind, monkeypatch
+):
+    """Fused, the wrapped model builds SDPA's masks (TL loaded it eager); unfused it is eager
+    again; a model type not in the tested list keeps its eager masks. Every pattern from
+    run_with_cache (TL's own attention reading the boolean mask) equals the eager one's, with
+    left padding (queries that see no key)."""
+    import transformer_lens_mm.fast.bridge as fused_bridge
+
+    model = models[kind]
+    config = model.original_model.config
+    assert config._attn_implementation == "sdpa"
+    batch = batch_of(model, "left")
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(batch)
+    set_fused_bridge(model, False)
+    try:
+        assert config._attn_implementation == "eager"
+        with torch.no_grad():
+            ref_logits, ref_cache = model.run_with_cache(batch)
+        monkeypatch.setattr(fused_bridge, "BOOLEAN_MASK_MODELS", ())
+        set_fused_bridge(model, True)
+        assert config._attn_implementation == "eager"
+        set_fused_bridge(model, False)
+        monkeypatch.undo()
+    finally:
+        set_fused_bridge(model, True)
+    assert config._attn_implementation == "sdpa"
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    patterns = [name for name in ref_cache if name.endswith("hook_pattern")]
+    assert len(patterns) == model.cfg.n_layers
+    for name in patterns:
+        torch.testing.assert_close(cache[name], ref_cache[name], atol=1e-6, rtol=1e-5, msg=name)

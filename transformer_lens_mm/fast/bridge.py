@@ -324,7 +324,11 @@ class _FusedBlock:
             or not _unhooked(modules["hook_in"], modules["hook_out"], modules["hook_mlp_in"])
         ):
             return self._tl.forward(self, *args, **kwargs)
-        filtered = self._filter_kwargs_for_forward(kwargs, len(args))
+        known = _SIGNATURES.get(layer.__class__.forward)
+        if known is not None and known[1] and "forward" not in layer.__dict__:
+            filtered = kwargs  # the layer takes **kwargs: ``_filter_kwargs_for_forward`` keeps all
+        else:
+            filtered = self._filter_kwargs_for_forward(kwargs, len(args))
         if _unhooked(layer):
             output = layer.forward(*args, **filtered)  # what its ``__call__`` would call
         else:
@@ -397,6 +401,40 @@ class _FusedMLP:
         if _unhooked(inner):
             return inner.forward(*args, **kwargs)  # what its ``__call__`` would call
         return inner(*args, **kwargs)
+
+
+class _FusedEmbedding:
+    """The methods of an ``EmbeddingBridge`` / ``PosEmbedBridge`` over a plain
+    ``nn.Embedding``: ``forward`` as the Embedding's own while neither its hook points nor the
+    Embedding have a hook (TL's ``EmbeddingBridge.forward`` runs ``inspect.signature`` on
+    every call, ~14 us, to learn that an ``nn.Embedding`` takes no ``position_ids``)."""
+
+    _tl: Any
+    _counted = False
+    fused: bool = True
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        modules, state = self._modules, self.__dict__
+        inner = modules.get("_original_component")
+        if (
+            not self.fused
+            or len(args) != 1
+            or (kwargs and (len(kwargs) != 1 or kwargs.get("position_ids", 0) is not None))
+            or inner is None
+            or inner.__class__ is not torch.nn.Embedding
+            or "_hf_hook" in inner.__dict__
+            or state.get("_output_contribution_scale", 1.0) != 1.0
+            or not _plain_dispatch()
+            or not _unhooked(modules["hook_in"], modules["hook_out"], inner)
+        ):
+            return self._tl.forward(self, *args, **kwargs)
+        output = inner.forward(args[0])
+        batch_size = state.get("_current_batch_size")  # PosEmbedBridge: read and cleared
+        if batch_size is not None:
+            state["_current_batch_size"] = None
+            if batch_size > 1 and output.ndim >= 1 and output.shape[0] == 1:
+                output = output.expand(batch_size, *[-1] * (output.ndim - 1))
+        return output
 
 
 class _FusedNorm:
@@ -943,6 +981,7 @@ class _FusedRotaryAttention(_FusedAttentionCommon):
 def _spec() -> list[tuple[type, type, dict[str, Any]]]:
     from transformer_lens.hook_points import HookPoint
     from transformer_lens.model_bridge.generalized_components.block import BlockBridge
+    from transformer_lens.model_bridge.generalized_components.embedding import EmbeddingBridge
     from transformer_lens.model_bridge.generalized_components.gated_mlp import GatedMLPBridge
     from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import (
         JointQKVAttentionBridge,
@@ -952,6 +991,7 @@ def _spec() -> list[tuple[type, type, dict[str, Any]]]:
     from transformer_lens.model_bridge.generalized_components.normalization import (
         NormalizationBridge,
     )
+    from transformer_lens.model_bridge.generalized_components.pos_embed import PosEmbedBridge
     from transformer_lens.model_bridge.generalized_components.position_embeddings_attention import (
         PositionEmbeddingsAttentionBridge,
     )
@@ -971,6 +1011,8 @@ def _spec() -> list[tuple[type, type, dict[str, Any]]]:
         (BlockBridge, _FusedBlock, call),
         (MLPBridge, _FusedMLP, call),
         (GatedMLPBridge, _FusedMLP, call),
+        (EmbeddingBridge, _FusedEmbedding, call),
+        (PosEmbedBridge, _FusedEmbedding, call),
     ]
 
 
@@ -1003,4 +1045,43 @@ def set_fused_bridge(model: torch.nn.Module, enabled: bool = True) -> int:
     check_model(model)
     if not versions.verified("fused_bridge"):
         return 0
-    return sum(module._counted for module in _FUSED.switch(model, enabled))
+    switched = _FUSED.switch(model, enabled)
+    _boolean_masks(model, enabled)
+    return sum(module._counted for module in switched)
+
+
+#: Hugging Face model types whose masks the fused bridge has Hugging Face build for SDPA.
+BOOLEAN_MASK_MODELS = ("gpt2", "llama")
+
+
+def _boolean_masks(model: torch.nn.Module, enabled: bool) -> None:
+    """While fused, the wrapped Hugging Face language model builds SDPA's masks (boolean, or
+    none at all where nothing is padded) instead of the eager additive float masks TL's loading
+    asks for. TL's bridge rebuilds every attention itself, so the mask is all HF computes with
+    that setting; building and then reading the float mask was ~5% of a small model's decoding
+    step. Only where every attention is one of the fused classes (TL's own path there reads a
+    boolean mask the same way: ``True`` = may attend) and for the model types tested
+    (:data:`BOOLEAN_MASK_MODELS`); switched back to eager with the fused classes."""
+    hf = model.__dict__.get("original_model")
+    config = getattr(hf, "config", None)
+    state = model.__dict__
+    if config is None:
+        return
+    if not enabled:
+        if state.pop("_tlmm_eager_masks", False):
+            config._attn_implementation = "eager"
+        return
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    fused = tuple(c for c in _FUSED.get().values() if issubclass(c, AttentionBridge))
+    attention = [m for m in model.modules() if isinstance(m, AttentionBridge)]
+    if (
+        getattr(config, "model_type", None) not in BOOLEAN_MASK_MODELS
+        or getattr(config, "sub_configs", None)  # a composite (vision + text) model
+        or getattr(config, "_attn_implementation", None) != "eager"
+        or not attention
+        or not all(isinstance(m, fused) and m.fused for m in attention)
+    ):
+        return
+    config._attn_implementation = "sdpa"
+    state["_tlmm_eager_masks"] = True
