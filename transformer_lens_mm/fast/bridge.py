@@ -26,20 +26,21 @@ Per-call overhead goes too (with launches, Python time per decoding step is what
 model): an attention none of whose hook points (nor its projections' or their wrapped modules')
 has a hook is one function, ``_whole`` (the q/k/v products, GPT-2's as one, the rotary
 embedding, the KV cache, one SDPA call, the output projection, with no TL helper between; a
-hook on any of those points brings TL's per-component path back for that layer, where the
-point fires); a component, norm, MLP or block without hooks of its own calls its ``forward``
-directly (what ``nn.Module.__call__`` would do); a block or an MLP without hooks on its own
-hook points (an MLP: nor on its projections') is its Hugging Face module's call (TL's block
-forward wires and clears capture hooks and calls two identity hook points on every call, the
-MLP's two more and sets flags);
-every component call enters Accelerate's ``align_module_device`` even when no weight is
-offloaded (skipped where the wrapped module has no Accelerate hook); every block call runs
-``inspect.signature`` on its Hugging Face layer (read once per class); hook points without a hook
-return their input without ``nn.Module.__call__``, and linear bridges without hooks call their
-Hugging Face module directly (unless a global module hook is registered). GPT-2's q, k and v
-are one product with ``c_attn``'s weight while TL's q/k/v weights are still views of it (TL
-splits it into three products): checked on every call, so in-place edits show and replaced
-weights, hooks on the q/k/v hook points or gradients for those weights bring TL's back.
+hook on any of those points brings TL's per-component path back for that layer, where the point
+fires); a component, norm, MLP or block without hooks of its own calls its ``forward`` directly
+(what ``nn.Module.__call__`` would do); the wrapped Hugging Face model builds SDPA's boolean
+masks rather than eager float ones (GPT-2 and Llama types: ``_boolean_masks``); a block or an
+MLP without hooks on its own hook points (an MLP: nor on its projections') is its Hugging Face
+module's call (TL's block forward wires and clears capture hooks and calls two identity hook
+points on every call, the MLP's two more and sets flags); every component call enters
+Accelerate's ``align_module_device`` even when no weight is offloaded (skipped where the
+wrapped module has no Accelerate hook); every block call runs ``inspect.signature`` on its
+Hugging Face layer (read once per class); hook points without a hook return their input without
+``nn.Module.__call__``, and linear bridges without hooks call their Hugging Face module
+directly (unless a global module hook is registered). GPT-2's q, k and v are one product with
+``c_attn``'s weight while TL's q/k/v weights are still views of it (TL splits it into three
+products): checked on every call, so in-place edits show and replaced weights, hooks on the
+q/k/v hook points or gradients for those weights bring TL's back.
 
 The bridge is young and changes between releases, so the fused classes are used only with the
 TransformerLens versions they were checked against (``versions.VERIFIED["fused_bridge"]``);
