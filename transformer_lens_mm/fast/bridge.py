@@ -487,6 +487,30 @@ class _FusedAttentionCommon:
             and not has_hooks(self._modules["hook_attn_scores"], self._modules["hook_pattern"])
         )
 
+    def _cache_plan(
+        self, hidden: Tensor, kwargs: dict[str, Any]
+    ) -> tuple[Any, Any, _MaskPlan] | None:
+        """For ``_whole``: the KV cache (any of the names it is passed by), the layer index and
+        the mask plan, decided before anything is computed or cached; ``None`` where TL's path
+        must run (a mask that is not a tensor or that SDPA would not reproduce, a cache without
+        a layer index: TL warns and skips it)."""
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.__class__ is not Tensor:
+            return None
+        cache = kwargs.get("cache")
+        if cache is None:
+            cache = kwargs.get("past_key_values")
+            if cache is None:
+                cache = kwargs.get("layer_past")
+        state = self.__dict__
+        layer = state.get("_layer_idx")
+        if cache is not None and layer is None:
+            return None
+        n_query = hidden.shape[1]
+        n_cached = 0 if cache is None else cache.get_seq_length(layer)
+        plan = _mask_plan(mask, n_query, n_query + n_cached, state["is_causal"], hidden.device)
+        return None if plan is None else (cache, layer, plan)
+
     def _plan(
         self, attention_mask: Tensor | None, queries: Tensor, kwargs: dict
     ) -> _MaskPlan | None:
@@ -699,7 +723,7 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
         for name in _ATTENTION_POINTS:
             if name not in modules:
                 return None
-        for module in (
+        if not _unhooked(
             modules["hook_in"],
             modules["hook_out"],
             modules["hook_hidden_states"],
@@ -710,31 +734,12 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
             o_own["hook_out"],
             o_inner,
         ):
-            if (
-                module._forward_hooks
-                or module._forward_pre_hooks
-                or module._backward_hooks
-                or module._backward_pre_hooks
-                or module._compiled_call_impl is not None
-                or "forward" in module.__dict__
-            ):
-                return None
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.__class__ is not Tensor:
             return None
-        cache = kwargs.get("cache")
-        if cache is None:
-            cache = kwargs.get("past_key_values")
-            if cache is None:
-                cache = kwargs.get("layer_past")
-        layer = state.get("_layer_idx")
-        if cache is not None and layer is None:
-            return None  # TL warns and skips the cache: its path says so
+        cached = self._cache_plan(hidden, kwargs)
+        if cached is None:
+            return None
+        cache, layer, plan = cached
         batch, n_query, width = hidden.shape
-        n_cached = 0 if cache is None else cache.get_seq_length(layer)
-        plan = _mask_plan(mask, n_query, n_query + n_cached, self.is_causal, hidden.device)  # type: ignore[attr-defined]
-        if plan is None:
-            return None
         weight, bias, projections = joint
         n_heads = cfg.n_heads  # type: ignore[union-attr]
         d_head = weight.shape[1] // (3 * n_heads)
@@ -885,32 +890,13 @@ class _FusedRotaryAttention(_FusedAttentionCommon):
                 return None
             points += (linear, own["hook_in"], own["hook_out"], inner)
             inners.append(inner._parameters)
-        for module in points:
-            if (
-                module._forward_hooks
-                or module._forward_pre_hooks
-                or module._backward_hooks
-                or module._backward_pre_hooks
-                or module._compiled_call_impl is not None
-                or "forward" in module.__dict__
-            ):
-                return None
-        mask = kwargs.get("attention_mask")
-        if mask is not None and mask.__class__ is not Tensor:
+        if not _unhooked(*points):
             return None
-        cache = kwargs.get("cache")
-        if cache is None:
-            cache = kwargs.get("past_key_values")
-            if cache is None:
-                cache = kwargs.get("layer_past")
-        layer = state.get("_layer_idx")
-        if cache is not None and layer is None:
-            return None  # TL warns and skips the cache: its path says so
+        cached = self._cache_plan(hidden, kwargs)
+        if cached is None:
+            return None
+        cache, layer, plan = cached
         batch, n_query, _ = hidden.shape
-        n_cached = 0 if cache is None else cache.get_seq_length(layer)
-        plan = _mask_plan(mask, n_query, n_query + n_cached, state["is_causal"], hidden.device)
-        if plan is None:
-            return None
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         qp, kp, vp, op = inners
