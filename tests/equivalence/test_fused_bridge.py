@@ -36,6 +36,18 @@ def both_ways(model, fn):
     return fused, reference
 
 
+def record_calls(monkeypatch, cls, name):
+    """The modules on which ``cls.<name>`` runs from now on (the method itself still runs)."""
+    method, ran = getattr(cls, name), []
+
+    def counting(self, *args, **kwargs):
+        ran.append(self)
+        return method(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counting)
+    return ran
+
+
 def features(n, seed=0):
     """Encoder output for ``n`` images (no encoder run: its own SDPA calls are not counted)."""
     return torch.randn(n, 16, 24, generator=torch.Generator().manual_seed(seed))
@@ -383,13 +395,7 @@ def test_an_unhooked_block_is_its_layers_call_and_a_hooked_one_runs_tls_forward(
     model = models[kind]
     batch = batch_of(model, "right")
     tl_forward = BlockBridge.forward
-    ran = []
-
-    def counting(self, *args, **kwargs):
-        ran.append(self)
-        return tl_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(BlockBridge, "forward", counting)
+    ran = record_calls(monkeypatch, BlockBridge, "forward")
     with torch.no_grad():
         plain = model(batch)
     assert ran == []
@@ -426,14 +432,7 @@ def test_an_unhooked_mlp_is_its_modules_call_and_a_hooked_one_runs_tls_forward(
     model = models[kind]
     tl_class = type(model.blocks[0].mlp)._tl
     batch = batch_of(model, "right")
-    tl_forward = tl_class.forward
-    ran = []
-
-    def counting(self, *args, **kwargs):
-        ran.append(self)
-        return tl_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(tl_class, "forward", counting)
+    ran = record_calls(monkeypatch, tl_class, "forward")
     with torch.no_grad():
         plain = model(batch)
     assert ran == []
@@ -463,14 +462,7 @@ def test_an_unhooked_attention_is_one_function_and_a_hook_brings_the_hook_points
     batch = batch_of(model, padding_side)
     fused_class = type(model.blocks[0].attn)
     helper = "_apply_output_projection" if kind == "gpt2" else "_apply_position_embedding_hooks"
-    tl_helper = getattr(fused_class, helper)
-    ran = []
-
-    def counting(self, *args, **kwargs):
-        ran.append(self)
-        return tl_helper(self, *args, **kwargs)
-
-    monkeypatch.setattr(fused_class, helper, counting)
+    ran = record_calls(monkeypatch, fused_class, helper)
     with torch.no_grad():
         plain = model(batch)
     assert ran == []

@@ -247,11 +247,24 @@ def _bypassable(linear: Any) -> torch.nn.Module | None:
     return inner
 
 
-def _record_call(linear: Any) -> None:
-    """What ``LinearBridge.forward`` records for its container (TL's projection-hook
-    protocol): its ``hook_in`` suppression consumed, its ``hook_out`` fired."""
-    object.__setattr__(linear, "_suppress_next_hook_in", False)
-    object.__setattr__(linear, "_fired_hook_out", True)
+def _record_call(*linears: Any) -> None:
+    """What ``LinearBridge.forward`` records for its container, for each of ``linears`` whose
+    call a fused path stood in for (TL's projection-hook protocol): its ``hook_in`` suppression
+    consumed, its ``hook_out`` fired."""
+    for linear in linears:
+        state = linear.__dict__  # not TL's ``__setattr__``: plain attributes
+        state["_suppress_next_hook_in"] = False
+        state["_fired_hook_out"] = True
+
+
+def _plain_linear(linear: Any) -> torch.nn.Linear | None:
+    """The ``nn.Linear`` a switched ``LinearBridge`` wraps when a fused path may read its
+    weights instead of calling it: neither the bridge, its hook points nor the Linear has a
+    hook (``_bypassable``, and the Linear itself unhooked); ``None`` otherwise."""
+    inner = _bypassable(linear)
+    if inner is None or inner.__class__ is not torch.nn.Linear or not _unhooked(inner):
+        return None
+    return inner
 
 
 def _linear_call(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -273,9 +286,7 @@ def _linear_call(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = out.view(*x.shape[:-1], out.shape[-1])
     else:
         out = inner(*args, **kwargs)
-    state = self.__dict__  # ``_record_call``, written out
-    state["_suppress_next_hook_in"] = False
-    state["_fired_hook_out"] = True
+    _record_call(self)
     return out
 
 
@@ -594,9 +605,8 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
         """``c_attn``'s weight and bias, and the q/k/v bridges, when one product can stand for
         the three projections; ``None`` when TL's own projections must run.
 
-        Runs in every layer of every decoding step: modules, parameters and hooks are read from
-        their dicts by subscript and the checks are written out (a Python call costs about what
-        a small model's matrix product does)."""
+        Runs in every layer of every decoding step: modules and parameters are read from their
+        dicts (no TL ``__getattr__``)."""
         modules = self._modules
         hf_attn = modules.get("_original_component")
         if hf_attn is None or "q" not in modules or "k" not in modules or "v" not in modules:
@@ -618,29 +628,10 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
             return None
         tensors = [weight, joint._parameters.get("bias")]  # type: ignore[union-attr]
         for proj in projections:
-            # q/k/v bridges whose products one c_attn product may stand for: switched, of
-            # nn.Linear, and neither they, their hook points nor the Linear have a hook
-            own = proj._modules
-            inner = own.get("_original_component")
-            if (
-                not getattr(proj, "fused", False)
-                or inner is None
-                or inner.__class__ is not torch.nn.Linear
-                or "_hf_hook" in inner.__dict__
-                or "hook_in" not in own
-                or "hook_out" not in own
-            ):
+            # q/k/v bridges whose products one c_attn product may stand for
+            inner = _plain_linear(proj)
+            if inner is None:
                 return None
-            for module in (proj, own["hook_in"], own["hook_out"], inner):
-                if (
-                    module._forward_hooks
-                    or module._forward_pre_hooks
-                    or module._backward_hooks
-                    or module._backward_pre_hooks
-                    or module._compiled_call_impl is not None
-                    or "forward" in module.__dict__
-                ):
-                    return None
             params = inner._parameters
             tensors += (params.get("weight"), params.get("bias"))
         if torch.is_grad_enabled():
@@ -680,8 +671,7 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
         flat = x.reshape(-1, x.shape[-1])
         qkv = flat @ weight if bias is None else torch.addmm(bias, flat, weight)
         q, k, v = qkv.view(*x.shape[:-1], -1).split(weight.shape[1] // 3, dim=-1)
-        for proj in projections:
-            _record_call(proj)
+        _record_call(*projections)
         output = self._reconstruct_attention(q, k, v, **kwargs)
         return self._process_output(output)  # type: ignore[attr-defined]
 
@@ -707,16 +697,11 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
             or state.get("is_cross_attention")
         ):
             return None
-        o_own = o._modules
-        o_inner = o_own.get("_original_component")
+        o_inner = _bypassable(o)
         cfg = self.config  # type: ignore[attr-defined]
         if (
-            not getattr(o, "fused", False)
-            or o_inner is None
+            o_inner is None
             or o_inner.__class__ is not _conv1d()
-            or "_hf_hook" in o_inner.__dict__
-            or "hook_in" not in o_own
-            or "hook_out" not in o_own
             or (cfg is not None and _flag(cfg, "use_attn_result"))
         ):
             return None
@@ -729,9 +714,6 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
             modules["hook_hidden_states"],
             modules["hook_attn_scores"],
             modules["hook_pattern"],
-            o,
-            o_own["hook_in"],
-            o_own["hook_out"],
             o_inner,
         ):
             return None
@@ -763,11 +745,7 @@ class _FusedJointQKVAttention(_FusedAttentionCommon):
         out = (
             z @ o_params["weight"] if o_bias is None else torch.addmm(o_bias, z, o_params["weight"])
         )
-        for proj in projections:  # TL's projection-hook bookkeeping (``_record_call``)
-            proj.__dict__["_suppress_next_hook_in"] = False
-            proj.__dict__["_fired_hook_out"] = True
-        o.__dict__["_suppress_next_hook_in"] = False
-        o.__dict__["_fired_hook_out"] = True
+        _record_call(*projections, o)
         return out.view(batch, n_query, -1), None
 
     def _reconstruct_attention(self, q: Tensor, k: Tensor, v: Tensor, **kwargs: Any) -> tuple:
@@ -874,23 +852,12 @@ class _FusedRotaryAttention(_FusedAttentionCommon):
             if name not in modules:
                 return None
         linears, inners = [modules["q"], modules["k"], modules["v"], modules["o"]], []
-        points = [modules[name] for name in _ROTARY_POINTS]
         for linear in linears:
-            own = linear._modules
-            inner = own.get("_original_component")
-            if (
-                "fused" not in linear.__dict__
-                or not linear.__dict__["fused"]
-                or inner is None
-                or inner.__class__ is not torch.nn.Linear
-                or "_hf_hook" in inner.__dict__
-                or "hook_in" not in own
-                or "hook_out" not in own
-            ):
+            inner = _plain_linear(linear)
+            if inner is None:
                 return None
-            points += (linear, own["hook_in"], own["hook_out"], inner)
             inners.append(inner._parameters)
-        if not _unhooked(*points):
+        if not _unhooked(*[modules[name] for name in _ROTARY_POINTS]):
             return None
         cached = self._cache_plan(hidden, kwargs)
         if cached is None:
@@ -913,9 +880,7 @@ class _FusedRotaryAttention(_FusedAttentionCommon):
         o_weight = op["weight"]
         if o_weight.dtype.is_floating_point and z.dtype != o_weight.dtype:
             z = z.to(o_weight.dtype)
-        for linear in linears:  # TL's projection-hook bookkeeping (``_record_call``)
-            linear.__dict__["_suppress_next_hook_in"] = False
-            linear.__dict__["_fired_hook_out"] = True
+        _record_call(*linears)
         return F.linear(z, o_weight, op["bias"]), None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
